@@ -1,0 +1,60 @@
+"""Declare backends for a plan, with each engine's capabilities filled in.
+
+The capability flags are what the validate and cache-span passes rely on: whether an
+engine can call tools natively, constrain output to a JSON schema, and which cache
+control it offers (llama.cpp slots, a global prefix-cache reset, Ollama's keep_alive).
+"""
+
+from __future__ import annotations
+
+from orla_sdk.ir import BackendSpec, Capabilities
+
+DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
+
+
+def llamacpp(name: str = "local", url: str | None = None,
+             models: list[str] | None = None) -> BackendSpec:
+    """llama.cpp's server; with no url, orla starts the embedded engine itself."""
+    return BackendSpec(
+        name=name, kind="llamacpp", url=url, models=models or [DEFAULT_LOCAL_MODEL],
+        capabilities=Capabilities(tool_calling=True, json_schema=True, cache_control="slots",
+                                  metrics=True))
+
+
+def vllm(name: str, url: str, models: list[str] | None = None) -> BackendSpec:
+    return BackendSpec(
+        name=name, kind="vllm", url=url, models=models,
+        capabilities=Capabilities(tool_calling=True, json_schema=True,
+                                  cache_control="global_reset", metrics=True))
+
+
+def sglang(name: str, url: str, models: list[str] | None = None) -> BackendSpec:
+    return BackendSpec(
+        name=name, kind="sglang", url=url, models=models,
+        capabilities=Capabilities(tool_calling=True, json_schema=True,
+                                  cache_control="global_reset", metrics=True))
+
+
+def ollama(name: str, url: str = "http://127.0.0.1:11434/v1",
+           models: list[str] | None = None) -> BackendSpec:
+    return BackendSpec(
+        name=name, kind="ollama", url=url, models=models,
+        capabilities=Capabilities(tool_calling=True, json_schema=True,
+                                  cache_control="keep_alive", metrics=False))
+
+
+def openai_compatible(name: str, url: str, models: list[str] | None = None, *,
+                      tool_calling: bool = True, json_schema: bool = True) -> BackendSpec:
+    """Any OpenAI-compatible endpoint; say what it supports, orla cannot ask it."""
+    return BackendSpec(
+        name=name, kind="openai", url=url, models=models,
+        capabilities=Capabilities(tool_calling=tool_calling, json_schema=json_schema,
+                                  cache_control="prompt_key", metrics=False))
+
+
+def simulator(name: str = "sim", profile: str = "qwen3-8b") -> BackendSpec:
+    """orla's parametric engine simulator, imitating ``profile``."""
+    return BackendSpec(
+        name=name, kind="sim", models=[profile],
+        capabilities=Capabilities(tool_calling=True, json_schema=True, cache_control="slots",
+                                  metrics=True))

@@ -1,0 +1,83 @@
+"""The ``orla`` console command.
+
+    orla plan MODULE:WORKFLOW [--summary]    print the compiled plan (JSON, or a table)
+    orla render MODULE:WORKFLOW -o FILE      draw it (.svg, .png, .pdf or .dot)
+
+MODULE:WORKFLOW names a ``@workflow`` (compiled with its own defaults), a ``Plan``, or a
+function that returns a ``Plan``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from orla_sdk.compile import compile
+from orla_sdk.errors import OrlaError
+from orla_sdk.ir import Plan
+from orla_sdk.refs import load_ref
+from orla_sdk.workflow import Workflow
+
+
+def load_plan(target: str) -> Plan:
+    if ":" not in target:
+        raise OrlaError(f"{target!r} is not MODULE:WORKFLOW, e.g. examples.customer_support:support")
+    if "." not in sys.path and "" not in sys.path:
+        sys.path.insert(0, "")
+    obj = load_ref(target)
+    if isinstance(obj, Plan):
+        return obj
+    if isinstance(obj, Workflow):
+        return compile(obj)
+    if callable(obj):
+        made = obj()
+        if isinstance(made, Plan):
+            return made
+    raise OrlaError(f"{target} is a {type(obj).__name__}; name a @orla.workflow, a Plan, or a "
+                    "function returning a Plan.")
+
+
+def summary(plan: Plan) -> str:
+    rows = [("node", "kind", "runs on", "priority", "cache")]
+    for node in plan.nodes:
+        mapping = node.meta.get("mapping", {})
+        if mapping.get("routed"):
+            runs_on = "routed: " + " | ".join(c["logical"] for c in mapping["candidates"])
+        else:
+            runs_on = f"{mapping['backend']}/{mapping['model']}" if mapping else ""
+        priority = node.meta.get("priority", {})
+        prio = str(priority.get("value", "")) if priority.get("source") != "runtime" else "rule"
+        cache = node.meta.get("cache", {})
+        cache_text = cache.get("decision", "") + (f" [{cache['span']}]" if "span" in cache else "")
+        rows.append((node.id, node.kind, runs_on, prio, cache_text))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    header = f"plan {plan.name}: {len(plan.stage_nodes())} stages, {plan.paths} paths"
+    return "\n".join([header, *lines])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orla", description="orla_sdk command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    plan_cmd = commands.add_parser("plan", help="print a workflow's compiled plan as JSON")
+    plan_cmd.add_argument("target", help="MODULE:WORKFLOW")
+    plan_cmd.add_argument("--summary", action="store_true", help="a table instead of JSON")
+    render_cmd = commands.add_parser("render", help="draw a workflow's compiled plan")
+    render_cmd.add_argument("target", help="MODULE:WORKFLOW")
+    render_cmd.add_argument("-o", "--output", required=True, help="FILE.svg|png|pdf|dot")
+    args = parser.parse_args(argv)
+    try:
+        plan = load_plan(args.target)
+        if args.command == "plan":
+            print(summary(plan) if args.summary else plan.to_json(), end="\n" if args.summary else "")
+        else:
+            print(plan.render(args.output))
+    except OrlaError as exc:
+        print(f"orla: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

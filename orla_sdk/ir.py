@@ -1,0 +1,372 @@
+"""The plan: orla's one intermediate representation.
+
+A plan is a DAG of a handful of node kinds. Tracers and importers write it, passes
+annotate it through each node's free ``meta`` mapping, and renderers, snapshots and the
+runtime read it. Of the package, this module imports only ``refs``.
+
+Argument templates
+------------------
+A node's ``args``/``kwargs`` are JSON templates. Plain JSON scalars are constants; a dict
+with one of these keys stands for something else:
+
+- ``{"$ref": node_id, "path": [...]}``: the value node ``node_id`` produced, or a field of
+  it (``path`` walks attributes of a pydantic output, or list indices);
+- ``{"$gather": node_id, "map": map_id, "path": [...]}``: the list of values a node
+  inside map ``map_id`` produced, one per item;
+- ``{"$oneof": [template, ...]}``: whichever alternative was produced on the path the
+  run took (branches that re-converge);
+- ``{"$list": [...]}``, ``{"$tuple": [...]}``, ``{"$dict": {...}}``: containers holding
+  references;
+- ``{"$const": value}``: a JSON constant that would otherwise look like a template;
+- ``{"$model": "module:Class", "data": {...}}``: a pydantic model constant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from orla_sdk.refs import load_ref
+
+PLAN_FORMAT = "orla.plan/1"
+
+NodeKind = Literal["input", "stage", "branch", "map", "output"]
+CacheHint = Literal["preserve", "flush"]
+CacheControl = Literal["slots", "global_reset", "keep_alive", "prompt_key", "none"]
+PRIORITY_RANGE = (0, 100)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TypeSpec(_Model):
+    """The type of a value a node produces, as far as the tracer and runtime need it."""
+
+    kind: Literal[
+        "any", "str", "int", "float", "bool", "none", "literal", "enum", "model", "list", "dict"
+    ]
+    ref: str | None = None
+    values: list[Any] | None = None
+    item: TypeSpec | None = None
+    fields: dict[str, TypeSpec] | None = None
+    nullable: bool = False
+
+    def enumerable(self) -> list[Any] | None:
+        """The finite set of values this type can take, or None when it is open."""
+        if self.kind == "bool":
+            values: list[Any] = [True, False]
+        elif self.kind in ("literal", "enum") and self.values is not None:
+            values = list(self.values)
+        else:
+            return None
+        return values + [None] if self.nullable else values
+
+    def describe(self) -> str:
+        name = {
+            "literal": f"Literal{self.values}",
+            "enum": f"Enum {self.ref}",
+            "model": f"model {self.ref}",
+            "list": f"list[{self.item.describe() if self.item else 'Any'}]",
+        }.get(self.kind, self.kind)
+        return f"{name} | None" if self.nullable else name
+
+
+class ToolSpec(_Model):
+    """A tool a stage may call: its name, description, JSON schema and where it lives."""
+
+    name: str
+    ref: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class Param(_Model):
+    """One parameter of a stage's signature."""
+
+    name: str
+    kind: Literal["positional_only", "positional_or_keyword", "var_positional", "keyword_only",
+                  "var_keyword"]
+    required: bool
+    type: TypeSpec
+
+
+class PriorityRule(_Model):
+    """A priority computed at run time from a stage's bound arguments.
+
+    ``field``: read ``arg`` (and ``path`` inside it) and look the value up in ``values``.
+    ``call``: call the function ``fn`` with the stage's bound arguments.
+    """
+
+    kind: Literal["field", "call"]
+    arg: str | None = None
+    path: list[str] = Field(default_factory=list)
+    values: dict[str, int] = Field(default_factory=dict)
+    default: int = 50
+    fn: str | None = None
+
+
+class StageSpec(_Model):
+    """What the ``@stage`` decorator declared about one function."""
+
+    name: str
+    ref: str
+    is_async: bool = False
+    model: str | None = None
+    cache: str | None = None
+    priority: int | PriorityRule | None = None
+    tools: list[ToolSpec] = Field(default_factory=list)
+    params: list[Param] = Field(default_factory=list)
+    output: TypeSpec = Field(default_factory=lambda: TypeSpec(kind="any"))
+    site: str | None = None
+    doc: str = ""
+
+
+class BranchTest(_Model):
+    """How a branch node computes the value it switches on.
+
+    ``value``: the value of its single argument (a typed stage output or field).
+    ``call``: the result of calling ``fn`` on its arguments (``orla.cond``/``orla.switch``).
+    """
+
+    op: Literal["value", "call"]
+    fn: str | None = None
+
+
+class Condition(_Model):
+    """Holds when branch node ``branch`` ran and took one of ``choices``."""
+
+    branch: str
+    choices: list[Any]
+
+
+Guard = list[Condition]
+"""All conditions must hold. A node runs when any one of its guards holds."""
+
+
+class Node(_Model):
+    id: str
+    kind: NodeKind
+    label: str
+    site: str | None = None
+    scope: str | None = None
+    guards: list[Guard] = Field(default_factory=list)
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    stage: str | None = None
+    test: BranchTest | None = None
+    choices: list[Any] = Field(default_factory=list)
+    output: TypeSpec = Field(default_factory=lambda: TypeSpec(kind="any"))
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    def refs(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (argument name, reference) in this node's argument templates."""
+        for index, template in enumerate(self.args):
+            for ref in iter_refs(template):
+                yield str(index), ref
+        for name, template in self.kwargs.items():
+            for ref in iter_refs(template):
+                yield name, ref
+
+
+class Capabilities(_Model):
+    """What a backend can serve; the validate pass checks stages against these."""
+
+    tool_calling: bool = True
+    json_schema: bool = True
+    cache_control: CacheControl = "none"
+    metrics: bool = False
+
+
+class BackendSpec(_Model):
+    """A declared backend: an engine the runtime can send requests to."""
+
+    name: str
+    kind: Literal["openai", "llamacpp", "vllm", "sglang", "ollama", "sim"]
+    url: str | None = None
+    models: list[str] | None = None
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+
+
+class Target(_Model):
+    """Where a logical model name is served: a backend, a model id there, and parameters."""
+
+    kind: Literal["target"] = "target"
+    backend: str
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def key(self) -> str:
+        return f"{self.backend}/{self.model}"
+
+
+class MapperSpec(_Model):
+    """A stage mapper that picks one of ``candidates`` at run time."""
+
+    kind: Literal["mapper"] = "mapper"
+    ref: str
+    name: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    candidates: list[str] = Field(default_factory=list)
+
+
+Mapping = Target | MapperSpec
+
+
+class Edge(_Model):
+    """A derived edge, for readers that draw or walk the DAG (not serialized)."""
+
+    src: str
+    dst: str
+    kind: Literal["data", "control"]
+    label: str = ""
+
+
+class Plan(_Model):
+    format: Literal["orla.plan/1"] = PLAN_FORMAT
+    name: str
+    workflow: str | None = None
+    nodes: list[Node] = Field(default_factory=list)
+    stages: dict[str, StageSpec] = Field(default_factory=dict)
+    backends: list[BackendSpec] = Field(default_factory=list)
+    mapping: dict[str, Target | MapperSpec] = Field(default_factory=dict)
+    default_model: str | None = None
+    paths: int = 1
+    meta: dict[str, Any] = Field(default_factory=dict)
+    _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    # ---- lookup -------------------------------------------------------------------
+    def node(self, node_id: str) -> Node:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(f"plan {self.name!r} has no node {node_id!r}")
+
+    def by_id(self) -> dict[str, Node]:
+        return {node.id: node for node in self.nodes}
+
+    def stage_nodes(self) -> list[Node]:
+        return [node for node in self.nodes if node.kind == "stage"]
+
+    def stage_of(self, node: Node) -> StageSpec:
+        if node.stage is None:
+            raise KeyError(f"node {node.id!r} is a {node.kind} node, not a stage")
+        return self.stages[node.stage]
+
+    def resolve(self, ref: str) -> Any:
+        """The live object behind a reference: the one seen while tracing, else imported."""
+        if ref in self._objects:
+            return self._objects[ref]
+        return load_ref(ref)
+
+    def attach(self, objects: dict[str, Any]) -> None:
+        """Remember live objects (stages, tools, predicates) so ``resolve`` needs no import."""
+        self._objects.update(objects)
+
+    def logical_model(self, node: Node) -> str | None:
+        """The logical model name a stage node asks for (its own, else the default)."""
+        return self.stage_of(node).model or self.default_model
+
+    def targets_of(self, name: str) -> list[Target]:
+        """The targets that may serve a logical name: one, or a mapper's candidates."""
+        mapped = self.mapping.get(name)
+        if isinstance(mapped, Target):
+            return [mapped]
+        if isinstance(mapped, MapperSpec):
+            return [t for c in mapped.candidates
+                    if isinstance(t := self.mapping.get(c), Target)]
+        return []
+
+    def backend(self, name: str) -> BackendSpec | None:
+        return next((b for b in self.backends if b.name == name), None)
+
+    # ---- graph --------------------------------------------------------------------
+    def edges(self) -> list[Edge]:
+        """Data edges from argument references, control edges from guards."""
+        edges: list[Edge] = []
+        for node in self.nodes:
+            seen: set[tuple[str, str]] = set()
+            for _arg, ref in node.refs():
+                src = ref.get("$ref") or ref["$gather"]
+                label = _edge_label(ref)
+                if (src, label) not in seen:
+                    seen.add((src, label))
+                    edges.append(Edge(src=src, dst=node.id, kind="data", label=label))
+            for branch, choices in control_parents(node).items():
+                label = " | ".join(_choice_label(c) for c in choices)
+                edges.append(Edge(src=branch, dst=node.id, kind="control", label=label))
+        return edges
+
+    def predecessors(self) -> dict[str, list[str]]:
+        preds: dict[str, list[str]] = {node.id: [] for node in self.nodes}
+        for edge in self.edges():
+            if edge.src not in preds[edge.dst]:
+                preds[edge.dst].append(edge.src)
+        return preds
+
+    def successors(self) -> dict[str, list[str]]:
+        succs: dict[str, list[str]] = {node.id: [] for node in self.nodes}
+        for edge in self.edges():
+            if edge.dst in succs and edge.src in succs and edge.dst not in succs[edge.src]:
+                succs[edge.src].append(edge.dst)
+        return succs
+
+    # ---- serialization ------------------------------------------------------------
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, two-space indent; equal plans give equal bytes."""
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        data["format"] = self.format
+        return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.model_validate_json(text)
+
+    # ---- drawing (delegates to orla_sdk.render) -------------------------------------
+    def to_dot(self) -> str:
+        from orla_sdk.render import plan_to_dot  # render reads the IR, never the reverse
+
+        return plan_to_dot(self)
+
+    def render(self, path: str) -> str:
+        from orla_sdk.render import render_plan
+
+        return render_plan(self, path)
+
+
+def iter_refs(template: Any) -> Iterator[dict[str, Any]]:
+    """Yield every ``$ref``/``$gather`` dict inside an argument template."""
+    if isinstance(template, dict):
+        if "$ref" in template or "$gather" in template:
+            yield template
+            return
+        if "$const" in template or "$model" in template:
+            return
+        for value in template.values():
+            yield from iter_refs(value)
+    elif isinstance(template, list):
+        for value in template:
+            yield from iter_refs(value)
+
+
+def control_parents(node: Node) -> dict[str, list[Any]]:
+    """For drawing: the nearest condition of each guard, merged by branch."""
+    parents: dict[str, list[Any]] = {}
+    for guard in node.guards:
+        if guard:
+            last = guard[-1]
+            choices = parents.setdefault(last.branch, [])
+            choices.extend(c for c in last.choices if c not in choices)
+    return parents
+
+
+def _edge_label(ref: dict[str, Any]) -> str:
+    path = "".join(f".{p}" for p in ref.get("path", []))
+    return f"[each]{path}" if "$gather" in ref else path
+
+
+def _choice_label(choice: Any) -> str:
+    return json.dumps(choice) if not isinstance(choice, str) else choice

@@ -1,0 +1,129 @@
+"""The ``@stage`` decorator: marks a function whose body talks to a model."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from orla_sdk.context import active_tracer
+from orla_sdk.ir import Param, PriorityRule, StageSpec
+from orla_sdk.refs import ref_of
+from orla_sdk.tools import tool_spec
+from orla_sdk.typespec import return_spec, type_spec
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PriorityHint = int | PriorityRule | Callable[..., int] | None
+
+
+class Stage(Generic[P, R]):
+    """A function marked with ``@stage``.
+
+    Outside a traced workflow, calling it simply calls the function. While a workflow is
+    traced, calling it records a stage node and returns a proxy for its output.
+    """
+
+    def __init__(self, fn: Callable[P, R], *, model: str | None, cache: str | None,
+                 tools: Sequence[Callable[..., Any]], priority: PriorityHint,
+                 name: str | None) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.model = model
+        self.cache = cache
+        self.tools = list(tools)
+        self.priority = priority
+        self._spec: StageSpec | None = None
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        tracer = active_tracer.get()
+        if tracer is None:
+            return self.fn(*args, **kwargs)
+        return tracer.record_stage(self, args, kwargs)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<orla stage {self.name} model={self.model!r}>"
+
+    @property
+    def signature(self) -> inspect.Signature:
+        return inspect.signature(self.fn)
+
+    def spec(self) -> StageSpec:
+        """The serializable description the plan carries (computed once, on first use)."""
+        if self._spec is None:
+            self._spec = StageSpec(
+                name=self.name, ref=ref_of(self.fn), is_async=inspect.iscoroutinefunction(self.fn),
+                model=self.model, cache=self.cache, priority=_priority_value(self.priority),
+                tools=[tool_spec(t) for t in self.tools], params=_params(self.fn),
+                output=return_spec(self.fn), site=_definition_site(self.fn),
+                doc=(inspect.getdoc(self.fn) or "").split("\n\n")[0],
+            )
+        return self._spec
+
+
+@overload
+def stage(fn: Callable[P, R], /) -> Stage[P, R]: ...
+
+
+@overload
+def stage(*, model: str | None = None, cache: str | None = None,
+          tools: Sequence[Callable[..., Any]] = (), priority: PriorityHint = None,
+          name: str | None = None) -> Callable[[Callable[P, R]], Stage[P, R]]: ...
+
+
+def stage(fn: Callable[P, R] | None = None, /, *, model: str | None = None,
+          cache: str | None = None, tools: Sequence[Callable[..., Any]] = (),
+          priority: PriorityHint = None,
+          name: str | None = None) -> Stage[P, R] | Callable[[Callable[P, R]], Stage[P, R]]:
+    """Mark a function as a stage of a workflow.
+
+    model: logical model name, resolved by the plan's mapping ("light", "heavy", ...).
+    cache: "preserve" or "flush" to override the cache-span pass for this stage.
+    tools: plain functions the model may call while this stage runs.
+    priority: 0..100 (higher is served first), a rule from ``priority_by``, or a
+        function of the stage's arguments returning such a number at run time.
+    """
+
+    def wrap(f: Callable[P, R]) -> Stage[P, R]:
+        return Stage(f, model=model, cache=cache, tools=tools, priority=priority, name=name)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def priority_by(arg: str, field: str = "", *, values: dict[str, int],
+                default: int = 50) -> PriorityRule:
+    """Priority looked up at run time from an argument (or a field of it).
+
+    ``priority_by("t", "category", values={"billing": 90, "general": 20})`` runs billing
+    tickets before general ones.
+    """
+    path = [p for p in field.split(".") if p]
+    return PriorityRule(kind="field", arg=arg, path=path, values=values, default=default)
+
+
+def _priority_value(priority: PriorityHint) -> int | PriorityRule | None:
+    if priority is None or isinstance(priority, (int, PriorityRule)):
+        return priority
+    return PriorityRule(kind="call", fn=ref_of(priority))
+
+
+def _params(fn: Callable[..., Any]) -> list[Param]:
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    return [
+        Param(name=p.name, kind=p.kind.name.lower(),  # type: ignore[arg-type]
+              required=p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD),
+              type=type_spec(hints.get(p.name, p.empty)))
+        for p in inspect.signature(fn).parameters.values()
+    ]
+
+
+def _definition_site(fn: Callable[..., Any]) -> str | None:
+    code = getattr(fn, "__code__", None)
+    return f"{fn.__module__}:{code.co_firstlineno}" if code else None

@@ -1,0 +1,524 @@
+"""The tracer: runs a workflow function on proxies and records the DAG it would run.
+
+Stage calls return ``Proxy`` objects instead of running. When a proxy of a finite type
+(bool, Literal, Enum, or such a field) is tested, the tracer picks a value for it and
+remembers the choice; the workflow is then run again for every other choice, until all
+paths are known. The paths are merged into one plan: nodes are identified by their call
+site, and each node is guarded by the branch choices that lead to it.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import linecache
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import CodeType, FrameType
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+from orla_sdk.context import active_tracer
+from orla_sdk.errors import OrlaError, TraceError
+from orla_sdk.ir import BranchTest
+from orla_sdk.refs import ref_of
+from orla_sdk.typespec import (
+    enumerate_values,
+    field_annotation,
+    item_annotation,
+    json_choice,
+    type_name,
+)
+
+if TYPE_CHECKING:
+    from orla_sdk.stage import Stage
+
+DEFAULT_MAX_PATHS = 256
+MAX_LOOP_DECISIONS = 64
+MAX_TESTS_PER_SITE = 10_000
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+PathKey = tuple[Any, ...]
+Decision = tuple[str, Any]  # (branch id, JSON choice)
+
+
+# ---------------------------------------------------------------------------------
+# Proxies
+# ---------------------------------------------------------------------------------
+class Proxy:
+    """Stands for a value a node will produce when the plan runs."""
+
+    __slots__ = ("_orla_tracer", "_orla_node", "_orla_path", "_orla_type", "_orla_scope")
+
+    def __init__(self, tracer: Tracer, node: str, path: tuple[str | int, ...],
+                 annotation: Any, scope: tuple[str, ...]) -> None:
+        object.__setattr__(self, "_orla_tracer", tracer)
+        object.__setattr__(self, "_orla_node", node)
+        object.__setattr__(self, "_orla_path", path)
+        object.__setattr__(self, "_orla_type", annotation)
+        object.__setattr__(self, "_orla_scope", scope)
+
+    def _orla_child(self, key: str | int, annotation: Any) -> Proxy:
+        return Proxy(self._orla_tracer, self._orla_node, (*self._orla_path, key), annotation,
+                     self._orla_scope)
+
+    def _orla_describe(self) -> str:
+        where = self._orla_node + "".join(f".{p}" for p in self._orla_path)
+        return f"`{where}` ({type_name(self._orla_type)})"
+
+    def __getattr__(self, name: str) -> Proxy:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            annotation = field_annotation(self._orla_type, name)
+        except KeyError:
+            raise self._orla_tracer.misuse(
+                self, f"reads attribute {name!r}",
+                "only fields of a pydantic output can be read while tracing; annotate the "
+                "stage's return type with a pydantic model that has this field") from None
+        return self._orla_child(name, annotation)
+
+    def __getitem__(self, key: Any) -> Proxy:
+        item = item_annotation(self._orla_type)
+        if item is None or not isinstance(key, int):
+            raise self._orla_tracer.misuse(
+                self, f"is indexed with {key!r}",
+                "index only list outputs with an int, or pass the value to a stage")
+        return self._orla_child(key, item)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise self._orla_tracer.misuse(self, f"is assigned attribute {name!r}",
+                                       "stage outputs are read-only; build new values in a stage")
+
+    def __bool__(self) -> bool:
+        return bool(self._orla_tracer.concrete(self, "is tested with `if`/`while`/`and`/`or`"))
+
+    def __eq__(self, other: object) -> bool:  # type: ignore[override]
+        return bool(self._orla_tracer.concrete(self, "is compared with ==") == other)
+
+    def __ne__(self, other: object) -> bool:  # type: ignore[override]
+        return bool(self._orla_tracer.concrete(self, "is compared with !=") != other)
+
+    def __hash__(self) -> int:
+        return hash(self._orla_tracer.concrete(self, "is hashed (used as a key)"))
+
+    def __iter__(self) -> Iterator[Proxy]:
+        return self._orla_tracer.record_map(self)
+
+    def __len__(self) -> int:
+        raise self._orla_tracer.misuse(
+            self, "is passed to len()",
+            "pass the list to a stage, or iterate over it (`for item in items:`) to fan out")
+
+    def __str__(self) -> str:
+        raise self._orla_tracer.misuse(
+            self, "is turned into a string (str() or an f-string)",
+            "pass the value to a stage and build the text inside the stage")
+
+    def __format__(self, spec: str) -> str:
+        return self.__str__()
+
+    def __repr__(self) -> str:
+        return f"<orla proxy {self._orla_describe()}>"
+
+    def __contains__(self, item: object) -> bool:
+        raise self._orla_tracer.misuse(self, "is searched with `in`",
+                                       "decide membership inside a stage, or use orla.cond")
+
+    def __lt__(self, other: object) -> bool:
+        raise self._orla_tracer.misuse(self, "is ordered with <, <=, > or >=",
+                                       "use orla.cond(predicate, value) for such tests")
+
+    __le__ = __gt__ = __ge__ = __lt__
+
+    def __int__(self) -> int:
+        raise self._orla_tracer.misuse(self, "is converted to a number",
+                                       "do arithmetic inside a stage")
+
+    __float__ = __index__ = __int__  # type: ignore[assignment]
+
+    def __await__(self) -> Iterator[Any]:
+        return self
+        yield  # noqa: unreachable: makes this a generator so `await proxy` returns at once
+
+
+# ---------------------------------------------------------------------------------
+# Per-path records
+# ---------------------------------------------------------------------------------
+@dataclass
+class _Draft:
+    """What every path agrees on about a node (first seen wins)."""
+
+    kind: Literal["input", "stage", "branch", "map", "output"]
+    label: str
+    site: str | None
+    scope: str | None
+    annotation: Any = Any
+    stage: Stage[Any, Any] | None = None
+    test: BranchTest | None = None
+    choices: list[Any] = field(default_factory=list)
+    py_choices: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class _Visit:
+    """A node's appearance on one path: the decisions before it, and its arguments."""
+
+    prefix: tuple[Decision, ...]
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class _Path:
+    choices: dict[str, Any] = field(default_factory=dict)
+    visits: dict[str, _Visit] = field(default_factory=dict)
+
+
+@dataclass
+class _Frontier:
+    """One run's decisions as (branch id, index taken, number of choices)."""
+
+    taken: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def next_forced(self) -> list[int] | None:
+        for i in range(len(self.taken) - 1, -1, -1):
+            _, index, count = self.taken[i]
+            if index + 1 < count:
+                return [t[1] for t in self.taken[:i]] + [index + 1]
+        return None
+
+
+# ---------------------------------------------------------------------------------
+# The tracer
+# ---------------------------------------------------------------------------------
+class Tracer:
+    def __init__(self, workflow_name: str, workflow_code: CodeType) -> None:
+        self.workflow_name = workflow_name
+        self.workflow_code = workflow_code
+        self.drafts: dict[str, _Draft] = {}
+        self.key_to_id: dict[PathKey, str] = {}
+        self.paths: list[_Path] = []
+        self.objects: dict[str, Any] = {}
+        self._reset_path([])
+
+    def _reset_path(self, forced: list[int]) -> None:
+        self.forced = forced
+        self.frontier = _Frontier()
+        self.path = _Path()
+        self.values: dict[str, Any] = {}
+        self.occurrences: dict[PathKey, int] = {}
+        self.loop_decisions: dict[PathKey, int] = {}
+        self.tests_at_site: dict[PathKey, int] = {}
+        self.scope: tuple[str, ...] = ()
+
+    # ---- running the workflow once per path ----------------------------------------
+    def run_all(self, fn: Callable[..., Any], params: list[inspect.Parameter],
+                max_paths: int) -> None:
+        forced: list[int] | None = []
+        while forced is not None:
+            if len(self.paths) >= max_paths:
+                raise self._too_many_paths(max_paths)
+            self._reset_path(forced)
+            self._run_once(fn, params)
+            self.paths.append(self.path)
+            forced = self.frontier.next_forced()
+
+    def _run_once(self, fn: Callable[..., Any], params: list[inspect.Parameter]) -> None:
+        inputs = {p.name: self._input_proxy(p) for p in params}
+        token = active_tracer.set(self)
+        try:
+            result = fn(**inputs)
+            if inspect.iscoroutine(result):
+                result = _drive(result, self.workflow_name)
+        finally:
+            active_tracer.reset(token)
+        if self.scope:
+            raise TraceError(
+                f"workflow {self.workflow_name!r} left the loop over `{self.scope[-1]}` early "
+                "(break or return inside it). Fix: a map runs every item; filter the list in "
+                "a stage before the loop instead of breaking out of it.")
+        self._visit(("output",), _Draft("output", "output", None, None),
+                    [self.template(result, "the return value")], {})
+
+    def _input_proxy(self, param: inspect.Parameter) -> Proxy:
+        annotation = param.annotation if param.annotation is not param.empty else Any
+        draft = _Draft("input", param.name, None, None, annotation=annotation)
+        node_id = self._visit(("input", param.name), draft, [], {}, preferred=f"input:{param.name}")
+        return Proxy(self, node_id, (), annotation, ())
+
+    # ---- recording nodes ------------------------------------------------------------
+    def _visit(self, key: PathKey, draft: _Draft, args: list[Any], kwargs: dict[str, Any],
+               preferred: str | None = None) -> str:
+        node_id = self.key_to_id.get(key)
+        if node_id is None:
+            node_id = self._fresh_id(preferred or draft.label, draft.kind)
+            self.key_to_id[key] = node_id
+            self.drafts[node_id] = draft
+        prefix = tuple((b, json_choice(self.values[b])) for b, _, _ in self.frontier.taken)
+        self.path.visits[node_id] = _Visit(prefix, args, kwargs)
+        return node_id
+
+    def _fresh_id(self, base: str, kind: str) -> str:
+        if base not in self.drafts and (base != "output" or kind == "output"):
+            return base
+        n = 2
+        while f"{base}_{n}" in self.drafts:
+            n += 1
+        return f"{base}_{n}"
+
+    def _occurrence_key(self, kind: str, site: PathKey) -> PathKey:
+        count = self.occurrences.get(site, 0) + 1
+        self.occurrences[site] = count
+        return (kind, site, count)
+
+    def record_stage(self, stage: Stage[Any, Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Proxy:
+        site, where = self._call_site()
+        key = self._occurrence_key("stage", site)
+        what = f"an argument of stage {stage.name!r}"
+        arg_templates = [self.template(a, what) for a in args]
+        kwarg_templates = {k: self.template(v, what) for k, v in kwargs.items()}
+        annotation = _return_annotation(stage.fn)
+        draft = _Draft("stage", stage.name, where, self._scope_id(), annotation=annotation,
+                       stage=stage)
+        node_id = self._visit(key, draft, arg_templates, kwarg_templates)
+        return Proxy(self, node_id, (), annotation, self.scope)
+
+    def record_cond(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any], choices: list[Any], annotation: Any) -> Proxy:
+        site, where = self._call_site()
+        key = self._occurrence_key("cond", site)
+        ref = ref_of(fn)
+        self.objects[ref] = fn
+        what = f"an argument of orla.cond/switch({fn.__name__})"
+        draft = _Draft("branch", fn.__name__, where, self._scope_id(), annotation=annotation,
+                       test=BranchTest(op="call", fn=ref),
+                       choices=[json_choice(c) for c in choices], py_choices=list(choices))
+        arg_templates = [self.template(a, what) for a in args]
+        kwarg_templates = {k: self.template(v, what) for k, v in kwargs.items()}
+        node_id = self._visit(key, draft, arg_templates, kwarg_templates,
+                              preferred=f"branch:{fn.__name__}")
+        return Proxy(self, node_id, (), annotation, self.scope)
+
+    def record_map(self, items: Proxy) -> Iterator[Proxy]:
+        item = item_annotation(items._orla_type)
+        if item is None:
+            raise self.misuse(items, "is iterated over",
+                              "only list outputs fan out; annotate the stage's return type as "
+                              "list[...] or bound the loop with range(N)")
+        site, where = self._call_site()
+        key = self._occurrence_key("map", site)
+        label = items._orla_node + "".join(f".{p}" for p in items._orla_path)
+        draft = _Draft("map", f"each {label}", where, self._scope_id(), annotation=item)
+        node_id = self._visit(key, draft, [self.template(items, "the list being mapped")], {},
+                              preferred=f"map:{label}")
+        return self._map_iterator(node_id, item)
+
+    def _map_iterator(self, node_id: str, item: Any) -> Iterator[Proxy]:
+        self.scope = (*self.scope, node_id)
+        yield Proxy(self, node_id, (), item, self.scope)
+        self.scope = self.scope[:-1]
+
+    def _scope_id(self) -> str | None:
+        return self.scope[-1] if self.scope else None
+
+    # ---- branching -----------------------------------------------------------------
+    def concrete(self, proxy: Proxy, what: str) -> Any:
+        """The value a finite-typed proxy has on the path being traced."""
+        site, _ = self._call_site()
+        self._count_test(site)
+        source = self.drafts[proxy._orla_node]
+        if source.kind == "branch" and not proxy._orla_path:
+            return self._decide(proxy._orla_node, site)
+        choices = enumerate_values(proxy._orla_type)
+        if choices is None:
+            raise self.misuse(proxy, what, _BRANCH_FIX)
+        branch_id = self._value_branch(proxy, choices)
+        return self._decide(branch_id, site)
+
+    def _value_branch(self, proxy: Proxy, choices: list[Any]) -> str:
+        label = proxy._orla_node + "".join(f".{p}" for p in proxy._orla_path)
+        key: PathKey = ("branch", proxy._orla_node, proxy._orla_path)
+        node_id = self.key_to_id.get(key)
+        if node_id is not None and node_id in self.path.visits:
+            return node_id
+        _, where = self._call_site()
+        draft = _Draft("branch", label, where, self._scope_id(), annotation=proxy._orla_type,
+                       test=BranchTest(op="value"), choices=[json_choice(c) for c in choices],
+                       py_choices=choices)
+        return self._visit(key, draft, [self.template(proxy, "a branch")], {},
+                           preferred=f"branch:{label}")
+
+    def _decide(self, branch_id: str, site: PathKey) -> Any:
+        if branch_id in self.values:
+            return self.values[branch_id]
+        draft = self.drafts[branch_id]
+        position = len(self.frontier.taken)
+        index = self.forced[position] if position < len(self.forced) else 0
+        self.frontier.taken.append((branch_id, index, len(draft.py_choices)))
+        self.values[branch_id] = draft.py_choices[index]
+        self.path.choices[branch_id] = draft.choices[index]
+        self.loop_decisions[site] = self.loop_decisions.get(site, 0) + 1
+        if self.loop_decisions[site] > MAX_LOOP_DECISIONS:
+            raise self._unbounded_loop()
+        return draft.py_choices[index]
+
+    def _count_test(self, site: PathKey) -> None:
+        self.tests_at_site[site] = self.tests_at_site.get(site, 0) + 1
+        if self.tests_at_site[site] > MAX_TESTS_PER_SITE:
+            raise self._unbounded_loop()
+
+    # ---- argument templates ----------------------------------------------------------
+    def template(self, value: Any, what: str) -> Any:
+        """Encode a value passed to a node as a JSON template (see ``orla_sdk.ir``)."""
+        if isinstance(value, Proxy):
+            return self._ref(value, what)
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        if isinstance(value, enum.Enum):
+            return {"$enum": ref_of(type(value)), "value": value.value}
+        if isinstance(value, BaseModel):
+            return {"$model": ref_of(type(value)), "data": value.model_dump(mode="json")}
+        if isinstance(value, list) and len(value) == 1 and self._is_closed(value[0]):
+            return self._gather(value[0], what)
+        if isinstance(value, (list, tuple)):
+            items = [self.template(v, what) for v in value]
+            return items if isinstance(value, list) else {"$tuple": items}
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            encoded = {k: self.template(v, what) for k, v in value.items()}
+            return {"$dict": encoded} if any(k.startswith("$") for k in value) else encoded
+        raise TraceError(
+            f"{self._where()}: {what} is a {type(value).__name__}, which a plan cannot carry. "
+            "Fix: pass JSON-like values (str, numbers, lists, dicts), enums, pydantic models "
+            "or stage outputs; build other objects inside the stage.")
+
+    def _ref(self, proxy: Proxy, what: str) -> dict[str, Any]:
+        if self._is_closed(proxy):
+            raise self.misuse(proxy, f"is used as {what} outside the loop that produced it",
+                              "collect per-item results in a list: "
+                              "`results = [stage(item) for item in items]`")
+        ref: dict[str, Any] = {"$ref": proxy._orla_node}
+        if proxy._orla_path:
+            ref["path"] = list(proxy._orla_path)
+        return ref
+
+    def _gather(self, proxy: Proxy, what: str) -> dict[str, Any]:
+        scope = proxy._orla_scope
+        if scope[:-1] != self.scope[: len(scope) - 1]:
+            raise self.misuse(proxy, f"is used as {what} outside the loop that produced it",
+                              "gather it in the scope right around its loop")
+        ref: dict[str, Any] = {"$gather": proxy._orla_node, "map": scope[-1]}
+        if proxy._orla_path:
+            ref["path"] = list(proxy._orla_path)
+        return ref
+
+    def _is_closed(self, value: Any) -> bool:
+        """A proxy made inside a loop body that has ended."""
+        if not isinstance(value, Proxy):
+            return False
+        scope = value._orla_scope
+        return self.scope[: len(scope)] != scope
+
+    # ---- sites and errors ------------------------------------------------------------
+    def _user_frames(self) -> Iterator[FrameType]:
+        frame: FrameType | None = sys._getframe(2)
+        while frame is not None:
+            if not frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+                yield frame
+                if frame.f_code is self.workflow_code:
+                    return
+            frame = frame.f_back
+
+    def _call_site(self) -> tuple[PathKey, str | None]:
+        """A key for the call stack from the workflow down, and "module:line" of the caller."""
+        key: list[tuple[str, int]] = []
+        where = None
+        for frame in self._user_frames():
+            if where is None:
+                where = f"{frame.f_globals.get('__name__', '?')}:{frame.f_lineno}"
+            key.append((frame.f_code.co_filename, frame.f_lasti))
+        return tuple(key), where
+
+    def _where(self) -> str:
+        for frame in self._user_frames():
+            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}: `{line}`"
+        return f"workflow {self.workflow_name!r}"
+
+    def misuse(self, proxy: Proxy, what: str, fix: str) -> TraceError:
+        return TraceError(
+            f"{self._where()}: the output {proxy._orla_describe()} {what} while workflow "
+            f"{self.workflow_name!r} is traced, but it has no value until the plan runs. "
+            f"Fix: {fix}.")
+
+    def _too_many_paths(self, max_paths: int) -> TraceError:
+        branches = sorted({b for p in self.paths for b in p.choices})
+        return TraceError(
+            f"workflow {self.workflow_name!r} has more than {max_paths} paths through its "
+            f"branches ({', '.join(branches)}). Fix: raise max_paths in orla.compile(...), "
+            "fold related tests into one orla.switch(...), or bound loops with range(N).")
+
+    def _unbounded_loop(self) -> TraceError:
+        return TraceError(
+            f"{self._where()}: a loop in workflow {self.workflow_name!r} keeps testing stage "
+            "outputs with no bound. Fix: loop over `range(N)` and `break` on the model's "
+            "answer, so the plan has at most N rounds.")
+
+
+_BRANCH_FIX = (
+    "branch only on a bool, Literal or Enum output (or such a field of a pydantic output); "
+    "for other predicates use orla.cond(predicate, value) or orla.switch(selector, value, "
+    "cases=[...])")
+
+
+def _return_annotation(fn: Callable[..., Any]) -> Any:
+    import typing
+
+    try:
+        return typing.get_type_hints(fn).get("return", Any)
+    except Exception:
+        return Any
+
+
+def _drive(coro: Any, name: str) -> Any:
+    """Run an async workflow body whose awaits are all stage proxies (they never suspend)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise TraceError(
+        f"async workflow {name!r} awaited something other than a stage while traced "
+        "(asyncio.gather, sleep, I/O). Fix: await stages directly; stages without a data "
+        "dependency already run concurrently in the plan.")
+
+
+# ---------------------------------------------------------------------------------
+# Public tracing API
+# ---------------------------------------------------------------------------------
+def cond(predicate: Callable[..., bool], *args: Any, **kwargs: Any) -> bool:
+    """A two-way branch on ``predicate(*args)``, for tests the tracer cannot enumerate."""
+    tracer = active_tracer.get()
+    if tracer is None:
+        return bool(predicate(*args, **kwargs))
+    return tracer.record_cond(predicate, args, kwargs, [True, False], bool)  # type: ignore[return-value]
+
+
+def switch(selector: Callable[..., Any], *args: Any, cases: Sequence[Any],
+           **kwargs: Any) -> Any:
+    """A many-way branch: ``selector(*args)`` must return one of ``cases``."""
+    if not cases:
+        raise OrlaError("orla.switch needs at least one case; pass cases=[...].")
+    tracer = active_tracer.get()
+    if tracer is None:
+        value = selector(*args, **kwargs)
+        if value not in cases:
+            raise OrlaError(f"orla.switch: {selector.__name__} returned {value!r}, "
+                            f"which is not one of the cases {list(cases)}.")
+        return value
+    annotation = Literal.__getitem__(tuple(json_choice(c) for c in cases))
+    return tracer.record_cond(selector, args, kwargs, list(cases), annotation)
