@@ -22,7 +22,8 @@ from orla_sdk.workflow import Workflow
 
 def load_plan(target: str) -> Plan:
     if ":" not in target:
-        raise OrlaError(f"{target!r} is not MODULE:WORKFLOW, e.g. examples.customer_support:support")
+        raise OrlaError(f"{target!r} is not MODULE:WORKFLOW, "
+                        "e.g. examples.customer_support:support")
     if "." not in sys.path and "" not in sys.path:
         sys.path.insert(0, "")
     obj = load_ref(target)
@@ -52,7 +53,8 @@ def summary(plan: Plan) -> str:
         cache_text = cache.get("decision", "") + (f" [{cache['span']}]" if "span" in cache else "")
         rows.append((node.id, node.kind, runs_on, prio, cache_text))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
     header = f"plan {plan.name}: {len(plan.stage_nodes())} stages, {plan.paths} paths"
     return "\n".join([header, *lines])
 
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         plan = load_plan(args.target)
         if args.command == "plan":
-            print(summary(plan) if args.summary else plan.to_json(), end="\n" if args.summary else "")
+            print(summary(plan) if args.summary else plan.to_json().rstrip("\n"))
         else:
             print(plan.render(args.output))
     except OrlaError as exc:

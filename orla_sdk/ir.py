@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from orla_sdk.refs import load_ref
 
-PLAN_FORMAT = "orla.plan/1"
+PLAN_FORMAT: Literal["orla.plan/1"] = "orla.plan/1"
 
 NodeKind = Literal["input", "stage", "branch", "map", "output"]
 CacheHint = Literal["preserve", "flush"]
@@ -63,7 +63,7 @@ class TypeSpec(_Model):
             values = list(self.values)
         else:
             return None
-        return values + [None] if self.nullable else values
+        return [*values, None] if self.nullable else values
 
     def describe(self) -> str:
         name = {
@@ -318,7 +318,7 @@ class Plan(_Model):
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, two-space indent; equal plans give equal bytes."""
         data = self.model_dump(mode="json", exclude_defaults=True)
-        data["format"] = self.format
+        data["format"] = PLAN_FORMAT
         return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
     @classmethod

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orla_sdk.ir import Condition, Guard, Node, Plan
-from orla_sdk.trace import Tracer, _Path, _Visit
+from orla_sdk.trace import PathRecord, Tracer, Visit
 from orla_sdk.typespec import type_spec
 
 Conj = list[tuple[str, list[Any]]]  # [(branch id, allowed choices)], in decision order
@@ -33,7 +33,7 @@ def merge_paths(tracer: Tracer, name: str, workflow_ref: str) -> Plan:
             stage_ref = spec.ref
             stages[stage_ref] = spec
             objects[stage_ref] = draft.stage
-            objects.update({t.ref: fn for t, fn in zip(spec.tools, draft.stage.tools)})
+            objects.update({t.ref: fn for t, fn in zip(spec.tools, draft.stage.tools, strict=True)})
         nodes.append(Node(
             id=node_id, kind=draft.kind, label=draft.label, site=draft.site, scope=draft.scope,
             guards=_guards(node_id, visits, paths, choices),
@@ -49,7 +49,7 @@ def merge_paths(tracer: Tracer, name: str, workflow_ref: str) -> Plan:
 
 
 # ---- guards -------------------------------------------------------------------------
-def _guards(node_id: str, visits: list[tuple[int, _Visit]], paths: list[_Path],
+def _guards(node_id: str, visits: list[tuple[int, Visit]], paths: list[PathRecord],
             choices: dict[str, list[Any]]) -> list[Guard]:
     if len(visits) == len(paths):
         return []
@@ -68,16 +68,16 @@ def _guards(node_id: str, visits: list[tuple[int, _Visit]], paths: list[_Path],
             for conj in conjs]
 
 
-def _matches(path: _Path, conj: Conj) -> bool:
+def _matches(path: PathRecord, conj: Conj) -> bool:
     return all(b in path.choices and path.choices[b] in cs for b, cs in conj)
 
 
-def _sufficient(conj: Conj, reached: set[int], paths: list[_Path]) -> bool:
+def _sufficient(conj: Conj, reached: set[int], paths: list[PathRecord]) -> bool:
     return all(i in reached for i, p in enumerate(paths) if _matches(p, conj))
 
 
 def _shortest_sufficient(prefix: Sequence[tuple[str, Any]], reached: set[int],
-                         paths: list[_Path]) -> Conj:
+                         paths: list[PathRecord]) -> Conj:
     for start in range(len(prefix) - 1, -1, -1):
         conj = [(b, [c]) for b, c in prefix[start:]]
         if _sufficient(conj, reached, paths):
@@ -105,7 +105,7 @@ def _merge_alternatives(conjs: list[Conj]) -> list[Conj]:
 def _join(a: Conj, b: Conj) -> Conj | None:
     if [x for x, _ in a] != [y for y, _ in b]:
         return None
-    differing = [k for k, ((_, ca), (_, cb)) in enumerate(zip(a, b)) if ca != cb]
+    differing = [k for k, ((_, ca), (_, cb)) in enumerate(zip(a, b, strict=True)) if ca != cb]
     if len(differing) != 1:
         return None
     k = differing[0]
@@ -113,7 +113,7 @@ def _join(a: Conj, b: Conj) -> Conj | None:
     return [*a[:k], (a[k][0], union), *a[k + 1:]]
 
 
-def _drop_redundant(conj: Conj, reached: set[int], paths: list[_Path]) -> Conj:
+def _drop_redundant(conj: Conj, reached: set[int], paths: list[PathRecord]) -> Conj:
     for cond in list(conj):
         shorter = [c for c in conj if c is not cond]
         if _sufficient(shorter, reached, paths):

@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any
 
-import graphviz
+import graphviz  # type: ignore[import-untyped]
 
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Node, Plan
@@ -23,12 +23,12 @@ ROUTED_FILL = "#f1f1f1"
 
 
 def plan_to_dot(plan: Plan) -> str:
-    return build_graph(plan).source
+    return str(build_graph(plan).source)
 
 
 def render_plan(plan: Plan, path: str) -> str:
     """Write the diagram to ``path`` (.svg, .png, .pdf or .dot); return the path."""
-    stem, ext = os.path.splitext(path)
+    ext = os.path.splitext(path)[1]
     fmt = ext.lstrip(".").lower()
     if fmt == "dot" or fmt == "gv":
         with open(path, "w", encoding="utf-8") as handle:
@@ -53,8 +53,10 @@ def build_graph(plan: Plan) -> graphviz.Digraph:
     names = dot_names(plan)
     _add_nodes(graph, plan, colours, names)
     for edge in plan.edges():
-        style = {"style": "dashed", "color": "#555555"} if edge.kind == "control" else {}
-        graph.edge(names[edge.src], names[edge.dst], label=edge.label, **style)
+        attrs = {"style": "dashed", "color": "#555555"} if edge.kind == "control" else {}
+        if edge.label:
+            attrs["label"] = edge.label
+        graph.edge(names[edge.src], names[edge.dst], **attrs)
     _add_legend(graph, plan, colours)
     return graph
 

@@ -43,14 +43,18 @@ class Stage(Generic[P, R]):
         tracer = active_tracer.get()
         if tracer is None:
             return self.fn(*args, **kwargs)
-        return tracer.record_stage(self, args, kwargs)  # type: ignore[no-any-return]
+        return tracer.record_stage(self, args, kwargs)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"<orla stage {self.name} model={self.model!r}>"
 
-    @property
-    def signature(self) -> inspect.Signature:
-        return inspect.signature(self.fn)
+    @functools.cached_property
+    def output_annotation(self) -> Any:
+        """The return annotation, resolved (``Any`` when absent or unresolvable)."""
+        try:
+            return typing.get_type_hints(self.fn).get("return", Any)
+        except Exception:
+            return Any
 
     def spec(self) -> StageSpec:
         """The serializable description the plan carries (computed once, on first use)."""
@@ -117,7 +121,7 @@ def _params(fn: Callable[..., Any]) -> list[Param]:
     except Exception:
         hints = {}
     return [
-        Param(name=p.name, kind=p.kind.name.lower(),  # type: ignore[arg-type]
+        Param(name=p.name, kind=p.kind.name.lower(),
               required=p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD),
               type=type_spec(hints.get(p.name, p.empty)))
         for p in inspect.signature(fn).parameters.values()

@@ -7,7 +7,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import create_model
+from pydantic import BaseModel, create_model
 
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import ToolSpec
@@ -25,7 +25,8 @@ def tool_spec(fn: Callable[..., Any]) -> ToolSpec:
             continue
         default = ... if param.default is param.empty else param.default
         fields[name] = (hints.get(name, str), default)
-    schema = create_model(f"{fn.__name__}_args", **fields).model_json_schema()
+    args_model: type[BaseModel] = create_model(f"{fn.__name__}_args", **fields)
+    schema = args_model.model_json_schema()
     schema.pop("title", None)
     doc = inspect.getdoc(fn) or ""
     return ToolSpec(name=fn.__name__, ref=ref_of(fn), description=doc.split("\n\n")[0],

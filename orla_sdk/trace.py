@@ -14,7 +14,8 @@ import inspect
 import linecache
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import typing
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, Literal
@@ -51,7 +52,12 @@ Decision = tuple[str, Any]  # (branch id, JSON choice)
 class Proxy:
     """Stands for a value a node will produce when the plan runs."""
 
-    __slots__ = ("_orla_tracer", "_orla_node", "_orla_path", "_orla_type", "_orla_scope")
+    __slots__ = ("_orla_node", "_orla_path", "_orla_scope", "_orla_tracer", "_orla_type")
+    _orla_tracer: Tracer
+    _orla_node: str
+    _orla_path: tuple[str | int, ...]
+    _orla_type: Any
+    _orla_scope: tuple[str, ...]
 
     def __init__(self, tracer: Tracer, node: str, path: tuple[str | int, ...],
                  annotation: Any, scope: tuple[str, ...]) -> None:
@@ -96,10 +102,10 @@ class Proxy:
     def __bool__(self) -> bool:
         return bool(self._orla_tracer.concrete(self, "is tested with `if`/`while`/`and`/`or`"))
 
-    def __eq__(self, other: object) -> bool:  # type: ignore[override]
+    def __eq__(self, other: object) -> bool:
         return bool(self._orla_tracer.concrete(self, "is compared with ==") == other)
 
-    def __ne__(self, other: object) -> bool:  # type: ignore[override]
+    def __ne__(self, other: object) -> bool:
         return bool(self._orla_tracer.concrete(self, "is compared with !=") != other)
 
     def __hash__(self) -> int:
@@ -138,18 +144,18 @@ class Proxy:
         raise self._orla_tracer.misuse(self, "is converted to a number",
                                        "do arithmetic inside a stage")
 
-    __float__ = __index__ = __int__  # type: ignore[assignment]
+    __float__ = __index__ = __int__
 
-    def __await__(self) -> Iterator[Any]:
+    def __await__(self) -> Generator[Any, None, Proxy]:
         return self
-        yield  # noqa: unreachable: makes this a generator so `await proxy` returns at once
+        yield  # a generator that never suspends: `await proxy` evaluates to the proxy
 
 
 # ---------------------------------------------------------------------------------
 # Per-path records
 # ---------------------------------------------------------------------------------
 @dataclass
-class _Draft:
+class Draft:
     """What every path agrees on about a node (first seen wins)."""
 
     kind: Literal["input", "stage", "branch", "map", "output"]
@@ -164,7 +170,7 @@ class _Draft:
 
 
 @dataclass
-class _Visit:
+class Visit:
     """A node's appearance on one path: the decisions before it, and its arguments."""
 
     prefix: tuple[Decision, ...]
@@ -173,22 +179,23 @@ class _Visit:
 
 
 @dataclass
-class _Path:
+class PathRecord:
     choices: dict[str, Any] = field(default_factory=dict)
-    visits: dict[str, _Visit] = field(default_factory=dict)
+    visits: dict[str, Visit] = field(default_factory=dict)
 
 
 @dataclass
-class _Frontier:
+class Frontier:
     """One run's decisions as (branch id, index taken, number of choices)."""
 
     taken: list[tuple[str, int, int]] = field(default_factory=list)
 
-    def next_forced(self) -> list[int] | None:
+    def next_forced(self) -> list[tuple[str, int]] | None:
+        """The decisions that lead to the next unexplored path, depth first."""
         for i in range(len(self.taken) - 1, -1, -1):
-            _, index, count = self.taken[i]
+            branch, index, count = self.taken[i]
             if index + 1 < count:
-                return [t[1] for t in self.taken[:i]] + [index + 1]
+                return [(b, n) for b, n, _ in self.taken[:i]] + [(branch, index + 1)]
         return None
 
 
@@ -199,16 +206,17 @@ class Tracer:
     def __init__(self, workflow_name: str, workflow_code: CodeType) -> None:
         self.workflow_name = workflow_name
         self.workflow_code = workflow_code
-        self.drafts: dict[str, _Draft] = {}
+        self.drafts: dict[str, Draft] = {}
         self.key_to_id: dict[PathKey, str] = {}
-        self.paths: list[_Path] = []
+        self.paths: list[PathRecord] = []
         self.objects: dict[str, Any] = {}
+        self.input_types: dict[str, Any] = {}
         self._reset_path([])
 
-    def _reset_path(self, forced: list[int]) -> None:
+    def _reset_path(self, forced: list[tuple[str, int]]) -> None:
         self.forced = forced
-        self.frontier = _Frontier()
-        self.path = _Path()
+        self.frontier = Frontier()
+        self.path = PathRecord()
         self.values: dict[str, Any] = {}
         self.occurrences: dict[PathKey, int] = {}
         self.loop_decisions: dict[PathKey, int] = {}
@@ -218,7 +226,8 @@ class Tracer:
     # ---- running the workflow once per path ----------------------------------------
     def run_all(self, fn: Callable[..., Any], params: list[inspect.Parameter],
                 max_paths: int) -> None:
-        forced: list[int] | None = []
+        self.input_types = _type_hints(fn)
+        forced: list[tuple[str, int]] | None = []
         while forced is not None:
             if len(self.paths) >= max_paths:
                 raise self._too_many_paths(max_paths)
@@ -241,17 +250,17 @@ class Tracer:
                 f"workflow {self.workflow_name!r} left the loop over `{self.scope[-1]}` early "
                 "(break or return inside it). Fix: a map runs every item; filter the list in "
                 "a stage before the loop instead of breaking out of it.")
-        self._visit(("output",), _Draft("output", "output", None, None),
+        self._visit(("output",), Draft("output", "output", None, None),
                     [self.template(result, "the return value")], {})
 
     def _input_proxy(self, param: inspect.Parameter) -> Proxy:
-        annotation = param.annotation if param.annotation is not param.empty else Any
-        draft = _Draft("input", param.name, None, None, annotation=annotation)
+        annotation = self.input_types.get(param.name, Any)
+        draft = Draft("input", param.name, None, None, annotation=annotation)
         node_id = self._visit(("input", param.name), draft, [], {}, preferred=f"input:{param.name}")
         return Proxy(self, node_id, (), annotation, ())
 
     # ---- recording nodes ------------------------------------------------------------
-    def _visit(self, key: PathKey, draft: _Draft, args: list[Any], kwargs: dict[str, Any],
+    def _visit(self, key: PathKey, draft: Draft, args: list[Any], kwargs: dict[str, Any],
                preferred: str | None = None) -> str:
         node_id = self.key_to_id.get(key)
         if node_id is None:
@@ -259,7 +268,7 @@ class Tracer:
             self.key_to_id[key] = node_id
             self.drafts[node_id] = draft
         prefix = tuple((b, json_choice(self.values[b])) for b, _, _ in self.frontier.taken)
-        self.path.visits[node_id] = _Visit(prefix, args, kwargs)
+        self.path.visits[node_id] = Visit(prefix, args, kwargs)
         return node_id
 
     def _fresh_id(self, base: str, kind: str) -> str:
@@ -282,8 +291,8 @@ class Tracer:
         what = f"an argument of stage {stage.name!r}"
         arg_templates = [self.template(a, what) for a in args]
         kwarg_templates = {k: self.template(v, what) for k, v in kwargs.items()}
-        annotation = _return_annotation(stage.fn)
-        draft = _Draft("stage", stage.name, where, self._scope_id(), annotation=annotation,
+        annotation = stage.output_annotation
+        draft = Draft("stage", stage.name, where, self._scope_id(), annotation=annotation,
                        stage=stage)
         node_id = self._visit(key, draft, arg_templates, kwarg_templates)
         return Proxy(self, node_id, (), annotation, self.scope)
@@ -295,7 +304,7 @@ class Tracer:
         ref = ref_of(fn)
         self.objects[ref] = fn
         what = f"an argument of orla.cond/switch({fn.__name__})"
-        draft = _Draft("branch", fn.__name__, where, self._scope_id(), annotation=annotation,
+        draft = Draft("branch", fn.__name__, where, self._scope_id(), annotation=annotation,
                        test=BranchTest(op="call", fn=ref),
                        choices=[json_choice(c) for c in choices], py_choices=list(choices))
         arg_templates = [self.template(a, what) for a in args]
@@ -313,7 +322,7 @@ class Tracer:
         site, where = self._call_site()
         key = self._occurrence_key("map", site)
         label = items._orla_node + "".join(f".{p}" for p in items._orla_path)
-        draft = _Draft("map", f"each {label}", where, self._scope_id(), annotation=item)
+        draft = Draft("map", f"each {label}", where, self._scope_id(), annotation=item)
         node_id = self._visit(key, draft, [self.template(items, "the list being mapped")], {},
                               preferred=f"map:{label}")
         return self._map_iterator(node_id, item)
@@ -347,7 +356,7 @@ class Tracer:
         if node_id is not None and node_id in self.path.visits:
             return node_id
         _, where = self._call_site()
-        draft = _Draft("branch", label, where, self._scope_id(), annotation=proxy._orla_type,
+        draft = Draft("branch", label, where, self._scope_id(), annotation=proxy._orla_type,
                        test=BranchTest(op="value"), choices=[json_choice(c) for c in choices],
                        py_choices=choices)
         return self._visit(key, draft, [self.template(proxy, "a branch")], {},
@@ -358,7 +367,11 @@ class Tracer:
             return self.values[branch_id]
         draft = self.drafts[branch_id]
         position = len(self.frontier.taken)
-        index = self.forced[position] if position < len(self.forced) else 0
+        index = 0
+        if position < len(self.forced):
+            expected, index = self.forced[position]
+            if expected != branch_id:
+                raise self._nondeterministic(expected, branch_id)
         self.frontier.taken.append((branch_id, index, len(draft.py_choices)))
         self.values[branch_id] = draft.py_choices[index]
         self.path.choices[branch_id] = draft.choices[index]
@@ -462,6 +475,13 @@ class Tracer:
             f"branches ({', '.join(branches)}). Fix: raise max_paths in orla.compile(...), "
             "fold related tests into one orla.switch(...), or bound loops with range(N).")
 
+    def _nondeterministic(self, expected: str, found: str) -> TraceError:
+        return TraceError(
+            f"{self._where()}: workflow {self.workflow_name!r} took a different route on a "
+            f"re-run with the same choices (expected to decide {expected!r}, reached "
+            f"{found!r}). Fix: keep randomness, clocks and I/O out of the workflow function; "
+            "do such work inside stages.")
+
     def _unbounded_loop(self) -> TraceError:
         return TraceError(
             f"{self._where()}: a loop in workflow {self.workflow_name!r} keeps testing stage "
@@ -475,13 +495,12 @@ _BRANCH_FIX = (
     "cases=[...])")
 
 
-def _return_annotation(fn: Callable[..., Any]) -> Any:
-    import typing
-
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(fn).get("return", Any)
-    except Exception:
-        return Any
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: treat as untyped
+        return {}
+
 
 
 def _drive(coro: Any, name: str) -> Any:

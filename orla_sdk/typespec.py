@@ -22,7 +22,7 @@ def type_spec(annotation: Any) -> TypeSpec:
     if annotation is inspect.Parameter.empty or annotation is Any:
         return TypeSpec(kind="any")
     if annotation in _SCALARS:
-        return TypeSpec(kind=_SCALARS[annotation])  # type: ignore[arg-type]
+        return TypeSpec(kind=_SCALARS[annotation])
     origin = get_origin(annotation)
     if origin is Literal:
         return TypeSpec(kind="literal", values=list(get_args(annotation)))
@@ -79,7 +79,7 @@ def enumerate_values(annotation: Any) -> list[Any] | None:
             return None
         inner = enumerate_values(members[0])
         nullable = len(get_args(annotation)) == 2
-        return inner + [None] if inner is not None and nullable else None
+        return [*inner, None] if inner is not None and nullable else None
     if annotation is bool:
         return [True, False]
     if origin is Literal:

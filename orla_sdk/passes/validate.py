@@ -44,7 +44,7 @@ def _find_cycle(plan: Plan) -> list[str] | None:
         stack.append(nid)
         for nxt in succs.get(nid, []):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return [*stack[stack.index(nxt):], nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()

@@ -1,0 +1,82 @@
+"""Diagrams and the ``orla`` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import orla_sdk as orla
+from examples.customer_support import support
+from orla_sdk.cli import main
+
+
+@orla.stage(model="light")
+def topics(text: str) -> list[str]: ...
+
+
+@orla.stage(model="auto")
+def summarize(topic: str) -> str: ...
+
+
+@orla.workflow(backends=[orla.backends.llamacpp("local")],
+               mapping={"light": f"local/{orla.backends.DEFAULT_LOCAL_MODEL}",
+                        "auto": orla.OneBitStageMapper(simple="light", complex="light")})
+def fan_out(text: str) -> list[str]:
+    return [summarize(t) for t in topics(text)]
+
+
+def test_dot_marks_spans_branches_maps_and_routed_stages() -> None:
+    dot = orla.compile(support).to_dot()
+    assert "subgraph cluster_span1" in dot and "subgraph cluster_span2" in dot
+    assert "shape=diamond" in dot
+    assert "branch_classify_needs_escalation -> acknowledge [label=true color=" in dot
+    assert "branch_classify_needs_escalation -> reply [label=false color=" in dot
+    assert "priority: by t.category at run time" in dot
+    routed = orla.compile(fan_out).to_dot()
+    assert "subgraph cluster_map_topics" in routed
+    assert "peripheries=2" in routed and "routed (one_bit)" in routed
+    assert "[each]" in routed
+
+
+def test_render_writes_svg_and_png(tmp_path: Path) -> None:
+    plan = orla.compile(support)
+    svg = Path(plan.render(str(tmp_path / "plan.svg")))
+    assert svg.read_text().lstrip().startswith(("<?xml", "<svg"))
+    png = Path(plan.render(str(tmp_path / "plan.png")))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(orla.OrlaError, match=r"\.svg, \.png"):
+        plan.render(str(tmp_path / "plan.bmp"))
+
+
+def test_cli_plan_prints_the_compiled_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "examples.customer_support:support"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == orla.compile(support).to_json()
+    assert json.loads(printed)["name"] == "support"
+
+
+def test_cli_summary_and_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "examples.customer_support:support", "--summary"]) == 0
+    table = capsys.readouterr().out
+    assert "5 stages, 2 paths" in table and "preserve [span2]" in table
+    target = tmp_path / "support.svg"
+    assert main(["render", "examples.customer_support:support", "-o", str(target)]) == 0
+    assert target.exists()
+
+
+def test_cli_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "examples.customer_support"]) == 2
+    assert "MODULE:WORKFLOW" in capsys.readouterr().err
+    assert main(["plan", "examples.customer_support:POLICIES"]) == 2
+    assert "name a @orla.workflow" in capsys.readouterr().err
+
+
+def test_console_script_runs_as_a_module() -> None:
+    done = subprocess.run([sys.executable, "-m", "orla_sdk.cli", "plan",
+                           "examples.customer_support:support", "--summary"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("plan support: 5 stages")
