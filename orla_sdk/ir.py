@@ -23,8 +23,9 @@ with one of these keys stands for something else:
 
 from __future__ import annotations
 
+import enum
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -107,6 +108,17 @@ class PriorityRule(_Model):
     values: dict[str, int] = Field(default_factory=dict)
     default: int = 50
     fn: str | None = None
+
+    def evaluate(self, arguments: dict[str, Any],
+                 resolve: Callable[[str], Any] = load_ref) -> int:
+        """The priority for one call, from the stage's bound arguments."""
+        if self.kind == "call" and self.fn is not None:
+            return int(resolve(self.fn)(**arguments))
+        value = arguments.get(self.arg or "")
+        for name in self.path:
+            value = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+        key = value.value if isinstance(value, enum.Enum) else value
+        return self.values.get(str(key), self.default)
 
 
 class StageSpec(_Model):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import MapperSpec, Target
-from orla_sdk.refs import load_ref, ref_of
+from orla_sdk.refs import is_importable, load_ref, ref_of
 
 Ask = Callable[[str, str], Awaitable[str]]
 """``await ask(logical_name, prompt)``: the runtime's way for a mapper to query a model."""
@@ -84,7 +84,11 @@ class ThresholdStageMapper(StageMapper):
     @field_validator("score", mode="before")
     @classmethod
     def _score_ref(cls, value: Any) -> Any:
-        return value if isinstance(value, str) else ref_of(value)
+        ref = value if isinstance(value, str) else ref_of(value)
+        if not is_importable(ref):
+            raise ValueError(f"score function {ref!r} must be defined at module level so "
+                             "the plan can name it")
+        return ref
 
     def candidates(self) -> list[str]:
         return _unique([self.below, self.above])

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from orla_sdk.ir import Condition, Guard, Node, Plan
+from orla_sdk.ir import Condition, Guard, Node, Plan, PriorityRule
 from orla_sdk.trace import PathRecord, Tracer, Visit
 from orla_sdk.typespec import type_spec
 
@@ -34,6 +34,8 @@ def merge_paths(tracer: Tracer, name: str, workflow_ref: str) -> Plan:
             stages[stage_ref] = spec
             objects[stage_ref] = draft.stage
             objects.update({t.ref: fn for t, fn in zip(spec.tools, draft.stage.tools, strict=True)})
+            if isinstance(spec.priority, PriorityRule) and spec.priority.fn:
+                objects[spec.priority.fn] = draft.stage.priority
         nodes.append(Node(
             id=node_id, kind=draft.kind, label=draft.label, site=draft.site, scope=draft.scope,
             guards=_guards(node_id, visits, paths, choices),

@@ -280,3 +280,18 @@ def test_capabilities_are_declared_per_engine() -> None:
     assert orla.backends.vllm("v", "http://127.0.0.1:8000/v1").capabilities.cache_control == \
         "global_reset"
     assert orla.backends.ollama("o").capabilities.cache_control == "keep_alive"
+
+
+def urgency(t: Ticket) -> int:
+    return 99 if t.escalate else 1
+
+
+def test_priority_rules_evaluate_on_real_arguments() -> None:
+    rule = rule_priority.spec().priority
+    assert isinstance(rule, orla.ir.PriorityRule)
+    billing = Ticket(category="billing", escalate=False)
+    assert rule.evaluate({"t": billing}) == 90
+    assert rule.evaluate({"t": {"category": "general"}}) == 10
+    assert rule.evaluate({"t": None}) == rule.default == 50
+    by_call = orla.ir.PriorityRule(kind="call", fn="test_passes:urgency")
+    assert by_call.evaluate({"t": Ticket(category="general", escalate=True)}) == 99
