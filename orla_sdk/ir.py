@@ -24,6 +24,7 @@ with one of these keys stands for something else:
 from __future__ import annotations
 
 import enum
+import heapq
 import json
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -313,18 +314,35 @@ class Plan(_Model):
         return edges
 
     def predecessors(self) -> dict[str, list[str]]:
-        preds: dict[str, list[str]] = {node.id: [] for node in self.nodes}
-        for edge in self.edges():
-            if edge.src not in preds[edge.dst]:
-                preds[edge.dst].append(edge.src)
-        return preds
+        """The nodes each node waits for: the sources of its arguments and its guards."""
+        return {node.id: list(dependencies(node)) for node in self.nodes}
 
     def successors(self) -> dict[str, list[str]]:
-        succs: dict[str, list[str]] = {node.id: [] for node in self.nodes}
-        for edge in self.edges():
-            if edge.dst in succs and edge.src in succs and edge.dst not in succs[edge.src]:
-                succs[edge.src].append(edge.dst)
-        return succs
+        succs: dict[str, dict[str, None]] = {node.id: {} for node in self.nodes}
+        for node in self.nodes:
+            for src in dependencies(node):
+                if src in succs:
+                    succs[src][node.id] = None
+        return {nid: list(dsts) for nid, dsts in succs.items()}
+
+    def topological_order(self) -> list[Node]:
+        """Nodes in an order where each comes after everything it depends on; plan order
+        breaks ties. Nodes on a cycle are left out (the validate pass reports cycles)."""
+        by_id = self.by_id()
+        waiting = {n.id: sum(1 for d in dependencies(n) if d in by_id) for n in self.nodes}
+        succs = self.successors()
+        position = {n.id: i for i, n in enumerate(self.nodes)}
+        ready_heap = [(position[n.id], n.id) for n in self.nodes if waiting[n.id] == 0]
+        heapq.heapify(ready_heap)
+        order: list[Node] = []
+        while ready_heap:
+            _, nid = heapq.heappop(ready_heap)
+            order.append(by_id[nid])
+            for nxt in succs[nid]:
+                waiting[nxt] -= 1
+                if waiting[nxt] == 0:
+                    heapq.heappush(ready_heap, (position[nxt], nxt))
+        return order
 
     # ---- serialization ------------------------------------------------------------
     def to_json(self) -> str:
@@ -362,6 +380,19 @@ def iter_refs(template: Any) -> Iterator[dict[str, Any]]:
     elif isinstance(template, list):
         for value in template:
             yield from iter_refs(value)
+
+
+def dependencies(node: Node) -> dict[str, None]:
+    """Ids of the nodes ``node`` depends on, in a stable order, without repeats."""
+    deps: dict[str, None] = {}
+    for _, ref in node.refs():
+        deps[ref.get("$ref") or ref["$gather"]] = None
+    for guard in node.guards:
+        for condition in guard:
+            deps[condition.branch] = None
+    if node.scope:
+        deps[node.scope] = None
+    return deps
 
 
 def control_parents(node: Node) -> dict[str, list[Any]]:

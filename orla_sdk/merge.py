@@ -19,8 +19,31 @@ from orla_sdk.typespec import type_spec
 Conj = list[tuple[str, list[Any]]]  # [(branch id, allowed choices)], in decision order
 
 
+class _PathIndex:
+    """Sets of paths as bit masks: bit i stands for path i."""
+
+    def __init__(self, paths: list[PathRecord]) -> None:
+        self.count = len(paths)
+        self.by_choice: dict[tuple[str, str], int] = {}
+        for i, path in enumerate(paths):
+            for branch, choice in path.choices.items():
+                key = (branch, repr(choice))
+                self.by_choice[key] = self.by_choice.get(key, 0) | (1 << i)
+
+    def matching(self, conj: Conj) -> int:
+        """The paths on which every condition of ``conj`` holds."""
+        mask = (1 << self.count) - 1
+        for branch, allowed in conj:
+            either = 0
+            for choice in allowed:
+                either |= self.by_choice.get((branch, repr(choice)), 0)
+            mask &= either
+        return mask
+
+
 def merge_paths(tracer: Tracer, name: str, workflow_ref: str) -> Plan:
     paths = tracer.paths
+    index = _PathIndex(paths)
     choices = {nid: d.choices for nid, d in tracer.drafts.items() if d.kind == "branch"}
     nodes: list[Node] = []
     stages = {}
@@ -38,31 +61,34 @@ def merge_paths(tracer: Tracer, name: str, workflow_ref: str) -> Plan:
                 objects[spec.priority.fn] = draft.stage.priority
         nodes.append(Node(
             id=node_id, kind=draft.kind, label=draft.label, site=draft.site, scope=draft.scope,
-            guards=_guards(node_id, visits, paths, choices),
+            guards=_guards(visits, index, choices),
             args=_merge_positional([v.args for _, v in visits]),
             kwargs=_merge_keywords([v.kwargs for _, v in visits]),
             stage=stage_ref, test=draft.test, choices=draft.choices,
             output=type_spec(draft.annotation),
         ))
-    plan = Plan(name=name, workflow=workflow_ref, nodes=_topological(nodes), stages=stages,
-                paths=len(paths))
+    nodes.sort(key=lambda n: n.kind == "output")  # stable: discovery order, output last
+    plan = Plan(name=name, workflow=workflow_ref, nodes=nodes, stages=stages, paths=len(paths))
+    plan.nodes = plan.topological_order()
     plan.attach(objects)
     return plan
 
 
 # ---- guards -------------------------------------------------------------------------
-def _guards(node_id: str, visits: list[tuple[int, Visit]], paths: list[PathRecord],
+def _guards(visits: list[tuple[int, Visit]], index: _PathIndex,
             choices: dict[str, list[Any]]) -> list[Guard]:
-    if len(visits) == len(paths):
+    if len(visits) == index.count:
         return []
-    reached = {i for i, _ in visits}
+    reached = 0
+    for i, _ in visits:
+        reached |= 1 << i
     conjs: list[Conj] = []
     for _, visit in visits:
-        conj = _shortest_sufficient(visit.prefix, reached, paths)
+        conj = _shortest_sufficient(visit.prefix, reached, index)
         if conj not in conjs:
             conjs.append(conj)
     conjs = _merge_alternatives(conjs)
-    conjs = [_drop_redundant(c, reached, paths) for c in conjs]
+    conjs = [_drop_redundant(c, reached, index) for c in conjs]
     if any(not c for c in conjs):
         return []
     conjs = _drop_subsumed(conjs)
@@ -70,19 +96,16 @@ def _guards(node_id: str, visits: list[tuple[int, Visit]], paths: list[PathRecor
             for conj in conjs]
 
 
-def _matches(path: PathRecord, conj: Conj) -> bool:
-    return all(b in path.choices and path.choices[b] in cs for b, cs in conj)
+def _sufficient(conj: Conj, reached: int, index: _PathIndex) -> bool:
+    """Every path on which ``conj`` holds reaches the node."""
+    return index.matching(conj) & ~reached == 0
 
 
-def _sufficient(conj: Conj, reached: set[int], paths: list[PathRecord]) -> bool:
-    return all(i in reached for i, p in enumerate(paths) if _matches(p, conj))
-
-
-def _shortest_sufficient(prefix: Sequence[tuple[str, Any]], reached: set[int],
-                         paths: list[PathRecord]) -> Conj:
+def _shortest_sufficient(prefix: Sequence[tuple[str, Any]], reached: int,
+                         index: _PathIndex) -> Conj:
     for start in range(len(prefix) - 1, -1, -1):
         conj = [(b, [c]) for b, c in prefix[start:]]
-        if _sufficient(conj, reached, paths):
+        if _sufficient(conj, reached, index):
             return conj
     return [(b, [c]) for b, c in prefix]
 
@@ -115,10 +138,10 @@ def _join(a: Conj, b: Conj) -> Conj | None:
     return [*a[:k], (a[k][0], union), *a[k + 1:]]
 
 
-def _drop_redundant(conj: Conj, reached: set[int], paths: list[PathRecord]) -> Conj:
+def _drop_redundant(conj: Conj, reached: int, index: _PathIndex) -> Conj:
     for cond in list(conj):
         shorter = [c for c in conj if c is not cond]
-        if _sufficient(shorter, reached, paths):
+        if _sufficient(shorter, reached, index):
             conj = shorter
     return conj
 
@@ -165,36 +188,3 @@ def _one_of(templates: list[Any]) -> Any:
 
 def _plain_dict(value: Any) -> bool:
     return isinstance(value, dict) and not any(k.startswith("$") for k in value)
-
-
-# ---- order --------------------------------------------------------------------------
-def _topological(nodes: list[Node]) -> list[Node]:
-    """Discovery order, moved only as far as needed for every edge to point forward."""
-    by_id = {n.id: n for n in nodes}
-    position = {n.id: i for i, n in enumerate(nodes)}
-    deps = {n.id: _dependencies(n) & by_id.keys() for n in nodes}
-    ordered: list[Node] = []
-    placed: set[str] = set()
-
-    def place(node_id: str) -> None:
-        if node_id in placed:
-            return
-        placed.add(node_id)
-        for dep in sorted(deps[node_id], key=position.__getitem__):
-            place(dep)
-        ordered.append(by_id[node_id])
-
-    for node in nodes:
-        if node.kind != "output":
-            place(node.id)
-    for node in nodes:
-        place(node.id)
-    return ordered
-
-
-def _dependencies(node: Node) -> set[str]:
-    deps = {ref.get("$ref") or ref["$gather"] for _, ref in node.refs()}
-    deps |= {cond.branch for guard in node.guards for cond in guard}
-    if node.scope:
-        deps.add(node.scope)
-    return deps

@@ -1,14 +1,16 @@
 """Draw a plan with graphviz: DOT text, or SVG/PNG through Debian's ``dot``.
 
-Conventions: stages are boxes filled with their backend's colour and labelled with
-logical model, target and priority; preserve spans are dashed clusters; a loop body is
-a cluster under its map node; branches are diamonds and their outgoing control edges
-(dashed) carry the guard; stages routed at run time have a double border and list their
-candidates.
+Conventions: stages are boxes filled with their backend's colour and labelled with their
+logical model and priority (the legend maps colours to backends and models); preserve
+spans are dashed blue clusters; a loop body is a grey cluster headed by its map node;
+branches are diamonds whose dashed outgoing edges carry the guard; stages routed at run
+time are grey with a double border and list their candidates. An input read by many
+stages (a shared prompt prefix) is drawn without its edges, and says how many read it.
 """
 
 from __future__ import annotations
 
+import html
 import os
 import re
 from typing import Any
@@ -16,10 +18,11 @@ from typing import Any
 import graphviz  # type: ignore[import-untyped]
 
 from orla_sdk.errors import OrlaError
-from orla_sdk.ir import Node, Plan
+from orla_sdk.ir import Edge, Node, Plan, Target
 
 PALETTE = ["#cfe2ff", "#ffe5b4", "#d1f2d1", "#f8d7da", "#e2d9f3", "#fff3bf", "#d3f0f5"]
 ROUTED_FILL = "#f1f1f1"
+WIDE_INPUT = 6  # an input read by more stages than this is drawn without its edges
 
 
 def plan_to_dot(plan: Plan) -> str:
@@ -51,8 +54,12 @@ def build_graph(plan: Plan) -> graphviz.Digraph:
     graph.attr("edge", fontname="Helvetica", fontsize="9")
     colours = {b.name: PALETTE[i % len(PALETTE)] for i, b in enumerate(plan.backends)}
     names = dot_names(plan)
-    _add_nodes(graph, plan, colours, names)
-    for edge in plan.edges():
+    edges = plan.edges()
+    wide = _wide_inputs(plan, edges)
+    _add_nodes(graph, plan, colours, names, wide)
+    for edge in edges:
+        if edge.src in wide:
+            continue
         attrs = {"style": "dashed", "color": "#555555"} if edge.kind == "control" else {}
         if edge.label:
             attrs["label"] = edge.label
@@ -72,65 +79,78 @@ def dot_names(plan: Plan) -> dict[str, str]:
     return names
 
 
+def _wide_inputs(plan: Plan, edges: list[Edge]) -> dict[str, int]:
+    readers: dict[str, int] = {}
+    for edge in edges:
+        if plan.node(edge.src).kind == "input":
+            readers[edge.src] = readers.get(edge.src, 0) + 1
+    return {nid: n for nid, n in readers.items() if n > WIDE_INPUT}
+
+
 def _title(plan: Plan) -> str:
     return f"{plan.name}  ({len(plan.stage_nodes())} stages, {plan.paths} paths)"
 
 
 def _add_nodes(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str],
-               names: dict[str, str]) -> None:
+               names: dict[str, str], wide: dict[str, int]) -> None:
     """Nodes go inside their clusters: a loop body holds its spans, a span its stages."""
     clusters: dict[str | None, graphviz.Digraph] = {None: graph}
-    for scope in _scopes_outside_in(plan):
-        body = graphviz.Digraph(name=f"cluster_{names[scope]}", graph_attr={
-            "label": f"for each item of {plan.node(scope).label.removeprefix('each ')}",
-            "style": "rounded", "color": "#7a7a7a"})
-        clusters[scope] = body
-    spans: dict[str, graphviz.Digraph] = {}
-    for span in plan.meta.get("cache_spans", []):
-        spans[span["id"]] = graphviz.Digraph(name=f"cluster_{span['id']}", graph_attr={
-            "label": f"preserve {span['id']}: {span['target']}", "style": "dashed",
-            "color": "#2b6cb0", "fontcolor": "#2b6cb0"})
+    for scope in _map_ids(plan):
+        clusters[scope] = graphviz.Digraph(name=f"cluster_{names[scope]}", graph_attr={
+            "label": "", "style": "rounded", "color": "#7a7a7a"})
+    spans = {span["id"]: _span_cluster(plan, span) for span in plan.meta.get("cache_spans", [])}
     span_scope: dict[str, str | None] = {}
     for node in plan.nodes:
         span = node.meta.get("cache", {}).get("span")
-        target = spans[span] if span in spans else clusters[node.scope]
+        home = node.id if node.kind == "map" else node.scope  # a map heads its own body
+        target = spans[span] if span in spans else clusters[home]
         if span in spans:
             span_scope[span] = node.scope
-        target.node(names[node.id], **_node_attrs(plan, node, colours))
+        target.node(names[node.id], **_node_attrs(plan, node, colours, wide))
     for span_id, sub in spans.items():
         clusters[span_scope.get(span_id)].subgraph(sub)
-    for scope in reversed(_scopes_outside_in(plan)):
+    for scope in reversed(_map_ids(plan)):
         clusters[plan.node(scope).scope].subgraph(clusters[scope])
 
 
-def _scopes_outside_in(plan: Plan) -> list[str]:
+def _span_cluster(plan: Plan, span: dict[str, Any]) -> graphviz.Digraph:
+    logical = plan.node(span["stages"][0]).meta.get("mapping", {}).get("logical", "")
+    return graphviz.Digraph(name=f"cluster_{span['id']}", graph_attr={
+        "label": f"{span['id']}: preserve ({logical})", "style": "dashed",
+        "color": "#2b6cb0", "fontcolor": "#2b6cb0"})
+
+
+def _map_ids(plan: Plan) -> list[str]:
     return [n.id for n in plan.nodes if n.kind == "map"]
 
 
-def _node_attrs(plan: Plan, node: Node, colours: dict[str, str]) -> dict[str, str]:
+def _node_attrs(plan: Plan, node: Node, colours: dict[str, str],
+                wide: dict[str, int]) -> dict[str, str]:
     if node.kind == "stage":
         return _stage_attrs(plan, node, colours)
     if node.kind == "branch":
         label = node.label + ("?" if node.test and node.test.op == "value" else "()?")
         return {"shape": "diamond", "label": label, "style": "filled", "fillcolor": "#fafafa"}
     if node.kind == "map":
-        return {"shape": "invtrapezium", "label": f"map: {node.label}", "style": "filled",
+        return {"shape": "invtrapezium", "label": f"for {node.label}", "style": "filled",
                 "fillcolor": "#eeeeee"}
     if node.kind == "input":
-        return {"shape": "ellipse", "label": f"input {node.label}"}
+        readers = f"\n(read by {wide[node.id]} stages)" if node.id in wide else ""
+        return {"shape": "ellipse", "label": f"input {node.label}{readers}"}
     return {"shape": "doublecircle", "label": "out", "width": "0.4"}
 
 
 def _stage_attrs(plan: Plan, node: Node, colours: dict[str, str]) -> dict[str, str]:
     mapping: dict[str, Any] = node.meta.get("mapping", {})
-    lines = [node.label]
+    title = node.label if node.id == node.label else f"{node.label} ({node.id})"
+    lines = [title]
     attrs = {"shape": "box", "style": "rounded,filled"}
     if mapping.get("routed"):
         names = " | ".join(c["logical"] for c in mapping["candidates"])
         lines.append(f"{mapping['logical']}: routed ({mapping['mapper']}) → {names}")
         attrs.update(peripheries="2", fillcolor=ROUTED_FILL)
     elif mapping:
-        lines.append(f"{mapping['logical']} → {mapping['backend']}/{mapping['model']}")
+        lines.append(f"model: {mapping['logical']}")
         attrs["fillcolor"] = colours.get(mapping["backend"], "#ffffff")
     spec = plan.stage_of(node)
     if spec.tools:
@@ -154,11 +174,17 @@ def _priority_text(priority: dict[str, Any] | None) -> str:
 
 
 def _add_legend(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str]) -> None:
+    """One row a backend: its colour, name and kind, and the logical models it serves."""
     if not plan.backends:
         return
+    served: dict[str, list[str]] = {}
+    for logical, mapped in sorted(plan.mapping.items()):
+        if isinstance(mapped, Target):
+            served.setdefault(mapped.backend, []).append(f"{logical} → {mapped.model}")
     rows = "".join(
-        f'<TR><TD BGCOLOR="{colours[b.name]}">{b.name}</TD><TD>{b.kind}</TD></TR>'
+        f'<TR><TD BGCOLOR="{colours[b.name]}">{html.escape(b.name)}</TD>'
+        f"<TD>{b.kind}</TD><TD>{html.escape(', '.join(served.get(b.name, [])))}</TD></TR>"
         for b in plan.backends)
     graph.node("legend", shape="plaintext", label=(
-        f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0"><TR><TD COLSPAN="2"><B>backends'
+        '<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0"><TR><TD COLSPAN="3"><B>backends'
         f"</B></TD></TR>{rows}</TABLE>>"))

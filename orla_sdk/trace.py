@@ -211,6 +211,7 @@ class Tracer:
         self.paths: list[PathRecord] = []
         self.objects: dict[str, Any] = {}
         self.input_types: dict[str, Any] = {}
+        self.suffixes: dict[str, int] = {}
         self._reset_path([])
 
     def _reset_path(self, forced: list[tuple[str, int]]) -> None:
@@ -272,11 +273,13 @@ class Tracer:
         return node_id
 
     def _fresh_id(self, base: str, kind: str) -> str:
+        """``base``, else ``base_2``, ``base_3``, ... in the order call sites are met."""
         if base not in self.drafts and (base != "output" or kind == "output"):
             return base
-        n = 2
+        n = self.suffixes.get(base, 1) + 1
         while f"{base}_{n}" in self.drafts:
             n += 1
+        self.suffixes[base] = n
         return f"{base}_{n}"
 
     def _occurrence_key(self, kind: str, site: PathKey) -> PathKey:

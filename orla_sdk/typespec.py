@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import types
 import typing
@@ -49,7 +50,7 @@ def _union_spec(annotation: Any) -> TypeSpec:
 
 
 def _model_spec(model: type[BaseModel]) -> TypeSpec:
-    hints = typing.get_type_hints(model)
+    hints = _model_hints(model)
     fields = {name: type_spec(hints.get(name, Any)) for name in model.model_fields}
     return TypeSpec(kind="model", ref=ref_of(model), fields=fields)
 
@@ -93,8 +94,13 @@ def field_annotation(annotation: Any, name: str) -> Any:
     """The annotation of field ``name`` of a pydantic model annotation, or raise KeyError."""
     model = _strip_optional(annotation)
     if inspect.isclass(model) and issubclass(model, BaseModel) and name in model.model_fields:
-        return typing.get_type_hints(model).get(name, Any)
+        return _model_hints(model).get(name, Any)
     raise KeyError(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_hints(model: type[BaseModel]) -> dict[str, Any]:
+    return typing.get_type_hints(model)
 
 
 def item_annotation(annotation: Any) -> Any | None:

@@ -31,7 +31,7 @@ def fan_out(text: str) -> list[str]:
 
 def test_dot_marks_spans_branches_maps_and_routed_stages() -> None:
     dot = orla.compile(support).to_dot()
-    assert "subgraph cluster_span1" in dot and "subgraph cluster_span2" in dot
+    assert "subgraph cluster_span1" in dot and "span1: preserve (heavy)" in dot
     assert "shape=diamond" in dot
     assert "branch_classify_needs_escalation -> acknowledge [label=true color=" in dot
     assert "branch_classify_needs_escalation -> reply [label=false color=" in dot
@@ -62,7 +62,7 @@ def test_cli_plan_prints_the_compiled_json(capsys: pytest.CaptureFixture[str]) -
 def test_cli_summary_and_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "examples.customer_support:support", "--summary"]) == 0
     table = capsys.readouterr().out
-    assert "5 stages, 2 paths" in table and "preserve [span2]" in table
+    assert "5 stages, 2 paths" in table and "preserve [span1]" in table
     target = tmp_path / "support.svg"
     assert main(["render", "examples.customer_support:support", "-o", str(target)]) == 0
     assert target.exists()

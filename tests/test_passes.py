@@ -223,7 +223,7 @@ def test_spans_break_at_a_switch_and_end_with_the_workflow() -> None:
     plan = compile_(pipeline)
     cache = {n.id: n.meta["cache"] for n in plan.stage_nodes()}
     assert cache["triage"]["decision"] == "flush"
-    assert "switch to big/" in cache["triage"]["reason"]
+    assert "switches to big/" in cache["triage"]["reason"]
     assert cache["research"]["decision"] == "preserve"
     assert cache["answer"]["decision"] == "flush"
     assert cache["polish"]["reason"].startswith("last stage")
@@ -243,6 +243,30 @@ def test_stage_hints_win() -> None:
     assert "stage hint" in plan.node("hinted_flush").meta["cache"]["reason"]
     assert plan.node("hinted_preserve").meta["cache"] == {
         "decision": "preserve", "reason": 'stage hint cache="preserve"', "span": "span1"}
+
+
+def test_a_stage_on_another_target_in_between_breaks_the_span() -> None:
+    @orla.workflow
+    def direct(text: str) -> str:
+        first = polish(text)
+        research(triage(text), text)  # concurrent, not in between
+        return polish_two(first, text)
+
+    assert compile_(direct).node("polish").meta["cache"]["decision"] == "preserve"
+
+    @orla.workflow
+    def interrupted(text: str) -> str:
+        first = polish(text)
+        notes = research(triage(text), first)
+        return polish_two(first, notes)
+
+    cache = compile_(interrupted).node("polish").meta["cache"]
+    assert cache["decision"] == "flush"
+    assert cache["reason"] == "a stage on another backend or model runs before polish_two"
+
+
+@orla.stage(model="light")
+def polish_two(a: str, b: str) -> str: ...
 
 
 def test_spans_do_not_cross_a_loop_body() -> None:
@@ -295,3 +319,15 @@ def test_priority_rules_evaluate_on_real_arguments() -> None:
     assert rule.evaluate({"t": None}) == rule.default == 50
     by_call = orla.ir.PriorityRule(kind="call", fn="test_passes:urgency")
     assert by_call.evaluate({"t": Ticket(category="general", escalate=True)}) == 99
+
+
+def test_long_chains_validate_without_recursion() -> None:
+    @orla.workflow
+    def wf(text: str) -> str:
+        for _ in range(1500):
+            text = polish(text)
+        return text
+
+    plan = compile_(wf)
+    assert len(plan.stage_nodes()) == 1500
+    assert plan.node("polish_1500").meta["cache"]["decision"] == "flush"

@@ -1,66 +1,103 @@
 """Cache spans: where a backend should keep a workflow's KV cache, and where drop it.
 
-Stage B extends stage A's context when B consumes A's output and both run on the same
-backend and model (in the same loop body). Such links form preserve spans: A keeps its
-cache for B. A stage whose output only feeds stages on another backend or model
-flushes (a switch), and so does the last stage of a workflow. ``cache="preserve"`` or
-``"flush"`` on a stage wins. Stages routed at run time are decided by the runtime once
-their target is known. Each decision and its reason land in ``meta["cache"]``.
+Stage B extends stage A's context when B consumes A's output, both run on the same
+backend and model in the same loop body, and no stage on another target runs between
+them. Such links form preserve spans: A keeps its cache for B. A stage followed by a
+stage on another backend or model flushes (a switch), and so does the last stage of a
+path through the workflow. ``cache="preserve"`` or ``"flush"`` on a stage wins. Stages
+routed at run time are decided by the runtime once their target is known. Each decision
+and its reason land in ``meta["cache"]``; the spans in ``plan.meta["cache_spans"]``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from orla_sdk.ir import Node, Plan
+from orla_sdk.ir import Node, Plan, dependencies
 from orla_sdk.passes.map_stages import target_key
 
 
 def cache_spans(plan: Plan) -> Plan:
-    stages = {n.id: n for n in plan.stage_nodes()}
-    consumers = _stage_consumers(plan, stages)
+    graph = _Graph(plan)
     links: list[tuple[str, str]] = []
-    for node in stages.values():
-        decision, reason, linked = _decide(plan, node, consumers[node.id], stages)
+    for node in graph.stages.values():
+        decision, reason, linked = _decide(plan, graph, node)
         node.meta["cache"] = {"decision": decision, "reason": reason}
         links.extend((node.id, other) for other in linked)
-    spans = _spans(plan, stages, links)
-    plan.meta["cache_spans"] = spans
+    plan.meta["cache_spans"] = _spans(graph.stages, links)
     plan.meta["cache_end"] = "flush every span when the workflow ends"
     return plan
 
 
-def _stage_consumers(plan: Plan, stages: dict[str, Node]) -> dict[str, list[str]]:
-    consumers: dict[str, list[str]] = {nid: [] for nid in stages}
-    for node in stages.values():
-        for _, ref in node.refs():
-            src = ref.get("$ref") or ref["$gather"]
-            if src in consumers and node.id not in consumers[src]:
-                consumers[src].append(node.id)
-    return consumers
+class _Graph:
+    """The plan's stages with what the cache decision needs to know about each."""
+
+    def __init__(self, plan: Plan) -> None:
+        order = plan.topological_order()
+        self.order = [n.id for n in order]
+        self.position = {nid: i for i, nid in enumerate(self.order)}
+        self.stages = {n.id: n for n in order if n.kind == "stage"}
+        self.successors = plan.successors()
+        self.predecessors = plan.predecessors()
+
+    def target(self, node_id: str) -> str | None:
+        return target_key(self.stages[node_id].meta) if node_id in self.stages else None
+
+    def next_stages(self, node_id: str) -> list[str]:
+        """The first stages after ``node_id``, looking through branch and map nodes."""
+        found: dict[str, None] = {}
+        frontier = list(self.successors[node_id])
+        seen: set[str] = set()
+        while frontier:
+            nid = frontier.pop(0)
+            if nid in seen:
+                continue
+            seen.add(nid)
+            if nid in self.stages:
+                found[nid] = None
+            else:
+                frontier.extend(self.successors[nid])
+        return list(found)
+
+    def foreign_between(self, start: str, end: str, key: str) -> bool:
+        """Whether some path from ``start`` to ``end`` passes a stage not on ``key``."""
+        reached = {start: False}  # node -> reached through a foreign stage
+        for nid in self.order[self.position[start] + 1:self.position[end] + 1]:
+            via = [reached[p] or (p != start and p in self.stages and self.target(p) != key)
+                   for p in self.predecessors[nid] if p in reached]
+            if via:
+                reached[nid] = any(via)
+        return reached.get(end, False)
 
 
-def _decide(plan: Plan, node: Node, consumers: list[str],
-            stages: dict[str, Node]) -> tuple[str, str, list[str]]:
-    key = target_key(node.meta)
-    same = [c for c in consumers
-            if key is not None and target_key(stages[c].meta) == key
-            and stages[c].scope == node.scope]
+def _decide(plan: Plan, graph: _Graph, node: Node) -> tuple[str, str, list[str]]:
+    key = graph.target(node.id)
+    extending = [n for n in graph.successors[node.id]
+                 if n in graph.stages and node.id in dependencies(graph.stages[n])
+                 and key is not None and graph.target(n) == key
+                 and graph.stages[n].scope == node.scope]
+    blocked = [n for n in extending if key and graph.foreign_between(node.id, n, key)]
+    linked = [n for n in extending if n not in blocked]
     hint = plan.stage_of(node).cache
     if hint in ("preserve", "flush"):
-        return hint, f'stage hint cache="{hint}"', same if hint == "preserve" else []
+        return hint, f'stage hint cache="{hint}"', linked if hint == "preserve" else []
     if key is None:
         return "deferred", "routed at run time: decided once the target is known", []
-    if same:
-        return "preserve", f"{', '.join(same)} extend(s) this context on {key}", same
-    if not consumers:
+    if linked:
+        return "preserve", f"{', '.join(linked)} extend(s) this context on {key}", linked
+    if blocked:
+        return ("flush", f"a stage on another backend or model runs before {', '.join(blocked)}",
+                [])
+    following = graph.next_stages(node.id)
+    if not following:
         return "flush", "last stage on this path: the workflow ends", []
-    others = sorted({target_key(stages[c].meta) or "a routed stage" for c in consumers})
-    return "flush", f"next stage(s) switch to {', '.join(others)}", []
+    others = sorted({graph.target(n) or "a routed stage" for n in following} - {key})
+    if others:
+        return "flush", f"the workflow switches to {', '.join(others)}", []
+    return "flush", f"{', '.join(following)} do(es) not extend this context", []
 
 
-def _spans(plan: Plan, stages: dict[str, Node],
-           links: list[tuple[str, str]]) -> list[dict[str, Any]]:
+def _spans(stages: dict[str, Node], links: list[tuple[str, str]]) -> list[dict[str, Any]]:
     parent = {nid: nid for nid in stages}
 
     def root(nid: str) -> str:

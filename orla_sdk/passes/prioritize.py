@@ -5,7 +5,9 @@
   arguments; the plan records the rule.
 - Otherwise the default comes from the graph: the number of stages on the longest path
   from this stage to the end of the workflow, itself included (critical-path first), so
-  stages that hold up more downstream work are served earlier.
+  stages that hold up more downstream work are served earlier. Past 100 the value stays
+  at 100; ``meta["priority"]["critical_path"]`` keeps the unclamped length for
+  tie-breaking.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def prioritize(plan: Plan) -> Plan:
         else:
             length = remaining[node.id]
             node.meta["priority"] = {
-                "value": max(low, min(high, length)), "source": "graph",
+                "value": max(low, min(high, length)), "source": "graph", "critical_path": length,
                 "reason": f"{length} stage(s) on the longest path from here to the end"}
     return plan
 
@@ -35,7 +37,7 @@ def critical_path_lengths(plan: Plan) -> dict[str, int]:
     """For every node, the most stages on any path from it to the end (itself included)."""
     successors = plan.successors()
     lengths: dict[str, int] = {}
-    for node in reversed(plan.nodes):
+    for node in reversed(plan.topological_order()):
         own = 1 if node.kind == "stage" else 0
         lengths[node.id] = own + max((lengths.get(s, 0) for s in successors[node.id]),
                                      default=0)

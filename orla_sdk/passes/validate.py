@@ -35,26 +35,20 @@ def _graph_problems(plan: Plan) -> list[Problem]:
 
 
 def _find_cycle(plan: Plan) -> list[str] | None:
-    succs = plan.successors()
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(nid: str) -> list[str] | None:
-        state[nid] = 1
-        stack.append(nid)
-        for nxt in succs.get(nid, []):
-            if state.get(nxt) == 1:
-                return [*stack[stack.index(nxt):], nxt]
-            if nxt not in state and (found := visit(nxt)):
-                return found
-        stack.pop()
-        state[nid] = 2
+    """A cycle, if any: nodes a topological order leaves out each wait on another such
+    node, so walking back through them must come round to one already seen."""
+    ordered = {n.id for n in plan.topological_order()}
+    stuck = [n.id for n in plan.nodes if n.id not in ordered]
+    if not stuck:
         return None
-
-    for node in plan.nodes:
-        if node.id not in state and (found := visit(node.id)):
-            return found
-    return None
+    preds = plan.predecessors()
+    walk = [stuck[0]]
+    while True:
+        nxt = next(p for p in preds[walk[-1]] if p in preds and p not in ordered)
+        if nxt in walk:
+            cycle = walk[walk.index(nxt):]
+            return [*reversed(cycle), cycle[-1]]
+        walk.append(nxt)
 
 
 def _stage_problems(plan: Plan, node: Node) -> list[Problem]:
