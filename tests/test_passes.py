@@ -281,6 +281,8 @@ def test_spans_do_not_cross_a_loop_body() -> None:
     plan = compile_(wf)
     assert plan.node("polish").scope is not None
     assert plan.node("polish").meta["cache"]["decision"] == "flush"
+    assert plan.node("topics").meta["cache"]["reason"] == (
+        "the next stages run once per item of map:topics")
 
 
 # ---- the pipeline --------------------------------------------------------------------------------

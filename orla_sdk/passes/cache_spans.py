@@ -94,7 +94,10 @@ def _decide(plan: Plan, graph: _Graph, node: Node) -> tuple[str, str, list[str]]
     others = sorted({graph.target(n) or "a routed stage" for n in following} - {key})
     if others:
         return "flush", f"the workflow switches to {', '.join(others)}", []
-    return "flush", f"{', '.join(following)} do(es) not extend this context", []
+    inner = sorted({graph.stages[n].scope or "" for n in following} - {node.scope or ""})
+    if inner:
+        return "flush", f"the next stages run once per item of {', '.join(inner)}", []
+    return "flush", f"{', '.join(following)} do(es) not read this stage's output", []
 
 
 def _spans(stages: dict[str, Node], links: list[tuple[str, str]]) -> list[dict[str, Any]]:
