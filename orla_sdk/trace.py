@@ -296,7 +296,7 @@ class Tracer:
         kwarg_templates = {k: self.template(v, what) for k, v in kwargs.items()}
         annotation = stage.output_annotation
         draft = Draft("stage", stage.name, where, self._scope_id(), annotation=annotation,
-                       stage=stage)
+                      stage=stage)
         node_id = self._visit(key, draft, arg_templates, kwarg_templates)
         return Proxy(self, node_id, (), annotation, self.scope)
 
@@ -308,8 +308,8 @@ class Tracer:
         self.objects[ref] = fn
         what = f"an argument of orla.cond/switch({fn.__name__})"
         draft = Draft("branch", fn.__name__, where, self._scope_id(), annotation=annotation,
-                       test=BranchTest(op="call", fn=ref),
-                       choices=[json_choice(c) for c in choices], py_choices=list(choices))
+                      test=BranchTest(op="call", fn=ref),
+                      choices=[json_choice(c) for c in choices], py_choices=list(choices))
         arg_templates = [self.template(a, what) for a in args]
         kwarg_templates = {k: self.template(v, what) for k, v in kwargs.items()}
         node_id = self._visit(key, draft, arg_templates, kwarg_templates,
@@ -341,7 +341,7 @@ class Tracer:
     # ---- branching -----------------------------------------------------------------
     def concrete(self, proxy: Proxy, what: str) -> Any:
         """The value a finite-typed proxy has on the path being traced."""
-        site, _ = self._call_site()
+        site, where = self._call_site()
         self._count_test(site)
         source = self.drafts[proxy._orla_node]
         if source.kind == "branch" and not proxy._orla_path:
@@ -349,19 +349,19 @@ class Tracer:
         choices = enumerate_values(proxy._orla_type)
         if choices is None:
             raise self.misuse(proxy, what, _BRANCH_FIX)
-        branch_id = self._value_branch(proxy, choices)
+        branch_id = self._value_branch(proxy, choices, where)
         return self._decide(branch_id, site)
 
-    def _value_branch(self, proxy: Proxy, choices: list[Any]) -> str:
+    def _value_branch(self, proxy: Proxy, choices: list[Any], where: str | None) -> str:
+        """The branch node that switches on this proxy's value (one per value, per path)."""
         label = proxy._orla_node + "".join(f".{p}" for p in proxy._orla_path)
         key: PathKey = ("branch", proxy._orla_node, proxy._orla_path)
         node_id = self.key_to_id.get(key)
         if node_id is not None and node_id in self.path.visits:
             return node_id
-        _, where = self._call_site()
         draft = Draft("branch", label, where, self._scope_id(), annotation=proxy._orla_type,
-                       test=BranchTest(op="value"), choices=[json_choice(c) for c in choices],
-                       py_choices=choices)
+                      test=BranchTest(op="value"), choices=[json_choice(c) for c in choices],
+                      py_choices=choices)
         return self._visit(key, draft, [self.template(proxy, "a branch")], {},
                            preferred=f"branch:{label}")
 
