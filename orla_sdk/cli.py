@@ -10,6 +10,8 @@ function that returns a ``Plan``.
 from __future__ import annotations
 
 import argparse
+import inspect
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +19,7 @@ from orla_sdk.compile import compile
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Plan
 from orla_sdk.refs import load_ref
+from orla_sdk.render import plan_size
 from orla_sdk.workflow import Workflow
 
 
@@ -31,12 +34,23 @@ def load_plan(target: str) -> Plan:
         return obj
     if isinstance(obj, Workflow):
         return compile(obj)
-    if callable(obj):
+    if _plan_factory(obj):
         made = obj()
         if isinstance(made, Plan):
             return made
     raise OrlaError(f"{target} is a {type(obj).__name__}; name a @orla.workflow, a Plan, or a "
-                    "function returning a Plan.")
+                    "function annotated `-> orla.Plan` that takes no arguments.")
+
+
+def _plan_factory(obj: object) -> bool:
+    """A function declared to return a Plan and callable without arguments."""
+    if not inspect.isfunction(obj):
+        return False
+    signature = inspect.signature(obj)
+    returns = signature.return_annotation
+    required = [p for p in signature.parameters.values()
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return not required and (returns is Plan or returns in ("Plan", "orla.Plan"))
 
 
 def summary(plan: Plan) -> str:
@@ -55,7 +69,7 @@ def summary(plan: Plan) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
-    header = f"plan {plan.name}: {len(plan.stage_nodes())} stages, {plan.paths} paths"
+    header = f"plan {plan.name}: {plan_size(plan)}"
     return "\n".join([header, *lines])
 
 
@@ -78,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OrlaError as exc:
         print(f"orla: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader (e.g. `| head`) went away; that is not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep interpreter exit quiet
+        return 0
     return 0
 
 

@@ -73,10 +73,13 @@ def _configure(plan: Plan, backends: Sequence[BackendSpec] | None,
         local = llamacpp()
         backends = [local]
         names = {plan.stages[n.stage].model for n in plan.stage_nodes() if n.stage}
+        if mapper is not None:
+            names.update([*mapper.candidates(), *mapper.consults()])
+        elif any(plan.stages[n.stage].model is None for n in plan.stage_nodes() if n.stage):
+            default_model = default_model or "default"
+            names.add(default_model)
         mapping = {name: Target(backend=local.name, model=DEFAULT_LOCAL_MODEL)
                    for name in sorted(n for n in names if n)}
-        default_model = default_model or (None if mapper else "default")
-        mapping.setdefault("default", Target(backend=local.name, model=DEFAULT_LOCAL_MODEL))
     plan.backends = list(backends or [])
     plan.mapping = normalize_mapping(mapping or {})
     if mapper is not None:

@@ -13,12 +13,13 @@ with one of these keys stands for something else:
   it (``path`` walks attributes of a pydantic output, or list indices);
 - ``{"$gather": node_id, "map": map_id, "path": [...]}``: the list of values a node
   inside map ``map_id`` produced, one per item;
-- ``{"$oneof": [template, ...]}``: whichever alternative was produced on the path the
-  run took (branches that re-converge);
-- ``{"$list": [...]}``, ``{"$tuple": [...]}``, ``{"$dict": {...}}``: containers holding
-  references;
-- ``{"$const": value}``: a JSON constant that would otherwise look like a template;
-- ``{"$model": "module:Class", "data": {...}}``: a pydantic model constant.
+- ``{"$oneof": [{"value": template, "when": [guard, ...]}, ...]}``: where branches
+  re-converge, the alternative whose guard holds on the path the run took (guards as in
+  ``Node.guards``, relative to the paths that reach the node);
+- ``{"$tuple": [...]}``: a tuple; ``{"$dict": {...}}``: a dict whose keys start with "$"
+  (its keys are taken literally); other lists and dicts are plain JSON holding templates;
+- ``{"$enum": "module:Class", "value": v}`` and ``{"$model": "module:Class", "data": {...}}``:
+  enum members and pydantic models passed as constants.
 """
 
 from __future__ import annotations
@@ -161,6 +162,9 @@ Guard = list[Condition]
 
 
 class Node(_Model):
+    """One step of the plan. ``args``/``kwargs`` are argument templates (an input node
+    keeps its default, if any, as ``kwargs["default"]``); ``guards`` say when it runs."""
+
     id: str
     kind: NodeKind
     label: str
@@ -217,13 +221,15 @@ class Target(_Model):
 
 
 class MapperSpec(_Model):
-    """A stage mapper that picks one of ``candidates`` at run time."""
+    """A stage mapper that picks one of ``candidates`` at run time, possibly after asking
+    the models in ``consults``."""
 
     kind: Literal["mapper"] = "mapper"
     ref: str
     name: str
     config: dict[str, Any] = Field(default_factory=dict)
     candidates: list[str] = Field(default_factory=list)
+    consults: list[str] = Field(default_factory=list)
 
 
 Mapping = Target | MapperSpec
@@ -369,17 +375,21 @@ class Plan(_Model):
 
 def iter_refs(template: Any) -> Iterator[dict[str, Any]]:
     """Yield every ``$ref``/``$gather`` dict inside an argument template."""
-    if isinstance(template, dict):
-        if "$ref" in template or "$gather" in template:
-            yield template
-            return
-        if "$const" in template or "$model" in template:
-            return
-        for value in template.values():
-            yield from iter_refs(value)
-    elif isinstance(template, list):
+    if isinstance(template, list):
         for value in template:
             yield from iter_refs(value)
+    elif isinstance(template, dict):
+        if "$ref" in template or "$gather" in template:
+            yield template
+        elif "$oneof" in template:
+            for alternative in template["$oneof"]:
+                yield from iter_refs(alternative["value"])
+        elif "$dict" in template:
+            yield from iter_refs(list(template["$dict"].values()))
+        elif "$tuple" in template:
+            yield from iter_refs(template["$tuple"])
+        elif not any(key.startswith("$") for key in template):  # $model, $enum: constants
+            yield from iter_refs(list(template.values()))
 
 
 def dependencies(node: Node) -> dict[str, None]:

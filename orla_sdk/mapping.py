@@ -31,13 +31,18 @@ class StageMapper(BaseModel):
         """The logical model names this mapper may choose; each must map to a Target."""
         raise NotImplementedError
 
+    def consults(self) -> list[str]:
+        """The logical model names ``choose`` asks through ``ask``; each must be mapped."""
+        return []
+
     async def choose(self, prompt: str, ask: Ask) -> str:
         """Pick one of ``candidates()`` for this prompt."""
         raise NotImplementedError
 
     def to_spec(self) -> MapperSpec:
         return MapperSpec(ref=ref_of(type(self)), name=self.kind,
-                          config=self.model_dump(mode="json"), candidates=self.candidates())
+                          config=self.model_dump(mode="json"), candidates=self.candidates(),
+                          consults=self.consults())
 
 
 class OneBitStageMapper(StageMapper):
@@ -53,6 +58,9 @@ class OneBitStageMapper(StageMapper):
 
     def candidates(self) -> list[str]:
         return _unique([self.simple, self.complex])
+
+    def consults(self) -> list[str]:
+        return [self.judge]
 
     async def choose(self, prompt: str, ask: Ask) -> str:
         answer = await ask(self.judge, self.instruction + prompt)

@@ -4,6 +4,9 @@ A node that appears on every path is unconditional. Any other node gets guards: 
 path it appears on, the shortest run of branch decisions just before it that, on every
 path where those decisions hold, leads to it. Guards that differ only in one branch's
 choice are merged, and conditions that add nothing are dropped.
+
+Arguments that differ between paths become ``$oneof`` alternatives, each with the guard
+(relative to the paths that reach the node) under which it is the one passed.
 """
 
 from __future__ import annotations
@@ -13,26 +16,83 @@ from collections.abc import Sequence
 from typing import Any
 
 from orla_sdk.ir import Condition, Guard, Node, Plan, PriorityRule
-from orla_sdk.trace import PathRecord, Tracer, Visit
+from orla_sdk.trace import Draft, PathRecord, Tracer, Visit
 from orla_sdk.typespec import type_spec
 
 Conj = list[tuple[str, list[Any]]]  # [(branch id, allowed choices)], in decision order
+Prefix = tuple[tuple[str, Any], ...]  # the decisions taken before a node, on one path
 
 
-class _PathIndex:
-    """Sets of paths as bit masks: bit i stands for path i."""
+def merge_paths(tracer: Tracer, name: str, workflow_ref: str) -> Plan:
+    merger = _Merger(tracer.paths, tracer.drafts)
+    nodes: list[Node] = []
+    stages = {}
+    objects: dict[str, Any] = dict(tracer.objects)
+    for node_id, draft in tracer.drafts.items():
+        if draft.stage is not None:
+            spec = draft.stage.spec()
+            stages[spec.ref] = spec
+            objects.update(_live_objects(draft))
+        nodes.append(merger.node(node_id, draft))
+    nodes.sort(key=lambda n: n.kind == "output")  # stable: discovery order, output last
+    plan = Plan(name=name, workflow=workflow_ref, nodes=nodes, stages=stages,
+                paths=len(tracer.paths))
+    plan.nodes = plan.topological_order()
+    plan.attach(objects)
+    return plan
 
-    def __init__(self, paths: list[PathRecord]) -> None:
-        self.count = len(paths)
-        self.by_choice: dict[tuple[str, str], int] = {}
+
+def _live_objects(draft: Draft) -> dict[str, Any]:
+    """The stage, its tools and its priority function, by the references the plan uses."""
+    assert draft.stage is not None
+    spec = draft.stage.spec()
+    objects: dict[str, Any] = {spec.ref: draft.stage}
+    objects.update({t.ref: fn for t, fn in zip(spec.tools, draft.stage.tools, strict=True)})
+    if isinstance(spec.priority, PriorityRule) and spec.priority.fn:
+        objects[spec.priority.fn] = draft.stage.priority
+    return objects
+
+
+class _Merger:
+    def __init__(self, paths: list[PathRecord], drafts: dict[str, Draft]) -> None:
+        self.paths = paths
+        self.all = (1 << len(paths)) - 1
+        self.choices = {nid: d.choices for nid, d in drafts.items() if d.kind == "branch"}
+        self.by_choice: dict[tuple[str, str], int] = {}  # bit i stands for path i
         for i, path in enumerate(paths):
             for branch, choice in path.choices.items():
                 key = (branch, repr(choice))
                 self.by_choice[key] = self.by_choice.get(key, 0) | (1 << i)
 
-    def matching(self, conj: Conj) -> int:
-        """The paths on which every condition of ``conj`` holds."""
-        mask = (1 << self.count) - 1
+    def node(self, node_id: str, draft: Draft) -> Node:
+        visits = {i: p.visits[node_id] for i, p in enumerate(self.paths) if node_id in p.visits}
+        reached = _mask(visits)
+        return Node(
+            id=node_id, kind=draft.kind, label=draft.label, site=draft.site, scope=draft.scope,
+            guards=self.guards(visits, reached, self.all),
+            args=self._positional(visits, reached), kwargs=self._keywords(visits, reached),
+            stage=draft.stage.spec().ref if draft.stage else None, test=draft.test,
+            choices=draft.choices, output=type_spec(draft.annotation))
+
+    # ---- guards ---------------------------------------------------------------------
+    def guards(self, visits: dict[int, Visit], target: int, universe: int) -> list[Guard]:
+        """Conditions under which, among the paths in ``universe``, one in ``target`` runs."""
+        if target == universe:
+            return []
+        conjs: list[Conj] = []
+        for i, visit in visits.items():
+            if target >> i & 1:
+                conj = self._shortest_sufficient(visit.prefix, target, universe)
+                if conj not in conjs:
+                    conjs.append(conj)
+        conjs = [self._drop_redundant(c, target, universe) for c in _merge_alternatives(conjs)]
+        if any(not c for c in conjs):
+            return []
+        return [[Condition(branch=b, choices=_ordered(cs, self.choices[b])) for b, cs in conj]
+                for conj in _drop_subsumed(conjs)]
+
+    def _matching(self, conj: Conj) -> int:
+        mask = self.all
         for branch, allowed in conj:
             either = 0
             for choice in allowed:
@@ -40,74 +100,62 @@ class _PathIndex:
             mask &= either
         return mask
 
+    def _sufficient(self, conj: Conj, target: int, universe: int) -> bool:
+        """Every path of ``universe`` on which ``conj`` holds is in ``target``."""
+        return self._matching(conj) & universe & ~target == 0
 
-def merge_paths(tracer: Tracer, name: str, workflow_ref: str) -> Plan:
-    paths = tracer.paths
-    index = _PathIndex(paths)
-    choices = {nid: d.choices for nid, d in tracer.drafts.items() if d.kind == "branch"}
-    nodes: list[Node] = []
-    stages = {}
-    objects: dict[str, Any] = dict(tracer.objects)
-    for node_id, draft in tracer.drafts.items():
-        visits = [(i, p.visits[node_id]) for i, p in enumerate(paths) if node_id in p.visits]
-        stage_ref = None
-        if draft.stage is not None:
-            spec = draft.stage.spec()
-            stage_ref = spec.ref
-            stages[stage_ref] = spec
-            objects[stage_ref] = draft.stage
-            objects.update({t.ref: fn for t, fn in zip(spec.tools, draft.stage.tools, strict=True)})
-            if isinstance(spec.priority, PriorityRule) and spec.priority.fn:
-                objects[spec.priority.fn] = draft.stage.priority
-        nodes.append(Node(
-            id=node_id, kind=draft.kind, label=draft.label, site=draft.site, scope=draft.scope,
-            guards=_guards(visits, index, choices),
-            args=_merge_positional([v.args for _, v in visits]),
-            kwargs=_merge_keywords([v.kwargs for _, v in visits]),
-            stage=stage_ref, test=draft.test, choices=draft.choices,
-            output=type_spec(draft.annotation),
-        ))
-    nodes.sort(key=lambda n: n.kind == "output")  # stable: discovery order, output last
-    plan = Plan(name=name, workflow=workflow_ref, nodes=nodes, stages=stages, paths=len(paths))
-    plan.nodes = plan.topological_order()
-    plan.attach(objects)
-    return plan
+    def _shortest_sufficient(self, prefix: Prefix, target: int, universe: int) -> Conj:
+        for start in range(len(prefix) - 1, -1, -1):
+            conj = [(b, [c]) for b, c in prefix[start:]]
+            if self._sufficient(conj, target, universe):
+                return conj
+        return [(b, [c]) for b, c in prefix]
 
+    def _drop_redundant(self, conj: Conj, target: int, universe: int) -> Conj:
+        for cond in list(conj):
+            shorter = [c for c in conj if c is not cond]
+            if self._sufficient(shorter, target, universe):
+                conj = shorter
+        return conj
 
-# ---- guards -------------------------------------------------------------------------
-def _guards(visits: list[tuple[int, Visit]], index: _PathIndex,
-            choices: dict[str, list[Any]]) -> list[Guard]:
-    if len(visits) == index.count:
-        return []
-    reached = 0
-    for i, _ in visits:
-        reached |= 1 << i
-    conjs: list[Conj] = []
-    for _, visit in visits:
-        conj = _shortest_sufficient(visit.prefix, reached, index)
-        if conj not in conjs:
-            conjs.append(conj)
-    conjs = _merge_alternatives(conjs)
-    conjs = [_drop_redundant(c, reached, index) for c in conjs]
-    if any(not c for c in conjs):
-        return []
-    conjs = _drop_subsumed(conjs)
-    return [[Condition(branch=b, choices=_ordered(cs, choices[b])) for b, cs in conj]
-            for conj in conjs]
+    # ---- arguments --------------------------------------------------------------------
+    def _positional(self, visits: dict[int, Visit], reached: int) -> list[Any]:
+        width = max((len(v.args) for v in visits.values()), default=0)
+        return [self.one_of({i: v.args[k] for i, v in visits.items() if k < len(v.args)},
+                            visits, reached) for k in range(width)]
+
+    def _keywords(self, visits: dict[int, Visit], reached: int) -> dict[str, Any]:
+        names = list(dict.fromkeys(k for v in visits.values() for k in v.kwargs))
+        return {k: self.one_of({i: v.kwargs[k] for i, v in visits.items() if k in v.kwargs},
+                               visits, reached) for k in names}
+
+    def one_of(self, per_path: dict[int, Any], visits: dict[int, Visit], reached: int) -> Any:
+        """One template for all paths: equal parts stay, differing parts become ``$oneof``."""
+        distinct: dict[str, tuple[Any, int]] = {}
+        for i, template in per_path.items():
+            key = json.dumps(template, sort_keys=True)
+            value, mask = distinct.get(key, (template, 0))
+            distinct[key] = (value, mask | 1 << i)
+        values = [v for v, _ in distinct.values()]
+        if len(values) == 1:
+            return values[0]
+        if all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
+            return [self.one_of({i: t[k] for i, t in per_path.items()}, visits, reached)
+                    for k in range(len(values[0]))]
+        if all(_plain_dict(v) and v.keys() == values[0].keys() for v in values):
+            return {k: self.one_of({i: t[k] for i, t in per_path.items()}, visits, reached)
+                    for k in values[0]}
+        return {"$oneof": [
+            {"value": value, "when": [[c.model_dump(mode="json") for c in guard]
+                                      for guard in self.guards(visits, mask, reached)]}
+            for value, mask in distinct.values()]}
 
 
-def _sufficient(conj: Conj, reached: int, index: _PathIndex) -> bool:
-    """Every path on which ``conj`` holds reaches the node."""
-    return index.matching(conj) & ~reached == 0
-
-
-def _shortest_sufficient(prefix: Sequence[tuple[str, Any]], reached: int,
-                         index: _PathIndex) -> Conj:
-    for start in range(len(prefix) - 1, -1, -1):
-        conj = [(b, [c]) for b, c in prefix[start:]]
-        if _sufficient(conj, reached, index):
-            return conj
-    return [(b, [c]) for b, c in prefix]
+def _mask(visits: dict[int, Visit]) -> int:
+    mask = 0
+    for i in visits:
+        mask |= 1 << i
+    return mask
 
 
 def _merge_alternatives(conjs: list[Conj]) -> list[Conj]:
@@ -138,14 +186,6 @@ def _join(a: Conj, b: Conj) -> Conj | None:
     return [*a[:k], (a[k][0], union), *a[k + 1:]]
 
 
-def _drop_redundant(conj: Conj, reached: int, index: _PathIndex) -> Conj:
-    for cond in list(conj):
-        shorter = [c for c in conj if c is not cond]
-        if _sufficient(shorter, reached, index):
-            conj = shorter
-    return conj
-
-
 def _drop_subsumed(conjs: list[Conj]) -> list[Conj]:
     def weaker(a: Conj, b: Conj) -> bool:  # a holds whenever b holds
         bd = dict(b)
@@ -154,36 +194,8 @@ def _drop_subsumed(conjs: list[Conj]) -> list[Conj]:
     return [c for c in conjs if not any(weaker(other, c) for other in conjs)]
 
 
-def _ordered(chosen: list[Any], all_choices: list[Any]) -> list[Any]:
+def _ordered(chosen: Sequence[Any], all_choices: list[Any]) -> list[Any]:
     return [c for c in all_choices if c in chosen]
-
-
-# ---- arguments ----------------------------------------------------------------------
-def _merge_positional(per_path: list[list[Any]]) -> list[Any]:
-    width = max((len(args) for args in per_path), default=0)
-    return [_one_of([args[i] for args in per_path if i < len(args)]) for i in range(width)]
-
-
-def _merge_keywords(per_path: list[dict[str, Any]]) -> dict[str, Any]:
-    names: list[str] = []
-    for kwargs in per_path:
-        names.extend(k for k in kwargs if k not in names)
-    return {k: _one_of([kw[k] for kw in per_path if k in kw]) for k in names}
-
-
-def _one_of(templates: list[Any]) -> Any:
-    """One template for all paths: equal parts stay, differing parts become ``$oneof``."""
-    distinct: dict[str, Any] = {}
-    for t in templates:
-        distinct.setdefault(json.dumps(t, sort_keys=True), t)
-    values = list(distinct.values())
-    if len(values) == 1:
-        return values[0]
-    if all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
-        return [_one_of([v[i] for v in values]) for i in range(len(values[0]))]
-    if all(_plain_dict(v) and v.keys() == values[0].keys() for v in values):
-        return {k: _one_of([v[k] for v in values]) for k in values[0]}
-    return {"$oneof": values}
 
 
 def _plain_dict(value: Any) -> bool:

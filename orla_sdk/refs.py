@@ -18,8 +18,9 @@ def ref_of(obj: Any) -> str:
 
 
 def is_importable(ref: str) -> bool:
-    """True when ``ref`` names a module-level object (no ``<locals>`` or ``<lambda>``)."""
-    return "<" not in ref and not ref.startswith("__main__:")
+    """True when ``ref`` names a module-level object (no ``<locals>`` or ``<lambda>``).
+    Objects of ``__main__`` count: they resolve in the process that defined them."""
+    return "<" not in ref
 
 
 def load_ref(ref: str) -> Any:

@@ -22,7 +22,7 @@ from orla_sdk.ir import Edge, Node, Plan, Target
 
 PALETTE = ["#cfe2ff", "#ffe5b4", "#d1f2d1", "#f8d7da", "#e2d9f3", "#fff3bf", "#d3f0f5"]
 ROUTED_FILL = "#f1f1f1"
-WIDE_INPUT = 6  # an input read by more stages than this is drawn without its edges
+WIDE_INPUT = 6  # an input read by more nodes than this is drawn without its edges
 
 
 def plan_to_dot(plan: Plan) -> str:
@@ -80,15 +80,21 @@ def dot_names(plan: Plan) -> dict[str, str]:
 
 
 def _wide_inputs(plan: Plan, edges: list[Edge]) -> dict[str, int]:
-    readers: dict[str, int] = {}
+    """Inputs read by more than WIDE_INPUT nodes, with how many nodes read them."""
+    readers: dict[str, set[str]] = {}
     for edge in edges:
         if plan.node(edge.src).kind == "input":
-            readers[edge.src] = readers.get(edge.src, 0) + 1
-    return {nid: n for nid, n in readers.items() if n > WIDE_INPUT}
+            readers.setdefault(edge.src, set()).add(edge.dst)
+    return {nid: len(dsts) for nid, dsts in readers.items() if len(dsts) > WIDE_INPUT}
 
 
 def _title(plan: Plan) -> str:
-    return f"{plan.name}  ({len(plan.stage_nodes())} stages, {plan.paths} paths)"
+    return f"{plan.name}  ({plan_size(plan)})"
+
+
+def plan_size(plan: Plan) -> str:
+    stages, paths = len(plan.stage_nodes()), plan.paths
+    return f"{stages} stage{'s' * (stages != 1)}, {paths} path{'s' * (paths != 1)}"
 
 
 def _add_nodes(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str],
@@ -114,9 +120,9 @@ def _add_nodes(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str],
 
 
 def _span_cluster(plan: Plan, span: dict[str, Any]) -> graphviz.Digraph:
-    logical = plan.node(span["stages"][0]).meta.get("mapping", {}).get("logical", "")
+    backend = plan.node(span["stages"][0]).meta.get("mapping", {}).get("backend", "")
     return graphviz.Digraph(name=f"cluster_{span['id']}", graph_attr={
-        "label": f"{span['id']}: preserve ({logical})", "style": "dashed",
+        "label": f"{span['id']}: preserve on {backend}", "style": "dashed",
         "color": "#2b6cb0", "fontcolor": "#2b6cb0"})
 
 
@@ -132,10 +138,11 @@ def _node_attrs(plan: Plan, node: Node, colours: dict[str, str],
         label = node.label + ("?" if node.test and node.test.op == "value" else "()?")
         return {"shape": "diamond", "label": label, "style": "filled", "fillcolor": "#fafafa"}
     if node.kind == "map":
-        return {"shape": "invtrapezium", "label": f"for {node.label}", "style": "filled",
+        return {"shape": "invtrapezium", "label": f"for each item of {node.label}",
+                "style": "filled",
                 "fillcolor": "#eeeeee"}
     if node.kind == "input":
-        readers = f"\n(read by {wide[node.id]} stages)" if node.id in wide else ""
+        readers = f"\n(read by {wide[node.id]} nodes)" if node.id in wide else ""
         return {"shape": "ellipse", "label": f"input {node.label}{readers}"}
     return {"shape": "doublecircle", "label": "out", "width": "0.4"}
 
@@ -166,20 +173,24 @@ def _stage_attrs(plan: Plan, node: Node, colours: dict[str, str]) -> dict[str, s
 def _priority_text(priority: dict[str, Any] | None) -> str:
     if not priority:
         return ""
+    path = f", path {priority['critical_path']}"
     if priority["source"] == "runtime":
         rule = priority["rule"]
         subject = ".".join([rule.get("arg") or "", *rule.get("path", [])]) or rule.get("fn")
-        return f"priority: by {subject} at run time"
-    return f"priority {priority['value']} ({priority['source']})"
+        return f"priority: by {subject}{path}"
+    return f"priority {priority['value']}{path}"
 
 
 def _add_legend(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str]) -> None:
     """One row a backend: its colour, name and kind, and the logical models it serves."""
     if not plan.backends:
         return
+    used = {m.get("logical") for n in plan.stage_nodes() if (m := n.meta.get("mapping"))}
+    used |= {c["logical"] for n in plan.stage_nodes()
+             for c in n.meta.get("mapping", {}).get("candidates", [])}
     served: dict[str, list[str]] = {}
     for logical, mapped in sorted(plan.mapping.items()):
-        if isinstance(mapped, Target):
+        if isinstance(mapped, Target) and logical in used:
             served.setdefault(mapped.backend, []).append(f"{logical} → {mapped.model}")
     rows = "".join(
         f'<TR><TD BGCOLOR="{colours[b.name]}">{html.escape(b.name)}</TD>'

@@ -103,12 +103,17 @@ class Proxy:
         return bool(self._orla_tracer.concrete(self, "is tested with `if`/`while`/`and`/`or`"))
 
     def __eq__(self, other: object) -> bool:
-        return bool(self._orla_tracer.concrete(self, "is compared with ==") == other)
+        return self._orla_tracer.equals(self, other, "is compared with ==")
 
     def __ne__(self, other: object) -> bool:
-        return bool(self._orla_tracer.concrete(self, "is compared with !=") != other)
+        return not self._orla_tracer.equals(self, other, "is compared with !=")
 
     def __hash__(self) -> int:
+        if "asyncio" in sys._getframe(1).f_code.co_filename:
+            raise self._orla_tracer.misuse(
+                self, "is passed to asyncio (gather, wait or a task)",
+                "await stages one by one; stages without a data dependency already run "
+                "concurrently in the plan")
         return hash(self._orla_tracer.concrete(self, "is hashed (used as a key)"))
 
     def __iter__(self) -> Iterator[Proxy]:
@@ -247,17 +252,21 @@ class Tracer:
         finally:
             active_tracer.reset(token)
         if self.scope:
+            loop = self.drafts[self.scope[-1]]
             raise TraceError(
-                f"workflow {self.workflow_name!r} left the loop over `{self.scope[-1]}` early "
-                "(break or return inside it). Fix: a map runs every item; filter the list in "
-                "a stage before the loop instead of breaking out of it.")
+                f"{loop.site}: workflow {self.workflow_name!r} left the loop over "
+                f"`{loop.label}` early (break or return inside it). Fix: "
+                "a map runs every item; filter the list in a stage before the loop instead.")
         self._visit(("output",), Draft("output", "output", None, None),
                     [self.template(result, "the return value")], {})
 
     def _input_proxy(self, param: inspect.Parameter) -> Proxy:
         annotation = self.input_types.get(param.name, Any)
         draft = Draft("input", param.name, None, None, annotation=annotation)
-        node_id = self._visit(("input", param.name), draft, [], {}, preferred=f"input:{param.name}")
+        default = {} if param.default is param.empty else {
+            "default": self.template(param.default, f"the default of input {param.name!r}")}
+        node_id = self._visit(("input", param.name), draft, [], default,
+                              preferred=f"input:{param.name}")
         return Proxy(self, node_id, (), annotation, ())
 
     # ---- recording nodes ------------------------------------------------------------
@@ -320,12 +329,12 @@ class Tracer:
         item = item_annotation(items._orla_type)
         if item is None:
             raise self.misuse(items, "is iterated over",
-                              "only list outputs fan out; annotate the stage's return type as "
-                              "list[...] or bound the loop with range(N)")
+                              "only lists fan out; annotate the value as list[...] (a stage's "
+                              "return type or a workflow input), or loop over range(N)")
         site, where = self._call_site()
         key = self._occurrence_key("map", site)
         label = items._orla_node + "".join(f".{p}" for p in items._orla_path)
-        draft = Draft("map", f"each {label}", where, self._scope_id(), annotation=item)
+        draft = Draft("map", label, where, self._scope_id(), annotation=item)
         node_id = self._visit(key, draft, [self.template(items, "the list being mapped")], {},
                               preferred=f"map:{label}")
         return self._map_iterator(node_id, item)
@@ -351,6 +360,22 @@ class Tracer:
             raise self.misuse(proxy, what, _BRANCH_FIX)
         branch_id = self._value_branch(proxy, choices, where)
         return self._decide(branch_id, site)
+
+    def equals(self, proxy: Proxy, other: object, what: str) -> bool:
+        """``proxy == other`` on this path; comparing with a value it never takes is a bug."""
+        value = self.concrete(proxy, what)
+        if not isinstance(other, Proxy):
+            possible = self._possible_values(proxy)
+            if other not in possible:
+                raise self.misuse(proxy, f"is compared with {other!r}, a value it never takes",
+                                  f"compare with one of {possible}")
+        return bool(value == other)
+
+    def _possible_values(self, proxy: Proxy) -> list[Any]:
+        source = self.drafts[proxy._orla_node]
+        if source.kind == "branch" and not proxy._orla_path:
+            return source.py_choices
+        return enumerate_values(proxy._orla_type) or []
 
     def _value_branch(self, proxy: Proxy, choices: list[Any], where: str | None) -> str:
         """The branch node that switches on this proxy's value (one per value, per path)."""
@@ -467,7 +492,7 @@ class Tracer:
 
     def misuse(self, proxy: Proxy, what: str, fix: str) -> TraceError:
         return TraceError(
-            f"{self._where()}: the output {proxy._orla_describe()} {what} while workflow "
+            f"{self._where()}: the value {proxy._orla_describe()} {what} while workflow "
             f"{self.workflow_name!r} is traced, but it has no value until the plan runs. "
             f"Fix: {fix}.")
 

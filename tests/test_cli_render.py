@@ -31,11 +31,11 @@ def fan_out(text: str) -> list[str]:
 
 def test_dot_marks_spans_branches_maps_and_routed_stages() -> None:
     dot = orla.compile(support).to_dot()
-    assert "subgraph cluster_span1" in dot and "span1: preserve (heavy)" in dot
+    assert "subgraph cluster_span1" in dot and "span1: preserve on datacenter" in dot
     assert "shape=diamond" in dot
     assert "branch_classify_needs_escalation -> acknowledge [label=true color=" in dot
     assert "branch_classify_needs_escalation -> reply [label=false color=" in dot
-    assert "priority: by t.category at run time" in dot
+    assert "priority: by t.category, path 2" in dot
     routed = orla.compile(fan_out).to_dot()
     assert "subgraph cluster_map_topics" in routed
     assert "peripheries=2" in routed and "routed (one_bit)" in routed
@@ -80,3 +80,23 @@ def test_console_script_runs_as_a_module() -> None:
                            "examples.customer_support:support", "--summary"],
                           capture_output=True, text=True, check=True)
     assert done.stdout.startswith("plan support: 5 stages")
+
+
+def support_plan() -> orla.Plan:
+    return orla.compile(support)
+
+
+def test_cli_accepts_plan_factories_but_never_calls_other_functions(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "test_cli_render:support_plan", "--summary"]) == 0
+    assert "plan support" in capsys.readouterr().out
+    assert main(["plan", "examples.customer_support:send_email"]) == 2
+    assert "takes no arguments" in capsys.readouterr().err
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet() -> None:
+    done = subprocess.run(
+        f"{sys.executable} -m orla_sdk.cli plan examples.dag_math:dag_math | head -c 10",
+        shell=True, capture_output=True, text=True, check=True)
+    assert done.stdout == "{\n  \"backe"
+    assert "Traceback" not in done.stderr

@@ -205,11 +205,15 @@ def test_priorities_static_runtime_and_graph_default() -> None:
         return polish(rule_priority(t))
 
     plan = compile_(wf)
-    assert plan.node("static_priority").meta["priority"] == {"value": 95, "source": "static"}
+    assert plan.node("static_priority").meta["priority"] == {
+        "value": 95, "source": "static", "critical_path": 1}
     rule = plan.node("rule_priority").meta["priority"]
-    assert rule["source"] == "runtime" and rule["rule"]["values"] == {"billing": 90, "general": 10}
-    assert plan.node("triage").meta["priority"]["value"] == 3
-    assert plan.node("triage").meta["priority"]["source"] == "graph"
+    assert rule["source"] == "runtime" and rule["value"] == 50
+    assert rule["rule"] == {"kind": "field", "arg": "t", "path": ["category"],
+                            "values": {"billing": 90, "general": 10}}
+    triage_priority = plan.node("triage").meta["priority"]
+    assert triage_priority["value"] == 50 and triage_priority["source"] == "graph"
+    assert triage_priority["critical_path"] == 3
 
 
 def test_critical_path_counts_stages_to_the_end() -> None:
@@ -333,3 +337,17 @@ def test_long_chains_validate_without_recursion() -> None:
     plan = compile_(wf)
     assert len(plan.stage_nodes()) == 1500
     assert plan.node("polish_1500").meta["cache"]["decision"] == "flush"
+
+
+def test_a_mapper_judge_must_be_mapped_and_the_default_setup_maps_it() -> None:
+    @orla.stage
+    def anything(text: str) -> str: ...
+
+    @orla.workflow
+    def wf(text: str) -> str:
+        return anything(text)
+
+    with pytest.raises(orla.PlanValidationError, match="asks 'tiny'"):
+        compile_(wf, mapper=orla.OneBitStageMapper(judge="tiny"))
+    plan = orla.compile(wf, mapper=orla.OneBitStageMapper())
+    assert sorted(plan.mapping) == ["auto", "heavy", "light"]

@@ -67,6 +67,10 @@ def compile_(wf, **kwargs):  # type: ignore[no-untyped-def]
     return orla.compile(wf, **kwargs)
 
 
+def alt(value: object, branch: str, choices: list[object]) -> dict[str, object]:
+    return {"value": value, "when": [[{"branch": branch, "choices": choices}]]}
+
+
 def guards(plan: orla.Plan, node_id: str) -> list[list[tuple[str, list[object]]]]:
     return [[(c.branch, c.choices) for c in g] for g in plan.node(node_id).guards]
 
@@ -176,7 +180,8 @@ def test_bool_field_branch_records_both_paths() -> None:
     assert guards(plan, "write") == [[("branch:review.urgent", [True])]]
     assert guards(plan, "write_2") == [[("branch:review.urgent", [False])]]
     out = plan.node("output").args[0]
-    assert out == {"$oneof": [{"$ref": "write"}, {"$ref": "write_2"}]}
+    assert out == {"$oneof": [alt({"$ref": "write"}, "branch:review.urgent", [True]),
+                              alt({"$ref": "write_2"}, "branch:review.urgent", [False])]}
 
 
 def test_literal_comparisons_enumerate_every_value() -> None:
@@ -209,7 +214,33 @@ def test_match_on_enum_and_unguarded_join() -> None:
     plan = compile_(wf)
     assert plan.node("branch:review.mood").choices == ["happy", "sad"]
     assert plan.node("merge").guards == []
-    assert plan.node("merge").args == [[{"$oneof": [{"$ref": "write"}, {"$ref": "write_2"}]}]]
+    assert plan.node("merge").args == [[{"$oneof": [
+        alt({"$ref": "write"}, "branch:review.mood", ["happy"]),
+        alt({"$ref": "write_2"}, "branch:review.mood", ["sad"])]}]]
+
+
+def test_constants_chosen_by_a_branch_keep_their_guard() -> None:
+    @orla.workflow
+    def wf(text: str) -> str:
+        r = review(text)
+        tone = "formal" if r.urgent else "casual"
+        return write({"text": text, "tone": tone})
+
+    plan = compile_(wf)
+    assert plan.node("write").guards == []
+    assert plan.node("write").args == [{"text": {"$ref": "input:text"}, "tone": {"$oneof": [
+        alt("formal", "branch:review.urgent", [True]),
+        alt("casual", "branch:review.urgent", [False])]}}]
+
+
+def test_dollar_keys_in_constants_are_not_references() -> None:
+    @orla.workflow
+    def wf(text: str) -> str:
+        return write({"$ref": "nothing", "t": text})
+
+    plan = compile_(wf)
+    assert plan.node("write").args == [{"$dict": {"$ref": "nothing", "t": {"$ref": "input:text"}}}]
+    assert plan.predecessors()["write"] == ["input:text"]
 
 
 def test_else_branch_of_literal_merges_choices() -> None:
@@ -283,7 +314,8 @@ def test_cond_and_switch() -> None:
     assert cond.args == [{"$ref": "write"}]
     switch = plan.node("branch:size_class")
     assert switch.choices == ["long", "short"]
-    assert switch.args == [{"$oneof": [{"$ref": "write_2"}, {"$ref": "write"}]}]
+    assert switch.args == [{"$oneof": [alt({"$ref": "write_2"}, "branch:is_long", [True]),
+                                       alt({"$ref": "write"}, "branch:is_long", [False])]}]
     assert guards(plan, "write_3") == [[("branch:size_class", ["long"])]]
     assert plan.paths == 4
 
@@ -459,4 +491,44 @@ def test_nondeterministic_workflow_is_rejected() -> None:
         return write("x") if r.urgent else "y"
 
     with pytest.raises(orla.TraceError, match="different route"):
+        compile_(wf)
+
+
+def test_comparing_with_a_value_the_type_never_takes_is_an_error() -> None:
+    @orla.workflow
+    def wf(text: str) -> str:
+        r = review(text)
+        return write("x") if r.verdict == "acept" else "y"
+
+    with pytest.raises(orla.TraceError, match=r"compared with 'acept', a value it never takes"):
+        compile_(wf)
+
+
+def test_asyncio_gather_gets_a_precise_error() -> None:
+    @orla.workflow
+    async def wf(text: str) -> list[str]:
+        return list(await asyncio.gather(write_async(text), write_async(text)))
+
+    with pytest.raises(orla.TraceError, match="passed to asyncio"):
+        compile_(wf)
+
+
+def test_input_defaults_are_recorded() -> None:
+    @orla.workflow
+    def wf(text: str, tone: str = "formal") -> str:
+        return write(text)
+
+    plan = compile_(wf)
+    assert plan.node("input:tone").kwargs == {"default": "formal"}
+    assert plan.node("input:text").kwargs == {}
+
+
+def test_break_out_of_a_map_names_the_loop_line() -> None:
+    @orla.workflow
+    def wf(text: str) -> str:
+        for topic in review(text).topics:
+            return write(topic)
+        return "x"
+
+    with pytest.raises(orla.TraceError, match=r"^test_trace:\d+: .*loop over `review.topics`"):
         compile_(wf)

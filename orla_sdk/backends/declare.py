@@ -1,8 +1,11 @@
 """Declare backends for a plan, with each engine's capabilities filled in.
 
-The capability flags are what the validate and cache-span passes rely on: whether an
-engine can call tools natively, constrain output to a JSON schema, and which cache
-control it offers (llama.cpp slots, a global prefix-cache reset, Ollama's keep_alive).
+The validate pass checks stages against the capability flags: whether an engine can
+call tools natively and constrain output to a JSON schema (tool calls can be emulated
+through JSON-schema output, so a tool needs either). ``cache_control`` says which cache
+action an engine offers (llama.cpp slots, a global prefix-cache reset, Ollama's
+keep_alive, prompt-cache keys); the runtime's memory manager turns cache decisions into
+those actions.
 """
 
 from __future__ import annotations

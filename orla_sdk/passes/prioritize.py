@@ -2,34 +2,38 @@
 
 - A static ``priority=N`` on the stage wins.
 - A rule (``orla.priority_by`` or a function) is evaluated at run time from the stage's
-  arguments; the plan records the rule.
-- Otherwise the default comes from the graph: the number of stages on the longest path
-  from this stage to the end of the workflow, itself included (critical-path first), so
-  stages that hold up more downstream work are served earlier. Past 100 the value stays
-  at 100; ``meta["priority"]["critical_path"]`` keeps the unclamped length for
-  tie-breaking.
+  arguments; the plan records the rule, and its default stands in until then.
+- A stage without a hint gets the neutral 50.
+
+Every stage also records ``critical_path``: the number of stages on the longest path
+from it to the end of the workflow, itself included. Among equal priorities, a scheduler
+serves the longer critical path first, so stages that hold up more downstream work go
+earlier. Stages without hints are thus ordered by the graph alone, and a hint above or
+below 50 moves a stage ahead of or behind them.
 """
 
 from __future__ import annotations
 
-from orla_sdk.ir import PRIORITY_RANGE, Plan, PriorityRule
+from orla_sdk.ir import Plan, PriorityRule
+
+NEUTRAL_PRIORITY = 50
 
 
 def prioritize(plan: Plan) -> Plan:
     remaining = critical_path_lengths(plan)
-    low, high = PRIORITY_RANGE
     for node in plan.stage_nodes():
         hint = plan.stage_of(node).priority
+        path = remaining[node.id]
         if isinstance(hint, int):
-            node.meta["priority"] = {"value": hint, "source": "static"}
+            node.meta["priority"] = {"value": hint, "source": "static", "critical_path": path}
         elif isinstance(hint, PriorityRule):
-            node.meta["priority"] = {"source": "runtime", "rule": hint.model_dump(mode="json"),
-                                     "value": hint.default}
-        else:
-            length = remaining[node.id]
             node.meta["priority"] = {
-                "value": max(low, min(high, length)), "source": "graph", "critical_path": length,
-                "reason": f"{length} stage(s) on the longest path from here to the end"}
+                "value": hint.default, "source": "runtime", "critical_path": path,
+                "rule": hint.model_dump(mode="json", exclude_defaults=True)}
+        else:
+            node.meta["priority"] = {
+                "value": NEUTRAL_PRIORITY, "source": "graph", "critical_path": path,
+                "reason": f"no hint; {path} stage(s) on the longest path from here to the end"}
     return plan
 
 

@@ -133,6 +133,11 @@ def _mapping_problems(plan: Plan, name: str | None, has_tools: bool,
                 problems.append((f"is routed by {mapped.name!r} to {candidate!r}, which is "
                                  "not mapped to a backend and model.",
                                  f"map {candidate!r} to an orla.Target"))
+        for consulted in mapped.consults:
+            if not isinstance(plan.mapping.get(consulted), Target):
+                problems.append((f"is routed by {mapped.name!r}, which asks {consulted!r}; "
+                                 "that name is not mapped to a backend and model.",
+                                 f"map {consulted!r} to an orla.Target"))
     for target in targets:
         problems.extend(_target_problems(plan, target, has_tools, structured))
     return problems
