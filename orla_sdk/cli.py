@@ -13,6 +13,7 @@ import argparse
 import inspect
 import os
 import sys
+import typing
 from collections.abc import Sequence
 
 from orla_sdk.compile import compile
@@ -46,15 +47,17 @@ def _plan_factory(obj: object) -> bool:
     """A function declared to return a Plan and callable without arguments."""
     if not inspect.isfunction(obj):
         return False
-    signature = inspect.signature(obj)
-    returns = signature.return_annotation
-    required = [p for p in signature.parameters.values()
+    try:
+        returns = typing.get_type_hints(obj).get("return")
+    except Exception:  # unresolvable annotations: not a factory we can trust
+        return False
+    required = [p for p in inspect.signature(obj).parameters.values()
                 if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return not required and (returns is Plan or returns in ("Plan", "orla.Plan"))
+    return not required and returns is Plan
 
 
 def summary(plan: Plan) -> str:
-    rows = [("node", "kind", "runs on", "priority", "cache")]
+    rows = [("node", "kind", "runs on", "priority", "path", "cache")]
     for node in plan.nodes:
         mapping = node.meta.get("mapping", {})
         if mapping.get("routed"):
@@ -63,9 +66,10 @@ def summary(plan: Plan) -> str:
             runs_on = f"{mapping['backend']}/{mapping['model']}" if mapping else ""
         priority = node.meta.get("priority", {})
         prio = str(priority.get("value", "")) if priority.get("source") != "runtime" else "rule"
+        path = str(priority.get("critical_path", ""))
         cache = node.meta.get("cache", {})
         cache_text = cache.get("decision", "") + (f" [{cache['span']}]" if "span" in cache else "")
-        rows.append((node.id, node.kind, runs_on, prio, cache_text))
+        rows.append((node.id, node.kind, runs_on, prio, path, cache_text))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]

@@ -314,9 +314,14 @@ class Plan(_Model):
                 if (src, label) not in seen:
                     seen.add((src, label))
                     edges.append(Edge(src=src, dst=node.id, kind="data", label=label))
-            for branch, choices in control_parents(node).items():
+            parents = control_parents(node)
+            for branch, choices in parents.items():
                 label = " | ".join(_choice_label(c) for c in choices)
                 edges.append(Edge(src=branch, dst=node.id, kind="control", label=label))
+            for branch in chooser_branches(node, constants_only=True):
+                if branch not in parents:
+                    edges.append(Edge(src=branch, dst=node.id, kind="control",
+                                      label="picks argument"))
         return edges
 
     def predecessors(self) -> dict[str, list[str]]:
@@ -400,9 +405,34 @@ def dependencies(node: Node) -> dict[str, None]:
     for guard in node.guards:
         for condition in guard:
             deps[condition.branch] = None
+    for branch in chooser_branches(node):
+        deps[branch] = None
     if node.scope:
         deps[node.scope] = None
     return deps
+
+
+def chooser_branches(node: Node, constants_only: bool = False) -> dict[str, None]:
+    """Branches whose choice picks one of the node's ``$oneof`` arguments (with
+    ``constants_only``, only where some alternative is a constant, not a node's output)."""
+    found: dict[str, None] = {}
+
+    def walk(template: Any) -> None:
+        if isinstance(template, list):
+            for value in template:
+                walk(value)
+        elif isinstance(template, dict):
+            alternatives = template.get("$oneof", [])
+            if not constants_only or any(not list(iter_refs(a["value"])) for a in alternatives):
+                for alternative in alternatives:
+                    for guard in alternative["when"]:
+                        found.update({c["branch"]: None for c in guard})
+            for value in template.values():
+                walk(value)
+
+    walk(node.args)
+    walk(list(node.kwargs.values()))
+    return found
 
 
 def control_parents(node: Node) -> dict[str, list[Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 import graphviz  # type: ignore[import-untyped]
 
 from orla_sdk.errors import OrlaError
-from orla_sdk.ir import Edge, Node, Plan, Target
+from orla_sdk.ir import Edge, MapperSpec, Node, Plan, Target
 
 PALETTE = ["#cfe2ff", "#ffe5b4", "#d1f2d1", "#f8d7da", "#e2d9f3", "#fff3bf", "#d3f0f5"]
 ROUTED_FILL = "#f1f1f1"
@@ -186,8 +186,10 @@ def _add_legend(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str]) ->
     if not plan.backends:
         return
     used = {m.get("logical") for n in plan.stage_nodes() if (m := n.meta.get("mapping"))}
-    used |= {c["logical"] for n in plan.stage_nodes()
-             for c in n.meta.get("mapping", {}).get("candidates", [])}
+    for node in plan.stage_nodes():
+        mapped = plan.mapping.get(node.meta.get("mapping", {}).get("logical", ""))
+        if isinstance(mapped, MapperSpec):
+            used.update([*mapped.candidates, *mapped.consults])
     served: dict[str, list[str]] = {}
     for logical, mapped in sorted(plan.mapping.items()):
         if isinstance(mapped, Target) and logical in used:

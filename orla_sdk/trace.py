@@ -9,6 +9,7 @@ site, and each node is guarded by the branch choices that lead to it.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import inspect
 import linecache
@@ -40,7 +41,9 @@ if TYPE_CHECKING:
 DEFAULT_MAX_PATHS = 256
 MAX_LOOP_DECISIONS = 64
 MAX_TESTS_PER_SITE = 10_000
+MAX_NODES_PER_PATH = 100_000
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
 
 PathKey = tuple[Any, ...]
 Decision = tuple[str, Any]  # (branch id, JSON choice)
@@ -109,7 +112,7 @@ class Proxy:
         return not self._orla_tracer.equals(self, other, "is compared with !=")
 
     def __hash__(self) -> int:
-        if "asyncio" in sys._getframe(1).f_code.co_filename:
+        if sys._getframe(1).f_code.co_filename.startswith(_ASYNCIO_DIR):
             raise self._orla_tracer.misuse(
                 self, "is passed to asyncio (gather, wait or a task)",
                 "await stages one by one; stages without a data dependency already run "
@@ -228,6 +231,8 @@ class Tracer:
         self.loop_decisions: dict[PathKey, int] = {}
         self.tests_at_site: dict[PathKey, int] = {}
         self.scope: tuple[str, ...] = ()
+        self.round = 0
+        self.last_event = -1
 
     # ---- running the workflow once per path ----------------------------------------
     def run_all(self, fn: Callable[..., Any], params: list[inspect.Parameter],
@@ -279,6 +284,11 @@ class Tracer:
             self.drafts[node_id] = draft
         prefix = tuple((b, json_choice(self.values[b])) for b, _, _ in self.frontier.taken)
         self.path.visits[node_id] = Visit(prefix, args, kwargs)
+        if len(self.path.visits) > MAX_NODES_PER_PATH:
+            raise TraceError(
+                f"{self._where()}: workflow {self.workflow_name!r} makes more than "
+                f"{MAX_NODES_PER_PATH} calls on one path. Fix: iterate over a list output to "
+                "fan out (one map node) instead of unrolling a long loop in Python.")
         return node_id
 
     def _fresh_id(self, base: str, kind: str) -> str:
@@ -367,8 +377,9 @@ class Tracer:
         if not isinstance(other, Proxy):
             possible = self._possible_values(proxy)
             if other not in possible:
-                raise self.misuse(proxy, f"is compared with {other!r}, a value it never takes",
-                                  f"compare with one of {possible}")
+                raise self.misuse(proxy, f"is compared with {other!r}",
+                                  f"compare with one of {possible}",
+                                  why="that is not a value its type allows")
         return bool(value == other)
 
     def _possible_values(self, proxy: Proxy) -> list[Any]:
@@ -403,14 +414,16 @@ class Tracer:
         self.frontier.taken.append((branch_id, index, len(draft.py_choices)))
         self.values[branch_id] = draft.py_choices[index]
         self.path.choices[branch_id] = draft.choices[index]
-        self.loop_decisions[site] = self.loop_decisions.get(site, 0) + 1
-        if self.loop_decisions[site] > MAX_LOOP_DECISIONS:
+        place = site[1:]  # the call stack without the loop round: the same line every round
+        self.loop_decisions[place] = self.loop_decisions.get(place, 0) + 1
+        if self.loop_decisions[place] > MAX_LOOP_DECISIONS:
             raise self._unbounded_loop()
         return draft.py_choices[index]
 
     def _count_test(self, site: PathKey) -> None:
-        self.tests_at_site[site] = self.tests_at_site.get(site, 0) + 1
-        if self.tests_at_site[site] > MAX_TESTS_PER_SITE:
+        place = site[1:]
+        self.tests_at_site[place] = self.tests_at_site.get(place, 0) + 1
+        if self.tests_at_site[place] > MAX_TESTS_PER_SITE:
             raise self._unbounded_loop()
 
     # ---- argument templates ----------------------------------------------------------
@@ -468,21 +481,31 @@ class Tracer:
     def _user_frames(self) -> Iterator[FrameType]:
         frame: FrameType | None = sys._getframe(2)
         while frame is not None:
-            if not frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            if not frame.f_code.co_filename.startswith((_PACKAGE_DIR, _ASYNCIO_DIR)):
                 yield frame
                 if frame.f_code is self.workflow_code:
                     return
             frame = frame.f_back
 
     def _call_site(self) -> tuple[PathKey, str | None]:
-        """A key for the call stack from the workflow down, and "module:line" of the caller."""
-        key: list[tuple[str, int]] = []
+        """A key for the call stack from the workflow down, and "module:line" of the caller.
+
+        Each call counts as an event of the workflow function. When its instruction lies
+        before the previous event's, a loop in the workflow went round again: the key then
+        carries the round, so the k-th call at a site inside a branch of a loop is told
+        apart by its round, the same on every path.
+        """
+        key: list[Any] = []
         where = None
         for frame in self._user_frames():
             if where is None:
                 where = f"{frame.f_globals.get('__name__', '?')}:{frame.f_lineno}"
             key.append((frame.f_code.co_filename, frame.f_lasti))
-        return tuple(key), where
+            if frame.f_code is self.workflow_code:
+                if frame.f_lasti < self.last_event:
+                    self.round += 1
+                self.last_event = frame.f_lasti
+        return (self.round, *key), where
 
     def _where(self) -> str:
         for frame in self._user_frames():
@@ -490,11 +513,11 @@ class Tracer:
             return f"{frame.f_code.co_filename}:{frame.f_lineno}: `{line}`"
         return f"workflow {self.workflow_name!r}"
 
-    def misuse(self, proxy: Proxy, what: str, fix: str) -> TraceError:
+    def misuse(self, proxy: Proxy, what: str, fix: str,
+               why: str = "it has no value until the plan runs") -> TraceError:
         return TraceError(
             f"{self._where()}: the value {proxy._orla_describe()} {what} while workflow "
-            f"{self.workflow_name!r} is traced, but it has no value until the plan runs. "
-            f"Fix: {fix}.")
+            f"{self.workflow_name!r} is traced, but {why}. Fix: {fix}.")
 
     def _too_many_paths(self, max_paths: int) -> TraceError:
         branches = sorted({b for p in self.paths for b in p.choices})
@@ -537,7 +560,11 @@ def _drive(coro: Any, name: str) -> Any:
         coro.send(None)
     except StopIteration as stop:
         return stop.value
-    coro.close()
+    except RuntimeError as exc:
+        if "event loop" not in str(exc):
+            raise
+    else:
+        coro.close()
     raise TraceError(
         f"async workflow {name!r} awaited something other than a stage while traced "
         "(asyncio.gather, sleep, I/O). Fix: await stages directly; stages without a data "
