@@ -24,6 +24,9 @@ def trace(workflow: Workflow[..., Any] | Callable[..., Any], *,
           max_paths: int = DEFAULT_MAX_PATHS) -> Plan:
     """Trace every branch path of a workflow into one plan, before any pass runs."""
     fn = workflow.fn if isinstance(workflow, Workflow) else workflow
+    if not inspect.isfunction(fn):
+        raise TraceError(f"orla.compile takes a @orla.workflow or a plain function, not "
+                         f"{type(fn).__name__} {fn!r}.")
     name = workflow.name if isinstance(workflow, Workflow) else fn.__name__
     if active_tracer.get() is not None:
         raise TraceError("orla.compile was called while another workflow is traced; "

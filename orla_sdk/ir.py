@@ -37,7 +37,6 @@ from orla_sdk.refs import load_ref
 PLAN_FORMAT: Literal["orla.plan/1"] = "orla.plan/1"
 
 NodeKind = Literal["input", "stage", "branch", "map", "output"]
-CacheHint = Literal["preserve", "flush"]
 CacheControl = Literal["slots", "global_reset", "keep_alive", "prompt_key", "none"]
 PRIORITY_RANGE = (0, 100)
 
@@ -230,9 +229,6 @@ class MapperSpec(_Model):
     config: dict[str, Any] = Field(default_factory=dict)
     candidates: list[str] = Field(default_factory=list)
     consults: list[str] = Field(default_factory=list)
-
-
-Mapping = Target | MapperSpec
 
 
 class Edge(_Model):

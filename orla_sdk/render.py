@@ -81,9 +81,10 @@ def dot_names(plan: Plan) -> dict[str, str]:
 
 def _wide_inputs(plan: Plan, edges: list[Edge]) -> dict[str, int]:
     """Inputs read by more than WIDE_INPUT nodes, with how many nodes read them."""
+    inputs = {n.id for n in plan.nodes if n.kind == "input"}
     readers: dict[str, set[str]] = {}
     for edge in edges:
-        if plan.node(edge.src).kind == "input":
+        if edge.src in inputs:
             readers.setdefault(edge.src, set()).add(edge.dst)
     return {nid: len(dsts) for nid, dsts in readers.items() if len(dsts) > WIDE_INPUT}
 

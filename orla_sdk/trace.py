@@ -254,6 +254,14 @@ class Tracer:
             result = fn(**inputs)
             if inspect.iscoroutine(result):
                 result = _drive(result, self.workflow_name)
+        except OrlaError:
+            raise
+        except Exception as exc:
+            raise TraceError(
+                f"{_raised_at(exc)}: workflow {self.workflow_name!r} raised "
+                f"{type(exc).__name__}: {exc} while it was traced. Fix: the workflow function "
+                "runs once per branch path at compile time; make it run without the stages' "
+                "real outputs, and keep other work inside stages.") from exc
         finally:
             active_tracer.reset(token)
         if self.scope:
@@ -544,6 +552,18 @@ _BRANCH_FIX = (
     "branch only on a bool, Literal or Enum output (or such a field of a pydantic output); "
     "for other predicates use orla.cond(predicate, value) or orla.switch(selector, value, "
     "cases=[...])")
+
+
+def _raised_at(exc: BaseException) -> str:
+    """"file:line" of the innermost frame of the traceback outside orla_sdk."""
+    where = "?"
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith(_PACKAGE_DIR):
+            where = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
 
 
 def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:

@@ -569,3 +569,14 @@ def test_branches_inside_a_loop_keep_one_node_per_round() -> None:
     assert [n.args for n in writes] == [["0"], ["1"], ["2"]]
     assert [guards(plan, n.id) for n in writes] == [
         [[(f"branch:{c}", [True])]] for c in ("check", "check_2", "check_3")]
+
+
+def test_an_exception_in_the_workflow_becomes_a_trace_error() -> None:
+    @orla.workflow
+    def wf(text: str) -> str:
+        return write({"a": 1}["b"])
+
+    with pytest.raises(orla.TraceError, match=r"test_trace.py:\d+: workflow 'wf' raised KeyError"):
+        compile_(wf)
+    with pytest.raises(orla.TraceError, match="plain function"):
+        orla.compile(print)  # type: ignore[arg-type]
