@@ -28,7 +28,7 @@ def load_plan(target: str) -> Plan:
     if ":" not in target:
         raise OrlaError(f"{target!r} is not MODULE:WORKFLOW, "
                         "e.g. examples.customer_support:support")
-    if "." not in sys.path and "" not in sys.path:
+    if "" not in sys.path:  # a console script does not look in the working directory
         sys.path.insert(0, "")
     obj = load_ref(target)
     if isinstance(obj, Plan):
@@ -36,7 +36,12 @@ def load_plan(target: str) -> Plan:
     if isinstance(obj, Workflow):
         return compile(obj)
     if _plan_factory(obj):
-        made = obj()
+        try:
+            made = obj()
+        except OrlaError:
+            raise
+        except Exception as exc:
+            raise OrlaError(f"{target}() raised {type(exc).__name__}: {exc}") from exc
         if isinstance(made, Plan):
             return made
     raise OrlaError(f"{target} is a {type(obj).__name__}; name a @orla.workflow, a Plan, or a "

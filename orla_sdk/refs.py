@@ -32,8 +32,9 @@ def load_ref(ref: str) -> Any:
         raise RefError(f"{ref!r} is defined inside a function; move it to module level.")
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RefError(f"cannot import module {module_name!r} for {ref!r}: {exc}") from exc
+    except Exception as exc:  # ImportError, or whatever the module raised while importing
+        raise RefError(f"cannot import module {module_name!r} for {ref!r}: "
+                       f"{type(exc).__name__}: {exc}") from exc
     for part in qualname.split("."):
         try:
             obj = getattr(obj, part)
