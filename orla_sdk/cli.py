@@ -2,6 +2,7 @@
 
     orla plan MODULE:WORKFLOW [--summary]    print the compiled plan (JSON, or a table)
     orla render MODULE:WORKFLOW -o FILE      draw it (.svg, .png, .pdf or .dot)
+    orla engine start|stop|status            the embedded llama.cpp engine
 
 MODULE:WORKFLOW names a ``@workflow`` (compiled with its own defaults), a ``Plan``, or a
 function that returns a ``Plan``.
@@ -16,6 +17,7 @@ import sys
 import typing
 from collections.abc import Sequence
 
+from orla_sdk.backends import engine
 from orla_sdk.compile import compile
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Plan
@@ -61,6 +63,18 @@ def _plan_factory(obj: object) -> bool:
     return not required and returns is Plan
 
 
+def engine_command(action: str, port: int, slots: int) -> str:
+    if action == "start":
+        state = engine.start_background(engine.EngineConfig(port=port, slots=slots))
+        return f"engine running at {state['url']} ({state['slots']} slots, pid {state['pid']})"
+    if action == "stop":
+        return "engine stopped" if engine.stop_background() else "no engine was running"
+    state = engine.status()
+    if not state["running"]:
+        return "engine not running" + (f" (last seen at {state['url']})" if "url" in state else "")
+    return f"engine running at {state['url']} ({state['slots']} slots, pid {state['pid']})"
+
+
 def summary(plan: Plan) -> str:
     rows = [("node", "kind", "runs on", "priority", "path", "cache")]
     for node in plan.nodes:
@@ -91,8 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     render_cmd = commands.add_parser("render", help="draw a workflow's compiled plan")
     render_cmd.add_argument("target", help="MODULE:WORKFLOW")
     render_cmd.add_argument("-o", "--output", required=True, help="FILE.svg|png|pdf|dot")
+    engine_cmd = commands.add_parser("engine", help="the embedded llama.cpp engine")
+    engine_cmd.add_argument("action", choices=["start", "stop", "status"])
+    engine_cmd.add_argument("--port", type=int, default=0, help="default: a free port")
+    engine_cmd.add_argument("--slots", type=int, default=4, help="parallel requests")
     args = parser.parse_args(argv)
     try:
+        if args.command == "engine":
+            print(engine_command(args.action, args.port, args.slots))
+            return 0
         plan = load_plan(args.target)
         if args.command == "plan":
             print(summary(plan) if args.summary else plan.to_json().rstrip("\n"))

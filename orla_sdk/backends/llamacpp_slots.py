@@ -1,0 +1,89 @@
+"""llama.cpp's cache controls: per-slot erase, save and restore, and its own counters.
+
+A llama.cpp server runs ``slots`` requests in parallel, each slot keeping the KV cache of
+its last prompt. A request pinned to a slot (``"id_slot"`` in the request body) reuses
+that cache for a shared prefix, and the response's ``usage.prompt_tokens_details.
+cached_tokens`` says how many prompt tokens came from it. These calls are what the
+memory manager turns its keep/flush decisions into.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from orla_sdk.backends.engine import EngineError
+
+
+class LlamaCppControl:
+    """Slot and metrics endpoints of one llama.cpp server (``url`` without ``/v1``)."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0,
+                 client: httpx.AsyncClient | None = None) -> None:
+        self.url = url.rstrip("/").removesuffix("/v1")
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def health(self) -> bool:
+        try:
+            return (await self._client.get(f"{self.url}/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def slots(self) -> list[dict[str, Any]]:
+        """Each slot's state: id, whether it is busy, tokens of its cached prompt."""
+        result: list[dict[str, Any]] = await self._call("GET", "/slots")
+        return result
+
+    async def erase(self, slot: int) -> int:
+        """Drop the slot's KV cache; returns how many cached tokens were erased."""
+        result = await self._call("POST", f"/slots/{slot}", params={"action": "erase"})
+        return int(result.get("n_erased", 0))
+
+    async def save(self, slot: int, filename: str) -> int:
+        """Write the slot's KV cache to ``filename`` in the server's slot folder."""
+        result = await self._call("POST", f"/slots/{slot}", params={"action": "save"},
+                                  json={"filename": filename})
+        return int(result.get("n_saved", 0))
+
+    async def restore(self, slot: int, filename: str) -> int:
+        """Load a saved KV cache into the slot; returns how many tokens it holds."""
+        result = await self._call("POST", f"/slots/{slot}", params={"action": "restore"},
+                                  json={"filename": filename})
+        return int(result.get("n_restored", 0))
+
+    async def metrics(self) -> dict[str, float]:
+        """The server's Prometheus counters, without the ``llamacpp:`` prefix."""
+        response = await self._request("GET", "/metrics")
+        return parse_prometheus(response.text)
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self._request(method, path, **kwargs)).json()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._client.request(method, f"{self.url}{path}", **kwargs)
+        except httpx.HTTPError as exc:
+            raise EngineError(f"cannot reach llama.cpp at {self.url} ({type(exc).__name__}: "
+                              f"{exc}); is it running? `orla engine status` tells.") from exc
+        if response.status_code >= 400:
+            raise EngineError(f"llama.cpp answered {method} {path} with "
+                              f"{response.status_code}: {response.text[:300]}")
+        return response
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """``name value`` lines of the Prometheus text format; comments and labels dropped."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            values[name.split("{")[0].removeprefix("llamacpp:")] = float(value)
+        except ValueError:
+            continue
+    return values

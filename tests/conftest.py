@@ -1,0 +1,19 @@
+"""Shared fixtures: the real llama.cpp engine, started once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from orla_sdk.backends.engine import EngineConfig, LocalEngine
+
+
+@pytest.fixture(scope="session")
+def llama_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEngine]:
+    """llama.cpp with SmolLM2-135M on a free port, two slots of 2,048 tokens each."""
+    state = tmp_path_factory.mktemp("engine")
+    engine = LocalEngine(EngineConfig(slots=2, ctx_per_slot=2048, slot_dir=str(state / "slots")))
+    engine.start(log_dir=state)
+    yield engine
+    engine.stop()
