@@ -1,0 +1,66 @@
+"""What every backend offers the runtime: one chat call, with the engine's own counters.
+
+A ``Backend`` serves the requests of the stages mapped to it. Its ``spec`` (a
+``BackendSpec`` of the plan) carries the capability flags the passes checked; the result
+of each call carries what the engine reported: tokens, cached prompt tokens, time to
+first token and total time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orla_sdk.errors import OrlaError
+from orla_sdk.ir import BackendSpec
+
+
+class BackendError(OrlaError):
+    """A backend could not serve a request: down, timed out, or answered with an error."""
+
+    def __init__(self, backend: str, message: str, *, retryable: bool) -> None:
+        self.backend = backend
+        self.retryable = retryable
+        super().__init__(f"backend {backend!r}: {message}")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One model call. ``json_schema`` constrains the reply to JSON of that schema;
+    ``slot`` pins the request to a llama.cpp slot; ``priority`` is orla's 0..100 hint."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+    json_schema: dict[str, Any] | None = None
+    schema_name: str = "output"
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    slot: int | None = None
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    content: str
+    tool_calls: list[ToolCall]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_s: float
+    duration_s: float
+
+
+class Backend(Protocol):
+    spec: BackendSpec
+
+    async def chat(self, request: ChatRequest) -> ChatResult: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,100 @@
+"""The OpenAI-compatible backend against the real llama.cpp engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
+
+import pytest
+from pydantic import BaseModel
+
+import orla_sdk as orla
+from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult
+from orla_sdk.backends.engine import LocalEngine, free_port
+from orla_sdk.backends.openai_compatible import OpenAICompatibleBackend, api_base, engine_fields
+
+MODEL = orla.backends.DEFAULT_LOCAL_MODEL
+PREFIX = " ".join(f"Note {i}: the customer is always addressed by name." for i in range(30))
+T = TypeVar("T")
+
+
+class Triage(BaseModel):
+    category: Literal["billing", "technical", "general"]
+    urgent: bool
+
+
+def run_with(url: str, use: Callable[[OpenAICompatibleBackend], Awaitable[T]],
+             timeout: float = 120.0) -> T:
+    async def go() -> T:
+        backend = OpenAICompatibleBackend(orla.backends.llamacpp("local", url=url),
+                                          timeout=timeout)
+        try:
+            return await use(backend)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+def ask(text: str, **fields: object) -> ChatRequest:
+    return ChatRequest(model=MODEL, messages=[{"role": "user", "content": text}],
+                       params={"max_tokens": 8}, **fields)  # type: ignore[arg-type]
+
+
+def test_a_reply_carries_tokens_and_timings(llama_engine: LocalEngine) -> None:
+    result = run_with(llama_engine.url, lambda b: b.chat(ask("Say hello.")))
+    assert isinstance(result, ChatResult)
+    assert result.prompt_tokens > 0 and 0 < result.completion_tokens <= 8
+    assert 0 < result.ttft_s <= result.duration_s
+    assert result.finish_reason in ("stop", "length")
+
+
+def test_cached_tokens_come_from_the_engine(llama_engine: LocalEngine) -> None:
+    async def twice(backend: OpenAICompatibleBackend) -> tuple[ChatResult, ChatResult]:
+        first = await backend.chat(ask(PREFIX + " One?", slot=0))
+        second = await backend.chat(ask(PREFIX + " Two?", slot=0))
+        return first, second
+
+    first, second = run_with(llama_engine.url, twice)
+    assert second.cached_tokens >= first.prompt_tokens - 10
+    assert second.cached_tokens > first.cached_tokens
+
+
+def test_json_schema_output_validates(llama_engine: LocalEngine) -> None:
+    request = ChatRequest(
+        model=MODEL, params={"max_tokens": 80, "temperature": 0},
+        messages=[{"role": "user", "content": "Classify: my card was charged twice."}],
+        json_schema=Triage.model_json_schema(), schema_name="Triage")
+    result = run_with(llama_engine.url, lambda b: b.chat(request))
+    triage = Triage.model_validate(json.loads(result.content))
+    assert triage.category in ("billing", "technical", "general")
+
+
+def test_an_engine_that_is_down_is_a_retryable_backend_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(BackendError, match="cannot reach") as info:
+        run_with(url, lambda b: b.chat(ask("hi")))
+    assert info.value.retryable and info.value.backend == "local"
+
+
+def test_a_timeout_is_a_retryable_backend_error(llama_engine: LocalEngine) -> None:
+    long = ask(PREFIX * 3 + " Write a long story.", slot=1)
+    with pytest.raises(BackendError, match="timed out") as info:
+        run_with(llama_engine.url, lambda b: b.chat(long), timeout=0.05)
+    assert info.value.retryable
+
+
+def test_a_backend_without_url_is_refused() -> None:
+    with pytest.raises(BackendError, match="has no url"):
+        OpenAICompatibleBackend(orla.backends.llamacpp("local"))
+
+
+def test_engine_specific_fields() -> None:
+    request = ask("x", slot=2, priority=90)
+    assert engine_fields("llamacpp", request) == {"id_slot": 2, "cache_prompt": True}
+    assert engine_fields("vllm", request) == {"priority": 10}
+    assert engine_fields("sglang", request) == {"priority": 90}
+    assert engine_fields("ollama", request) == {}
+    assert api_base("http://h:1/") == "http://h:1/v1" and api_base("http://h:1/v1") == "http://h:1/v1"
