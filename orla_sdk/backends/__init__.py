@@ -1,4 +1,9 @@
-"""Backends: the engines a plan's stages are mapped to."""
+"""Backends: the engines a plan's stages are mapped to.
+
+This package's namespace holds the declaration helpers (``orla.backends.llamacpp(...)``);
+its modules are named apart from them: ``declare``, ``base`` (the protocol),
+``openai_client``, ``engine`` (the embedded llama.cpp server) and ``llamacpp_slots``.
+"""
 
 from orla_sdk.backends.declare import (
     DEFAULT_LOCAL_MODEL,
