@@ -1,0 +1,61 @@
+"""The stage context: which run, stage and backend a model call made in a stage body
+belongs to. The executor sets it around each stage body; ``orla.generate`` reads it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from orla_sdk.errors import OrlaError
+from orla_sdk.ir import MapperSpec, Node, Plan, StageSpec, Target
+from orla_sdk.runtime.pool import BackendPool
+from orla_sdk.runtime.records import StageRecord
+
+
+@dataclass
+class RunState:
+    run_id: str
+    plan: Plan
+    pool: BackendPool
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class StageContext:
+    run: RunState
+    node: Node
+    spec: StageSpec
+    record: StageRecord
+    priority: int
+    critical_path: int
+    tools: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    routed_to: str | None = None  # the logical name a mapper picked, once it has
+
+    def logical_model(self) -> str:
+        name = self.spec.model or self.run.plan.default_model
+        if name is None:
+            raise OrlaError(f"stage {self.spec.name!r} has no model; compile the plan first.")
+        return name
+
+    def static_target(self) -> Target | None:
+        mapped = self.run.plan.mapping.get(self.routed_to or self.logical_model())
+        return mapped if isinstance(mapped, Target) else None
+
+    def mapper(self) -> MapperSpec | None:
+        mapped = self.run.plan.mapping.get(self.logical_model())
+        return mapped if isinstance(mapped, MapperSpec) and self.routed_to is None else None
+
+
+current_stage: ContextVar[StageContext | None] = ContextVar("orla_current_stage", default=None)
+
+
+def stage_context() -> StageContext:
+    ctx = current_stage.get()
+    if ctx is None:
+        raise OrlaError("orla.generate/orla.chat was called outside a stage run by orla.run; "
+                        "call it from the body of an @orla.stage function that a compiled "
+                        "plan runs.")
+    return ctx

@@ -1,0 +1,311 @@
+"""The executor: runs a compiled plan with concrete values on asyncio.
+
+Every node waits for the nodes it depends on, so stages with no path between them run
+concurrently. A node runs when one of its guards holds (a branch took one of the listed
+choices); otherwise it is skipped. A map node runs its loop body once per item, all
+items concurrently. Each stage body runs under a stage context, through which the
+model calls it makes are queued, routed and cached. A failing stage ends the run with a
+clear error in the result; it never takes the process down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import time
+import uuid
+from collections import ChainMap
+from typing import Any
+
+from orla_sdk.errors import OrlaError
+from orla_sdk.ir import Node, Plan, PriorityRule, dependencies
+from orla_sdk.runtime.context import RunState, StageContext, current_stage
+from orla_sdk.runtime.pool import BackendPool
+from orla_sdk.runtime.records import RunResult, StageRecord
+
+Env = ChainMap[str, Any]
+
+
+class _Skipped:
+    def __repr__(self) -> str:
+        return "<did not run>"
+
+
+SKIPPED = _Skipped()
+
+
+class StageFailed(OrlaError):
+    def __init__(self, node: str, cause: BaseException) -> None:
+        self.node = node
+        super().__init__(f"stage {node!r} failed: {type(cause).__name__}: {cause}")
+
+
+def run(plan: Plan, *, pool: BackendPool | None = None, **inputs: Any) -> RunResult:
+    """Run a plan to completion and return its result (see ``arun``)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(arun(plan, pool=pool, **inputs))
+    raise OrlaError("orla.run was called inside a running event loop; use `await orla.arun(...)`.")
+
+
+async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | None = None,
+               **inputs: Any) -> RunResult:
+    """Run a plan once with ``inputs``. Backends come from ``pool`` (shared between runs),
+    or from a pool started and closed for this run."""
+    values = _bind_inputs(plan, inputs)
+    own_pool = pool is None
+    pool = pool or await BackendPool(plan.backends).start()
+    run_id = run_id or uuid.uuid4().hex[:12]
+    result = RunResult(run_id=run_id, workflow=plan.name)
+    state = RunState(run_id, plan, pool, asyncio.get_running_loop())
+    try:
+        env = await _Executor(plan, state, result).run_scope(None, ChainMap(values), None)
+        result.output = env.get("output")
+    except StageFailed as exc:
+        result.error = str(exc)
+    finally:
+        result.cache_log += await pool.memory.end_run(run_id)
+        if own_pool:
+            await pool.aclose()
+    return result
+
+
+def _bind_inputs(plan: Plan, inputs: dict[str, Any]) -> dict[str, Any]:
+    nodes = {n.label: n for n in plan.nodes if n.kind == "input"}
+    unknown = sorted(set(inputs) - set(nodes))
+    if unknown:
+        raise OrlaError(f"workflow {plan.name!r} has no input(s) {unknown}; its inputs are "
+                        f"{sorted(nodes)}.")
+    values: dict[str, Any] = {}
+    for name, node in nodes.items():
+        if name in inputs:
+            values[node.id] = inputs[name]
+        elif "default" in node.kwargs:
+            values[node.id] = node.kwargs["default"]
+        else:
+            raise OrlaError(f"workflow {plan.name!r} needs input {name!r}; pass "
+                            f"orla.run(plan, {name}=...).")
+    return values
+
+
+class _Executor:
+    def __init__(self, plan: Plan, state: RunState, result: RunResult) -> None:
+        self.plan = plan
+        self.state = state
+        self.result = result
+        self.scopes: dict[str | None, list[Node]] = {}
+        self.scope_of: dict[str, str | None] = {}
+        for node in plan.topological_order():
+            self.scopes.setdefault(node.scope, []).append(node)
+            self.scope_of[node.id] = node.scope
+
+    def _waits_for(self, node: Node, scope: str | None) -> set[str]:
+        """The nodes of ``scope`` that ``node`` waits for. A dependency inside a loop body
+        is waited for through its map node; a map waits for what its body reads."""
+        found = set()
+        for dep in self._all_dependencies(node):
+            while self.scope_of.get(dep) not in (scope, None):
+                dep = self.scope_of[dep] or dep
+            if dep != node.id and self.scope_of.get(dep, "?") == scope:
+                found.add(dep)
+        return found
+
+    def _all_dependencies(self, node: Node) -> set[str]:
+        deps = set(dependencies(node))
+        if node.kind == "map":
+            for inner in self.scopes.get(node.id, []):
+                deps |= self._all_dependencies(inner)
+        return deps
+
+    async def run_scope(self, scope: str | None, env: Env, item: int | None) -> Env:
+        """Run the nodes of one scope (the top level, or one item of a map)."""
+        done = {n.id: asyncio.Event() for n in self.scopes.get(scope, [])}
+
+        async def run_node(node: Node) -> None:
+            for dep in self._waits_for(node, scope):
+                await done[dep].wait()
+            try:
+                env.maps[0][node.id] = await self._node(node, env, item)
+            except StageFailed:
+                raise
+            except Exception as exc:
+                raise StageFailed(node.id, exc) from exc
+            done[node.id].set()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for node in self.scopes.get(scope, []):
+                    if node.kind != "input":
+                        group.create_task(run_node(node))
+                    else:
+                        done[node.id].set()
+        except BaseExceptionGroup as group:
+            raise _first_failure(group) from None
+        return env
+
+    async def _node(self, node: Node, env: Env, item: int | None) -> Any:
+        if not self._guard_holds(node, env):
+            if node.kind == "stage":
+                self.result.stages.append(StageRecord(node.id, node.label, "skipped", item))
+            return SKIPPED
+        if node.kind == "branch":
+            return self._branch(node, env, item)
+        if node.kind == "map":
+            return await self._map(node, env)
+        if node.kind == "output":
+            return resolve(node.args[0], env, self.plan) if node.args else None
+        return await self._stage(node, env, item)
+
+    def _guard_holds(self, node: Node, env: Env) -> bool:
+        return not node.guards or any(guard_holds(guard, env) for guard in node.guards)
+
+    # ---- branches and maps ------------------------------------------------------------
+    def _branch(self, node: Node, env: Env, item: int | None) -> Any:
+        args = [resolve(a, env, self.plan) for a in node.args]
+        kwargs = {k: resolve(v, env, self.plan) for k, v in node.kwargs.items()}
+        if node.test is not None and node.test.op == "call" and node.test.fn:
+            value = self.plan.resolve(node.test.fn)(*args, **kwargs)
+        else:
+            value = args[0]
+        choice = value.value if isinstance(value, enum.Enum) else value
+        if choice not in node.choices:
+            raise StageFailed(node.id, OrlaError(
+                f"branch got {choice!r}, which is not one of its choices {node.choices}"))
+        self.result.branches[node.id if item is None else f"{node.id}[{item}]"] = choice
+        return choice
+
+    async def _map(self, node: Node, env: Env) -> list[Env]:
+        items = resolve(node.args[0], env, self.plan)
+        if not isinstance(items, (list, tuple)):
+            raise StageFailed(node.id, OrlaError(f"expected a list to map over, got "
+                                                 f"{type(items).__name__}"))
+        scopes = [env.new_child({node.id: value}) for value in items]
+        return list(await asyncio.gather(
+            *(self.run_scope(node.id, scope, i) for i, scope in enumerate(scopes))))
+
+    # ---- stages -------------------------------------------------------------------------
+    async def _stage(self, node: Node, env: Env, item: int | None) -> Any:
+        spec = self.plan.stage_of(node)
+        record = StageRecord(node.id, spec.name, item=item)
+        self.result.stages.append(record)
+        started = time.perf_counter()
+        try:
+            args = [resolve(a, env, self.plan) for a in node.args]
+            kwargs = {k: resolve(v, env, self.plan) for k, v in node.kwargs.items()}
+            stage = self.plan.resolve(spec.ref)
+            fn = getattr(stage, "fn", stage)  # the function under @stage
+            ctx = StageContext(
+                self.state, node, spec, record, *self._priority(node, fn, args, kwargs),
+                tools={t.name: self.plan.resolve(t.ref) for t in spec.tools})
+            value = await _call_body(ctx, fn, args, kwargs)
+        except Exception as exc:
+            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            raise StageFailed(node.id, exc) from exc
+        finally:
+            record.duration_s = time.perf_counter() - started
+        await self._cache_action(node, record)
+        return value
+
+    def _priority(self, node: Node, fn: Any, args: list[Any],
+                  kwargs: dict[str, Any]) -> tuple[int, int]:
+        meta = node.meta.get("priority", {})
+        value = int(meta.get("value", 50))
+        if meta.get("source") == "runtime":
+            rule = PriorityRule.model_validate(meta["rule"])
+            bound = inspect.signature(fn).bind(*args, **kwargs).arguments
+            value = rule.evaluate(dict(bound), self.plan.resolve)
+        return value, int(meta.get("critical_path", 0))
+
+    async def _cache_action(self, node: Node, record: StageRecord) -> None:
+        cache = node.meta.get("cache")
+        if not cache or record.backend is None:
+            return
+        record.cache_action = await self.state.pool.memory.after_stage(
+            self.state.run_id, record.backend, cache["decision"], cache["reason"])
+        self.result.cache_log.append({
+            "node": node.id, "item": record.item, "backend": record.backend,
+            "decision": cache["decision"], "reason": cache["reason"],
+            "action": record.cache_action, "cached_tokens": record.cached_tokens})
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real failure inside (possibly nested) task groups."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_failure(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
+
+
+async def _call_body(ctx: StageContext, fn: Any, args: list[Any],
+                     kwargs: dict[str, Any]) -> Any:
+    token = current_stage.set(ctx)
+    try:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)  # the thread sees the context
+    finally:
+        current_stage.reset(token)
+
+
+# ---- argument templates ----------------------------------------------------------------
+def guard_holds(guard: list[Any], env: Env) -> bool:
+    """All conditions hold: each branch ran and took one of the listed choices."""
+    for condition in guard:
+        branch, choices = _condition(condition)
+        taken = env.get(branch, SKIPPED)
+        if taken is SKIPPED or taken not in choices:
+            return False
+    return True
+
+
+def _condition(condition: Any) -> tuple[str, list[Any]]:
+    if isinstance(condition, dict):
+        return condition["branch"], condition["choices"]
+    return condition.branch, condition.choices
+
+
+def resolve(template: Any, env: Env, plan: Plan) -> Any:
+    """The concrete value of an argument template (see ``orla_sdk.ir``)."""
+    if isinstance(template, list):
+        return [resolve(t, env, plan) for t in template]
+    if not isinstance(template, dict):
+        return template
+    if "$ref" in template:
+        return _walk(_value_of(template["$ref"], env), template.get("path", []))
+    if "$gather" in template:
+        scopes = env.get(template["map"], [])
+        values = [_walk(s[template["$gather"]], template.get("path", [])) for s in scopes
+                  if s.get(template["$gather"], SKIPPED) is not SKIPPED]
+        return values
+    if "$oneof" in template:
+        for alternative in template["$oneof"]:
+            if not alternative["when"] or any(guard_holds(g, env) for g in alternative["when"]):
+                return resolve(alternative["value"], env, plan)
+        raise OrlaError("no alternative of a $oneof argument holds on this path")
+    if "$tuple" in template:
+        return tuple(resolve(t, env, plan) for t in template["$tuple"])
+    if "$dict" in template:
+        return {k: resolve(v, env, plan) for k, v in template["$dict"].items()}
+    if "$enum" in template:
+        return plan.resolve(template["$enum"])(template["value"])
+    if "$model" in template:
+        return plan.resolve(template["$model"]).model_validate(template["data"])
+    return {k: resolve(v, env, plan) for k, v in template.items()}
+
+
+def _value_of(node_id: str, env: Env) -> Any:
+    value = env.get(node_id, SKIPPED)
+    if value is SKIPPED:
+        raise OrlaError(f"the output of {node_id!r} is needed but it did not run on this path")
+    return value
+
+
+def _walk(value: Any, path: list[Any]) -> Any:
+    for step in path:
+        value = value[step] if isinstance(step, int) or isinstance(value, dict) \
+            else getattr(value, step)
+    return value

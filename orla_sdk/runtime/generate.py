@@ -1,0 +1,254 @@
+"""Model calls from inside a stage body: ``orla.generate`` / ``orla.chat`` and their async
+twins.
+
+The stage context says which backend and model serve the call (or which mapper picks
+them), its priority and the run's cache slot. Structured output goes through the
+engine's JSON-schema mode and is validated; a malformed answer is sent back with the
+validation error a bounded number of times, then fails with an ``OutputError`` naming
+the stage. A stage's tools run when the model calls them, for a bounded number of turns:
+natively where the engine calls tools, otherwise through a JSON schema that lets the
+model answer either with a tool call or with its final answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult, ToolCall
+from orla_sdk.errors import OrlaError
+from orla_sdk.ir import Target, ToolSpec
+from orla_sdk.mapping import StageMapper
+from orla_sdk.runtime.context import StageContext, stage_context
+from orla_sdk.runtime.pool import LiveBackend
+from orla_sdk.runtime.records import CallRecord
+
+BACKEND_RETRIES = 2
+RETRY_BACKOFF_S = 0.5
+
+
+class OutputError(OrlaError):
+    """A stage's model kept answering in a shape its output type does not allow."""
+
+
+def generate(prompt: str, *, output: Any = None, system: str | None = None,
+             **options: Any) -> Any:
+    """Ask the stage's model; returns text, or a value of type ``output``."""
+    return chat(_messages(prompt, system), output=output, **options)
+
+
+def chat(messages: list[dict[str, Any]], *, output: Any = None, **options: Any) -> Any:
+    """``generate`` with a whole message list. For sync stage bodies (run in a thread)."""
+    ctx = stage_context()
+    if _in_loop_thread(ctx):
+        raise OrlaError(f"stage {ctx.spec.name!r} is async: use `await orla.achat(...)` or "
+                        "`await orla.agenerate(...)` inside it.")
+    future = asyncio.run_coroutine_threadsafe(converse(ctx, messages, output, **options),
+                                              ctx.run.loop)
+    return future.result()
+
+
+async def agenerate(prompt: str, *, output: Any = None, system: str | None = None,
+                    **options: Any) -> Any:
+    return await achat(_messages(prompt, system), output=output, **options)
+
+
+async def achat(messages: list[dict[str, Any]], *, output: Any = None, **options: Any) -> Any:
+    return await converse(stage_context(), messages, output, **options)
+
+
+async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: Any,
+                   max_retries: int = 2, max_turns: int = 4, **params: Any) -> Any:
+    """The tool loop and the validation loop around the stage's model calls."""
+    target = await _target(ctx, messages)
+    live = ctx.run.pool[target.backend]
+    native = live.spec.capabilities.tool_calling
+    history = list(messages)
+    tool_turns = retries = 0
+    while True:
+        offer_tools = bool(ctx.tools) and tool_turns < max_turns
+        emulate = bool(ctx.tools) and not native
+        request = _request(ctx, target, history, output, offer_tools, emulate, params)
+        result = await call_model(ctx, live, target, request)
+        try:
+            calls, answer = _read(result, output, offer_tools, emulate)
+        except (ValueError, ValidationError) as exc:
+            retries += 1
+            if retries > max_retries:
+                raise OutputError(f"stage {ctx.spec.name!r}: the model's answer is still not "
+                                  f"valid after {max_retries} retries: {_short(exc)}") from exc
+            history += [{"role": "assistant", "content": result.content},
+                        {"role": "user", "content": f"That answer is not valid: {_short(exc)}"
+                         ". Answer again, as JSON that matches the schema."}]
+            continue
+        if not calls:
+            return answer
+        tool_turns += 1
+        history += await _tool_messages(ctx, result, calls, emulate)
+
+
+# ---- one model call -----------------------------------------------------------------
+async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
+                     request: ChatRequest) -> ChatResult:
+    """Queue for the backend, call it, record the call; retry transient failures."""
+    for attempt in range(BACKEND_RETRIES + 1):
+        try:
+            async with live.queue.turn(ctx.priority, ctx.critical_path) as waited:
+                result = await live.client.chat(request)
+        except BackendError as exc:
+            if not exc.retryable or attempt == BACKEND_RETRIES:
+                raise
+            await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
+            continue
+        ctx.record.calls.append(CallRecord(
+            backend=target.backend, model=target.model, prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens, cached_tokens=result.cached_tokens,
+            queue_wait_s=waited, ttft_s=result.ttft_s, duration_s=result.duration_s,
+            slot=request.slot))
+        return result
+    raise AssertionError("unreachable")
+
+
+def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], output: Any,
+             offer_tools: bool, emulate: bool, params: dict[str, Any]) -> ChatRequest:
+    schema = _answer_schema(output)
+    tools: list[dict[str, Any]] = []
+    if emulate:
+        schema = _emulated_tools_schema(ctx.spec.tools if offer_tools else [], schema)
+    elif offer_tools:
+        tools = [{"type": "function", "function": {
+            "name": t.name, "description": t.description, "parameters": t.parameters}}
+            for t in ctx.spec.tools]
+    return ChatRequest(
+        model=target.model, messages=history, params={**target.params, **params},
+        json_schema=schema, schema_name=ctx.spec.name, tools=tools,
+        slot=ctx.run.pool.memory.slot_for(ctx.run.run_id, target.backend),
+        priority=ctx.priority)
+
+
+# ---- reading answers ----------------------------------------------------------------
+def _read(result: ChatResult, output: Any, offer_tools: bool,
+          emulate: bool) -> tuple[list[ToolCall], Any]:
+    """Tool calls to run, or the final answer parsed into ``output``."""
+    if offer_tools and not emulate and result.tool_calls:
+        return result.tool_calls, None
+    text = result.content
+    if emulate:
+        reply = json.loads(text)
+        if not isinstance(reply, dict):
+            raise ValueError("expected a JSON object with 'tool' or 'answer'")
+        if "tool" in reply and offer_tools:
+            return [ToolCall(id="emulated", name=str(reply["tool"]),
+                             arguments=json.dumps(reply.get("arguments", {})))], None
+        if "answer" not in reply:
+            raise ValueError("expected a JSON object with 'tool' or 'answer'")
+        answer = reply["answer"]
+        text = answer if isinstance(answer, str) and output in (None, str) else json.dumps(answer)
+    return [], _parse(text, output)
+
+
+def _parse(text: str, output: Any) -> Any:
+    if output is None or output is str:
+        return text
+    return TypeAdapter(output).validate_json(text)
+
+
+def _answer_schema(output: Any) -> dict[str, Any] | None:
+    if output is None or output is str:
+        return None
+    schema: dict[str, Any] = TypeAdapter(output).json_schema()
+    return schema
+
+
+def _emulated_tools_schema(tools: list[ToolSpec], answer: dict[str, Any] | None
+                           ) -> dict[str, Any]:
+    """Either {"tool": name, "arguments": {...}} for one of ``tools``, or {"answer": ...}."""
+    answer = dict(answer or {"type": "string"})
+    defs = answer.pop("$defs", {})
+    choices = [{"type": "object", "required": ["tool", "arguments"], "properties": {
+        "tool": {"const": t.name}, "arguments": t.parameters}} for t in tools]
+    choices.append({"type": "object", "required": ["answer"], "properties": {"answer": answer}})
+    schema: dict[str, Any] = {"anyOf": choices}
+    if defs:
+        schema["$defs"] = defs
+    return schema
+
+
+# ---- tools --------------------------------------------------------------------------
+async def _tool_messages(ctx: StageContext, result: ChatResult, calls: list[ToolCall],
+                         emulate: bool) -> list[dict[str, Any]]:
+    outputs = [await run_tool(ctx.tools, call) for call in calls]
+    if not emulate:
+        return [{"role": "assistant", "content": result.content or None, "tool_calls": [
+            {"id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments}} for c in calls]},
+            *[{"role": "tool", "tool_call_id": c.id, "content": out}
+              for c, out in zip(calls, outputs, strict=True)]]
+    return [{"role": "assistant", "content": result.content},
+            *[{"role": "user", "content": f"Result of {c.name}: {out}"}
+              for c, out in zip(calls, outputs, strict=True)]]
+
+
+async def run_tool(tools: dict[str, Callable[..., Any]], call: ToolCall) -> str:
+    """Run one tool call; every failure becomes a message the model can read."""
+    fn = tools.get(call.name)
+    if fn is None:
+        return f"error: there is no tool named {call.name!r}; the tools are {sorted(tools)}"
+    try:
+        arguments = json.loads(call.arguments or "{}")
+        if not isinstance(arguments, dict):
+            raise ValueError("arguments must be a JSON object")
+    except ValueError as exc:
+        return f"error: the arguments of {call.name} are not a JSON object ({exc})"
+    try:
+        value = fn(**arguments) if not asyncio.iscoroutinefunction(fn) else await fn(**arguments)
+    except Exception as exc:
+        return f"error: {call.name} raised {type(exc).__name__}: {exc}"
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+# ---- routing ------------------------------------------------------------------------
+async def _target(ctx: StageContext, messages: list[dict[str, Any]]) -> Target:
+    """The stage's target; a routed stage asks its mapper once, on its first call."""
+    spec = ctx.mapper()
+    if spec is not None:
+        mapper: StageMapper = ctx.run.plan.resolve(spec.ref).model_validate(spec.config)
+        prompt = "\n".join(str(m.get("content", "")) for m in messages)
+        ctx.routed_to = await mapper.choose(prompt, lambda name, text: _ask(ctx, name, text))
+        ctx.record.routed_to = ctx.routed_to
+    target = ctx.static_target()
+    if target is None:
+        raise OrlaError(f"stage {ctx.spec.name!r}: {ctx.routed_to or ctx.logical_model()!r} "
+                        "is not mapped to a backend and model.")
+    return target
+
+
+async def _ask(ctx: StageContext, name: str, text: str) -> str:
+    target = ctx.run.plan.mapping.get(name)
+    if not isinstance(target, Target):
+        raise OrlaError(f"stage {ctx.spec.name!r}: the mapper asked {name!r}, which is not "
+                        "mapped to a backend and model.")
+    request = ChatRequest(model=target.model, messages=[{"role": "user", "content": text}],
+                          params={**target.params, "max_tokens": 8}, priority=ctx.priority)
+    result = await call_model(ctx, ctx.run.pool[target.backend], target, request)
+    return result.content
+
+
+def _messages(prompt: str, system: str | None) -> list[dict[str, Any]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": prompt}]
+
+
+def _in_loop_thread(ctx: StageContext) -> bool:
+    try:
+        return asyncio.get_running_loop() is ctx.run.loop
+    except RuntimeError:
+        return False
+
+
+def _short(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]

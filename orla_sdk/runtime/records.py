@@ -1,0 +1,100 @@
+"""What a workflow run reports: one record per stage run, and the run's result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orla_sdk.errors import OrlaError
+
+StageStatus = Literal["done", "skipped", "failed"]
+
+
+class RunError(OrlaError):
+    """A workflow run failed; ``result`` holds every stage record up to the failure."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        super().__init__(f"run {result.run_id} of {result.workflow!r} failed: {result.error}")
+
+
+@dataclass
+class CallRecord:
+    """One model call made by a stage, with the engine's own counters."""
+
+    backend: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    queue_wait_s: float
+    ttft_s: float
+    duration_s: float
+    slot: int | None = None
+
+
+@dataclass
+class StageRecord:
+    node: str
+    stage: str
+    status: StageStatus = "done"
+    item: int | None = None  # the item's index, for stages inside a map
+    calls: list[CallRecord] = field(default_factory=list)
+    duration_s: float = 0.0
+    cache_action: str = ""
+    routed_to: str | None = None  # the logical model a mapper picked
+    error: str | None = None
+
+    @property
+    def backend(self) -> str | None:
+        return self.calls[-1].backend if self.calls else None
+
+    @property
+    def model(self) -> str | None:
+        return self.calls[-1].model if self.calls else None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(c.prompt_tokens for c in self.calls)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.calls)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(c.cached_tokens for c in self.calls)
+
+    @property
+    def queue_wait_s(self) -> float:
+        return sum(c.queue_wait_s for c in self.calls)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.calls[0].ttft_s if self.calls else None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    workflow: str
+    output: Any = None
+    error: str | None = None
+    stages: list[StageRecord] = field(default_factory=list)
+    branches: dict[str, Any] = field(default_factory=dict)
+    cache_log: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def stage(self, node: str) -> StageRecord:
+        for record in self.stages:
+            if record.node == node:
+                return record
+        raise KeyError(f"run {self.run_id} has no record of node {node!r}")
+
+    def raise_for_error(self) -> RunResult:
+        if self.error is not None:
+            raise RunError(self)
+        return self

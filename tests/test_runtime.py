@@ -1,0 +1,305 @@
+"""Running plans: against the real llama.cpp engine, and a scripted backend for the tool
+loop. Assertions read the engine's own counters and the run's records, never wording."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Literal
+
+import pytest
+from pydantic import BaseModel, field_validator
+
+import orla_sdk as orla
+from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.backends.engine import EngineError, LocalEngine, free_port
+from orla_sdk.ir import BackendSpec, Capabilities
+from orla_sdk.runtime.pool import LiveBackend
+from orla_sdk.runtime.scheduler import BackendQueue
+
+MODEL = orla.backends.DEFAULT_LOCAL_MODEL
+PROBLEM = " ".join(f"Fact {i}: the warehouse ships parcels on weekday {i % 5}." for i in range(25))
+
+
+class Triage(BaseModel):
+    category: Literal["billing", "technical", "general"]
+    needs_escalation: bool
+
+
+class Impossible(BaseModel):
+    n: int
+
+    @field_validator("n")
+    @classmethod
+    def never(cls, value: int) -> int:
+        raise ValueError("no number is good enough")
+
+
+@orla.stage(model="light")
+def classify(ticket: str) -> Triage:
+    result: Triage = orla.generate(f"Classify this support ticket:\n{ticket}", output=Triage,
+                                   max_tokens=60, temperature=0)
+    return result
+
+
+@orla.stage(model="light")
+def escalate(t: Triage) -> str:
+    return str(orla.generate(f"Tell the customer a human takes over this {t.category} ticket.",
+                             max_tokens=8))
+
+
+@orla.stage(model="light")
+def answer(t: Triage, ticket: str) -> str:
+    return str(orla.generate(f"Answer the customer in one sentence: {ticket}", max_tokens=8))
+
+
+@orla.workflow
+def support(ticket: str) -> str:
+    t = classify(ticket)
+    if t.needs_escalation:
+        return escalate(t)
+    return answer(t, ticket)
+
+
+@orla.stage(model="light")
+def first_step(problem: str) -> str:
+    return str(orla.generate(f"{problem}\nStep 1: restate the problem.", max_tokens=8))
+
+
+@orla.stage(model="light")
+def second_step(problem: str, previous: str) -> str:
+    return str(orla.generate(f"{problem}\nStep 2: continue from: {previous}", max_tokens=8))
+
+
+@orla.stage(model="light", cache="flush")
+def first_step_flushed(problem: str) -> str:
+    return str(orla.generate(f"{problem}\nStep 1: restate the problem.", max_tokens=8))
+
+
+@orla.workflow
+def two_steps(problem: str) -> str:
+    return second_step(problem, first_step(problem))
+
+
+@orla.workflow
+def two_steps_flushed(problem: str) -> str:
+    return second_step(problem, first_step_flushed(problem))
+
+
+@orla.stage(model="light")
+def stubborn(text: str) -> Impossible:
+    result: Impossible = orla.generate(f"Give a number for: {text}", output=Impossible,
+                                       max_tokens=20, max_retries=2)
+    return result
+
+
+@orla.workflow
+def never_valid(text: str) -> Impossible:
+    return stubborn(text)
+
+
+@orla.stage(model="light")
+def topics(text: str) -> list[str]:
+    result: list[str] = orla.generate(f"List two short topics about: {text}",
+                                      output=list[str], max_tokens=40, temperature=0)
+    return result[:3]
+
+
+@orla.stage(model="light")
+def summarize(topic: str) -> str:
+    return str(orla.generate(f"One word about {topic}", max_tokens=4))
+
+
+@orla.workflow
+def fan_out(text: str) -> list[str]:
+    return [summarize(t) for t in topics(text)]
+
+
+def compiled(wf: Any, engine: LocalEngine) -> orla.Plan:
+    return orla.compile(wf, backends=[orla.backends.llamacpp("local", url=engine.url)],
+                        mapping={"light": f"local/{MODEL}"})
+
+
+# ---- against the real engine ---------------------------------------------------------
+def test_a_typed_branch_runs_one_path_with_engine_counters(llama_engine: LocalEngine) -> None:
+    result = orla.run(compiled(support, llama_engine), ticket="I was charged twice.")
+    assert result.ok, result.error
+    taken = result.branches["branch:classify.needs_escalation"]
+    assert taken in (True, False)
+    ran, skipped = ("escalate", "answer") if taken else ("answer", "escalate")
+    assert result.stage(ran).status == "done" and result.stage(skipped).status == "skipped"
+    triage = result.stage("classify")
+    assert triage.backend == "local" and triage.model == MODEL
+    assert triage.prompt_tokens > 0 and triage.completion_tokens > 0
+    assert triage.ttft_s is not None and 0 < triage.ttft_s <= triage.duration_s
+    assert isinstance(result.output, str)
+    assert result.cache_log[-1]["action"].startswith("erase slot")
+
+
+def test_a_preserve_span_reuses_the_cache_and_a_flush_drops_it(
+        llama_engine: LocalEngine) -> None:
+    kept = orla.run(compiled(two_steps, llama_engine), problem=PROBLEM)
+    dropped = orla.run(compiled(two_steps_flushed, llama_engine), problem=PROBLEM)
+    assert kept.ok and dropped.ok
+    prefix_tokens = kept.stage("first_step").prompt_tokens
+    assert kept.stage("first_step").cached_tokens < 50  # the slot was erased by the last run
+    assert kept.stage("second_step").cached_tokens > prefix_tokens // 2
+    assert kept.stage("first_step").cache_action.startswith("keep slot")
+    assert dropped.stage("first_step_flushed").cache_action.startswith("erase slot")
+    assert dropped.stage("second_step").cached_tokens < 50
+
+
+def test_a_malformed_answer_is_retried_then_fails_the_run_cleanly(
+        llama_engine: LocalEngine) -> None:
+    result = orla.run(compiled(never_valid, llama_engine), text="anything")
+    assert not result.ok
+    assert "stage 'stubborn'" in (result.error or "") and "after 2 retries" in (result.error or "")
+    assert len(result.stage("stubborn").calls) == 3
+    assert result.stage("stubborn").status == "failed"
+    with pytest.raises(orla.RunError, match="stubborn"):
+        result.raise_for_error()
+
+
+def test_a_map_runs_its_body_once_per_item(llama_engine: LocalEngine) -> None:
+    result = orla.run(compiled(fan_out, llama_engine), text="shipping delays")
+    assert result.ok, result.error
+    items = result.stage("topics").calls and len(result.output)
+    bodies = [s for s in result.stages if s.node == "summarize"]
+    assert len(bodies) == items and sorted(s.item for s in bodies) == list(range(items))
+    assert all(isinstance(x, str) for x in result.output)
+
+
+def test_many_runs_share_one_pool(llama_engine: LocalEngine) -> None:
+    plan = compiled(two_steps, llama_engine)
+
+    async def many() -> list[orla.RunResult]:
+        async with orla.BackendPool(plan.backends) as pool:
+            return list(await asyncio.gather(
+                *(orla.arun(plan, pool=pool, problem=f"{PROBLEM} Case {i}.") for i in range(4))))
+
+    results = asyncio.run(many())
+    assert all(r.ok for r in results)
+    assert len({r.run_id for r in results}) == 4
+    assert all(len(r.stages) == 2 for r in results)
+
+
+def test_an_engine_that_is_down_is_a_clear_error() -> None:
+    plan = orla.compile(two_steps, backends=[
+        orla.backends.llamacpp("local", url=f"http://127.0.0.1:{free_port()}")],
+        mapping={"light": f"local/{MODEL}"})
+    with pytest.raises(EngineError, match="cannot reach"):
+        orla.run(plan, problem="x")
+
+
+def test_inputs_are_checked_before_anything_runs(llama_engine: LocalEngine) -> None:
+    plan = compiled(two_steps, llama_engine)
+    with pytest.raises(orla.OrlaError, match="needs input 'problem'"):
+        orla.run(plan)
+    with pytest.raises(orla.OrlaError, match=r"no input\(s\) \['problme'\]"):
+        orla.run(plan, problme="x")
+
+
+def test_generate_outside_a_run_says_where_to_call_it() -> None:
+    with pytest.raises(orla.OrlaError, match=r"outside a stage run by orla\.run"):
+        orla.generate("hello")
+
+
+# ---- the tool loop, on a scripted backend ------------------------------------------------
+class Scripted:
+    """A backend that answers from a script and keeps the requests it got."""
+
+    def __init__(self, replies: list[str]) -> None:
+        self.spec = BackendSpec(name="scripted", kind="openai", url="http://127.0.0.1:9/v1",
+                                capabilities=Capabilities(tool_calling=False))
+        self.replies = list(replies)
+        self.requests: list[ChatRequest] = []
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        self.requests.append(request)
+        return ChatResult(content=self.replies.pop(0), tool_calls=[], finish_reason="stop",
+                          prompt_tokens=10, completion_tokens=5, cached_tokens=0,
+                          ttft_s=0.01, duration_s=0.02)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def lookup_order(order_id: str) -> str:
+    """Look up an order."""
+    return f"order {order_id}: shipped"
+
+
+def broken_tool(order_id: str) -> str:
+    """A tool that fails."""
+    raise RuntimeError("database unavailable")
+
+
+@orla.stage(model="light", tools=[lookup_order, broken_tool])
+def agent(question: str) -> str:
+    return str(orla.generate(question, max_turns=3))
+
+
+@orla.workflow
+def tool_flow(question: str) -> str:
+    return agent(question)
+
+
+def run_scripted(replies: list[str]) -> tuple[orla.RunResult, Scripted]:
+    backend = Scripted(replies)
+    plan = orla.compile(tool_flow, backends=[backend.spec],
+                        mapping={"light": "scripted/any-model"})
+
+    async def go() -> orla.RunResult:
+        pool = orla.BackendPool(plan.backends)
+        pool.backends["scripted"] = LiveBackend(backend.spec, backend, BackendQueue("s", 1))
+        return await orla.arun(plan, pool=pool, question="Where is order 7?")
+
+    return asyncio.run(go()), backend
+
+
+def test_emulated_tool_calls_run_and_feed_results_back() -> None:
+    result, backend = run_scripted([
+        json.dumps({"tool": "lookup_order", "arguments": {"order_id": "7"}}),
+        json.dumps({"tool": "no_such_tool", "arguments": {}}),
+        json.dumps({"tool": "broken_tool", "arguments": {"order_id": "7"}}),
+        json.dumps({"answer": "It shipped."}),
+    ])
+    assert result.ok, result.error
+    assert result.output == "It shipped."
+    fed_back = [m["content"] for m in backend.requests[-1].messages if m["role"] == "user"]
+    assert "Result of lookup_order: order 7: shipped" in fed_back
+    assert any("there is no tool named 'no_such_tool'" in m for m in fed_back)
+    assert any("broken_tool raised RuntimeError: database unavailable" in m for m in fed_back)
+    schema = backend.requests[0].json_schema or {}
+    assert [c["properties"].get("tool", {}).get("const") for c in schema["anyOf"]] == [
+        "lookup_order", "broken_tool", None]
+    last = backend.requests[-1].json_schema or {}
+    assert [c["required"] for c in last["anyOf"]] == [["answer"]]  # no tools offered any more
+    assert len(result.stage("agent").calls) == 4
+
+
+def test_a_malformed_tool_reply_is_retried() -> None:
+    result, backend = run_scripted(["not json", json.dumps({"answer": "done"})])
+    assert result.ok and result.output == "done"
+    assert "not valid" in backend.requests[1].messages[-1]["content"]
+
+
+# ---- the scheduler ------------------------------------------------------------------------
+def test_waiting_requests_are_served_by_priority_then_critical_path() -> None:
+    async def scenario() -> list[str]:
+        queue = BackendQueue("b", limit=1)
+        served: list[str] = []
+
+        async def request(name: str, priority: int, path: int) -> None:
+            async with queue.turn(priority, path):
+                served.append(name)
+                await asyncio.sleep(0.01)
+
+        holder = asyncio.create_task(request("first", 0, 0))
+        await asyncio.sleep(0)
+        waiters = [asyncio.create_task(request(n, p, c)) for n, p, c in [
+            ("low", 10, 9), ("high", 90, 1), ("mid-short", 50, 1), ("mid-long", 50, 5)]]
+        await asyncio.gather(holder, *waiters)
+        return served
+
+    assert asyncio.run(scenario()) == ["first", "high", "mid-long", "mid-short", "low"]
