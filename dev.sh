@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine, then run the main job or the tests.
-#   ./dev.sh demo   compile and draw the customer-support workflow (the main job)
+#   ./dev.sh demo   run the customer-support workflow on the embedded llama.cpp engine
+#                   (the main job), then draw its plan
 #   ./dev.sh test   lint, type-check and run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,6 +22,7 @@ case "${1:-}" in
         install
         mkdir -p out
         "$PY" -m orla_sdk.cli plan examples.customer_support:support --summary
+        "$PY" -m orla_sdk.cli run examples.customer_support:support "${@:2}"
         "$PY" -m orla_sdk.cli render examples.customer_support:support -o out/customer_support.svg
         ;;
     test)

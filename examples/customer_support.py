@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import orla_sdk as orla
 
@@ -28,9 +28,9 @@ TEAMS = {
 
 class Triage(BaseModel):
     category: Literal["billing", "technical", "general"]
-    product: str
-    issue: str
-    customer_request: str
+    product: str = Field(max_length=40)
+    issue: str = Field(max_length=120)
+    customer_request: str = Field(max_length=120)
     needs_escalation: bool
 
 
@@ -53,34 +53,51 @@ URGENCY = orla.priority_by("t", "category",
                            values={"billing": 90, "technical": 80, "general": 20}, default=50)
 
 
+SAMPLE_TICKET = ("Hi, I was charged twice for my Pro subscription this month (order 4471). "
+                 "Please refund the duplicate charge. - Dana, dana@example.com")
+
+
 @orla.stage(model="light")
 def classify(ticket: str) -> Triage:
     """Turn a free-form ticket into a structured triage."""
-    raise NotImplementedError("runs on an engine")
+    return orla.generate(
+        "Read the support ticket and fill in the triage: its category, the product, the "
+        f"issue, what the customer asks for, and whether a human must take over.\n\n{ticket}",
+        output=Triage, max_tokens=300, temperature=0)
 
 
 @orla.stage(model="heavy", tools=[read_policy_yaml], priority=URGENCY)
 def policy_check(t: Triage, ticket: str) -> str:
     """Check the ticket against the support policy of its category."""
-    raise NotImplementedError("runs on an engine")
+    return orla.generate(
+        f"A {t.category} ticket about {t.product}: {t.issue}. Look up the policy for its "
+        f"category, then say in one sentence what the policy allows.\n\n{ticket}",
+        max_tokens=120, max_turns=2)
 
 
 @orla.stage(model="heavy", tools=[read_team_descriptions], priority=URGENCY)
 def route_ticket(t: Triage) -> str:
     """Pick the team that should own the ticket."""
-    raise NotImplementedError("runs on an engine")
+    return orla.generate(
+        f"Which support team should own a {t.category} ticket about {t.product} "
+        f"({t.issue})? Look at the team descriptions, then name one team.",
+        max_tokens=80, max_turns=2)
 
 
 @orla.stage(model="heavy", tools=[send_email])
 def reply(t: Triage, policy: str, team: str) -> str:
     """Write and send a full resolution email."""
-    raise NotImplementedError("runs on an engine")
+    return orla.generate(
+        f"Write and send a short email that resolves this request: {t.customer_request}. "
+        f"Policy: {policy}. Owner: {team}.", max_tokens=160, max_turns=2)
 
 
 @orla.stage(model="light", cache="flush")
 def acknowledge(t: Triage, team: str) -> str:
     """Acknowledge the ticket while a human team takes it over."""
-    raise NotImplementedError("runs on an engine")
+    return orla.generate(
+        f"Write two sentences telling the customer that the {team} team now handles their "
+        f"{t.category} ticket about {t.product}.", max_tokens=80)
 
 
 BACKENDS = [orla.backends.llamacpp("edge"), orla.backends.llamacpp("datacenter")]
@@ -93,7 +110,7 @@ MAPPING = {
 
 
 @orla.workflow(backends=BACKENDS, mapping=MAPPING)
-def support(ticket: str) -> str:
+def support(ticket: str = SAMPLE_TICKET) -> str:
     t = classify(ticket)
     policy = policy_check(t, ticket)
     team = route_ticket(t)

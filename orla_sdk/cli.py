@@ -2,6 +2,7 @@
 
     orla plan MODULE:WORKFLOW [--summary]    print the compiled plan (JSON, or a table)
     orla render MODULE:WORKFLOW -o FILE      draw it (.svg, .png, .pdf or .dot)
+    orla run MODULE:WORKFLOW [NAME=VALUE ...] run it on its engines and report each stage
     orla engine start|stop|status            the embedded llama.cpp engine
 
 MODULE:WORKFLOW names a ``@workflow`` (compiled with its own defaults), a ``Plan``, or a
@@ -16,6 +17,7 @@ import os
 import sys
 import typing
 from collections.abc import Sequence
+from typing import Any
 
 from orla_sdk.backends import engine
 from orla_sdk.compile import compile
@@ -23,6 +25,7 @@ from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Plan
 from orla_sdk.refs import load_ref
 from orla_sdk.render import plan_size
+from orla_sdk.runtime import RunResult, run
 from orla_sdk.workflow import Workflow
 
 
@@ -75,6 +78,41 @@ def engine_command(action: str, port: int, slots: int) -> str:
     return f"engine running at {state['url']} ({state['slots']} slots, pid {state['pid']})"
 
 
+def parse_inputs(pairs: list[str]) -> dict[str, str]:
+    inputs = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise OrlaError(f"input {pair!r} is not NAME=VALUE")
+        inputs[name] = value
+    return inputs
+
+
+def run_report(result: RunResult) -> str:
+    """Per-stage table, branches, cache actions and the output of one run."""
+    rows = [("stage", "status", "backend", "calls", "prompt", "cached", "completion", "wait s",
+             "ttft s", "total s", "cache action")]
+    for r in result.stages:
+        rows.append((r.node if r.item is None else f"{r.node}[{r.item}]", r.status,
+                     r.backend or "", str(len(r.calls)), str(r.prompt_tokens), str(r.cached_tokens),
+                     str(r.completion_tokens), f"{r.queue_wait_s:.2f}",
+                     f"{r.ttft_s:.2f}" if r.ttft_s is not None else "", f"{r.duration_s:.2f}",
+                     r.cache_action))
+    lines = [f"run {result.run_id} of {result.workflow}: {'ok' if result.ok else 'FAILED'}",
+             *_table(rows)]
+    lines += [f"branch {name} took {choice!r}" for name, choice in result.branches.items()]
+    lines += [f"end of run: {e['action']} on {e['backend']}" for e in result.cache_log
+              if e["node"] is None]
+    lines.append(f"error: {result.error}" if result.error else f"output: {result.output!r}")
+    return "\n".join(lines)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows]
+
+
 def summary(plan: Plan) -> str:
     rows = [("node", "kind", "runs on", "priority", "path", "cache")]
     for node in plan.nodes:
@@ -89,9 +127,7 @@ def summary(plan: Plan) -> str:
         cache = node.meta.get("cache", {})
         cache_text = cache.get("decision", "") + (f" [{cache['span']}]" if "span" in cache else "")
         rows.append((node.id, node.kind, runs_on, prio, path, cache_text))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
+    lines = _table(rows)
     header = f"plan {plan.name}: {plan_size(plan)}"
     return "\n".join([header, *lines])
 
@@ -105,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     render_cmd = commands.add_parser("render", help="draw a workflow's compiled plan")
     render_cmd.add_argument("target", help="MODULE:WORKFLOW")
     render_cmd.add_argument("-o", "--output", required=True, help="FILE.svg|png|pdf|dot")
+    run_cmd = commands.add_parser("run", help="run a workflow and report each stage")
+    run_cmd.add_argument("target", help="MODULE:WORKFLOW")
+    run_cmd.add_argument("inputs", nargs="*", help="NAME=VALUE workflow inputs")
     engine_cmd = commands.add_parser("engine", help="the embedded llama.cpp engine")
     engine_cmd.add_argument("action", choices=["start", "stop", "status"])
     engine_cmd.add_argument("--port", type=int, default=0, help="default: a free port")
@@ -115,6 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(engine_command(args.action, args.port, args.slots))
             return 0
         plan = load_plan(args.target)
+        if args.command == "run":
+            inputs: dict[str, Any] = parse_inputs(args.inputs)
+            result = run(plan, **inputs)
+            print(run_report(result))
+            return 0 if result.ok else 1
         if args.command == "plan":
             print(summary(plan) if args.summary else plan.to_json().rstrip("\n"))
         else:

@@ -303,3 +303,19 @@ def test_waiting_requests_are_served_by_priority_then_critical_path() -> None:
         return served
 
     assert asyncio.run(scenario()) == ["first", "high", "mid-long", "mid-short", "low"]
+
+
+def test_the_customer_support_example_runs_on_its_own_engines() -> None:
+    from examples.customer_support import support as customer_support
+
+    result = orla.run(orla.compile(customer_support))
+    assert result.ok, result.error
+    ran = {s.node for s in result.stages if s.status == "done"}
+    assert {"classify", "policy_check", "route_ticket"} <= ran
+    assert len(ran & {"reply", "acknowledge"}) == 1
+    assert result.stage("classify").backend == "edge"
+    assert result.stage("policy_check").backend == "datacenter"
+    assert all(s.prompt_tokens > 0 for s in result.stages if s.status == "done")
+    actions = {e["node"]: e["action"] for e in result.cache_log if e["node"]}
+    assert actions["classify"].startswith("erase slot")
+    assert actions["policy_check"].startswith("keep slot")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -27,6 +27,7 @@ from orla_sdk.runtime.context import StageContext, stage_context
 from orla_sdk.runtime.pool import LiveBackend
 from orla_sdk.runtime.records import CallRecord
 
+T = TypeVar("T")
 BACKEND_RETRIES = 2
 RETRY_BACKOFF_S = 0.5
 
@@ -35,10 +36,32 @@ class OutputError(OrlaError):
     """A stage's model kept answering in a shape its output type does not allow."""
 
 
+@overload
+def generate(prompt: str, *, output: None = None, system: str | None = None,
+             **options: Any) -> str: ...
+
+
+@overload
+def generate(prompt: str, *, output: type[T], system: str | None = None,
+             **options: Any) -> T: ...
+
+
 def generate(prompt: str, *, output: Any = None, system: str | None = None,
              **options: Any) -> Any:
-    """Ask the stage's model; returns text, or a value of type ``output``."""
+    """Ask the stage's model; returns text, or a value of type ``output``.
+
+    options: ``max_retries`` (malformed answers sent back, default 2), ``max_turns`` (tool
+    rounds, default 4), and inference parameters such as ``max_tokens`` or ``temperature``.
+    """
     return chat(_messages(prompt, system), output=output, **options)
+
+
+@overload
+def chat(messages: list[dict[str, Any]], *, output: None = None, **options: Any) -> str: ...
+
+
+@overload
+def chat(messages: list[dict[str, Any]], *, output: type[T], **options: Any) -> T: ...
 
 
 def chat(messages: list[dict[str, Any]], *, output: Any = None, **options: Any) -> Any:
@@ -52,9 +75,28 @@ def chat(messages: list[dict[str, Any]], *, output: Any = None, **options: Any) 
     return future.result()
 
 
+@overload
+async def agenerate(prompt: str, *, output: None = None, system: str | None = None,
+                    **options: Any) -> str: ...
+
+
+@overload
+async def agenerate(prompt: str, *, output: type[T], system: str | None = None,
+                    **options: Any) -> T: ...
+
+
 async def agenerate(prompt: str, *, output: Any = None, system: str | None = None,
                     **options: Any) -> Any:
     return await achat(_messages(prompt, system), output=output, **options)
+
+
+@overload
+async def achat(messages: list[dict[str, Any]], *, output: None = None,
+                **options: Any) -> str: ...
+
+
+@overload
+async def achat(messages: list[dict[str, Any]], *, output: type[T], **options: Any) -> T: ...
 
 
 async def achat(messages: list[dict[str, Any]], *, output: Any = None, **options: Any) -> Any:
@@ -118,6 +160,8 @@ def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], o
     schema = _answer_schema(output)
     tools: list[dict[str, Any]] = []
     if emulate:
+        if schema is None and "max_tokens" in params:  # a cut-off answer would break the JSON
+            schema = {"type": "string", "maxLength": 2 * int(params["max_tokens"])}
         schema = _emulated_tools_schema(ctx.spec.tools if offer_tools else [], schema)
     elif offer_tools:
         tools = [{"type": "function", "function": {
