@@ -26,16 +26,24 @@ DEPENDENCIES = [dependencies(i) for i in range(STEPS)]
 FINAL_STEPS = [i for i in range(STEPS) if not any(i in deps for deps in DEPENDENCIES)]
 
 
+STEP_TOKENS = 12
+
+
 @orla.stage(model="math")
 def step(problem: str, index: int, premises: list[str]) -> str:
     """Derive one new conclusion about the problem from the given premises."""
-    raise NotImplementedError("runs on an engine")
+    given = "\n".join(f"- {p}" for p in premises) or "- (none yet)"
+    return orla.generate(f"Problem:\n{problem}\n\nKnown so far:\n{given}\n\n"
+                         f"Step {index}: state one new fact in one short sentence.",
+                         max_tokens=STEP_TOKENS)
 
 
 @orla.stage(model="math")
 def answer(problem: str, conclusions: list[str]) -> str:
     """State the final answer from the last conclusions of the derivation."""
-    raise NotImplementedError("runs on an engine")
+    given = "\n".join(f"- {c}" for c in conclusions)
+    return orla.generate(f"Problem:\n{problem}\n\nConclusions:\n{given}\n\n"
+                         "State the final answer in one sentence.", max_tokens=2 * STEP_TOKENS)
 
 
 BACKENDS = [orla.backends.llamacpp("local")]

@@ -72,9 +72,9 @@ class OpenAICompatibleBackend:
                 "name": request.schema_name, "schema": request.json_schema, "strict": True}}
         if request.tools:
             arguments["tools"] = request.tools
-        extra = engine_fields(self.spec.kind, request)
+        extra = {**engine_fields(self.spec.kind, request), **arguments.get("extra_body", {})}
         if extra:
-            arguments["extra_body"] = extra
+            arguments["extra_body"] = extra  # fields given in params win
         return arguments
 
 

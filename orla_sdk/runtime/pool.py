@@ -61,7 +61,8 @@ class BackendPool:
             await asyncio.to_thread(engine.start)
             self.engines.append(engine)
             spec = spec.model_copy(update={"url": engine.url})
-        control = LlamaCppControl(spec.url or "")
+        # a slot action waits until the slot is idle, so it gets a request's timeout
+        control = LlamaCppControl(spec.url or "", timeout=self.timeout)
         slots = len(await control.slots())
         self.memory.add_llamacpp(spec.name, control, slots)
         client = OpenAICompatibleBackend(spec, timeout=self.timeout)

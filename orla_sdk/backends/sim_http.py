@@ -1,0 +1,263 @@
+"""The simulated engine behind the HTTP surface of a real one, in process, stdlib only.
+
+    url, stop = serve_http(SimEngine("qwen3-8b", clock="real"))
+    backend = OpenAICompatibleBackend(orla.backends.sglang("sim", url=url))
+
+Endpoints: ``POST /v1/chat/completions`` (JSON, or server-sent events with ``stream``;
+a last usage chunk with ``stream_options.include_usage``), ``GET /v1/models``,
+``GET /health``, ``GET /metrics`` (Prometheus text; llama.cpp's names and ``llamacpp:``
+prefix, so ``LlamaCppControl.metrics`` reads them), ``POST /flush_cache`` (SGLang) and
+``POST /reset_prefix_cache`` (vLLM), ``GET /slots`` and ``POST /slots/{id}?action=erase``
+(llama.cpp). Request fields of the engines are understood: ``id_slot`` (llama.cpp) and
+``priority`` (SGLang's sense: higher is served first).
+
+The engine runs on an event loop in a thread of its own; HTTP requests are served by a
+``ThreadingHTTPServer`` in another thread and handed to that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult
+from orla_sdk.backends.sim_engine import METRICS, SimCall, SimEngine
+
+T = TypeVar("T")
+PARAMS = ("max_tokens", "max_completion_tokens", "seed", "temperature", "top_p", "tool_choice")
+
+
+def serve_http(engine: SimEngine, host: str = "127.0.0.1",
+               port: int = 0) -> tuple[str, Callable[[], None]]:
+    """Serve ``engine`` at ``http://host:port`` (a free port for 0); returns the URL and a
+    function that stops the server and the engine's loop."""
+    loop = asyncio.new_event_loop()
+    loop_thread = threading.Thread(target=loop.run_forever, name="sim-engine", daemon=True)
+    loop_thread.start()
+    handler = type("SimHandler", (_Handler,), {"engine": engine, "loop": loop})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    http_thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="sim-http",
+                                   daemon=True)
+    http_thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join(timeout=10)
+        loop.close()
+
+    return f"http://{host}:{server.server_address[1]}", stop
+
+
+async def _cancel_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def chat_request(body: dict[str, Any]) -> ChatRequest:
+    """An OpenAI chat-completions body as a ``ChatRequest``."""
+    if not isinstance(body.get("messages"), list):
+        raise ValueError("'messages' must be a list of chat messages")
+    schema, name = None, "output"
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema, name = spec.get("schema") or {"type": "object"}, spec.get("name", name)
+    elif response_format.get("type") == "json_object":
+        schema = {"type": "object"}
+    return ChatRequest(model=str(body.get("model", "")), messages=body["messages"],
+                       params={k: body[k] for k in PARAMS if k in body},
+                       json_schema=schema, schema_name=name, tools=body.get("tools") or [],
+                       slot=body.get("id_slot"), priority=body.get("priority"))
+
+
+def prometheus(metrics: dict[str, float]) -> str:
+    lines = []
+    for name, value in metrics.items():
+        kind, text = METRICS[name]
+        lines += [f"# HELP llamacpp:{name} {text} (simulated)", f"# TYPE llamacpp:{name} {kind}",
+                  f"llamacpp:{name} {value:g}"]
+    return "\n".join(lines) + "\n"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    engine: SimEngine
+    loop: asyncio.AbstractEventLoop
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet, like a library
+        pass
+
+    # -- routing --
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/health":
+            self._json(200, {"status": "ok"})
+        elif path == "/v1/models":
+            self._json(200, {"object": "list", "data": [
+                {"id": self.engine.profile.name, "object": "model", "created": 0,
+                 "owned_by": "orla-sim"}]})
+        elif path == "/metrics":
+            text = prometheus(self._run(self.engine.metrics()))
+            self._send(200, text.encode(), "text/plain; version=0.0.4")
+        elif path == "/slots":
+            self._json(200, self._run(self.engine.slots()))
+        else:
+            self._error(404, f"no route GET {path}")
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        try:
+            body = self._body()
+        except ValueError as exc:
+            self._error(400, str(exc))
+            return
+        if url.path == "/v1/chat/completions":
+            self._chat(body)
+        elif url.path in ("/flush_cache", "/reset_prefix_cache"):
+            flushed = self._run(self.engine.flush())
+            self._send(200, f"Cache flushed ({flushed} tokens).\n".encode(), "text/plain")
+        elif url.path.startswith("/slots/"):
+            self._slot_action(url.path.removeprefix("/slots/"), parse_qs(url.query))
+        else:
+            self._error(404, f"no route POST {url.path}")
+
+    def _slot_action(self, slot: str, query: dict[str, list[str]]) -> None:
+        action = query.get("action", [""])[0]
+        if not slot.isdigit() or action != "erase":
+            self._error(501, f"the simulator offers only erase on a slot, not {action!r}")
+            return
+        erased = self._run(self.engine.erase(int(slot)))
+        self._json(200, {"id_slot": int(slot), "n_erased": erased})
+
+    # -- chat completions --
+    def _chat(self, body: dict[str, Any]) -> None:
+        try:
+            call = self._run(_submit(self.engine, chat_request(body)))
+        except (ValueError, TypeError, KeyError, BackendError) as exc:
+            self._error(400, str(exc))
+            return
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            self._stream(call, body, include_usage)
+            return
+        result = self._run(_wait(call.done))
+        self._json(200, {**_envelope(call, body, "chat.completion"), "choices": [{
+            "index": 0, "finish_reason": result.finish_reason, "message": _message(result)}],
+            "usage": _usage(result), "timings": _timings(call)})
+
+    def _stream(self, call: SimCall, body: dict[str, Any], include_usage: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        envelope = _envelope(call, body, "chat.completion.chunk")
+        first, *rest = _deltas(call)
+        self._run(_wait(call.first_token))
+        self._event({**envelope, "choices": [{"index": 0, "delta": first, "finish_reason": None}]})
+        result = self._run(_wait(call.done))  # the rest of the reply comes in one burst
+        for delta in rest:
+            self._event({**envelope, "choices": [
+                {"index": 0, "delta": delta, "finish_reason": None}]})
+        self._event({**envelope, "choices": [
+            {"index": 0, "delta": {}, "finish_reason": result.finish_reason}]})
+        if include_usage:
+            self._event({**envelope, "choices": [], "usage": _usage(result),
+                         "timings": _timings(call)})
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+    # -- plumbing --
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the body is not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        return body
+
+    def _event(self, data: dict[str, Any]) -> None:
+        self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
+        self.wfile.flush()
+
+    def _json(self, status: int, data: Any) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json")
+
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"error": {"message": message, "type": "invalid_request_error",
+                                      "code": status}})
+
+    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+async def _submit(engine: SimEngine, request: ChatRequest) -> SimCall:
+    return engine.submit(request)
+
+
+async def _wait(future: asyncio.Future[T]) -> T:
+    return await asyncio.shield(future)
+
+
+def _envelope(call: SimCall, body: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {"id": f"chatcmpl-sim-{call.order}", "object": kind, "created": int(time.time()),
+            "model": body.get("model") or "sim", "system_fingerprint": "orla-sim"}
+
+
+def _message(result: ChatResult) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": result.content or None}
+    if result.tool_calls:
+        message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+            "name": c.name, "arguments": c.arguments}} for c in result.tool_calls]
+    return message
+
+
+def _deltas(call: SimCall) -> list[dict[str, Any]]:
+    """Stream deltas: the first token's, then the rest. A tool call streams its name first
+    and its arguments after; text streams a token at a time."""
+    reply = call.reply
+    if reply.tool_calls:
+        tool = reply.tool_calls[0]
+        return [{"role": "assistant", "content": None, "tool_calls": [
+                    {"index": 0, "id": tool.id, "type": "function",
+                     "function": {"name": tool.name, "arguments": ""}}]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": tool.arguments}}]}]
+    return [{"role": "assistant", "content": reply.tokens[0]},
+            *({"content": token} for token in reply.tokens[1:])]
+
+
+def _usage(result: ChatResult) -> dict[str, Any]:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
+
+
+def _timings(call: SimCall) -> dict[str, Any]:
+    """llama.cpp's per-request timings, in simulated milliseconds, plus the queue wait."""
+    return {"cache_n": call.cached_tokens, "prompt_n": len(call.prompt) - call.cached_tokens,
+            "prompt_ms": 1e3 * (call.first_token_at - call.admitted_at),
+            "predicted_n": len(call.reply.tokens),
+            "predicted_ms": 1e3 * (call.finished_at - call.first_token_at),
+            "queue_ms": 1e3 * (call.admitted_at - call.arrival)}
