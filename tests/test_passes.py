@@ -351,3 +351,19 @@ def test_a_mapper_judge_must_be_mapped_and_the_default_setup_maps_it() -> None:
         compile_(wf, mapper=orla.OneBitStageMapper(judge="tiny"))
     plan = orla.compile(wf, mapper=orla.OneBitStageMapper())
     assert sorted(plan.mapping) == ["auto", "heavy", "light"]
+
+
+def test_values_picked_inside_a_loop_cannot_be_gathered() -> None:
+    @orla.stage(model="light")
+    def tickets(text: str) -> list[str]: ...
+
+    @orla.workflow
+    def wf(text: str) -> list[str]:
+        replies = []
+        for ticket in tickets(text):
+            t = triage(ticket)
+            replies.append(polish(ticket) if t.escalate else polish_two(ticket, ticket))
+        return replies
+
+    with pytest.raises(orla.PlanValidationError, match="collects values that branch"):
+        compile_(wf)

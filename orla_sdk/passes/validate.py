@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from orla_sdk.errors import PlanValidationError, Problem
-from orla_sdk.ir import PRIORITY_RANGE, MapperSpec, Node, Param, Plan, PriorityRule, Target
+from orla_sdk.ir import (
+    PRIORITY_RANGE,
+    MapperSpec,
+    Node,
+    Param,
+    Plan,
+    PriorityRule,
+    Target,
+    chooser_branches,
+)
 
 _STRUCTURED = {"model", "literal", "enum", "list", "dict", "bool", "int", "float"}
 
@@ -26,11 +35,28 @@ def _graph_problems(plan: Plan) -> list[Problem]:
         for node in plan.nodes for _, ref in node.refs()
         if (src := ref.get("$ref") or ref["$gather"]) not in ids
     ]
+    problems += _loop_choices_gathered(plan)
     cycle = _find_cycle(plan)
     if cycle:
         problems.append(Problem(cycle[0], plan.node(cycle[0]).site,
                                 f"is on a cycle: {' -> '.join(cycle)}.",
                                 "a plan must be a DAG; bound loops with range(N)"))
+    return problems
+
+
+def _loop_choices_gathered(plan: Plan) -> list[Problem]:
+    """A value a branch inside a loop picks cannot be collected after the loop: each item
+    may take another side, and one ``$oneof`` cannot say which."""
+    scope_of = {n.id: n.scope for n in plan.nodes}
+    problems = []
+    for node in plan.nodes:
+        inner = sorted(b for b in chooser_branches(node)
+                       if scope_of.get(b) is not None and scope_of.get(b) != node.scope)
+        if inner:
+            problems.append(Problem(
+                node.id, node.site, f"collects values that branch {inner[0]!r} picks inside a "
+                "loop.", "compute the per-item value in one stage inside the loop body and "
+                "collect that stage's output"))
     return problems
 
 

@@ -56,7 +56,13 @@ async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | Non
     or from a pool started and closed for this run."""
     values = _bind_inputs(plan, inputs)
     own_pool = pool is None
-    pool = pool or await BackendPool(plan.backends).start()
+    if pool is None:
+        pool = BackendPool(plan.backends)
+        try:
+            await pool.start()
+        except BaseException:
+            await pool.aclose()  # engines it already started must not outlive the error
+            raise
     run_id = run_id or uuid.uuid4().hex[:12]
     result = RunResult(run_id=run_id, workflow=plan.name)
     state = RunState(run_id, plan, pool, asyncio.get_running_loop())
@@ -66,9 +72,14 @@ async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | Non
     except StageFailed as exc:
         result.error = str(exc)
     finally:
-        result.cache_log += await pool.memory.end_run(run_id)
-        if own_pool:
-            await pool.aclose()
+        try:
+            result.cache_log += await pool.memory.end_run(run_id)
+        except OrlaError as exc:
+            result.cache_log.append({"node": None, "backend": None, "decision": "flush",
+                                     "reason": "end of workflow", "action": f"failed: {exc}"})
+        finally:
+            if own_pool:
+                await pool.aclose()
     return result
 
 
@@ -200,6 +211,9 @@ class _Executor:
                 self.state, node, spec, record, *self._priority(node, fn, args, kwargs),
                 tools={t.name: self.plan.resolve(t.ref) for t in spec.tools})
             value = await _call_body(ctx, fn, args, kwargs)
+        except asyncio.CancelledError:
+            record.status, record.error = "failed", "cancelled: another stage of the run failed"
+            raise
         except Exception as exc:
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
             raise StageFailed(node.id, exc) from exc

@@ -249,7 +249,10 @@ async def run_tool(tools: dict[str, Callable[..., Any]], call: ToolCall) -> str:
     except ValueError as exc:
         return f"error: the arguments of {call.name} are not a JSON object ({exc})"
     try:
-        value = fn(**arguments) if not asyncio.iscoroutinefunction(fn) else await fn(**arguments)
+        if asyncio.iscoroutinefunction(fn):
+            value = await fn(**arguments)
+        else:  # a plain function may block: keep it off the event loop
+            value = await asyncio.to_thread(fn, **arguments)
     except Exception as exc:
         return f"error: {call.name} raised {type(exc).__name__}: {exc}"
     return value if isinstance(value, str) else json.dumps(value, default=str)
