@@ -2,10 +2,11 @@
 
 ``SimEngine`` serves ``ChatRequest``s the way a continuous-batching engine does, with the
 costs of a profile (``sim_profiles``): requests queue (highest priority first, then first
-come), up to ``max_batch`` run together, a step prefills the newly admitted prompts and
-decodes one token for every running sequence, and a paged prefix KV cache of bounded
-capacity lets a request skip the prefill of a prefix an earlier request left behind.
-Replies are deterministic under the seed; JSON-schema requests get JSON of that schema.
+come), up to ``max_batch`` run together, a step prefills prompt chunks within a token
+budget and decodes one token for every running sequence, and a paged prefix KV cache of
+bounded capacity lets a request skip the prefill of a prefix an earlier request left
+behind. Replies are deterministic under the seed; JSON-schema requests get JSON of that
+schema. An engine serves one event loop at a time.
 
 Time is simulated. With ``clock="virtual"`` nothing sleeps: a clock of its own jumps to
 the next event once every other task of the event loop is waiting, so thousands of

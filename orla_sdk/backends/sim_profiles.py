@@ -113,11 +113,12 @@ def gpu_profile(model: Transformer, gpu: Gpu, *, max_batch: int = 1024,
 
 
 # Fitted by `python -m benchmarks.sim_fit` against llama.cpp (xllamacpp) serving
-# SmolLM2-135M-Instruct Q4_1 on this repository's 2-core AMD EPYC machine.
+# SmolLM2-135M-Instruct Q4_1 on a 2-core AMD EPYC; the fit table is in docs/simulator.md.
+# The prefill intercept came out negative and was dropped.
 SMOLLM2_135M_CPU = SimProfile(
     name="smollm2-135m", machine="2-core AMD EPYC (x86_64, AVX-512), llama.cpp",
-    prefill_base_s=0.0, prefill_per_token_s=0.0028,
-    decode_base_s=0.006, decode_per_seq_s=0.002, decode_per_kv_token_s=0.0,
+    prefill_base_s=0.0, prefill_per_token_s=3.07e-3,
+    decode_base_s=1.30e-3, decode_per_seq_s=5.40e-3, decode_per_kv_token_s=5.29e-6,
     capacity_tokens=4 * 4096, max_batch=4, max_step_tokens=2048,
     source="fitted against the real llama.cpp server (benchmarks/sim_fit.py)")
 
