@@ -1,6 +1,7 @@
 """Fit the simulator's SmolLM2-135M profile against the real llama.cpp engine.
 
     python -m benchmarks.sim_fit [--repeat 5] [--out DIR]
+    python -m benchmarks.sim_fit --crosscheck [--out DIR]
 
 Starts the embedded engine (``LocalEngine``: 4 slots of 4,096 tokens, the runtime's
 default) and reads llama.cpp's own per-request timings:
@@ -18,15 +19,23 @@ is least squares on the relative errors (normal equations, stdlib only); a coeff
 that comes out negative is dropped and the rest refitted. It prints measured and fitted
 times side by side with the relative error and the machine, and writes ``sim_fit.json``
 and ``sim_fit.md`` to the results folder.
+
+``--crosscheck`` runs no engine: it puts the ``qwen3-8b`` profile, derived from first
+principles, through the closed-loop workloads of a public benchmark of Qwen3-8B on one
+H100 (``CROSSCHECK``) and prints simulated against published output throughput
+(``sim_crosscheck.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import importlib.metadata
 import json
 import os
 import platform
+import random
 import statistics
 import threading
 from dataclasses import asdict, dataclass
@@ -36,7 +45,10 @@ from typing import Any
 
 import httpx
 
+from orla_sdk.backends.base import ChatRequest
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
+from orla_sdk.backends.sim_engine import SimEngine, render_prompt
+from orla_sdk.backends.sim_profiles import PROFILES
 
 DEFAULT_OUT = Path(__file__).parent / "results"
 SLOTS, CTX_PER_SLOT = 4, 4096
@@ -190,11 +202,63 @@ def profile_numbers(prefill: list[float], decode: list[float]) -> dict[str, floa
             "decode_per_kv_token_s": decode[2] / 1e3}
 
 
+# ---- the datacenter profile against published measurements -------------------------------
+# Qwen3-8B bf16 on one H100-80GB with vLLM, at the most users that met a p99 TTFT of 2 s and
+# a median inter-token latency of 50 ms: the capacity results of tgarg01/silybench-data
+# (derived/index.json). (workload, users, prompt tokens, output tokens, output tokens/s)
+CROSSCHECK = [
+    ("chat-128-128", 512, 128, 128, 14539.5), ("prefill-1024-128", 80, 1024, 128, 3017.7),
+    ("decode-128-1024", 396, 128, 1024, 13322.0), ("balanced-2048-2048", 40, 2048, 2048, 2814.7),
+    ("longctx-8192-512", 7, 8192, 512, 501.6),
+]
+HORIZON_S = 300.0  # simulated seconds per workload; the first third is warm-up
+
+
+async def closed_loop(users: int, prompt_tokens: int, output_tokens: int) -> tuple[float, float]:
+    """Output tokens/s and median inter-token seconds of ``users`` who each send a new
+    request (a prompt sharing no prefix, a reply of fixed length) when the last returns."""
+    profile = dataclasses.replace(PROFILES["qwen3-8b"], output_tokens_median=10**6)
+    engine, rng = SimEngine(profile), random.Random(0)
+    overhead = len(render_prompt([{"role": "user", "content": ""}]))
+    finished: list[tuple[float, int, float]] = []
+
+    async def user() -> None:
+        while engine.clock.now() < HORIZON_S:
+            text = " ".join(f"{rng.getrandbits(24):x}q" for _ in range(prompt_tokens - overhead))
+            result = await engine.chat(ChatRequest(
+                model="qwen3-8b", messages=[{"role": "user", "content": text}],
+                params={"max_tokens": output_tokens}))
+            gap = (result.duration_s - result.ttft_s) / (result.completion_tokens - 1)
+            finished.append((engine.clock.now(), result.completion_tokens, gap))
+
+    await asyncio.gather(*(user() for _ in range(users)))
+    warm = [(t, n, gap) for t, n, gap in finished if t >= HORIZON_S / 3]
+    span = max(t for t, _, _ in warm) - HORIZON_S / 3
+    return sum(n for _, n, _ in warm) / span, statistics.median(gap for _, _, gap in warm)
+
+
+def crosscheck() -> list[str]:
+    lines = ["| workload | users | published tokens/s | simulated tokens/s | difference "
+             "| simulated median ITL ms |", "|---|---:|---:|---:|---:|---:|"]
+    for name, users, prompt_tokens, output_tokens, published in CROSSCHECK:
+        rate, gap = asyncio.run(closed_loop(users, prompt_tokens, output_tokens))
+        lines.append(f"| {name} | {users} | {published:,.0f} | {rate:,.0f} | "
+                     f"{rate / published - 1:+.0%} | {1e3 * gap:.1f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--crosscheck", action="store_true",
+                        help="check the qwen3-8b profile against published measurements")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.crosscheck:
+        (args.out / "sim_crosscheck.md").write_text("\n".join(crosscheck()) + "\n")
+        return
     load_before = os.getloadavg()
     with LocalEngine(EngineConfig(slots=SLOTS, ctx_per_slot=CTX_PER_SLOT)) as engine:
         complete(engine.url, "Warm up.", slot=0, max_tokens=4)
@@ -207,7 +271,6 @@ def main(argv: list[str] | None = None) -> None:
              "Fitted profile numbers:", "",
              *[f"- `{name}` = {value:.6g}" for name, value in numbers.items()]]
     print("\n".join(lines))
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sim_fit.md").write_text("\n".join(lines) + "\n")
     (args.out / "sim_fit.json").write_text(json.dumps({
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),

@@ -84,17 +84,19 @@ class Reply:
 def plan_reply(request: ChatRequest, prompt: list[str], seed: int, median: int) -> Reply:
     rng = random.Random(stable_seed(seed, request.params.get("seed"), request.model, prompt,
                                     request.json_schema))
+    limit = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
+    cap = max(1, int(limit)) if limit else None
     call = _tool_call(request, rng)
     if call is not None:
         text = tool_call_text(call.name, call.arguments)
     elif request.json_schema is not None:
         text = json.dumps(fake_json(request.json_schema, rng))
     else:
-        text = filler(rng, max(1, round(rng.lognormvariate(math.log(median), 0.6))))
+        length = max(1, round(rng.lognormvariate(math.log(median), 0.6)))
+        text = filler(rng, length if cap is None else min(length, cap + 1))
     tokens = tokenize(text)
-    cap = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
-    if cap is not None and len(tokens) > int(cap):
-        tokens = tokens[:max(1, int(cap))]
+    if cap is not None and len(tokens) > cap:
+        tokens = tokens[:cap]
         return Reply("".join(tokens), [], tokens, "length")
     if call is not None:
         return Reply("", [call], tokens, "tool_calls")
