@@ -37,6 +37,7 @@ import os
 import platform
 import random
 import statistics
+import string
 import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -220,11 +221,12 @@ async def closed_loop(users: int, prompt_tokens: int, output_tokens: int) -> tup
     profile = dataclasses.replace(PROFILES["qwen3-8b"], output_tokens_median=10**6)
     engine, rng = SimEngine(profile), random.Random(0)
     overhead = len(render_prompt([{"role": "user", "content": ""}]))
+    vocabulary = ["".join(rng.choices(string.ascii_lowercase, k=5)) for _ in range(4096)]
     finished: list[tuple[float, int, float]] = []
 
     async def user() -> None:
         while engine.clock.now() < HORIZON_S:
-            text = " ".join(f"{rng.getrandbits(24):x}q" for _ in range(prompt_tokens - overhead))
+            text = " ".join(rng.choices(vocabulary, k=prompt_tokens - overhead))  # a word a token
             result = await engine.chat(ChatRequest(
                 model="qwen3-8b", messages=[{"role": "user", "content": text}],
                 params={"max_tokens": output_tokens}))

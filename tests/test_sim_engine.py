@@ -279,6 +279,33 @@ def test_higher_priority_is_served_first() -> None:
     assert high < low < low_later < none
 
 
+def test_a_caller_that_gives_up_frees_its_place() -> None:
+    async def scenario() -> tuple[list[ChatResult], dict[str, float]]:
+        engine = SimEngine(TOY, max_batch=1)
+        requests = [ChatRequest(model="toy", messages=words(w, 40).messages,
+                                params={"max_tokens": 3}) for w in NATO[:3]]
+        first, dropped, last = (asyncio.ensure_future(engine.chat(r)) for r in requests)
+        await asyncio.sleep(0)
+        dropped.cancel()
+        return list(await asyncio.gather(first, last)), await engine.metrics()
+
+    (first, last), metrics = run(scenario)
+    assert metrics["requests_finished_total"] == 2 and metrics["kv_cache_usage_ratio"] == 0
+    assert last.ttft_s == pytest.approx(first.duration_s + 0.01 + 0.001 * 40)
+
+
+def test_closing_the_engine_fails_what_it_still_holds() -> None:
+    async def scenario() -> BaseException | ChatResult:
+        engine = SimEngine(TOY, clock="real")
+        pending = asyncio.ensure_future(engine.chat(words("alpha", 40)))
+        await asyncio.sleep(0)
+        await engine.aclose()
+        return (await asyncio.gather(pending, return_exceptions=True))[0]
+
+    error = run(scenario)
+    assert isinstance(error, BackendError) and error.retryable
+
+
 # ---- clocks ---------------------------------------------------------------------------------
 def test_two_thousand_concurrent_requests_finish_in_simulated_time() -> None:
     async def scenario() -> tuple[list[ChatResult], dict[str, float]]:
@@ -429,6 +456,18 @@ def test_metrics_flush_and_slots_over_http(served: str) -> None:
     assert httpx.get(served + "/health").json() == {"status": "ok"}
     (after,) = through_backend(served, ask("Three?"))
     assert after.cached_tokens == 0
+
+
+def test_a_raw_stream_ends_with_finish_then_done(served: str) -> None:
+    body = {"model": "m", "stream": True, "max_tokens": 3,
+            "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", served + "/v1/chat/completions", json=body) as response:
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert events[-1] == "[DONE]" and all("usage" not in c for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 3 + ["length"]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
 
 
 def test_bad_requests_get_openai_style_errors(served: str) -> None:

@@ -141,6 +141,8 @@ def fake_json(schema: dict[str, Any], rng: random.Random,
               root: dict[str, Any] | None = None) -> Any:
     """A value that validates against ``schema`` (``$defs``/``$ref`` as pydantic emits them;
     ``pattern`` and ``multipleOf`` are not honoured)."""
+    if isinstance(schema, bool):  # ``true`` accepts anything
+        schema = {}
     root = root if root is not None else schema
     if "$ref" in schema:
         return fake_json(_resolve(schema["$ref"], root), rng, root)
