@@ -14,21 +14,32 @@
 from orla_sdk import backends, passes
 from orla_sdk.compile import compile, trace
 from orla_sdk.errors import OrlaError, PlanValidationError, Problem, RefError, TraceError
-from orla_sdk.ir import BackendSpec, Capabilities, MapperSpec, Node, Plan, Target
+from orla_sdk.ir import BackendSpec, Capabilities, MapperSpec, Node, Plan, Scheduling, Target
 from orla_sdk.mapping import OneBitStageMapper, StageMapper, ThresholdStageMapper
 from orla_sdk.passes import DEFAULT_PASSES
 from orla_sdk.runtime import (
     BackendPool,
+    ByPriority,
+    CacheChoice,
+    CacheEvent,
+    MemoryPolicy,
     OutputError,
+    Policy,
     RunError,
+    RunEvent,
     RunResult,
+    ShortestFirst,
+    SmallIncrement,
     StageRecord,
+    Waiting,
     achat,
     agenerate,
     arun,
+    astream,
     chat,
     generate,
     run,
+    stream,
 )
 from orla_sdk.stage import Stage, priority_by, stage
 from orla_sdk.trace import cond, switch
@@ -37,10 +48,12 @@ from orla_sdk.workflow import Workflow, workflow
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_PASSES", "BackendPool", "BackendSpec", "Capabilities", "MapperSpec", "Node",
-    "OneBitStageMapper", "OrlaError", "OutputError", "Plan", "PlanValidationError", "Problem",
-    "RefError", "RunError", "RunResult", "Stage", "StageMapper", "StageRecord", "Target",
-    "ThresholdStageMapper", "TraceError", "Workflow", "achat", "agenerate", "arun", "backends",
-    "chat", "compile", "cond", "generate", "passes", "priority_by", "run", "stage", "switch",
-    "trace", "workflow",
+    "DEFAULT_PASSES", "BackendPool", "BackendSpec", "ByPriority", "CacheChoice", "CacheEvent",
+    "Capabilities", "MapperSpec", "MemoryPolicy", "Node", "OneBitStageMapper", "OrlaError",
+    "OutputError", "Plan", "PlanValidationError", "Policy", "Problem", "RefError", "RunError",
+    "RunEvent", "RunResult", "Scheduling", "ShortestFirst", "SmallIncrement", "Stage",
+    "StageMapper", "StageRecord", "Target", "ThresholdStageMapper", "TraceError", "Waiting",
+    "Workflow", "achat", "agenerate", "arun", "astream", "backends", "chat", "compile", "cond",
+    "generate", "passes", "priority_by", "run", "stage", "stream", "switch", "trace",
+    "workflow",
 ]

@@ -132,6 +132,7 @@ class StageSpec(_Model):
     cache: str | None = None
     priority: int | PriorityRule | None = None
     tools: list[ToolSpec] = Field(default_factory=list)
+    alternatives: list[str] = Field(default_factory=list)  # logical models to reroute to
     params: list[Param] = Field(default_factory=list)
     output: TypeSpec = Field(default_factory=lambda: TypeSpec(kind="any"))
     site: str | None = None
@@ -197,14 +198,34 @@ class Capabilities(_Model):
     metrics: bool = False
 
 
+class Scheduling(_Model):
+    """How a backend's queue serves waiting requests (see ``orla_sdk.runtime.scheduler``).
+
+    Policies are named ("fcfs", "priority", "sjf") or "module:Class" references to
+    ``orla.Policy`` subclasses. ``stage_policy`` picks which stage's sub-queue goes next;
+    ``request_policy`` orders each sub-queue, unless ``stage_policies`` names one for that
+    stage. Stages that name alternatives leave for them once ``queue_bound`` requests
+    wait here.
+    """
+
+    limit: int | None = Field(default=None, ge=1)
+    stage_policy: str = "priority"
+    request_policy: str = "priority"
+    stage_policies: dict[str, str] = Field(default_factory=dict)
+    queue_bound: int | None = Field(default=None, ge=0)
+
+
 class BackendSpec(_Model):
-    """A declared backend: an engine the runtime can send requests to."""
+    """A declared backend: an engine the runtime can send requests to. ``options`` are
+    engine settings that are not a url (the simulator's clock and seed)."""
 
     name: str
     kind: Literal["openai", "llamacpp", "vllm", "sglang", "ollama", "sim"]
     url: str | None = None
     models: list[str] | None = None
     capabilities: Capabilities = Field(default_factory=Capabilities)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class Target(_Model):

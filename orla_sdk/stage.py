@@ -29,13 +29,14 @@ class Stage(Generic[P, R]):
 
     def __init__(self, fn: Callable[P, R], *, model: str | None, cache: str | None,
                  tools: Sequence[Callable[..., Any]], priority: PriorityHint,
-                 name: str | None) -> None:
+                 name: str | None, alternatives: Sequence[str] = ()) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         self.model = model
         self.cache = cache
         self.tools = list(tools)
         self.priority = priority
+        self.alternatives = list(alternatives)
         self._spec: StageSpec | None = None
         functools.update_wrapper(self, fn)
 
@@ -62,7 +63,8 @@ class Stage(Generic[P, R]):
             self._spec = StageSpec(
                 name=self.name, ref=ref_of(self.fn), is_async=inspect.iscoroutinefunction(self.fn),
                 model=self.model, cache=self.cache, priority=_priority_value(self.priority),
-                tools=[tool_spec(t) for t in self.tools], params=_params(self.fn),
+                tools=[tool_spec(t) for t in self.tools], alternatives=self.alternatives,
+                params=_params(self.fn),
                 output=return_spec(self.fn), site=_definition_site(self.fn),
                 doc=(inspect.getdoc(self.fn) or "").split("\n\n")[0],
             )
@@ -76,13 +78,15 @@ def stage(fn: Callable[P, R], /) -> Stage[P, R]: ...
 @overload
 def stage(*, model: str | None = None, cache: str | None = None,
           tools: Sequence[Callable[..., Any]] = (), priority: PriorityHint = None,
-          name: str | None = None) -> Callable[[Callable[P, R]], Stage[P, R]]: ...
+          name: str | None = None, alternatives: Sequence[str] = ()
+          ) -> Callable[[Callable[P, R]], Stage[P, R]]: ...
 
 
 def stage(fn: Callable[P, R] | None = None, /, *, model: str | None = None,
           cache: str | None = None, tools: Sequence[Callable[..., Any]] = (),
-          priority: PriorityHint = None,
-          name: str | None = None) -> Stage[P, R] | Callable[[Callable[P, R]], Stage[P, R]]:
+          priority: PriorityHint = None, name: str | None = None,
+          alternatives: Sequence[str] = ()
+          ) -> Stage[P, R] | Callable[[Callable[P, R]], Stage[P, R]]:
     """Mark a function as a stage of a workflow.
 
     model: logical model name, resolved by the plan's mapping ("light", "heavy", ...).
@@ -90,10 +94,13 @@ def stage(fn: Callable[P, R] | None = None, /, *, model: str | None = None,
     tools: plain functions the model may call while this stage runs.
     priority: 0..100 (higher is served first), a rule from ``priority_by``, or a
         function of the stage's arguments returning such a number at run time.
+    alternatives: logical models to reroute to when the mapped backend's queue passes
+        its ``queue_bound`` (see ``orla.Scheduling``).
     """
 
     def wrap(f: Callable[P, R]) -> Stage[P, R]:
-        return Stage(f, model=model, cache=cache, tools=tools, priority=priority, name=name)
+        return Stage(f, model=model, cache=cache, tools=tools, priority=priority, name=name,
+                     alternatives=alternatives)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -374,7 +374,7 @@ def test_the_real_clock_reports_simulated_times() -> None:
 # ---- declaration and profiles ---------------------------------------------------------------
 def test_the_engine_is_declared_as_a_sim_backend() -> None:
     engine = SimEngine("qwen3-4b", name="fast")
-    assert engine.spec == orla.backends.simulator("fast", "qwen3-4b")
+    assert engine.spec == orla.backends.simulator("fast", "qwen3-4b", clock="virtual")
     assert engine.spec.kind == "sim" and engine.spec.capabilities.json_schema
 
 
@@ -384,7 +384,7 @@ def test_profiles_are_ordered_by_model_size_and_unknown_ones_are_named() -> None
     assert small.prefill_per_token_s < large.prefill_per_token_s
     assert large.capacity_tokens < small.capacity_tokens
     assert get_profile(orla.backends.DEFAULT_LOCAL_MODEL).name == "smollm2-135m"
-    with pytest.raises(ValueError, match="known profiles: qwen3-4b"):
+    with pytest.raises(ValueError, match="known profiles: instant, qwen3-4b"):
         get_profile("gpt-9")
 
 

@@ -8,6 +8,7 @@ first token and total time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +28,8 @@ class BackendError(OrlaError):
 @dataclass(frozen=True)
 class ChatRequest:
     """One model call. ``json_schema`` constrains the reply to JSON of that schema;
-    ``slot`` pins the request to a llama.cpp slot; ``priority`` is orla's 0..100 hint."""
+    ``slot`` pins the request to a llama.cpp slot; ``priority`` is orla's 0..100 hint;
+    ``on_token`` receives the reply's text as it streams in."""
 
     model: str
     messages: list[dict[str, Any]]
@@ -37,6 +39,7 @@ class ChatRequest:
     tools: list[dict[str, Any]] = field(default_factory=list)
     slot: int | None = None
     priority: int | None = None
+    on_token: Callable[[str], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ those actions.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from orla_sdk.ir import BackendSpec, Capabilities
 
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
@@ -55,9 +57,18 @@ def openai_compatible(name: str, url: str, models: list[str] | None = None, *,
                                   cache_control="prompt_key", metrics=False))
 
 
-def simulator(name: str = "sim", profile: str = "qwen3-8b") -> BackendSpec:
-    """orla's parametric engine simulator, imitating ``profile``."""
+def simulator(name: str = "sim", profile: str = "qwen3-8b", *,
+              clock: Literal["virtual", "real"] = "real", seed: int = 0,
+              cache_control: Literal["slots", "global_reset"] | None = None) -> BackendSpec:
+    """orla's parametric engine simulator, imitating ``profile``, run in process.
+
+    ``clock="virtual"`` lets simulated time jump ahead whenever every task waits, so
+    thousands of requests finish in seconds. The simulator imitates llama.cpp's slots for
+    the SmolLM2 profile and a vLLM-style shared prefix cache for the others, unless
+    ``cache_control`` says otherwise.
+    """
+    control = cache_control or ("slots" if profile.startswith("smollm2") else "global_reset")
     return BackendSpec(
-        name=name, kind="sim", models=[profile],
-        capabilities=Capabilities(tool_calling=True, json_schema=True, cache_control="slots",
+        name=name, kind="sim", models=[profile], options={"clock": clock, "seed": seed},
+        capabilities=Capabilities(tool_calling=True, json_schema=True, cache_control=control,
                                   metrics=True))

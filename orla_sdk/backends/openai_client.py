@@ -15,6 +15,7 @@ them. Engine flavours add their own fields (``extra_body``):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -61,7 +62,7 @@ class OpenAICompatibleBackend:
     async def _chat_once(self, request: ChatRequest) -> ChatResult:
         started = time.perf_counter()
         stream = await self._client.chat.completions.create(**self._arguments(request))
-        return await _collect(stream, started)
+        return await _collect(stream, started, request.on_token)
 
     def _arguments(self, request: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -96,7 +97,8 @@ def engine_fields(kind: str, request: ChatRequest) -> dict[str, Any]:
     return fields
 
 
-async def _collect(stream: Any, started: float) -> ChatResult:
+async def _collect(stream: Any, started: float,
+                   on_token: Callable[[str], None] | None = None) -> ChatResult:
     """Read a streamed reply: its text, tool calls, usage and timings."""
     parts: list[str] = []
     calls: dict[int, dict[str, str]] = {}
@@ -112,6 +114,8 @@ async def _collect(stream: Any, started: float) -> ChatResult:
                 first = time.perf_counter() - started
             if delta.content:
                 parts.append(delta.content)
+                if on_token is not None:
+                    on_token(delta.content)
             for call in delta.tool_calls or []:
                 _add_tool_delta(calls.setdefault(call.index, {}), call)
             finish = choice.finish_reason or finish

@@ -449,10 +449,11 @@ class SimEngine:
                  capacity_tokens: int | None = None, block_tokens: int = 16,
                  max_batch: int | None = None) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
-        self.spec = simulator(name, self.profile.name)
         self.seed = seed
         self.clock: SimClock = (VirtualClock() if clock == "virtual" else
                                 RealClock() if clock == "real" else clock)
+        self.spec = simulator(name, self.profile.name, seed=seed,
+                              clock="virtual" if isinstance(self.clock, VirtualClock) else "real")
         self.max_batch = max_batch or self.profile.max_batch
         self.max_step_tokens: float = self.profile.max_step_tokens or math.inf
         self.cache = PrefixCache(capacity_tokens or self.profile.capacity_tokens, block_tokens)
@@ -581,6 +582,8 @@ class SimEngine:
         self.cache.release(call.keys, sequence, call.blocks, slot)
         call.finished_at = now
         self._count(call)
+        if call.request.on_token is not None and call.reply.content:
+            call.request.on_token(call.reply.content)  # the simulator streams in one piece
         call.done.set_result(ChatResult(
             content=call.reply.content, tool_calls=call.reply.tool_calls,
             finish_reason=call.reply.finish_reason, prompt_tokens=len(call.prompt),
@@ -625,6 +628,15 @@ class SimEngine:
         """Drop every unreferenced cached block, as SGLang's ``/flush_cache`` and vLLM's
         ``/reset_prefix_cache`` do; blocks of running requests stay. Returns tokens."""
         return self.cache.drop_idle()
+
+    async def reset(self) -> int:
+        """``flush`` under the name the memory manager gives a global reset."""
+        return self.cache.drop_idle()
+
+    async def usage(self) -> float:
+        """The share of KV blocks held, cached idle ones included (vLLM's usage gauge)."""
+        cache = self.cache
+        return (cache.capacity - cache.free()) / max(cache.capacity, 1)
 
     async def erase(self, slot: int) -> int:
         """Drop the cached blocks of requests pinned to ``slot``; returns tokens erased."""

@@ -122,7 +122,15 @@ SMOLLM2_135M_CPU = SimProfile(
     capacity_tokens=4 * 4096, max_batch=4, max_step_tokens=2048,
     source="fitted against the real llama.cpp server (benchmarks/sim_fit.py)")
 
+# Every cost zero: what is left of a run's time is orla's own overhead.
+INSTANT = SimProfile(
+    name="instant", machine="none", prefill_base_s=0.0, prefill_per_token_s=0.0,
+    decode_base_s=0.0, decode_per_seq_s=0.0, decode_per_kv_token_s=0.0,
+    capacity_tokens=1 << 30, max_batch=1 << 20, output_tokens_median=16,
+    source="zero latency, for measuring overhead")
+
 PROFILES: dict[str, SimProfile] = {
+    "instant": INSTANT,
     "qwen3-4b": gpu_profile(QWEN3_4B, H100_SXM),
     "qwen3-8b": gpu_profile(QWEN3_8B, H100_SXM),
     "smollm2-135m": SMOLLM2_135M_CPU,

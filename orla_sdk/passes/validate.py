@@ -89,7 +89,17 @@ def _stage_problems(plan: Plan, node: Node) -> list[Problem]:
     problems.extend(Problem(node.id, node.site, msg, fix) for msg, fix in _mapping_problems(
         plan, spec.model or plan.default_model, bool(spec.tools),
         spec.output.kind in _STRUCTURED))
+    for alternative in spec.alternatives:
+        problems.extend(Problem(node.id, node.site, f"alternative {alternative!r} {msg}", fix)
+                        for msg, fix in _alternative_problems(plan, alternative))
     return problems
+
+
+def _alternative_problems(plan: Plan, name: str) -> list[tuple[str, str]]:
+    if not isinstance(plan.mapping.get(name), Target):
+        return [("is not mapped to a backend and model.",
+                 f"map {name!r} in orla.compile(mapping=...) or drop it from alternatives")]
+    return []
 
 
 def _argument_problems(params: list[Param], n_args: int,

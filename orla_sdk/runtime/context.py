@@ -11,6 +11,7 @@ from typing import Any
 
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import MapperSpec, Node, Plan, StageSpec, Target
+from orla_sdk.runtime.events import Emitter
 from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.runtime.records import StageRecord
 
@@ -21,6 +22,7 @@ class RunState:
     plan: Plan
     pool: BackendPool
     loop: asyncio.AbstractEventLoop
+    emit: Emitter = field(default_factory=lambda: Emitter("", None))
 
 
 @dataclass

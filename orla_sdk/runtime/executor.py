@@ -20,7 +20,9 @@ from typing import Any
 
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Node, Plan, PriorityRule, dependencies
+from orla_sdk.runtime.cache_policy import CacheEvent
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
+from orla_sdk.runtime.events import Emitter, Listener
 from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.runtime.records import RunResult, StageRecord
 
@@ -51,9 +53,10 @@ def run(plan: Plan, *, pool: BackendPool | None = None, **inputs: Any) -> RunRes
 
 
 async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | None = None,
-               **inputs: Any) -> RunResult:
+               on_event: Listener | None = None, **inputs: Any) -> RunResult:
     """Run a plan once with ``inputs``. Backends come from ``pool`` (shared between runs),
-    or from a pool started and closed for this run."""
+    or from a pool started and closed for this run. ``on_event`` receives the run's
+    events as they happen (see ``orla_sdk.runtime.events``)."""
     values = _bind_inputs(plan, inputs)
     own_pool = pool is None
     if pool is None:
@@ -65,7 +68,7 @@ async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | Non
             raise
     run_id = run_id or uuid.uuid4().hex[:12]
     result = RunResult(run_id=run_id, workflow=plan.name)
-    state = RunState(run_id, plan, pool, asyncio.get_running_loop())
+    state = RunState(run_id, plan, pool, asyncio.get_running_loop(), Emitter(run_id, on_event))
     try:
         env = await _Executor(plan, state, result).run_scope(None, ChainMap(values), None)
         result.output = env.get("output")
@@ -73,13 +76,16 @@ async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | Non
         result.error = str(exc)
     finally:
         try:
-            result.cache_log += await pool.memory.end_run(run_id)
+            result.cache_log += pool.memory.take_log(run_id) + await pool.memory.end_run(run_id)
         except OrlaError as exc:
             result.cache_log.append({"node": None, "backend": None, "decision": "flush",
                                      "reason": "end of workflow", "action": f"failed: {exc}"})
         finally:
             if own_pool:
                 await pool.aclose()
+    state.emit("run_end", result=result)
+    if state.emit.error:
+        result.warnings.append(state.emit.error)
     return result
 
 
@@ -159,7 +165,9 @@ class _Executor:
     async def _node(self, node: Node, env: Env, item: int | None) -> Any:
         if not self._guard_holds(node, env):
             if node.kind == "stage":
-                self.result.stages.append(StageRecord(node.id, node.label, "skipped", item))
+                record = StageRecord(node.id, node.label, "skipped", item)
+                self.result.stages.append(record)
+                self.state.emit("stage_end", node.id, record=record)
             return SKIPPED
         if node.kind == "branch":
             return self._branch(node, env, item)
@@ -185,6 +193,7 @@ class _Executor:
             raise StageFailed(node.id, OrlaError(
                 f"branch got {choice!r}, which is not one of its choices {node.choices}"))
         self.result.branches[node.id if item is None else f"{node.id}[{item}]"] = choice
+        self.state.emit("branch", node.id, item=item, choice=choice)
         return choice
 
     async def _map(self, node: Node, env: Env) -> list[Env]:
@@ -201,6 +210,7 @@ class _Executor:
         spec = self.plan.stage_of(node)
         record = StageRecord(node.id, spec.name, item=item)
         self.result.stages.append(record)
+        self.state.emit("stage_start", node.id, stage=spec.name, item=item)
         started = time.perf_counter()
         try:
             args = [resolve(a, env, self.plan) for a in node.args]
@@ -219,7 +229,10 @@ class _Executor:
             raise StageFailed(node.id, exc) from exc
         finally:
             record.duration_s = time.perf_counter() - started
+            if record.status == "failed":
+                self.state.emit("stage_end", node.id, record=record)
         await self._cache_action(node, record)
+        self.state.emit("stage_end", node.id, record=record, output=value)
         return value
 
     def _priority(self, node: Node, fn: Any, args: list[Any],
@@ -234,14 +247,23 @@ class _Executor:
 
     async def _cache_action(self, node: Node, record: StageRecord) -> None:
         cache = node.meta.get("cache")
-        if not cache or record.backend is None:
+        backend = record.backend
+        if not cache or backend is None:
             return
-        record.cache_action = await self.state.pool.memory.after_stage(
-            self.state.run_id, record.backend, cache["decision"], cache["reason"])
-        self.result.cache_log.append({
-            "node": node.id, "item": record.item, "backend": record.backend,
-            "decision": cache["decision"], "reason": cache["reason"],
-            "action": record.cache_action, "cached_tokens": record.cached_tokens})
+        memory = self.state.pool.memory
+        first = record.calls[0]
+        event = CacheEvent(
+            run_id=self.state.run_id, node=node.id, stage=record.stage, backend=backend,
+            decision=cache["decision"], reason=cache["reason"],
+            hinted=self.plan.stage_of(node).cache is not None,
+            prompt_tokens=first.prompt_tokens, cached_tokens=first.cached_tokens,
+            kept_before=memory.keeps(self.state.run_id, backend))
+        choice, record.cache_action = await memory.after_stage(event)
+        entry = {"node": node.id, "item": record.item, "backend": backend,
+                 "decision": choice.decision, "reason": choice.reason,
+                 "action": record.cache_action, "cached_tokens": record.cached_tokens}
+        self.result.cache_log.append(entry)
+        self.state.emit("cache", node.id, **entry)
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import queue
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
@@ -103,8 +105,47 @@ async def achat(messages: list[dict[str, Any]], *, output: Any = None, **options
     return await converse(stage_context(), messages, output, **options)
 
 
+def stream(prompt: str, *, system: str | None = None, **options: Any) -> Iterator[str]:
+    """``generate`` for text, yielding the reply's pieces as the engine streams them. For
+    sync stage bodies."""
+    ctx = stage_context()
+    if _in_loop_thread(ctx):
+        raise OrlaError(f"stage {ctx.spec.name!r} is async: use `orla.astream(...)` inside it.")
+    pieces: queue.Queue[str] = queue.Queue()
+    future = asyncio.run_coroutine_threadsafe(
+        converse(ctx, _messages(prompt, system), None, on_token=pieces.put, **options),
+        ctx.run.loop)
+    while not (future.done() and pieces.empty()):
+        try:
+            yield pieces.get(timeout=0.05)
+        except queue.Empty:
+            continue
+    future.result()  # raises what the call raised
+
+
+async def astream(prompt: str, *, system: str | None = None,
+                  **options: Any) -> AsyncIterator[str]:
+    """``stream`` for async stage bodies."""
+    ctx = stage_context()
+    pieces: asyncio.Queue[str] = asyncio.Queue()
+    task = asyncio.ensure_future(converse(ctx, _messages(prompt, system), None,
+                                          on_token=pieces.put_nowait, **options))
+    try:
+        while not (task.done() and pieces.empty()):
+            getter = asyncio.ensure_future(pieces.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+        task.result()
+    finally:
+        task.cancel()
+
+
 async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: Any,
-                   max_retries: int = 2, max_turns: int = 4, **params: Any) -> Any:
+                   max_retries: int = 2, max_turns: int = 4,
+                   on_token: Callable[[str], None] | None = None, **params: Any) -> Any:
     """The tool loop and the validation loop around the stage's model calls."""
     target = await _target(ctx, messages)
     live = ctx.run.pool[target.backend]
@@ -115,7 +156,7 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
         offer_tools = bool(ctx.tools) and tool_turns < max_turns
         emulate = bool(ctx.tools) and not native
         request = _request(ctx, target, history, output, offer_tools, emulate, params)
-        result = await call_model(ctx, live, target, request)
+        result = await call_model(ctx, live, target, replace(request, on_token=on_token))
         try:
             calls, answer = _read(result, output, offer_tools, emulate)
         except (ValueError, ValidationError) as exc:
@@ -136,23 +177,47 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
 # ---- one model call -----------------------------------------------------------------
 async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
                      request: ChatRequest) -> ChatResult:
-    """Queue for the backend, call it, record the call; retry transient failures."""
+    """Queue for the backend, pin the run's cache slot, call it, record the call; retry
+    transient failures."""
+    request = replace(request, on_token=_token_sink(ctx, request.on_token))
+    length = sum(len(str(m.get("content") or "")) for m in request.messages)
+    run_id = ctx.run.run_id
     for attempt in range(BACKEND_RETRIES + 1):
         try:
-            async with live.queue.turn(ctx.priority, ctx.critical_path) as waited:
-                result = await live.client.chat(request)
+            async with (live.queue.turn(ctx.priority, ctx.critical_path, stage=ctx.spec.name,
+                                        run_id=run_id, prompt_length=length) as waited,
+                        ctx.run.pool.memory.pin(run_id, target.backend) as slot):
+                result = await live.client.chat(replace(request, slot=slot))
         except BackendError as exc:
             if not exc.retryable or attempt == BACKEND_RETRIES:
                 raise
             await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
             continue
-        ctx.record.calls.append(CallRecord(
+        call = CallRecord(
             backend=target.backend, model=target.model, prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens, cached_tokens=result.cached_tokens,
             queue_wait_s=waited, ttft_s=result.ttft_s, duration_s=result.duration_s,
-            slot=request.slot))
+            slot=slot)
+        ctx.record.calls.append(call)
+        ctx.run.emit("call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item,
+                     call=call)
         return result
     raise AssertionError("unreachable")
+
+
+def _token_sink(ctx: StageContext, user: Callable[[str], None] | None
+                ) -> Callable[[str], None] | None:
+    """Where streamed text goes: the caller's callback and the run's event listener."""
+    emit = ctx.run.emit
+    if user is None and not emit.active:
+        return None
+
+    def sink(text: str) -> None:
+        if user is not None:
+            user(text)
+        emit("token", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, text=text)
+
+    return sink
 
 
 def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], output: Any,
@@ -169,9 +234,7 @@ def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], o
             for t in ctx.spec.tools]
     return ChatRequest(
         model=target.model, messages=history, params={**target.params, **params},
-        json_schema=schema, schema_name=ctx.spec.name, tools=tools,
-        slot=ctx.run.pool.memory.slot_for(ctx.run.run_id, target.backend),
-        priority=ctx.priority)
+        json_schema=schema, schema_name=ctx.spec.name, tools=tools, priority=ctx.priority)
 
 
 # ---- reading answers ----------------------------------------------------------------
@@ -225,7 +288,11 @@ def _emulated_tools_schema(tools: list[ToolSpec], answer: dict[str, Any] | None
 # ---- tools --------------------------------------------------------------------------
 async def _tool_messages(ctx: StageContext, result: ChatResult, calls: list[ToolCall],
                          emulate: bool) -> list[dict[str, Any]]:
-    outputs = [await run_tool(ctx.tools, call) for call in calls]
+    outputs = []
+    for call in calls:
+        outputs.append(await run_tool(ctx.tools, call))
+        ctx.run.emit("tool_call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item,
+                     tool=call.name, arguments=call.arguments, result=outputs[-1])
     if not emulate:
         return [{"role": "assistant", "content": result.content or None, "tool_calls": [
             {"id": c.id, "type": "function",
@@ -271,6 +338,19 @@ async def _target(ctx: StageContext, messages: list[dict[str, Any]]) -> Target:
     if target is None:
         raise OrlaError(f"stage {ctx.spec.name!r}: {ctx.routed_to or ctx.logical_model()!r} "
                         "is not mapped to a backend and model.")
+    return _reroute(ctx, target)
+
+
+def _reroute(ctx: StageContext, target: Target) -> Target:
+    """The first alternative under its queue bound, when the target's queue is over its."""
+    pool = ctx.run.pool
+    if not ctx.spec.alternatives or not pool[target.backend].queue.over_bound():
+        return target
+    for name in ctx.spec.alternatives:
+        alternative = ctx.run.plan.mapping.get(name)
+        if isinstance(alternative, Target) and not pool[alternative.backend].queue.over_bound():
+            ctx.record.rerouted_to = name
+            return alternative
     return target
 
 

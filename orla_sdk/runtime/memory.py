@@ -1,66 +1,256 @@
-"""The memory manager: turns the plan's keep/flush decisions into engine actions.
+"""The memory manager: turns keep/flush decisions into engine actions, per workflow run.
 
-On llama.cpp a run leases one slot per backend: its requests there are pinned to that
-slot, so a preserve span finds its prefix cached. When a stage's decision is "flush" the
-slot is erased and given back; at the end of the run every slot it still holds is
-erased. Engines without slots get no action; the decision is logged as a soft flush.
-Every decision lands in the run's cache log with the cached tokens the engine reported.
+Slot engines (llama.cpp, and the simulator imitating it): a run leases a slot per
+backend, and its requests there are pinned to it, so a preserve span finds its prefix
+cached. A flush erases the slot and frees it. When every slot is held and another run
+needs one, the slot of the run idle longest is lent: saved to the engine's slot folder
+(where the engine can save) and restored when its run comes back. A second stage of a
+run that arrives while the run's slot is busy borrows another slot for that one call.
+
+Shared-cache engines (vLLM, SGLang): the only flush is a global reset, done only when no
+other run holds a kept context or has a request in flight there; otherwise the flush is
+recorded as soft. Under memory pressure (KV usage from the engine's metrics at or above
+``pressure``) the kept contexts of idle runs are dropped the same way.
+
+Every decision and action lands in the run's cache log.
 """
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from orla_sdk.backends.llamacpp_slots import LlamaCppControl
+from orla_sdk.errors import OrlaError
+from orla_sdk.runtime.cache_policy import (
+    CacheChoice,
+    CacheEvent,
+    MemoryPolicy,
+    SmallIncrement,
+    decide,
+)
+
+
+class SlotControl(Protocol):
+    async def erase(self, slot: int) -> int: ...
+
+
+class SavingSlotControl(SlotControl, Protocol):
+    async def save(self, slot: int, filename: str) -> int: ...
+
+    async def restore(self, slot: int, filename: str) -> int: ...
+
+
+class ResetControl(Protocol):
+    async def reset(self) -> int | None: ...
+
+    async def usage(self) -> float | None: ...
 
 
 @dataclass
 class SlotTable:
-    """The slots of one llama.cpp backend and which run holds each."""
+    """The slots of one backend: which run holds each, and which are busy."""
 
-    control: LlamaCppControl
+    name: str
+    control: SlotControl
     free: list[int]
     held: dict[str, int] = field(default_factory=dict)
+    saved: dict[str, str] = field(default_factory=dict)  # run -> file of its lent slot
+    busy: Counter[int] = field(default_factory=Counter)
+    last_used: dict[str, float] = field(default_factory=dict)
+
+    def idle_holder(self) -> str | None:
+        """The run that has waited longest since it last used its (idle) slot."""
+        idle = [run for run, slot in self.held.items() if not self.busy[slot]]
+        return min(idle, key=lambda run: self.last_used.get(run, 0.0), default=None)
+
+
+@dataclass
+class SharedCache:
+    """A backend with one prefix cache for everyone: who keeps a context, who is busy."""
+
+    control: ResetControl
+    keeping: set[str] = field(default_factory=set)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    checked_at: float = 0.0
 
 
 class MemoryManager:
-    def __init__(self) -> None:
+    def __init__(self, policies: Sequence[MemoryPolicy] = (), *, pressure: float = 0.9,
+                 pressure_check_s: float = 1.0) -> None:
+        self.policies = [*policies, SmallIncrement()]
+        self.pressure = pressure
+        self.pressure_check_s = pressure_check_s
         self.tables: dict[str, SlotTable] = {}
+        self.shared: dict[str, SharedCache] = {}
+        self.kept: set[tuple[str, str]] = set()  # (run, backend) with a kept context
+        self._logs: dict[str, list[dict[str, Any]]] = {}
 
-    def add_llamacpp(self, backend: str, control: LlamaCppControl, slots: int) -> None:
-        self.tables[backend] = SlotTable(control, list(range(slots)))
+    def add_slots(self, backend: str, control: SlotControl, slots: int) -> None:
+        self.tables[backend] = SlotTable(backend, control, list(range(slots)))
 
-    def slot_for(self, run_id: str, backend: str) -> int | None:
-        """The run's slot on this backend, leasing one if free; None when none is free."""
-        table = self.tables.get(backend)
-        if table is None:
+    def add_shared(self, backend: str, control: ResetControl) -> None:
+        self.shared[backend] = SharedCache(control)
+
+    def take_log(self, run_id: str) -> list[dict[str, Any]]:
+        """What the manager did to this run's cache outside its stages (lent, restored)."""
+        return self._logs.pop(run_id, [])
+
+    # ---- requests ---------------------------------------------------------------------
+    @asynccontextmanager
+    async def pin(self, run_id: str, backend: str) -> AsyncIterator[int | None]:
+        """The slot one request of ``run_id`` is pinned to (None: no slots here). Call it
+        while holding a queue turn, so that a slot that is not busy exists."""
+        table, shared = self.tables.get(backend), self.shared.get(backend)
+        slot = await self._slot_for(table, run_id) if table else None
+        if table and slot is not None:
+            table.busy[slot] += 1
+        if shared:
+            shared.in_flight[run_id] += 1
+        try:
+            yield slot
+        finally:
+            if table and slot is not None:
+                table.busy[slot] -= 1
+                table.last_used[run_id] = time.monotonic()
+            if shared:
+                shared.in_flight[run_id] -= 1
+
+    async def _slot_for(self, table: SlotTable, run_id: str) -> int | None:
+        held = table.held.get(run_id)
+        if held is not None:
+            return held if not table.busy[held] else await self._spare_slot(table, run_id)
+        slot = await self._spare_slot(table, run_id)
+        if slot is None:
             return None
-        if run_id not in table.held and table.free:
-            table.held[run_id] = table.free.pop(0)
-        return table.held.get(run_id)
+        table.held[run_id] = slot
+        if run_id in table.saved:
+            await self._restore(table, run_id, slot)
+        return slot
 
-    async def after_stage(self, run_id: str, backend: str, decision: str,
-                          reason: str) -> str:
-        """Carry out a stage's cache decision; returns what was done."""
-        table = self.tables.get(backend)
-        if decision == "preserve":
-            slot = table.held.get(run_id) if table else None
+    async def _spare_slot(self, table: SlotTable, for_run: str) -> int | None:
+        """A free slot, or one lent by the run idle longest; None if every slot is busy."""
+        if table.free:
+            return table.free.pop(0)
+        victim = table.idle_holder()
+        if victim is None:
+            return None
+        slot = table.held.pop(victim)
+        action = await self._save_or_erase(table, victim, slot)
+        self._log(victim, "lend", f"run {for_run} needed a slot and none was free", action,
+                  table.name)
+        return slot
+
+    async def _save_or_erase(self, table: SlotTable, run_id: str, slot: int) -> str:
+        control = table.control
+        if hasattr(control, "save"):
+            filename = f"orla-{run_id}-slot.bin"
+            try:
+                saved = await control.save(slot, filename)
+            except OrlaError as exc:
+                erased = await control.erase(slot)
+                return f"erase slot {slot} ({erased} tokens; save failed: {exc})"
+            table.saved[run_id] = filename
+            return f"save slot {slot} to {filename} ({saved} tokens)"
+        erased = await control.erase(slot)
+        return f"erase slot {slot} ({erased} tokens; this engine cannot save slots)"
+
+    async def _restore(self, table: SlotTable, run_id: str, slot: int) -> None:
+        filename = table.saved.pop(run_id)
+        control = table.control
+        assert hasattr(control, "restore")
+        try:
+            restored = await control.restore(slot, filename)
+            action = f"restore slot {slot} from {filename} ({restored} tokens)"
+        except OrlaError as exc:
+            action = f"restore failed, the context is recomputed: {exc}"
+        self._log(run_id, "restore", "the run came back to a lent slot", action, table.name)
+
+    def keeps(self, run_id: str, backend: str) -> bool:
+        """Whether the run kept a context on ``backend`` after an earlier stage."""
+        return (run_id, backend) in self.kept
+
+    # ---- decisions ----------------------------------------------------------------------
+    async def after_stage(self, event: CacheEvent) -> tuple[CacheChoice, str]:
+        """Decide a finished stage's cache and carry it out; returns the choice and what
+        was done."""
+        key = (event.run_id, event.backend)
+        choice = decide(event, self.policies)
+        if choice.decision == "preserve":
+            self.kept.add(key)
+            return choice, await self._keep(event)
+        if choice.decision == "deferred":
+            return choice, "none: decided at the end of the run"
+        self.kept.discard(key)
+        return choice, await self._flush(event.run_id, event.backend)
+
+    async def _keep(self, event: CacheEvent) -> str:
+        table, shared = self.tables.get(event.backend), self.shared.get(event.backend)
+        if table is not None:
+            slot = table.held.get(event.run_id)
             return f"keep slot {slot}" if slot is not None else "keep (no slot held)"
-        if decision == "deferred":
-            return "none: decided at the end of the run"
-        if table is None:
-            return "soft flush: engine has no per-workflow cache control"
-        return await self._release(table, run_id)
+        if shared is not None:
+            shared.keeping.add(event.run_id)
+            return await self._relieve_pressure(event.backend, shared) or "keep"
+        return "keep"
 
+    async def _flush(self, run_id: str, backend: str) -> str:
+        table, shared = self.tables.get(backend), self.shared.get(backend)
+        if table is not None:
+            return await self._release(table, run_id)
+        if shared is not None:
+            shared.keeping.discard(run_id)
+            others = self._others_with_work(shared, run_id)
+            if others:
+                return f"soft flush: {others} other run(s) would lose cached work"
+            await shared.control.reset()
+            return "reset the engine's prefix cache"
+        return "soft flush: this engine has no per-workflow cache control"
+
+    async def _relieve_pressure(self, backend: str, shared: SharedCache) -> str | None:
+        """Under memory pressure, drop the kept contexts if every run keeping one is idle."""
+        now = time.monotonic()
+        if now - shared.checked_at < self.pressure_check_s:
+            return None
+        shared.checked_at = now
+        usage = await shared.control.usage()
+        if usage is None or usage < self.pressure:
+            return None
+        if any(shared.in_flight[run] for run in shared.keeping | set(shared.in_flight)):
+            return f"keep (KV usage {usage:.0%}, but runs have requests in flight)"
+        await shared.control.reset()
+        for run in shared.keeping:
+            self.kept.discard((run, backend))
+            self._log(run, "flush", f"memory pressure: KV usage {usage:.0%}", "reset the "
+                      "engine's prefix cache", backend)
+        shared.keeping.clear()
+        return f"reset the engine's prefix cache (KV usage {usage:.0%})"
+
+    def _others_with_work(self, shared: SharedCache, run_id: str) -> int:
+        return len({run for run in shared.keeping if run != run_id}
+                   | {run for run, n in shared.in_flight.items() if n and run != run_id})
+
+    # ---- the end of a run ---------------------------------------------------------------
     async def end_run(self, run_id: str) -> list[dict[str, Any]]:
-        """Erase and give back every slot the run still holds."""
+        """Drop everything the run still holds: slots, saved slots, kept contexts."""
         entries = []
         for backend, table in self.tables.items():
+            table.last_used.pop(run_id, None)
+            if table.saved.pop(run_id, None) is not None:
+                entries.append(_entry(backend, "flush", "end of workflow",
+                                      "drop the saved slot"))
             if run_id in table.held:
-                action = await self._release(table, run_id)
-                entries.append({"node": None, "backend": backend, "decision": "flush",
-                                "reason": "end of workflow", "action": action})
+                entries.append(_entry(backend, "flush", "end of workflow",
+                                      await self._release(table, run_id)))
+        for backend, shared in self.shared.items():
+            if run_id in shared.keeping:
+                entries.append(_entry(backend, "flush", "end of workflow",
+                                      await self._flush(run_id, backend)))
+            shared.in_flight.pop(run_id, None)
+        self.kept = {key for key in self.kept if key[0] != run_id}
         return entries
 
     async def _release(self, table: SlotTable, run_id: str) -> str:
@@ -72,3 +262,12 @@ class MemoryManager:
         finally:
             table.free.append(slot)
         return f"erase slot {slot} ({erased} tokens)"
+
+    def _log(self, run_id: str, decision: str, reason: str, action: str,
+             backend: str | None = None) -> None:
+        self._logs.setdefault(run_id, []).append(_entry(backend, decision, reason, action))
+
+
+def _entry(backend: str | None, decision: str, reason: str, action: str) -> dict[str, Any]:
+    return {"node": None, "backend": backend, "decision": decision, "reason": reason,
+            "action": action}

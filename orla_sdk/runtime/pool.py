@@ -1,19 +1,26 @@
 """The live side of a plan's backends: a client, a queue and cache controls for each.
 
 A llama.cpp backend declared without a url gets its own embedded engine, started here
-and stopped on ``aclose``; every other backend is reached at its url.
+and stopped on ``aclose``; a simulator backend runs in this process; every other
+backend is reached at its url. ``clients`` supplies ready-made ``Backend`` objects by
+name (a test double, an engine built elsewhere).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from orla_sdk.backends.base import Backend, BackendError
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
+from orla_sdk.backends.global_cache import RESET_PATHS, GlobalCacheControl
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
+from orla_sdk.backends.sim_engine import SimEngine
 from orla_sdk.ir import BackendSpec
+from orla_sdk.runtime.cache_policy import MemoryPolicy
 from orla_sdk.runtime.memory import MemoryManager
 from orla_sdk.runtime.scheduler import BackendQueue
 
@@ -30,14 +37,17 @@ class LiveBackend:
 class BackendPool:
     """Backends by name. Use ``async with BackendPool(plan.backends) as pool``."""
 
-    def __init__(self, specs: list[BackendSpec], *, slots: int = 4,
-                 timeout: float = 120.0) -> None:
-        self.specs = specs
+    def __init__(self, specs: Sequence[BackendSpec], *, slots: int = 4,
+                 timeout: float = 120.0, memory_policies: Sequence[MemoryPolicy] = (),
+                 clients: Mapping[str, Backend] | None = None) -> None:
+        self.specs = list(specs)
         self.slots = slots
         self.timeout = timeout
+        self.clients = dict(clients or {})
         self.backends: dict[str, LiveBackend] = {}
-        self.memory = MemoryManager()
+        self.memory = MemoryManager(memory_policies)
         self.engines: list[LocalEngine] = []
+        self._closers: list[Any] = []
 
     async def start(self) -> BackendPool:
         for spec in self.specs:
@@ -46,14 +56,28 @@ class BackendPool:
         return self
 
     async def _connect(self, spec: BackendSpec) -> LiveBackend:
+        if spec.name in self.clients:
+            return self._live(spec, self.clients[spec.name], DEFAULT_LIMIT)
         if spec.kind == "sim":
-            raise BackendError(spec.name, "the simulator backend is not available in this "
-                               "runtime yet; map the stage to an engine with a url.",
-                               retryable=False)
+            return await self._connect_sim(spec)
         if spec.kind == "llamacpp":
             return await self._connect_llamacpp(spec)
+        if spec.kind in RESET_PATHS and spec.url:
+            control = GlobalCacheControl(spec.url, spec.kind, timeout=self.timeout)
+            self._closers.append(control)
+            self.memory.add_shared(spec.name, control)
         client = OpenAICompatibleBackend(spec, timeout=self.timeout)
-        return LiveBackend(spec, client, BackendQueue(spec.name, DEFAULT_LIMIT))
+        return self._live(spec, client, DEFAULT_LIMIT)
+
+    async def _connect_sim(self, spec: BackendSpec) -> LiveBackend:
+        profile = spec.models[0] if spec.models else "qwen3-8b"
+        engine = SimEngine(profile, name=spec.name, seed=int(spec.options.get("seed", 0)),
+                           clock=spec.options.get("clock", "real"))
+        if spec.capabilities.cache_control == "slots":
+            self.memory.add_slots(spec.name, engine, engine.max_batch)
+        else:
+            self.memory.add_shared(spec.name, engine)
+        return self._live(spec, engine, engine.max_batch)
 
     async def _connect_llamacpp(self, spec: BackendSpec) -> LiveBackend:
         if spec.url is None:
@@ -63,10 +87,15 @@ class BackendPool:
             spec = spec.model_copy(update={"url": engine.url})
         # a slot action waits until the slot is idle, so it gets a request's timeout
         control = LlamaCppControl(spec.url or "", timeout=self.timeout)
+        self._closers.append(control)
         slots = len(await control.slots())
-        self.memory.add_llamacpp(spec.name, control, slots)
+        self.memory.add_slots(spec.name, control, slots)
         client = OpenAICompatibleBackend(spec, timeout=self.timeout)
-        return LiveBackend(spec, client, BackendQueue(spec.name, max(slots, 1)))
+        return self._live(spec, client, max(slots, 1))
+
+    def _live(self, spec: BackendSpec, client: Backend, limit: int) -> LiveBackend:
+        return LiveBackend(spec, client,
+                           BackendQueue.from_scheduling(spec.name, spec.scheduling, limit))
 
     def __getitem__(self, name: str) -> LiveBackend:
         try:
@@ -78,12 +107,13 @@ class BackendPool:
     async def aclose(self) -> None:
         for live in self.backends.values():
             await live.client.aclose()
-        for table in self.memory.tables.values():
-            await table.control.aclose()
+        for control in self._closers:
+            await control.aclose()
         for engine in self.engines:
             await asyncio.to_thread(engine.stop)
         self.backends.clear()
         self.engines.clear()
+        self._closers.clear()
 
     async def __aenter__(self) -> BackendPool:
         return await self.start()

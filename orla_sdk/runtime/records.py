@@ -43,6 +43,7 @@ class StageRecord:
     duration_s: float = 0.0
     cache_action: str = ""
     routed_to: str | None = None  # the logical model a mapper picked
+    rerouted_to: str | None = None  # the alternative taken because a queue was full
     error: str | None = None
 
     @property
@@ -83,6 +84,7 @@ class RunResult:
     stages: list[StageRecord] = field(default_factory=list)
     branches: dict[str, Any] = field(default_factory=dict)
     cache_log: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -1,8 +1,16 @@
-"""Per-backend admission: at most ``limit`` requests at an engine at once.
+"""The backend queue: the second level of scheduling, where stages meet at an engine.
 
-Waiting requests are served highest priority first, then longest critical path (the
-stage holding up the most downstream work), then first come. A stage holds a turn only
-for one model call, so a stage busy running a tool lets other work in.
+Each backend admits at most ``limit`` requests at once. Requests that must wait sit in
+per-stage sub-queues: a *request policy* orders each sub-queue, and when a turn frees up
+a *stage policy* picks which sub-queue's head goes next. A policy is a sort key, the
+smallest key first:
+
+    class ShortestPromptFirst(orla.Policy):
+        def key(self, waiting: orla.Waiting) -> tuple[int, int]:
+            return (waiting.prompt_length, waiting.seq)
+
+A stage holds a turn only for one model call, so a stage busy running a tool lets
+other work in.
 """
 
 from __future__ import annotations
@@ -11,55 +19,159 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from orla_sdk.errors import OrlaError
+from orla_sdk.ir import Scheduling
+from orla_sdk.refs import load_ref
+
+
+@dataclass(eq=False)
+class Waiting:
+    """A request waiting for a turn: what a policy may sort by."""
+
+    stage: str
+    run_id: str
+    priority: int        # 0..100, higher first under the priority policy
+    critical_path: int   # stages that still depend on this one
+    prompt_length: int   # characters of the prompt
+    seq: int             # arrival order at this backend
+    arrived: float = field(default_factory=time.perf_counter)
+    granted: asyncio.Future[None] | None = None
+    withdrawn: bool = False
+
+
+class Policy:
+    """First come, first served; subclasses change ``key``."""
+
+    name = "fcfs"
+
+    def key(self, waiting: Waiting) -> Any:
+        return (waiting.seq,)
+
+
+class ByPriority(Policy):
+    """Highest priority first, then the longest critical path, then first come."""
+
+    name = "priority"
+
+    def key(self, waiting: Waiting) -> Any:
+        return (-waiting.priority, -waiting.critical_path, waiting.seq)
+
+
+class ShortestFirst(Policy):
+    """Shortest prompt first (shortest-job-first by prompt length), then first come."""
+
+    name = "sjf"
+
+    def key(self, waiting: Waiting) -> Any:
+        return (waiting.prompt_length, waiting.seq)
+
+
+BUILTIN_POLICIES: dict[str, type[Policy]] = {
+    p.name: p for p in (Policy, ByPriority, ShortestFirst)}
+
+
+def load_policy(name: str) -> Policy:
+    """A built-in policy by name, or a ``Policy`` subclass by "module:Class" reference."""
+    if name in BUILTIN_POLICIES:
+        return BUILTIN_POLICIES[name]()
+    if ":" not in name:
+        raise OrlaError(f"unknown scheduling policy {name!r}; use one of "
+                        f"{sorted(BUILTIN_POLICIES)} or a 'module:Class' reference.")
+    cls = load_ref(name)
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise OrlaError(f"{name!r} is not a subclass of orla.Policy.")
+    return cls()
 
 
 class BackendQueue:
-    def __init__(self, name: str, limit: int) -> None:
+    def __init__(self, name: str, limit: int, *, stage_policy: Policy | None = None,
+                 request_policy: Policy | None = None,
+                 stage_policies: Mapping[str, Policy] | None = None,
+                 bound: int | None = None) -> None:
         if limit < 1:
             raise ValueError(f"backend {name!r}: a queue needs a limit of at least 1")
         self.name = name
         self.limit = limit
+        self.bound = bound
+        self.stage_policy = stage_policy or ByPriority()
+        self.request_policy = request_policy or ByPriority()
+        self.stage_policies = dict(stage_policies or {})
         self.running = 0
-        self._waiting: list[tuple[int, int, int, asyncio.Future[None]]] = []
+        self.waiting = 0
+        self._queues: dict[str, list[tuple[Any, int, Waiting]]] = {}
         self._arrivals = itertools.count()
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
+    @classmethod
+    def from_scheduling(cls, name: str, scheduling: Scheduling, default_limit: int
+                        ) -> BackendQueue:
+        return cls(name, scheduling.limit or default_limit,
+                   stage_policy=load_policy(scheduling.stage_policy),
+                   request_policy=load_policy(scheduling.request_policy),
+                   stage_policies={stage: load_policy(p)
+                                   for stage, p in scheduling.stage_policies.items()},
+                   bound=scheduling.queue_bound)
+
+    def over_bound(self) -> bool:
+        """Whether stages that name alternatives should go elsewhere."""
+        return self.bound is not None and self.waiting >= self.bound
 
     @asynccontextmanager
-    async def turn(self, priority: int, critical_path: int = 0) -> AsyncIterator[float]:
+    async def turn(self, priority: int = 50, critical_path: int = 0, *, stage: str = "",
+                   run_id: str = "", prompt_length: int = 0) -> AsyncIterator[float]:
         """Wait for a turn at the engine; yields the seconds spent waiting."""
-        started = time.perf_counter()
-        if self.running < self.limit and not self._waiting:
+        entry = Waiting(stage, run_id, priority, critical_path, prompt_length,
+                        next(self._arrivals))
+        if self.running < self.limit and not self.waiting:
             self.running += 1
         else:
-            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            entry = (-priority, -critical_path, next(self._arrivals), granted)
-            heapq.heappush(self._waiting, entry)
-            try:
-                await granted
-            except asyncio.CancelledError:
-                self._withdraw(entry)
-                raise
+            await self._wait(entry)
         try:
-            yield time.perf_counter() - started
+            yield time.perf_counter() - entry.arrived
         finally:
             self._release()
 
-    def _release(self) -> None:
-        while self._waiting:
-            *_, granted = heapq.heappop(self._waiting)
-            if not granted.done():
-                granted.set_result(None)  # the turn passes on; running stays the same
-                return
-        self.running -= 1
+    async def _wait(self, entry: Waiting) -> None:
+        entry.granted = asyncio.get_running_loop().create_future()
+        policy = self.stage_policies.get(entry.stage, self.request_policy)
+        heapq.heappush(self._queues.setdefault(entry.stage, []),
+                       (policy.key(entry), entry.seq, entry))
+        self.waiting += 1
+        try:
+            await entry.granted
+        except asyncio.CancelledError:
+            if entry.granted.done() and not entry.granted.cancelled():
+                self._release()  # granted just as it was cancelled: pass the turn on
+            else:
+                entry.withdrawn = True
+                self.waiting -= 1
+            raise
 
-    def _withdraw(self, entry: tuple[int, int, int, asyncio.Future[None]]) -> None:
-        if entry in self._waiting:
-            self._waiting.remove(entry)
-            heapq.heapify(self._waiting)
-        elif entry[3].done():  # granted just as it was cancelled: pass the turn on
-            self._release()
+    def _release(self) -> None:
+        chosen = self._next()
+        if chosen is None:
+            self.running -= 1
+            return
+        self.waiting -= 1
+        assert chosen.granted is not None
+        chosen.granted.set_result(None)  # the turn passes on; running stays the same
+
+    def _next(self) -> Waiting | None:
+        """The head the stage policy picks among the sub-queues' heads."""
+        heads = []
+        for stage, queue in list(self._queues.items()):
+            while queue and queue[0][2].withdrawn:
+                heapq.heappop(queue)
+            if queue:
+                heads.append(queue[0][2])
+            else:
+                del self._queues[stage]
+        if not heads:
+            return None
+        chosen = min(heads, key=self.stage_policy.key)
+        heapq.heappop(self._queues[chosen.stage])
+        return chosen

@@ -1,0 +1,53 @@
+"""Engine-wide prefix-cache controls of vLLM and SGLang: a global reset and KV usage.
+
+These engines share one prefix cache between all requests, so the only flush they offer
+drops every workflow's cached prefixes at once. The memory manager calls ``reset`` only
+when no other workflow would lose work, and reads ``usage`` to detect memory pressure.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from orla_sdk.backends.engine import EngineError
+from orla_sdk.backends.llamacpp_slots import parse_prometheus
+
+RESET_PATHS = {"vllm": "/reset_prefix_cache", "sglang": "/flush_cache"}
+# the gauge (0..1) of KV blocks in use, by engine; vLLM renamed its gauge in v0.10
+USAGE_METRICS = {"vllm": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+                 "sglang": ("sglang:token_usage",)}
+
+
+class GlobalCacheControl:
+    def __init__(self, url: str, kind: str, *, timeout: float = 30.0) -> None:
+        if kind not in RESET_PATHS:
+            raise ValueError(f"no global cache reset is known for engine kind {kind!r}")
+        self.url = url.rstrip("/").removesuffix("/v1")
+        self.kind = kind
+        self._client = httpx.AsyncClient(timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def reset(self) -> int | None:
+        """Drop the engine's cached prefixes; engines do not say how many tokens."""
+        await self._request("POST", RESET_PATHS[self.kind])
+        return None
+
+    async def usage(self) -> float | None:
+        """The share of KV memory in use, from ``/metrics``; None if not reported."""
+        values = parse_prometheus((await self._request("GET", "/metrics")).text)
+        for name in USAGE_METRICS[self.kind]:
+            if name in values:
+                return values[name]
+        return None
+
+    async def _request(self, method: str, path: str) -> httpx.Response:
+        try:
+            response = await self._client.request(method, f"{self.url}{path}")
+        except httpx.HTTPError as exc:
+            raise EngineError(f"cannot reach {self.kind} at {self.url} ({exc})") from exc
+        if response.status_code >= 400:
+            raise EngineError(f"{self.kind} answered {method} {path} with "
+                              f"{response.status_code}: {response.text[:300]}")
+        return response

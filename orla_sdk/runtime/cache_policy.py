@@ -1,0 +1,90 @@
+"""Memory policies: whether a stage's KV cache is kept for the stages after it.
+
+The cache-span pass decides from the plan alone. At run time the memory manager asks
+again with what the engine reported: a stage hint always wins; then each user policy
+may decide; then ``SmallIncrement`` reads the real token delta; what nobody decided
+keeps the plan's decision. A policy is a small class:
+
+    class KeepBilling(orla.MemoryPolicy):
+        def decide(self, event: orla.CacheEvent) -> orla.CacheChoice | None:
+            if event.stage == "reply" and event.backend == "edge":
+                return orla.CacheChoice("preserve", "billing replies are followed up")
+            return None
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CacheEvent:
+    """A stage has finished on ``backend``: what its cache decision may look at."""
+
+    run_id: str
+    node: str
+    stage: str
+    backend: str
+    decision: str         # the plan's: "preserve", "flush" or "deferred" (routed stage)
+    reason: str
+    hinted: bool          # the stage said cache="preserve" or "flush" itself
+    prompt_tokens: int    # of the stage's first call
+    cached_tokens: int    # of those, found in the engine's cache
+    kept_before: bool     # the run already kept a context on this backend
+
+    @property
+    def new_tokens(self) -> int:
+        """The increment over the cached context."""
+        return self.prompt_tokens - self.cached_tokens
+
+
+@dataclass(frozen=True)
+class CacheChoice:
+    decision: str  # "preserve" or "flush"
+    reason: str
+
+
+class MemoryPolicy:
+    """Decide nothing; subclasses return a ``CacheChoice`` for the events they care about."""
+
+    def decide(self, event: CacheEvent) -> CacheChoice | None:
+        return None
+
+
+@dataclass
+class SmallIncrement(MemoryPolicy):
+    """Keep a context while each stage adds little to it; drop it when it stops paying.
+
+    A routed stage (decided at run time) keeps its context when it extended a kept one
+    by at most ``max_new_tokens``. A preserve span is dropped when a stage found under
+    ``min_reuse`` of its prompt cached and added more than ``max_new_tokens``: the
+    workflow is not growing one context there, so holding it only costs memory.
+    """
+
+    max_new_tokens: int = 1024
+    min_reuse: float = 0.5
+
+    def decide(self, event: CacheEvent) -> CacheChoice | None:
+        small = event.new_tokens <= self.max_new_tokens
+        if event.decision == "deferred":
+            if event.kept_before and small:
+                return CacheChoice("preserve", f"small increment: {event.new_tokens} new "
+                                   f"tokens over {event.cached_tokens} cached")
+            return CacheChoice("flush", "routed stage that does not extend a kept context")
+        reused = event.cached_tokens >= self.min_reuse * event.prompt_tokens
+        if event.decision == "preserve" and event.kept_before and not (small or reused):
+            return CacheChoice("flush", f"large increment: {event.new_tokens} new tokens, "
+                               f"only {event.cached_tokens} cached")
+        return None
+
+
+def decide(event: CacheEvent, policies: Sequence[MemoryPolicy]) -> CacheChoice:
+    """The decision for ``event``: the stage hint, else the first policy that decides,
+    else the plan's."""
+    if not event.hinted:
+        for policy in policies:
+            choice = policy.decide(event)
+            if choice is not None:
+                return choice
+    return CacheChoice(event.decision, event.reason)
