@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine, then run the main job or the tests.
-#   ./dev.sh demo   run the customer-support workflow on the embedded llama.cpp engine
-#                   (the main job), then draw its plan
+#   ./dev.sh demo   print and draw the customer-support plan, then run it with the live
+#                   `orla demo` view on the embedded llama.cpp engines (the main job);
+#                   demo flags pass through: ./dev.sh demo --ticket "..." | --backend sim
 #   ./dev.sh test   lint, type-check and run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,8 +23,9 @@ case "${1:-}" in
         install
         mkdir -p out
         "$PY" -m orla_sdk.cli plan examples.customer_support:support --summary
-        "$PY" -m orla_sdk.cli run examples.customer_support:support "${@:2}"
         "$PY" -m orla_sdk.cli render examples.customer_support:support -o out/customer_support.svg
+        # stdin from /dev/null: the demo takes the sample ticket instead of asking for one
+        "$PY" -m orla_sdk.cli demo "${@:2}" </dev/null
         ;;
     test)
         install

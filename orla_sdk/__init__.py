@@ -36,10 +36,13 @@ from orla_sdk.runtime import (
     agenerate,
     arun,
     astream,
+    async_openai_client,
     chat,
     generate,
+    openai_client,
     run,
     stream,
+    wrap,
 )
 from orla_sdk.stage import Stage, priority_by, stage
 from orla_sdk.trace import cond, switch
@@ -57,3 +60,4 @@ __all__ = [
     "generate", "passes", "priority_by", "run", "stage", "stream", "switch", "trace",
     "workflow",
 ]
+__all__ += ["async_openai_client", "openai_client", "wrap"]

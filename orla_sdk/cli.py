@@ -4,6 +4,8 @@
     orla render MODULE:WORKFLOW -o FILE      draw it (.svg, .png, .pdf or .dot)
     orla run MODULE:WORKFLOW [NAME=VALUE ...] run it on its engines and report each stage
     orla engine start|stop|status            the embedded llama.cpp engine
+    orla demo [--ticket TEXT] [--backend llamacpp|sim] [--light URL] [--heavy URL]
+                                             the customer-support workflow, live
 
 MODULE:WORKFLOW names a ``@workflow`` (compiled with its own defaults), a ``Plan``, or a
 function that returns a ``Plan``.
@@ -18,24 +20,30 @@ import sys
 import typing
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
-from orla_sdk.backends import engine
+from rich.console import Console
+
+from orla_sdk.backends import DEFAULT_LOCAL_MODEL, engine, openai_compatible, simulator
 from orla_sdk.compile import compile
+from orla_sdk.demo import show_run
 from orla_sdk.errors import OrlaError
-from orla_sdk.ir import Plan
+from orla_sdk.ir import BackendSpec, Plan, Target
 from orla_sdk.refs import load_ref
 from orla_sdk.render import plan_size
 from orla_sdk.runtime import RunResult, run
 from orla_sdk.workflow import Workflow
+
+DEMO_WORKFLOW = "examples.customer_support:support"
+DEMO_SAMPLE = "examples.customer_support:SAMPLE_TICKET"
+SIM_PROFILES = {"light": "smollm2-135m", "heavy": "qwen3-8b"}  # logical model -> simulated
 
 
 def load_plan(target: str) -> Plan:
     if ":" not in target:
         raise OrlaError(f"{target!r} is not MODULE:WORKFLOW, "
                         "e.g. examples.customer_support:support")
-    if "" not in sys.path:  # a console script does not look in the working directory
-        sys.path.insert(0, "")
-    obj = load_ref(target)
+    obj = _load(target)
     if isinstance(obj, Plan):
         return obj
     if isinstance(obj, Workflow):
@@ -51,6 +59,12 @@ def load_plan(target: str) -> Plan:
             return made
     raise OrlaError(f"{target} is a {type(obj).__name__}; name a @orla.workflow, a Plan, or a "
                     "function annotated `-> orla.Plan` that takes no arguments.")
+
+
+def _load(target: str) -> Any:
+    if "" not in sys.path:  # a console script does not look in the working directory
+        sys.path.insert(0, "")
+    return load_ref(target)
 
 
 def _plan_factory(obj: object) -> bool:
@@ -132,6 +146,120 @@ def summary(plan: Plan) -> str:
     return "\n".join([header, *lines])
 
 
+# ---- orla demo ------------------------------------------------------------------------
+def demo_moves(flow: Workflow[..., Any], backend: str,
+               endpoints: dict[str, tuple[str, str]]) -> dict[str, BackendSpec]:
+    """Logical model -> the backend it moves to, named like the one it leaves: the
+    simulator's for ``backend == "sim"``, then an endpoint's for each of ``endpoints``
+    (logical model -> (url, model))."""
+    moves: dict[str, BackendSpec] = {}
+    if backend == "sim":
+        for logical, profile in SIM_PROFILES.items():
+            moves[logical] = simulator(_target(flow, logical).backend, profile)
+    for logical, (url, model) in endpoints.items():
+        moves[logical] = openai_compatible(_target(flow, logical).backend,
+                                           _checked_url(logical, url), [model])
+    return moves
+
+
+def demo_plan(flow: Workflow[..., Any], moves: dict[str, BackendSpec]) -> Plan:
+    """``flow`` compiled with some logical models moved onto other backends. The mapping
+    keeps its logical names and parameters; only the backends and targets change."""
+    mapping = dict(flow.mapping or {})
+    specs = {spec.name: spec for spec in flow.backends or []}
+    for logical, spec in moves.items():
+        old = _target(flow, logical)
+        model = spec.models[0] if spec.models else old.model
+        mapping[logical] = Target(backend=spec.name, model=model, params=old.params)
+        specs[spec.name] = spec
+    return compile(flow, backends=list(specs.values()), mapping=mapping)
+
+
+def _target(flow: Workflow[..., Any], logical: str) -> Target:
+    value = (flow.mapping or {}).get(logical)
+    if isinstance(value, str) and "/" in value:
+        backend, _, model = value.partition("/")
+        return Target(backend=backend, model=model)
+    if isinstance(value, Target):
+        return value
+    raise OrlaError(f"workflow {flow.name!r} maps {logical!r} to {value!r}, not to one "
+                    "backend/model")
+
+
+def _checked_url(logical: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OrlaError(f"--{logical} {url!r} is not an http(s) URL, e.g. "
+                        "http://127.0.0.1:8080/v1")
+    return url
+
+
+def demo_ticket(given: str | None, sample: str) -> str:
+    """The ticket to run: ``given``, else typed at the prompt when stdin is a terminal
+    (Enter takes the sample), else the sample without asking."""
+    if given is not None:
+        return given.strip() or sample
+    if not sys.stdin.isatty():
+        return sample
+    try:
+        typed = input("Ticket (Enter for the sample): ")
+    except EOFError:
+        typed = ""
+    return typed.strip() or sample
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Run the demo; every failure ends with one line on stderr and exit code 1."""
+    try:
+        result = _demo_run(args)
+        if result.error is not None:
+            raise OrlaError(result.error)
+    except BrokenPipeError:
+        raise
+    except (OrlaError, OSError) as exc:
+        print(f"orla: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("orla: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _demo_run(args: argparse.Namespace) -> RunResult:
+    flow = _load(DEMO_WORKFLOW)
+    if not isinstance(flow, Workflow):
+        raise OrlaError(f"{DEMO_WORKFLOW} is not a @orla.workflow")
+    endpoints = {name: (url, model) for name, url, model in (
+        ("light", args.light, args.light_model), ("heavy", args.heavy, args.heavy_model))
+        if url is not None}
+    plan = demo_plan(flow, demo_moves(flow, args.backend, endpoints))
+    ticket = demo_ticket(args.ticket, str(_load(DEMO_SAMPLE)))
+    return show_run(plan, _demo_console(), ticket=ticket)
+
+
+def _demo_console() -> Console:
+    """The terminal, or a console 120 columns wide when the output goes elsewhere."""
+    console = Console()
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(width=120)
+
+
+def _add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo_cmd = commands.add_parser(
+        "demo", help="run the customer-support workflow with a live view of every stage")
+    demo_cmd.add_argument("--ticket", help="the ticket (default: ask on a terminal, Enter "
+                          "takes the sample; the sample when stdin is not a terminal)")
+    demo_cmd.add_argument("--backend", choices=["llamacpp", "sim"], default="llamacpp",
+                          help="llamacpp: the example's two embedded llama.cpp engines "
+                          "(default); sim: orla's in-process engine simulator")
+    for logical in ("light", "heavy"):
+        demo_cmd.add_argument(f"--{logical}", metavar="URL", help=f"serve the {logical} "
+                              "model at this OpenAI-compatible endpoint")
+        demo_cmd.add_argument(f"--{logical}-model", default=DEFAULT_LOCAL_MODEL,
+                              help=f"model id at --{logical} (default: %(default)s)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orla", description="orla_sdk command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -148,8 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine_cmd.add_argument("action", choices=["start", "stop", "status"])
     engine_cmd.add_argument("--port", type=int, default=0, help="default: a free port")
     engine_cmd.add_argument("--slots", type=int, default=4, help="parallel requests")
+    _add_demo_parser(commands)
     args = parser.parse_args(argv)
     try:
+        if args.command == "demo":
+            return demo(args)
         if args.command == "engine":
             print(engine_command(args.action, args.port, args.slots))
             return 0

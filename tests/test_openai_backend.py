@@ -97,4 +97,6 @@ def test_engine_specific_fields() -> None:
     assert engine_fields("vllm", request) == {"priority": 10}
     assert engine_fields("sglang", request) == {"priority": 90}
     assert engine_fields("ollama", request) == {}
+    ollama = orla.backends.ollama("laptop")
+    assert engine_fields("ollama", request, ollama.options) == {"keep_alive": "10m"}
     assert api_base("http://h:1/") == "http://h:1/v1" and api_base("http://h:1/v1") == "http://h:1/v1"

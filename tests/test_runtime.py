@@ -11,10 +11,9 @@ import pytest
 from pydantic import BaseModel, field_validator
 
 import orla_sdk as orla
-from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.backends.engine import EngineError, LocalEngine, free_port
 from orla_sdk.ir import BackendSpec, Capabilities
-from orla_sdk.runtime.pool import LiveBackend
 from orla_sdk.runtime.scheduler import BackendQueue
 
 MODEL = orla.backends.DEFAULT_LOCAL_MODEL
@@ -250,9 +249,8 @@ def run_scripted(replies: list[str]) -> tuple[orla.RunResult, Scripted]:
                         mapping={"light": "scripted/any-model"})
 
     async def go() -> orla.RunResult:
-        pool = orla.BackendPool(plan.backends)
-        pool.backends["scripted"] = LiveBackend(backend.spec, backend, BackendQueue("s", 1))
-        return await orla.arun(plan, pool=pool, question="Where is order 7?")
+        async with orla.BackendPool(plan.backends, clients={"scripted": backend}) as pool:
+            return await orla.arun(plan, pool=pool, question="Where is order 7?")
 
     return asyncio.run(go()), backend
 
@@ -282,6 +280,42 @@ def test_a_malformed_tool_reply_is_retried() -> None:
     result, backend = run_scripted(["not json", json.dumps({"answer": "done"})])
     assert result.ok and result.output == "done"
     assert "not valid" in backend.requests[1].messages[-1]["content"]
+
+
+def test_native_tool_calls_run_and_their_results_go_back_as_tool_messages() -> None:
+    backend = Scripted([])
+    backend.spec.capabilities.tool_calling = True
+    replies = [ChatResult(content="", tool_calls=[ToolCall("c1", "lookup_order",
+                                                           '{"order_id": "7"}')],
+                          finish_reason="tool_calls", prompt_tokens=10, completion_tokens=5,
+                          cached_tokens=0, ttft_s=0.01, duration_s=0.02),
+               ChatResult(content="It shipped.", tool_calls=[], finish_reason="stop",
+                          prompt_tokens=20, completion_tokens=3, cached_tokens=10,
+                          ttft_s=0.01, duration_s=0.02)]
+
+    async def chat(request: ChatRequest) -> ChatResult:
+        backend.requests.append(request)
+        return replies.pop(0)
+
+    backend.chat = chat  # type: ignore[method-assign]
+    plan = orla.compile(tool_flow, backends=[backend.spec],
+                        mapping={"light": "scripted/any-model"})
+    unstarted = orla.BackendPool(plan.backends, clients={"scripted": backend})
+    with pytest.raises(orla.OrlaError, match="not started"):
+        orla.run(plan, pool=unstarted, question="Where is order 7?")
+
+    async def go() -> orla.RunResult:
+        async with orla.BackendPool(plan.backends, clients={"scripted": backend}) as pool:
+            return await orla.arun(plan, pool=pool, question="Where is order 7?")
+
+    result = asyncio.run(go())
+    assert result.ok and result.output == "It shipped."
+    first, second = backend.requests
+    assert [t["function"]["name"] for t in first.tools] == ["lookup_order", "broken_tool"]
+    assert first.json_schema is None
+    assert second.messages[-1] == {"role": "tool", "tool_call_id": "c1",
+                                   "content": "order 7: shipped"}
+    assert second.messages[-2]["tool_calls"][0]["function"]["name"] == "lookup_order"
 
 
 # ---- the scheduler ------------------------------------------------------------------------
@@ -319,3 +353,37 @@ def test_the_customer_support_example_runs_on_its_own_engines() -> None:
     actions = {e["node"]: e["action"] for e in result.cache_log if e["node"]}
     assert actions["classify"].startswith("erase slot")
     assert actions["policy_check"].startswith("keep slot")
+
+
+# ---- the tool loop, on the real engine ---------------------------------------------------
+LOOKUPS: list[str] = []
+
+
+def find_order(order_id: str) -> str:
+    """Find an order by its id."""
+    LOOKUPS.append(order_id)
+    return f"order {order_id}: shipped on Monday"
+
+
+@orla.stage(model="light", tools=[find_order])
+def order_agent(question: str) -> str:
+    return str(orla.generate(question, tool_choice="required", max_turns=2, max_tokens=150,
+                             temperature=0))
+
+
+@orla.workflow
+def order_flow(question: str) -> str:
+    return order_agent(question)
+
+
+def test_the_small_model_calls_a_tool_through_emulation_and_answers(
+        llama_engine: LocalEngine) -> None:
+    backend = orla.backends.llamacpp("local", url=llama_engine.url)
+    assert not backend.capabilities.tool_calling  # SmolLM2's template has no tool calls
+    plan = orla.compile(order_flow, backends=[backend], mapping={"light": f"local/{MODEL}"})
+    LOOKUPS.clear()
+    result = orla.run(plan, question="Where is order 7? Use find_order.")
+    assert result.ok, result.error
+    calls = result.stage("order_agent").calls
+    assert LOOKUPS and 2 <= len(calls) <= 3  # a tool turn, then at most one more and the answer
+    assert isinstance(result.output, str)

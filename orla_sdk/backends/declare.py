@@ -18,12 +18,17 @@ DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
 
 
 def llamacpp(name: str = "local", url: str | None = None,
-             models: list[str] | None = None) -> BackendSpec:
-    """llama.cpp's server; with no url, orla starts the embedded engine itself."""
+             models: list[str] | None = None, *, tool_calling: bool = False) -> BackendSpec:
+    """llama.cpp's server; with no url, orla starts the embedded engine itself.
+
+    ``tool_calling=True`` when the served model's chat template emits native tool calls;
+    otherwise (SmolLM2, the embedded default, does not) tool calls are emulated through
+    JSON-schema output, which llama.cpp enforces with a grammar.
+    """
     return BackendSpec(
         name=name, kind="llamacpp", url=url, models=models or [DEFAULT_LOCAL_MODEL],
-        capabilities=Capabilities(tool_calling=True, json_schema=True, cache_control="slots",
-                                  metrics=True))
+        capabilities=Capabilities(tool_calling=tool_calling, json_schema=True,
+                                  cache_control="slots", metrics=True))
 
 
 def vllm(name: str, url: str, models: list[str] | None = None) -> BackendSpec:
@@ -41,9 +46,12 @@ def sglang(name: str, url: str, models: list[str] | None = None) -> BackendSpec:
 
 
 def ollama(name: str, url: str = "http://127.0.0.1:11434/v1",
-           models: list[str] | None = None) -> BackendSpec:
+           models: list[str] | None = None, *, keep_alive: str | None = "10m") -> BackendSpec:
+    """Ollama; ``keep_alive`` is sent with each call so the model stays loaded between a
+    workflow's stages (None: Ollama's own default)."""
     return BackendSpec(
         name=name, kind="ollama", url=url, models=models,
+        options={"keep_alive": keep_alive} if keep_alive else {},
         capabilities=Capabilities(tool_calling=True, json_schema=True,
                                   cache_control="keep_alive", metrics=False))
 

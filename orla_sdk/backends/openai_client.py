@@ -9,7 +9,9 @@ them. Engine flavours add their own fields (``extra_body``):
 - vLLM: ``priority``, where a lower value is served earlier;
 - SGLang: ``priority``, where a higher value is served earlier (server started with
   ``--enable-priority-scheduling``);
-- Ollama and other servers: no extra fields.
+- Ollama: ``keep_alive`` (how long the model stays loaded after the call), when the
+  backend was declared with one;
+- other servers: no extra fields.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class OpenAICompatibleBackend:
                 "name": request.schema_name, "schema": request.json_schema, "strict": True}}
         if request.tools:
             arguments["tools"] = request.tools
-        extra = {**engine_fields(self.spec.kind, request), **arguments.get("extra_body", {})}
+        extra = {**engine_fields(self.spec.kind, request, self.spec.options),
+                 **arguments.get("extra_body", {})}
         if extra:
             arguments["extra_body"] = extra  # fields given in params win
         return arguments
@@ -85,9 +88,12 @@ def api_base(url: str) -> str:
     return url if url.endswith("/v1") else f"{url}/v1"
 
 
-def engine_fields(kind: str, request: ChatRequest) -> dict[str, Any]:
+def engine_fields(kind: str, request: ChatRequest,
+                  options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The request fields that only this kind of engine understands."""
     fields: dict[str, Any] = {}
+    if kind == "ollama" and options and "keep_alive" in options:
+        fields["keep_alive"] = options["keep_alive"]
     if kind == "llamacpp" and request.slot is not None:
         fields.update(id_slot=request.slot, cache_prompt=True)
     if kind == "vllm" and request.priority is not None:

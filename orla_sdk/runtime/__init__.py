@@ -12,6 +12,7 @@ from orla_sdk.runtime.generate import (
     generate,
     stream,
 )
+from orla_sdk.runtime.openai_shim import async_openai_client, openai_client, wrap
 from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.runtime.records import CallRecord, RunError, RunResult, StageRecord
 from orla_sdk.runtime.scheduler import ByPriority, Policy, ShortestFirst, Waiting
@@ -20,3 +21,4 @@ __all__ = ["BackendPool", "ByPriority", "CacheChoice", "CacheEvent", "CallRecord
            "MemoryPolicy", "OutputError", "Policy", "RunError", "RunEvent", "RunResult",
            "ShortestFirst", "SmallIncrement", "StageRecord", "Waiting", "achat", "agenerate",
            "arun", "astream", "chat", "generate", "run", "stream"]
+__all__ += ["async_openai_client", "openai_client", "wrap"]

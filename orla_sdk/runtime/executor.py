@@ -59,6 +59,9 @@ async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | Non
     events as they happen (see ``orla_sdk.runtime.events``)."""
     values = _bind_inputs(plan, inputs)
     own_pool = pool is None
+    if pool is not None and not pool.started:
+        raise OrlaError("the pool passed to orla.arun is not started; open it with "
+                        "`async with orla.BackendPool(plan.backends) as pool:`.")
     if pool is None:
         pool = BackendPool(plan.backends)
         try:

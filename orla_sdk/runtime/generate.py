@@ -53,7 +53,8 @@ def generate(prompt: str, *, output: Any = None, system: str | None = None,
     """Ask the stage's model; returns text, or a value of type ``output``.
 
     options: ``max_retries`` (malformed answers sent back, default 2), ``max_turns`` (tool
-    rounds, default 4), and inference parameters such as ``max_tokens`` or ``temperature``.
+    rounds, default 4), ``tool_choice="required"`` (the first reply must call a tool),
+    and inference parameters such as ``max_tokens`` or ``temperature``.
     """
     return chat(_messages(prompt, system), output=output, **options)
 
@@ -151,11 +152,15 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
     live = ctx.run.pool[target.backend]
     native = live.spec.capabilities.tool_calling
     history = list(messages)
+    tool_first = params.pop("tool_choice", "auto") == "required"
     tool_turns = retries = 0
     while True:
         offer_tools = bool(ctx.tools) and tool_turns < max_turns
         emulate = bool(ctx.tools) and not native
-        request = _request(ctx, target, history, output, offer_tools, emulate, params)
+        must_call = tool_first and offer_tools and tool_turns == 0
+        request = _request(ctx, target, history, output, offer_tools, emulate,
+                           {**params, "tool_choice": "required"} if must_call and not emulate
+                           else params, answer_allowed=not must_call)
         result = await call_model(ctx, live, target, replace(request, on_token=on_token))
         try:
             calls, answer = _read(result, output, offer_tools, emulate)
@@ -221,13 +226,18 @@ def _token_sink(ctx: StageContext, user: Callable[[str], None] | None
 
 
 def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], output: Any,
-             offer_tools: bool, emulate: bool, params: dict[str, Any]) -> ChatRequest:
+             offer_tools: bool, emulate: bool, params: dict[str, Any], *,
+             answer_allowed: bool = True) -> ChatRequest:
     schema = _answer_schema(output)
     tools: list[dict[str, Any]] = []
     if emulate:
-        if schema is None and "max_tokens" in params:  # a cut-off answer would break the JSON
-            schema = {"type": "string", "maxLength": 2 * int(params["max_tokens"])}
-        schema = _emulated_tools_schema(ctx.spec.tools if offer_tools else [], schema)
+        offered = ctx.spec.tools if offer_tools else []
+        if "max_tokens" in params:  # a string cut off by max_tokens would break the JSON
+            budget = int(params["max_tokens"])
+            schema = schema or {"type": "string", "maxLength": 2 * budget}
+            offered = [t.model_copy(update={"parameters": _bound_strings(
+                t.parameters, max(8, budget // 2))}) for t in offered]
+        schema = _emulated_tools_schema(offered, schema, answer_allowed)
     elif offer_tools:
         tools = [{"type": "function", "function": {
             "name": t.name, "description": t.description, "parameters": t.parameters}}
@@ -271,18 +281,34 @@ def _answer_schema(output: Any) -> dict[str, Any] | None:
     return schema
 
 
-def _emulated_tools_schema(tools: list[ToolSpec], answer: dict[str, Any] | None
-                           ) -> dict[str, Any]:
-    """Either {"tool": name, "arguments": {...}} for one of ``tools``, or {"answer": ...}."""
+def _emulated_tools_schema(tools: list[ToolSpec], answer: dict[str, Any] | None,
+                           answer_allowed: bool = True) -> dict[str, Any]:
+    """Either {"tool": name, "arguments": {...}} for one of ``tools``, or {"answer": ...}
+    (unless a tool call is required)."""
     answer = dict(answer or {"type": "string"})
     defs = answer.pop("$defs", {})
     choices = [{"type": "object", "required": ["tool", "arguments"], "properties": {
         "tool": {"const": t.name}, "arguments": t.parameters}} for t in tools]
-    choices.append({"type": "object", "required": ["answer"], "properties": {"answer": answer}})
+    if answer_allowed or not choices:
+        choices.append({"type": "object", "required": ["answer"],
+                        "properties": {"answer": answer}})
     schema: dict[str, Any] = {"anyOf": choices}
     if defs:
         schema["$defs"] = defs
     return schema
+
+
+def _bound_strings(schema: Any, limit: int) -> Any:
+    """``schema`` with every string that has no ``maxLength`` limited to ``limit``
+    characters, so that a small model cannot ramble inside a tool argument."""
+    if isinstance(schema, list):
+        return [_bound_strings(s, limit) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounded = {k: _bound_strings(v, limit) for k, v in schema.items()}
+    if schema.get("type") == "string" and "maxLength" not in schema and "enum" not in schema:
+        bounded["maxLength"] = limit
+    return bounded
 
 
 # ---- tools --------------------------------------------------------------------------

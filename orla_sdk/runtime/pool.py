@@ -48,11 +48,13 @@ class BackendPool:
         self.memory = MemoryManager(memory_policies)
         self.engines: list[LocalEngine] = []
         self._closers: list[Any] = []
+        self.started = False
 
     async def start(self) -> BackendPool:
         for spec in self.specs:
             if spec.name not in self.backends:
                 self.backends[spec.name] = await self._connect(spec)
+        self.started = True
         return self
 
     async def _connect(self, spec: BackendSpec) -> LiveBackend:
@@ -114,6 +116,7 @@ class BackendPool:
         self.backends.clear()
         self.engines.clear()
         self._closers.clear()
+        self.started = False
 
     async def __aenter__(self) -> BackendPool:
         return await self.start()

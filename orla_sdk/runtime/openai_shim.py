@@ -1,0 +1,324 @@
+"""Existing ``openai`` code, served through orla without a rewrite.
+
+    client = orla.openai_client()  # or orla.wrap(openai.OpenAI(...)), or the async twins
+
+    @orla.stage(model="light")
+    def summarize(text: str) -> str:
+        reply = client.chat.completions.create(model="light", messages=[...])
+        return reply.choices[0].message.content or ""
+
+These are real ``openai`` clients whose HTTP transport never reaches the network: it
+reads the chat-completions request and serves it in the current stage's context, as
+``orla.generate`` does: the stage's mapped backend and model (the request's ``model``
+counts only where it names a logical model of the plan), the backend's queue, the
+stage's priority, the run's cache slot, and a ``CallRecord`` in the stage's record.
+
+The answer comes back in OpenAI's shape (server-sent chunks with ``stream=True``, a
+usage chunk with ``stream_options.include_usage``). Tools pass through: the model's
+tool calls come back to the caller, who runs them. A backend error comes back as
+OpenAI's error envelope, so the client raises its usual ``APIStatusError`` subclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, overload
+
+import httpx
+import openai
+
+from orla_sdk.backends.base import BackendError, ChatResult
+from orla_sdk.backends.sim_http import PARAMS, _message, _usage, chat_request
+from orla_sdk.errors import OrlaError
+from orla_sdk.ir import Target
+from orla_sdk.runtime.context import StageContext, current_stage
+from orla_sdk.runtime.generate import _in_loop_thread, _target, call_model
+
+T = TypeVar("T")
+BASE_URL = "http://orla.invalid/v1"  # never resolved: the transport answers every request
+# request fields the shim reads itself, or that orla sets (the slot, the priority)
+OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "response_format",
+                        "tools", "id_slot", "priority"})
+Sink = Callable[[str | None], None]  # streamed text, then None when the call is over
+
+
+def openai_client() -> openai.OpenAI:
+    """An ``openai.OpenAI`` whose chat completions are served by the current stage."""
+    return openai.OpenAI(api_key="orla", base_url=BASE_URL, http_client=_sync_http())
+
+
+def async_openai_client() -> openai.AsyncOpenAI:
+    """An ``openai.AsyncOpenAI`` whose chat completions are served by the current stage."""
+    return openai.AsyncOpenAI(api_key="orla", base_url=BASE_URL, http_client=_async_http())
+
+
+@overload
+def wrap(client: openai.AsyncOpenAI) -> openai.AsyncOpenAI: ...
+
+
+@overload
+def wrap(client: openai.OpenAI) -> openai.OpenAI: ...
+
+
+def wrap(client: openai.OpenAI | openai.AsyncOpenAI) -> openai.OpenAI | openai.AsyncOpenAI:
+    """A copy of ``client`` (its headers, timeout and retries kept) served through orla."""
+    if isinstance(client, openai.AsyncOpenAI):
+        return client.with_options(http_client=_async_http())
+    if isinstance(client, openai.OpenAI):
+        return client.with_options(http_client=_sync_http())
+    raise TypeError(f"orla.wrap takes an openai.OpenAI or openai.AsyncOpenAI, not "
+                    f"{type(client).__name__}")
+
+
+# openai 3 annotates http_client as httpx2's client and accepts httpx's as well; older
+# releases take httpx's. Any keeps the call type-correct under both.
+def _sync_http() -> Any:
+    return httpx.Client(transport=StageTransport(), trust_env=False)
+
+
+def _async_http() -> Any:
+    return httpx.AsyncClient(transport=AsyncStageTransport(), trust_env=False)
+
+
+# ---- the transports -------------------------------------------------------------------
+class StageTransport(httpx.BaseTransport):
+    """For sync stage bodies, which run in worker threads: the call goes to the run's
+    event loop and this thread waits for it."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        ctx = _stage()
+        if _in_loop_thread(ctx):
+            raise OrlaError(f"stage {ctx.spec.name!r} is async: use orla.async_openai_client()"
+                            " or orla.wrap(openai.AsyncOpenAI(...)) inside it.")
+        try:
+            body = _body(request)
+            if not body.get("stream"):
+                work = _serve(ctx, body, None)
+                result = asyncio.run_coroutine_threadsafe(work, ctx.run.loop).result()
+                return _json(200, _completion(body, result))
+            pieces: queue.Queue[str | None] = queue.Queue()
+            future = asyncio.run_coroutine_threadsafe(_feed(ctx, body, pieces.put), ctx.run.loop)
+            first = pieces.get()
+            if first is None:
+                future.result()  # a failure before the first token is an error status
+            return _sse_response(_SyncEvents(first, pieces, future, _Chunks.of(body)))
+        except (BackendError, ValueError) as exc:
+            return _error(exc)
+
+
+class AsyncStageTransport(httpx.AsyncBaseTransport):
+    """For async stage bodies: the call is awaited on the run's event loop (or handed to
+    it, from a loop of the caller's own)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        ctx = _stage()
+        try:
+            body = _body(request)
+            if not body.get("stream"):
+                return _json(200, _completion(body, await _start(ctx, _serve(ctx, body, None))))
+            pieces: asyncio.Queue[str | None] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+
+            def put(piece: str | None) -> None:
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+            future = _start(ctx, _feed(ctx, body, put))
+            try:
+                first = await pieces.get()
+                if first is None:
+                    await future  # a failure before the first token is an error status
+            except BaseException:
+                future.cancel()
+                raise
+            return _sse_response(_AsyncEvents(first, pieces, future, _Chunks.of(body)))
+        except (BackendError, ValueError) as exc:
+            return _error(exc)
+
+
+def _stage() -> StageContext:
+    ctx = current_stage.get()
+    if ctx is None:
+        raise OrlaError("an openai client from orla.openai_client(), orla.async_openai_client()"
+                        " or orla.wrap() was used outside a stage run by orla.run; make its "
+                        "calls from the body of an @orla.stage function that a compiled plan "
+                        "runs.")
+    return ctx
+
+
+def _start(ctx: StageContext, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    """Run ``work`` on the run's loop; awaitable from the caller's loop."""
+    if asyncio.get_running_loop() is ctx.run.loop:
+        return asyncio.ensure_future(work)
+    return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, ctx.run.loop))
+
+
+# ---- serving one request --------------------------------------------------------------
+async def _serve(ctx: StageContext, body: dict[str, Any],
+                 on_token: Callable[[str], None] | None) -> ChatResult:
+    request = chat_request(body)
+    named = ctx.run.plan.mapping.get(request.model)
+    target = named if isinstance(named, Target) else await _target(ctx, request.messages)
+    params = {**target.params, **request.params}
+    extra = {k: v for k, v in body.items() if k not in OWN_FIELDS and k not in PARAMS}
+    if extra:  # other fields reach the engine as they are
+        params["extra_body"] = {**params.get("extra_body", {}), **extra}
+    request = replace(request, model=target.model, params=params, slot=None,
+                      priority=ctx.priority, on_token=on_token)
+    return await call_model(ctx, ctx.run.pool[target.backend], target, request)
+
+
+async def _feed(ctx: StageContext, body: dict[str, Any], sink: Sink) -> ChatResult:
+    try:
+        return await _serve(ctx, body, sink)
+    finally:
+        sink(None)
+
+
+def _body(request: httpx.Request) -> dict[str, Any]:
+    if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
+        raise ValueError(f"orla serves chat completions only, not {request.method} "
+                         f"{request.url.path}")
+    try:
+        body = json.loads(request.content or b"{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
+# ---- OpenAI's answer shapes -----------------------------------------------------------
+def _envelope(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {"id": f"chatcmpl-orla-{uuid.uuid4().hex[:16]}", "object": kind,
+            "created": int(time.time()), "model": str(body.get("model") or "orla")}
+
+
+def _finish(result: ChatResult) -> str:
+    return result.finish_reason or ("tool_calls" if result.tool_calls else "stop")
+
+
+def _completion(body: dict[str, Any], result: ChatResult) -> dict[str, Any]:
+    return {**_envelope(body, "chat.completion"), "choices": [{
+        "index": 0, "message": _message(result), "finish_reason": _finish(result),
+        "logprobs": None}], "usage": _usage(result)}
+
+
+def _json(status: int, data: dict[str, Any]) -> httpx.Response:
+    return httpx.Response(status, json=data, headers={"x-should-retry": "false"})
+
+
+def _error(exc: Exception) -> httpx.Response:
+    """OpenAI's error envelope; orla has already retried what was worth retrying."""
+    status = _status(exc)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return _json(status, {"error": {"message": str(exc), "type": kind, "code": None}})
+
+
+def _status(exc: Exception) -> int:
+    if not isinstance(exc, BackendError):
+        return 400  # a request orla cannot read
+    if isinstance(exc.__cause__, openai.APIStatusError):
+        return exc.__cause__.status_code  # what the engine answered
+    return 503 if exc.retryable else 502
+
+
+def _sse_response(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
+    return httpx.Response(200, stream=stream, headers={"content-type": "text/event-stream"})
+
+
+@dataclass
+class _Chunks:
+    """The server-sent events of one streamed answer."""
+
+    envelope: dict[str, Any]
+    include_usage: bool
+    started: bool = False
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> _Chunks:
+        options = body.get("stream_options") or {}
+        return cls(_envelope(body, "chat.completion.chunk"), bool(options.get("include_usage")))
+
+    def piece(self, text: str) -> bytes:
+        return self._delta({"content": text})
+
+    def end(self, result: ChatResult) -> Iterator[bytes]:
+        if not self.started and (result.content or not result.tool_calls):
+            yield self.piece(result.content)  # the backend did not stream it
+        for index, call in enumerate(result.tool_calls):
+            yield self._delta({"tool_calls": [{"index": index, "id": call.id, "type": "function",
+                                               "function": {"name": call.name,
+                                                            "arguments": call.arguments}}]})
+        yield self._event([{"index": 0, "delta": {}, "finish_reason": _finish(result)}])
+        if self.include_usage:
+            yield self._event([], usage=_usage(result))
+        yield b"data: [DONE]\n\n"
+
+    def error(self, exc: Exception) -> bytes:
+        status = _status(exc)
+        return _data({"error": {"message": str(exc), "code": status,
+                                "type": "invalid_request_error" if status < 500
+                                else "server_error"}})
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        if not self.started:
+            delta = {"role": "assistant", **delta}
+            self.started = True
+        return self._event([{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return _data({**self.envelope, "choices": choices, **extra})
+
+
+def _data(data: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+class _SyncEvents(httpx.SyncByteStream):
+    def __init__(self, first: str | None, pieces: queue.Queue[str | None],
+                 future: Future[ChatResult], chunks: _Chunks) -> None:
+        self.first, self.pieces, self.future, self.chunks = first, pieces, future, chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        piece = self.first
+        while piece is not None:
+            yield self.chunks.piece(piece)
+            piece = self.pieces.get()
+        try:
+            result = self.future.result()
+        except BackendError as exc:
+            yield self.chunks.error(exc)
+            return
+        yield from self.chunks.end(result)
+
+    def close(self) -> None:
+        self.future.cancel()
+
+
+class _AsyncEvents(httpx.AsyncByteStream):
+    def __init__(self, first: str | None, pieces: asyncio.Queue[str | None],
+                 future: asyncio.Future[ChatResult], chunks: _Chunks) -> None:
+        self.first, self.pieces, self.future, self.chunks = first, pieces, future, chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        piece = self.first
+        while piece is not None:
+            yield self.chunks.piece(piece)
+            piece = await self.pieces.get()
+        try:
+            result = await self.future
+        except BackendError as exc:
+            yield self.chunks.error(exc)
+            return
+        for event in self.chunks.end(result):
+            yield event
+
+    async def aclose(self) -> None:
+        self.future.cancel()
