@@ -306,7 +306,8 @@ def test_passes_are_a_list_the_user_extends() -> None:
 
 def test_capabilities_are_declared_per_engine() -> None:
     assert orla.backends.llamacpp().capabilities == Capabilities(
-        tool_calling=True, json_schema=True, cache_control="slots", metrics=True)
+        tool_calling=False, json_schema=True, cache_control="slots", metrics=True)
+    assert orla.backends.llamacpp(tool_calling=True).capabilities.tool_calling
     assert orla.backends.vllm("v", "http://127.0.0.1:8000/v1").capabilities.cache_control == \
         "global_reset"
     assert orla.backends.ollama("o").capabilities.cache_control == "keep_alive"
