@@ -9,6 +9,7 @@ name (a test double, an engine built elsewhere).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,8 +50,14 @@ class BackendPool:
         self.engines: list[LocalEngine] = []
         self._closers: list[Any] = []
         self.started = False
+        self._threads = 0
 
     async def start(self) -> BackendPool:
+        embedded = sum(1 for s in self.specs if s.kind == "llamacpp" and s.url is None
+                       and s.name not in self.clients)
+        # engines that share the cores must not oversubscribe them: llama.cpp's threads
+        # spin while they wait, and two engines with a thread per core starve each other
+        self._threads = max(1, _cores() // embedded) if embedded > 1 else 0
         for spec in self.specs:
             if spec.name not in self.backends:
                 self.backends[spec.name] = await self._connect(spec)
@@ -83,7 +90,8 @@ class BackendPool:
 
     async def _connect_llamacpp(self, spec: BackendSpec) -> LiveBackend:
         if spec.url is None:
-            engine = LocalEngine(EngineConfig(slots=self.slots, alias=_alias(spec)))
+            engine = LocalEngine(EngineConfig(slots=self.slots, alias=_alias(spec),
+                                              threads=self._threads))
             await asyncio.to_thread(engine.start)
             self.engines.append(engine)
             spec = spec.model_copy(update={"url": engine.url})
@@ -123,6 +131,13 @@ class BackendPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _alias(spec: BackendSpec) -> str:
