@@ -154,8 +154,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         result = self._run(_wait(call.done))
         self._json(200, {**_envelope(call, body, "chat.completion"), "choices": [{
-            "index": 0, "finish_reason": result.finish_reason, "message": _message(result)}],
-            "usage": _usage(result), "timings": _timings(call)})
+            "index": 0, "finish_reason": result.finish_reason, "message": message_json(result)}],
+            "usage": usage_json(result), "timings": _timings(call)})
 
     def _stream(self, call: SimCall, body: dict[str, Any], include_usage: bool) -> None:
         self.send_response(200)
@@ -175,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._event({**envelope, "choices": [
             {"index": 0, "delta": {}, "finish_reason": result.finish_reason}]})
         if include_usage:
-            self._event({**envelope, "choices": [], "usage": _usage(result),
+            self._event({**envelope, "choices": [], "usage": usage_json(result),
                          "timings": _timings(call)})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
@@ -226,7 +226,7 @@ def _envelope(call: SimCall, body: dict[str, Any], kind: str) -> dict[str, Any]:
             "model": body.get("model") or "sim", "system_fingerprint": "orla-sim"}
 
 
-def _message(result: ChatResult) -> dict[str, Any]:
+def message_json(result: ChatResult) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": result.content or None}
     if result.tool_calls:
         message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
@@ -248,7 +248,7 @@ def _deltas(call: SimCall) -> list[dict[str, Any]]:
             *({"content": token} for token in reply.tokens[1:])]
 
 
-def _usage(result: ChatResult) -> dict[str, Any]:
+def usage_json(result: ChatResult) -> dict[str, Any]:
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}

@@ -70,7 +70,7 @@ def chat(messages: list[dict[str, Any]], *, output: type[T], **options: Any) -> 
 def chat(messages: list[dict[str, Any]], *, output: Any = None, **options: Any) -> Any:
     """``generate`` with a whole message list. For sync stage bodies (run in a thread)."""
     ctx = stage_context()
-    if _in_loop_thread(ctx):
+    if in_loop_thread(ctx):
         raise OrlaError(f"stage {ctx.spec.name!r} is async: use `await orla.achat(...)` or "
                         "`await orla.agenerate(...)` inside it.")
     future = asyncio.run_coroutine_threadsafe(converse(ctx, messages, output, **options),
@@ -110,7 +110,7 @@ def stream(prompt: str, *, system: str | None = None, **options: Any) -> Iterato
     """``generate`` for text, yielding the reply's pieces as the engine streams them. For
     sync stage bodies."""
     ctx = stage_context()
-    if _in_loop_thread(ctx):
+    if in_loop_thread(ctx):
         raise OrlaError(f"stage {ctx.spec.name!r} is async: use `orla.astream(...)` inside it.")
     pieces: queue.Queue[str] = queue.Queue()
     future = asyncio.run_coroutine_threadsafe(
@@ -148,7 +148,7 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
                    max_retries: int = 2, max_turns: int = 4,
                    on_token: Callable[[str], None] | None = None, **params: Any) -> Any:
     """The tool loop and the validation loop around the stage's model calls."""
-    target = await _target(ctx, messages)
+    target = await stage_target(ctx, messages)
     live = ctx.run.pool[target.backend]
     native = live.spec.capabilities.tool_calling
     history = list(messages)
@@ -352,7 +352,7 @@ async def run_tool(tools: dict[str, Callable[..., Any]], call: ToolCall) -> str:
 
 
 # ---- routing ------------------------------------------------------------------------
-async def _target(ctx: StageContext, messages: list[dict[str, Any]]) -> Target:
+async def stage_target(ctx: StageContext, messages: list[dict[str, Any]]) -> Target:
     """The stage's target; a routed stage asks its mapper once, on its first call."""
     spec = ctx.mapper()
     if spec is not None:
@@ -396,7 +396,7 @@ def _messages(prompt: str, system: str | None) -> list[dict[str, Any]]:
     return [*head, {"role": "user", "content": prompt}]
 
 
-def _in_loop_thread(ctx: StageContext) -> bool:
+def in_loop_thread(ctx: StageContext) -> bool:
     try:
         return asyncio.get_running_loop() is ctx.run.loop
     except RuntimeError:

@@ -35,11 +35,11 @@ import httpx
 import openai
 
 from orla_sdk.backends.base import BackendError, ChatResult
-from orla_sdk.backends.sim_http import PARAMS, _message, _usage, chat_request
+from orla_sdk.backends.sim_http import PARAMS, chat_request, message_json, usage_json
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Target
 from orla_sdk.runtime.context import StageContext, current_stage
-from orla_sdk.runtime.generate import _in_loop_thread, _target, call_model
+from orla_sdk.runtime.generate import call_model, in_loop_thread, stage_target
 
 T = TypeVar("T")
 BASE_URL = "http://orla.invalid/v1"  # never resolved: the transport answers every request
@@ -94,7 +94,7 @@ class StageTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _stage()
-        if _in_loop_thread(ctx):
+        if in_loop_thread(ctx):
             raise OrlaError(f"stage {ctx.spec.name!r} is async: use orla.async_openai_client()"
                             " or orla.wrap(openai.AsyncOpenAI(...)) inside it.")
         try:
@@ -164,7 +164,7 @@ async def _serve(ctx: StageContext, body: dict[str, Any],
                  on_token: Callable[[str], None] | None) -> ChatResult:
     request = chat_request(body)
     named = ctx.run.plan.mapping.get(request.model)
-    target = named if isinstance(named, Target) else await _target(ctx, request.messages)
+    target = named if isinstance(named, Target) else await stage_target(ctx, request.messages)
     params = {**target.params, **request.params}
     extra = {k: v for k, v in body.items() if k not in OWN_FIELDS and k not in PARAMS}
     if extra:  # other fields reach the engine as they are
@@ -206,8 +206,8 @@ def _finish(result: ChatResult) -> str:
 
 def _completion(body: dict[str, Any], result: ChatResult) -> dict[str, Any]:
     return {**_envelope(body, "chat.completion"), "choices": [{
-        "index": 0, "message": _message(result), "finish_reason": _finish(result),
-        "logprobs": None}], "usage": _usage(result)}
+        "index": 0, "message": message_json(result), "finish_reason": _finish(result),
+        "logprobs": None}], "usage": usage_json(result)}
 
 
 def _json(status: int, data: dict[str, Any]) -> httpx.Response:
@@ -258,7 +258,7 @@ class _Chunks:
                                                             "arguments": call.arguments}}]})
         yield self._event([{"index": 0, "delta": {}, "finish_reason": _finish(result)}])
         if self.include_usage:
-            yield self._event([], usage=_usage(result))
+            yield self._event([], usage=usage_json(result))
         yield b"data: [DONE]\n\n"
 
     def error(self, exc: Exception) -> bytes:
