@@ -387,3 +387,49 @@ def test_the_small_model_calls_a_tool_through_emulation_and_answers(
     calls = result.stage("order_agent").calls
     assert LOOKUPS and 2 <= len(calls) <= 3  # a tool turn, then at most one more and the answer
     assert isinstance(result.output, str)
+
+
+class ToolThenAnswer(Scripted):
+    """Calls lookup_order first, answers once the tool's result is in the messages."""
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        answered = any(str(m.get("content", "")).startswith("Result of")
+                       for m in request.messages)
+        reply = {"answer": "done"} if answered else {
+            "tool": "lookup_order", "arguments": {"order_id": "7"}}
+        await asyncio.sleep(0.01)
+        return ChatResult(content=json.dumps(reply), tool_calls=[], finish_reason="stop",
+                          prompt_tokens=10, completion_tokens=5, cached_tokens=0,
+                          ttft_s=0.01, duration_s=0.02)
+
+
+def test_sync_bodies_waiting_on_the_model_never_starve_their_tools() -> None:
+    backend = ToolThenAnswer([])
+    plan = orla.compile(tool_flow, backends=[backend.spec],
+                        mapping={"light": "scripted/any-model"})
+
+    async def crowd() -> list[orla.RunResult]:
+        async with orla.BackendPool(plan.backends, clients={"scripted": backend},
+                                    body_threads=2, tool_threads=1) as pool:
+            runs = [orla.arun(plan, pool=pool, question=f"q{i}") for i in range(8)]
+            return list(await asyncio.wait_for(asyncio.gather(*runs), timeout=30))
+
+    results = asyncio.run(crowd())
+    assert all(r.ok and r.output == "done" for r in results)
+
+
+def test_virtual_clock_simulators_of_one_pool_share_their_clock() -> None:
+    plan = orla.compile(two_steps, backends=[
+        orla.backends.simulator("a", "qwen3-4b", clock="virtual"),
+        orla.backends.simulator("b", "qwen3-8b", clock="virtual")],
+        mapping={"light": "a/qwen3-4b"})
+
+    async def go() -> tuple[bool, orla.RunResult]:
+        async with orla.BackendPool(plan.backends) as pool:
+            a, b = pool["a"].client, pool["b"].client
+            shared = getattr(a, "clock", None) is getattr(b, "clock", None) is not None
+            return shared, await orla.arun(plan, pool=pool, problem=PROBLEM)
+
+    shared, result = asyncio.run(go())
+    assert shared and result.ok
+    assert result.stage("second_step").cached_tokens > 0  # the span kept its prefix

@@ -23,7 +23,7 @@ from orla_sdk.ir import Node, Plan, PriorityRule, dependencies
 from orla_sdk.runtime.cache_policy import CacheEvent
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import Emitter, Listener
-from orla_sdk.runtime.pool import BackendPool
+from orla_sdk.runtime.pool import BackendPool, in_thread
 from orla_sdk.runtime.records import RunResult, StageRecord
 
 Env = ChainMap[str, Any]
@@ -285,7 +285,7 @@ async def _call_body(ctx: StageContext, fn: Any, args: list[Any],
     try:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)  # the thread sees the context
+        return await in_thread(ctx.run.pool.body_executor, fn, *args, **kwargs)
     finally:
         current_stage.reset(token)
 

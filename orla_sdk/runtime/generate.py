@@ -13,9 +13,12 @@ model answer either with a tool call or with its final answer.
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import json
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any, TypeVar, overload
 
@@ -26,7 +29,7 @@ from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Target, ToolSpec
 from orla_sdk.mapping import StageMapper
 from orla_sdk.runtime.context import StageContext, stage_context
-from orla_sdk.runtime.pool import LiveBackend
+from orla_sdk.runtime.pool import LiveBackend, in_thread
 from orla_sdk.runtime.records import CallRecord
 
 T = TypeVar("T")
@@ -271,13 +274,31 @@ def _read(result: ChatResult, output: Any, offer_tools: bool,
 def _parse(text: str, output: Any) -> Any:
     if output is None or output is str:
         return text
-    return TypeAdapter(output).validate_json(text)
+    try:
+        adapter = _adapter(output)
+    except TypeError:  # an unhashable type annotation: no cache
+        adapter = TypeAdapter(output)
+    return adapter.validate_json(text)
 
 
 def _answer_schema(output: Any) -> dict[str, Any] | None:
     if output is None or output is str:
         return None
-    schema: dict[str, Any] = TypeAdapter(output).json_schema()
+    try:
+        return copy.deepcopy(_schema(output))
+    except TypeError:  # an unhashable type annotation: no cache
+        schema: dict[str, Any] = TypeAdapter(output).json_schema()
+        return schema
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter(output: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(output)
+
+
+@functools.lru_cache(maxsize=256)
+def _schema(output: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = _adapter(output).json_schema()
     return schema
 
 
@@ -316,7 +337,7 @@ async def _tool_messages(ctx: StageContext, result: ChatResult, calls: list[Tool
                          emulate: bool) -> list[dict[str, Any]]:
     outputs = []
     for call in calls:
-        outputs.append(await run_tool(ctx.tools, call))
+        outputs.append(await run_tool(ctx.tools, call, ctx.run.pool.tool_executor))
         ctx.run.emit("tool_call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item,
                      tool=call.name, arguments=call.arguments, result=outputs[-1])
     if not emulate:
@@ -330,7 +351,8 @@ async def _tool_messages(ctx: StageContext, result: ChatResult, calls: list[Tool
               for c, out in zip(calls, outputs, strict=True)]]
 
 
-async def run_tool(tools: dict[str, Callable[..., Any]], call: ToolCall) -> str:
+async def run_tool(tools: dict[str, Callable[..., Any]], call: ToolCall,
+                   executor: Executor | None = None) -> str:
     """Run one tool call; every failure becomes a message the model can read."""
     fn = tools.get(call.name)
     if fn is None:
@@ -345,7 +367,8 @@ async def run_tool(tools: dict[str, Callable[..., Any]], call: ToolCall) -> str:
         if asyncio.iscoroutinefunction(fn):
             value = await fn(**arguments)
         else:  # a plain function may block: keep it off the event loop
-            value = await asyncio.to_thread(fn, **arguments)
+            value = await (in_thread(executor, fn, **arguments) if executor
+                           else asyncio.to_thread(fn, **arguments))
     except Exception as exc:
         return f"error: {call.name} raised {type(exc).__name__}: {exc}"
     return value if isinstance(value, str) else json.dumps(value, default=str)

@@ -17,9 +17,10 @@ Every decision and action lands in the run's cache log.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -118,6 +119,8 @@ class MemoryManager:
                 table.last_used[run_id] = time.monotonic()
             if shared:
                 shared.in_flight[run_id] -= 1
+                if not shared.in_flight[run_id]:
+                    del shared.in_flight[run_id]
 
     async def _slot_for(self, table: SlotTable, run_id: str) -> int | None:
         held = table.held.get(run_id)
@@ -203,9 +206,8 @@ class MemoryManager:
             return await self._release(table, run_id)
         if shared is not None:
             shared.keeping.discard(run_id)
-            others = self._others_with_work(shared, run_id)
-            if others:
-                return f"soft flush: {others} other run(s) would lose cached work"
+            if _any_other(shared.keeping, run_id) or _any_other(shared.in_flight, run_id):
+                return "soft flush: other runs would lose cached work"
             await shared.control.reset()
             return "reset the engine's prefix cache"
         return "soft flush: this engine has no per-workflow cache control"
@@ -219,7 +221,7 @@ class MemoryManager:
         usage = await shared.control.usage()
         if usage is None or usage < self.pressure:
             return None
-        if any(shared.in_flight[run] for run in shared.keeping | set(shared.in_flight)):
+        if shared.in_flight:
             return f"keep (KV usage {usage:.0%}, but runs have requests in flight)"
         await shared.control.reset()
         for run in shared.keeping:
@@ -228,10 +230,6 @@ class MemoryManager:
                       "engine's prefix cache", backend)
         shared.keeping.clear()
         return f"reset the engine's prefix cache (KV usage {usage:.0%})"
-
-    def _others_with_work(self, shared: SharedCache, run_id: str) -> int:
-        return len({run for run in shared.keeping if run != run_id}
-                   | {run for run, n in shared.in_flight.items() if n and run != run_id})
 
     # ---- the end of a run ---------------------------------------------------------------
     async def end_run(self, run_id: str) -> list[dict[str, Any]]:
@@ -250,7 +248,8 @@ class MemoryManager:
                 entries.append(_entry(backend, "flush", "end of workflow",
                                       await self._flush(run_id, backend)))
             shared.in_flight.pop(run_id, None)
-        self.kept = {key for key in self.kept if key[0] != run_id}
+        for backend in [*self.tables, *self.shared]:
+            self.kept.discard((run_id, backend))
         return entries
 
     async def _release(self, table: SlotTable, run_id: str) -> str:
@@ -266,6 +265,11 @@ class MemoryManager:
     def _log(self, run_id: str, decision: str, reason: str, action: str,
              backend: str | None = None) -> None:
         self._logs.setdefault(run_id, []).append(_entry(backend, decision, reason, action))
+
+
+def _any_other(runs: Iterable[str], run_id: str) -> bool:
+    """Whether ``runs`` holds a run other than ``run_id`` (without copying it)."""
+    return any(run != run_id for run in itertools.islice(runs, 2))
 
 
 def _entry(backend: str | None, decision: str, reason: str, action: str) -> dict[str, Any]:

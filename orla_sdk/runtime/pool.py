@@ -1,30 +1,39 @@
 """The live side of a plan's backends: a client, a queue and cache controls for each.
 
 A llama.cpp backend declared without a url gets its own embedded engine, started here
-and stopped on ``aclose``; a simulator backend runs in this process; every other
-backend is reached at its url. ``clients`` supplies ready-made ``Backend`` objects by
-name (a test double, an engine built elsewhere).
+and stopped on ``aclose``; a simulator backend runs in this process (all of a pool's
+virtual-clock simulators share one clock); every other backend is reached at its url.
+``clients`` supplies ready-made ``Backend`` objects by name (a test double, an engine
+built elsewhere).
+
+The pool also owns the threads that plain ``def`` stage bodies and tools run in, one
+pool of each: a body waits in its thread for its model calls, and a tool it calls must
+never queue behind such waiting bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from orla_sdk.backends.base import Backend, BackendError
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
 from orla_sdk.backends.global_cache import RESET_PATHS, GlobalCacheControl
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
-from orla_sdk.backends.sim_engine import SimEngine
+from orla_sdk.backends.sim_engine import SimEngine, VirtualClock
 from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime.cache_policy import MemoryPolicy
 from orla_sdk.runtime.memory import MemoryManager
 from orla_sdk.runtime.scheduler import BackendQueue
 
+T = TypeVar("T")
 DEFAULT_LIMIT = 8  # requests in flight at an engine whose capacity orla cannot read
 
 
@@ -40,7 +49,8 @@ class BackendPool:
 
     def __init__(self, specs: Sequence[BackendSpec], *, slots: int = 4,
                  timeout: float = 120.0, memory_policies: Sequence[MemoryPolicy] = (),
-                 clients: Mapping[str, Backend] | None = None) -> None:
+                 clients: Mapping[str, Backend] | None = None, body_threads: int = 64,
+                 tool_threads: int = 8) -> None:
         self.specs = list(specs)
         self.slots = slots
         self.timeout = timeout
@@ -51,6 +61,9 @@ class BackendPool:
         self._closers: list[Any] = []
         self.started = False
         self._threads = 0
+        self.body_executor = ThreadPoolExecutor(body_threads, thread_name_prefix="orla-body")
+        self.tool_executor = ThreadPoolExecutor(tool_threads, thread_name_prefix="orla-tool")
+        self.clock = VirtualClock()  # for the simulators declared with clock="virtual"
 
     async def start(self) -> BackendPool:
         embedded = sum(1 for s in self.specs if s.kind == "llamacpp" and s.url is None
@@ -65,10 +78,13 @@ class BackendPool:
         return self
 
     async def _connect(self, spec: BackendSpec) -> LiveBackend:
-        if spec.name in self.clients:
-            return self._live(spec, self.clients[spec.name], DEFAULT_LIMIT)
+        client = self.clients.get(spec.name)
+        if isinstance(client, SimEngine):
+            return self._attach_sim(spec, client)
+        if client is not None:
+            return self._live(spec, client, DEFAULT_LIMIT)
         if spec.kind == "sim":
-            return await self._connect_sim(spec)
+            return self._connect_sim(spec)
         if spec.kind == "llamacpp":
             return await self._connect_llamacpp(spec)
         if spec.kind in RESET_PATHS and spec.url:
@@ -78,10 +94,14 @@ class BackendPool:
         client = OpenAICompatibleBackend(spec, timeout=self.timeout)
         return self._live(spec, client, DEFAULT_LIMIT)
 
-    async def _connect_sim(self, spec: BackendSpec) -> LiveBackend:
+    def _connect_sim(self, spec: BackendSpec) -> LiveBackend:
         profile = spec.models[0] if spec.models else "qwen3-8b"
+        virtual = spec.options.get("clock", "real") == "virtual"
         engine = SimEngine(profile, name=spec.name, seed=int(spec.options.get("seed", 0)),
-                           clock=spec.options.get("clock", "real"))
+                           clock=self.clock if virtual else "real")
+        return self._attach_sim(spec, engine)
+
+    def _attach_sim(self, spec: BackendSpec, engine: SimEngine) -> LiveBackend:
         if spec.capabilities.cache_control == "slots":
             self.memory.add_slots(spec.name, engine, engine.max_batch)
         else:
@@ -121,6 +141,8 @@ class BackendPool:
             await control.aclose()
         for engine in self.engines:
             await asyncio.to_thread(engine.stop)
+        self.body_executor.shutdown(wait=False, cancel_futures=True)
+        self.tool_executor.shutdown(wait=False, cancel_futures=True)
         self.backends.clear()
         self.engines.clear()
         self._closers.clear()
@@ -131,6 +153,12 @@ class BackendPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def in_thread(executor: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``asyncio.to_thread`` on ``executor``: ``fn`` sees the caller's context variables."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
 
 
 def _cores() -> int:
