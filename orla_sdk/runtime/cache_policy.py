@@ -32,6 +32,7 @@ class CacheEvent:
     prompt_tokens: int    # of the stage's first call
     cached_tokens: int    # of those, found in the engine's cache
     kept_before: bool     # the run already kept a context on this backend
+    slot: int | None = None  # the slot the stage's last call ran on, where slots exist
 
     @property
     def new_tokens(self) -> int:

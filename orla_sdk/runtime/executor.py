@@ -260,7 +260,7 @@ class _Executor:
             decision=cache["decision"], reason=cache["reason"],
             hinted=self.plan.stage_of(node).cache is not None,
             prompt_tokens=first.prompt_tokens, cached_tokens=first.cached_tokens,
-            kept_before=memory.keeps(self.state.run_id, backend))
+            kept_before=memory.keeps(self.state.run_id, backend), slot=record.calls[-1].slot)
         choice, record.cache_action = await memory.after_stage(event)
         entry = {"node": node.id, "item": record.item, "backend": backend,
                  "decision": choice.decision, "reason": choice.reason,

@@ -194,7 +194,12 @@ class MemoryManager:
         table, shared = self.tables.get(event.backend), self.shared.get(event.backend)
         if table is not None:
             slot = table.held.get(event.run_id)
-            return f"keep slot {slot}" if slot is not None else "keep (no slot held)"
+            if slot is None:
+                return "keep (no slot held)"
+            if event.slot is not None and event.slot != slot:
+                return (f"keep slot {slot}; this stage ran on borrowed slot {event.slot}, "
+                        "whose context is not kept")
+            return f"keep slot {slot}"
         if shared is not None:
             shared.keeping.add(event.run_id)
             return await self._relieve_pressure(event.backend, shared) or "keep"
