@@ -433,3 +433,19 @@ def test_virtual_clock_simulators_of_one_pool_share_their_clock() -> None:
     shared, result = asyncio.run(go())
     assert shared and result.ok
     assert result.stage("second_step").cached_tokens > 0  # the span kept its prefix
+
+
+def test_a_pool_can_be_opened_again() -> None:
+    backend = ToolThenAnswer([])
+    plan = orla.compile(tool_flow, backends=[backend.spec],
+                        mapping={"light": "scripted/any-model"})
+    pool = orla.BackendPool(plan.backends, clients={"scripted": backend})
+
+    async def twice() -> list[orla.RunResult]:
+        results = []
+        for _ in range(2):
+            async with pool:
+                results.append(await orla.arun(plan, pool=pool, question="q"))
+        return results
+
+    assert [r.ok for r in asyncio.run(twice())] == [True, True]

@@ -61,11 +61,19 @@ class BackendPool:
         self._closers: list[Any] = []
         self.started = False
         self._threads = 0
-        self.body_executor = ThreadPoolExecutor(body_threads, thread_name_prefix="orla-body")
-        self.tool_executor = ThreadPoolExecutor(tool_threads, thread_name_prefix="orla-tool")
+        self.body_threads, self.tool_threads = body_threads, tool_threads
+        self.body_executor, self.tool_executor = self._executors()
         self.clock = VirtualClock()  # for the simulators declared with clock="virtual"
+        self._closed = False
+
+    def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        return (ThreadPoolExecutor(self.body_threads, thread_name_prefix="orla-body"),
+                ThreadPoolExecutor(self.tool_threads, thread_name_prefix="orla-tool"))
 
     async def start(self) -> BackendPool:
+        if self._closed:  # a pool opened again gets fresh threads
+            self.body_executor, self.tool_executor = self._executors()
+            self._closed = False
         embedded = sum(1 for s in self.specs if s.kind == "llamacpp" and s.url is None
                        and s.name not in self.clients)
         # engines that share the cores must not oversubscribe them: llama.cpp's threads
@@ -143,6 +151,7 @@ class BackendPool:
             await asyncio.to_thread(engine.stop)
         self.body_executor.shutdown(wait=False, cancel_futures=True)
         self.tool_executor.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
         self.backends.clear()
         self.engines.clear()
         self._closers.clear()
