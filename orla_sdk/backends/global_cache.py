@@ -3,6 +3,8 @@
 These engines share one prefix cache between all requests, so the only flush they offer
 drops every workflow's cached prefixes at once. The memory manager calls ``reset`` only
 when no other workflow would lose work, and reads ``usage`` to detect memory pressure.
+SGLang's ``/get_server_info`` also says how many requests it runs at once, which sizes
+orla's queue in front of it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ USAGE_METRICS = {"vllm": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc
 
 
 class GlobalCacheControl:
-    def __init__(self, url: str, kind: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, kind: str, *, timeout: float = 30.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         if kind not in RESET_PATHS:
             raise ValueError(f"no global cache reset is known for engine kind {kind!r}")
         self.url = url.rstrip("/").removesuffix("/v1")
         self.kind = kind
-        self._client = httpx.AsyncClient(timeout=timeout)
+        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -41,6 +44,15 @@ class GlobalCacheControl:
             if name in values:
                 return values[name]
         return None
+
+    async def max_running_requests(self) -> int | None:
+        """How many requests SGLang runs at once (``/get_server_info``); None elsewhere or
+        when the server does not say."""
+        if self.kind != "sglang":
+            return None
+        info = (await self._request("GET", "/get_server_info")).json()
+        value = info.get("max_running_requests") if isinstance(info, dict) else None
+        return int(value) if isinstance(value, int) and value > 0 else None
 
     async def _request(self, method: str, path: str) -> httpx.Response:
         try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from orla_sdk.backends.base import Backend, BackendError
-from orla_sdk.backends.engine import EngineConfig, LocalEngine
+from orla_sdk.backends.engine import EngineConfig, EngineError, LocalEngine
 from orla_sdk.backends.global_cache import RESET_PATHS, GlobalCacheControl
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
@@ -95,12 +95,14 @@ class BackendPool:
             return self._connect_sim(spec)
         if spec.kind == "llamacpp":
             return await self._connect_llamacpp(spec)
+        limit = DEFAULT_LIMIT
         if spec.kind in RESET_PATHS and spec.url:
             control = GlobalCacheControl(spec.url, spec.kind, timeout=self.timeout)
             self._closers.append(control)
             self.memory.add_shared(spec.name, control)
+            limit = await _engine_limit(control) or DEFAULT_LIMIT
         client = OpenAICompatibleBackend(spec, timeout=self.timeout)
-        return self._live(spec, client, DEFAULT_LIMIT)
+        return self._live(spec, client, limit)
 
     def _connect_sim(self, spec: BackendSpec) -> LiveBackend:
         profile = spec.models[0] if spec.models else "qwen3-8b"
@@ -168,6 +170,15 @@ async def in_thread(executor: Executor, fn: Callable[..., T], *args: Any, **kwar
     """``asyncio.to_thread`` on ``executor``: ``fn`` sees the caller's context variables."""
     call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+
+async def _engine_limit(control: GlobalCacheControl) -> int | None:
+    """What the engine says it runs at once; None when it cannot say (or is not up yet:
+    its first call will tell, as for any backend reached at a url)."""
+    try:
+        return await control.max_running_requests()
+    except (EngineError, ValueError):
+        return None
 
 
 def _cores() -> int:
