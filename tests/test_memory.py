@@ -277,3 +277,32 @@ class _Stopper:
 @pytest.fixture(autouse=True)
 def _no_leftover_restarts() -> None:
     RESTARTS.clear()
+
+
+class FakeSlots:
+    """A slot engine that only counts erases."""
+
+    def __init__(self) -> None:
+        self.erased: list[int] = []
+
+    async def erase(self, slot: int) -> int:
+        self.erased.append(slot)
+        return 0
+
+
+def test_a_slot_borrowed_by_a_concurrent_stage_is_freed_after_its_call() -> None:
+    async def scenario() -> tuple[list[int | None], dict[str, int], list[int], list[int]]:
+        control = FakeSlots()
+        memory = MemoryManager()
+        memory.add_slots("b", control, 2)
+        # the second pin is a second stage of run a while its first call is in flight
+        async with memory.pin("a", "b") as own, memory.pin("a", "b") as borrowed:
+            pass
+        async with memory.pin("other", "b") as others:  # takes the freed slot, lends none
+            pass
+        table = memory.tables["b"]
+        return [own, borrowed, others], dict(table.held), table.free, control.erased
+
+    slots, held, free, erased = asyncio.run(scenario())
+    assert slots == [0, 1, 1]
+    assert held == {"a": 0, "other": 1} and free == [] and erased == []

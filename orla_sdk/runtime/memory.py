@@ -107,6 +107,7 @@ class MemoryManager:
         while holding a queue turn, so that a slot that is not busy exists."""
         table, shared = self.tables.get(backend), self.shared.get(backend)
         slot = await self._slot_for(table, run_id) if table else None
+        borrowed = table is not None and slot is not None and table.held.get(run_id) != slot
         if table and slot is not None:
             table.busy[slot] += 1
         if shared:
@@ -117,6 +118,8 @@ class MemoryManager:
             if table and slot is not None:
                 table.busy[slot] -= 1
                 table.last_used[run_id] = time.monotonic()
+                if borrowed:  # lent for this one call: free again, holding no one's context
+                    table.free.append(slot)
             if shared:
                 shared.in_flight[run_id] -= 1
                 if not shared.in_flight[run_id]:

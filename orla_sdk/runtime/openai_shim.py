@@ -34,7 +34,7 @@ from typing import Any, TypeVar, overload
 import httpx
 import openai
 
-from orla_sdk.backends.base import BackendError, ChatResult
+from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult
 from orla_sdk.backends.sim_http import PARAMS, chat_request, message_json, usage_json
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Target
@@ -102,13 +102,13 @@ class StageTransport(httpx.BaseTransport):
             if not body.get("stream"):
                 work = _serve(ctx, body, None)
                 result = asyncio.run_coroutine_threadsafe(work, ctx.run.loop).result()
-                return _json(200, _completion(body, result))
+                return _json(200, completion_json(body, result))
             pieces: queue.Queue[str | None] = queue.Queue()
             future = asyncio.run_coroutine_threadsafe(_feed(ctx, body, pieces.put), ctx.run.loop)
             first = pieces.get()
             if first is None:
                 future.result()  # a failure before the first token is an error status
-            return _sse_response(_SyncEvents(first, pieces, future, _Chunks.of(body)))
+            return _sse_response(_SyncEvents(first, pieces, future, Chunks.of(body)))
         except (BackendError, ValueError) as exc:
             return _error(exc)
 
@@ -122,7 +122,8 @@ class AsyncStageTransport(httpx.AsyncBaseTransport):
         try:
             body = _body(request)
             if not body.get("stream"):
-                return _json(200, _completion(body, await _start(ctx, _serve(ctx, body, None))))
+                result = await _start(ctx, _serve(ctx, body, None))
+                return _json(200, completion_json(body, result))
             pieces: asyncio.Queue[str | None] = asyncio.Queue()
             loop = asyncio.get_running_loop()
 
@@ -137,7 +138,7 @@ class AsyncStageTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 future.cancel()
                 raise
-            return _sse_response(_AsyncEvents(first, pieces, future, _Chunks.of(body)))
+            return _sse_response(_AsyncEvents(first, pieces, future, Chunks.of(body)))
         except (BackendError, ValueError) as exc:
             return _error(exc)
 
@@ -162,16 +163,26 @@ def _start(ctx: StageContext, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]
 # ---- serving one request --------------------------------------------------------------
 async def _serve(ctx: StageContext, body: dict[str, Any],
                  on_token: Callable[[str], None] | None) -> ChatResult:
+    named = ctx.run.plan.mapping.get(str(body.get("model", "")))
+    if isinstance(named, Target):
+        target = named
+    else:
+        target = await stage_target(ctx, chat_request(body).messages)
+    request = engine_request(body, target, priority=ctx.priority, on_token=on_token)
+    return await call_model(ctx, ctx.run.pool[target.backend], target, request)
+
+
+def engine_request(body: dict[str, Any], target: Target, *, priority: int | None,
+                   on_token: Callable[[str], None] | None) -> ChatRequest:
+    """A chat-completions ``body`` as the request ``target`` gets: its model and
+    parameters; fields orla does not read reach the engine as they are (``extra_body``)."""
     request = chat_request(body)
-    named = ctx.run.plan.mapping.get(request.model)
-    target = named if isinstance(named, Target) else await stage_target(ctx, request.messages)
     params = {**target.params, **request.params}
     extra = {k: v for k, v in body.items() if k not in OWN_FIELDS and k not in PARAMS}
-    if extra:  # other fields reach the engine as they are
+    if extra:
         params["extra_body"] = {**params.get("extra_body", {}), **extra}
-    request = replace(request, model=target.model, params=params, slot=None,
-                      priority=ctx.priority, on_token=on_token)
-    return await call_model(ctx, ctx.run.pool[target.backend], target, request)
+    return replace(request, model=target.model, params=params, slot=None, priority=priority,
+                   on_token=on_token)
 
 
 async def _feed(ctx: StageContext, body: dict[str, Any], sink: Sink) -> ChatResult:
@@ -204,7 +215,7 @@ def _finish(result: ChatResult) -> str:
     return result.finish_reason or ("tool_calls" if result.tool_calls else "stop")
 
 
-def _completion(body: dict[str, Any], result: ChatResult) -> dict[str, Any]:
+def completion_json(body: dict[str, Any], result: ChatResult) -> dict[str, Any]:
     return {**_envelope(body, "chat.completion"), "choices": [{
         "index": 0, "message": message_json(result), "finish_reason": _finish(result),
         "logprobs": None}], "usage": usage_json(result)}
@@ -216,12 +227,17 @@ def _json(status: int, data: dict[str, Any]) -> httpx.Response:
 
 def _error(exc: Exception) -> httpx.Response:
     """OpenAI's error envelope; orla has already retried what was worth retrying."""
-    status = _status(exc)
+    status = error_status(exc)
+    return _json(status, error_json(status, str(exc)))
+
+
+def error_json(status: int, message: str) -> dict[str, Any]:
+    """OpenAI's error envelope for an answer of ``status``."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return _json(status, {"error": {"message": str(exc), "type": kind, "code": None}})
+    return {"error": {"message": message, "type": kind, "code": None}}
 
 
-def _status(exc: Exception) -> int:
+def error_status(exc: Exception) -> int:
     if not isinstance(exc, BackendError):
         return 400  # a request orla cannot read
     if isinstance(exc.__cause__, openai.APIStatusError):
@@ -234,7 +250,7 @@ def _sse_response(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx
 
 
 @dataclass
-class _Chunks:
+class Chunks:
     """The server-sent events of one streamed answer."""
 
     envelope: dict[str, Any]
@@ -242,7 +258,7 @@ class _Chunks:
     started: bool = False
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> _Chunks:
+    def of(cls, body: dict[str, Any]) -> Chunks:
         options = body.get("stream_options") or {}
         return cls(_envelope(body, "chat.completion.chunk"), bool(options.get("include_usage")))
 
@@ -262,7 +278,7 @@ class _Chunks:
         yield b"data: [DONE]\n\n"
 
     def error(self, exc: Exception) -> bytes:
-        status = _status(exc)
+        status = error_status(exc)
         return _data({"error": {"message": str(exc), "code": status,
                                 "type": "invalid_request_error" if status < 500
                                 else "server_error"}})
@@ -283,7 +299,7 @@ def _data(data: dict[str, Any]) -> bytes:
 
 class _SyncEvents(httpx.SyncByteStream):
     def __init__(self, first: str | None, pieces: queue.Queue[str | None],
-                 future: Future[ChatResult], chunks: _Chunks) -> None:
+                 future: Future[ChatResult], chunks: Chunks) -> None:
         self.first, self.pieces, self.future, self.chunks = first, pieces, future, chunks
 
     def __iter__(self) -> Iterator[bytes]:
@@ -304,7 +320,7 @@ class _SyncEvents(httpx.SyncByteStream):
 
 class _AsyncEvents(httpx.AsyncByteStream):
     def __init__(self, first: str | None, pieces: asyncio.Queue[str | None],
-                 future: asyncio.Future[ChatResult], chunks: _Chunks) -> None:
+                 future: asyncio.Future[ChatResult], chunks: Chunks) -> None:
         self.first, self.pieces, self.future, self.chunks = first, pieces, future, chunks
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
