@@ -196,3 +196,27 @@ def test_the_engine_serves_waiting_requests_in_policy_order(
     assert all(r.ok for r in asyncio.run(go()))
     waited = finished[1:]  # the first arrival finds the engine free
     assert waited == (sorted(waited) if expect_sorted else lengths[1:])
+
+
+def test_a_waiter_cancelled_just_before_its_turn_is_skipped() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        queue = BackendQueue("b", 1)
+        served: list[str] = []
+        release = asyncio.Event()
+
+        async def request(name: str) -> None:
+            async with queue.turn():
+                served.append(name)
+                if name == "holder":
+                    await release.wait()
+
+        holder = asyncio.create_task(request("holder"))
+        await asyncio.sleep(0)
+        gone, stays = asyncio.create_task(request("gone")), asyncio.create_task(request("stays"))
+        await asyncio.sleep(0)
+        release.set()  # the holder wakes first and releases its turn ...
+        gone.cancel()  # ... while this waiter's future is cancelled but its task not yet run
+        await asyncio.wait_for(asyncio.gather(holder, stays, gone, return_exceptions=True), 5)
+        return served, queue.waiting + queue.running
+
+    assert asyncio.run(scenario()) == (["holder", "stays"], 0)

@@ -164,7 +164,7 @@ class BackendQueue:
         """The head the stage policy picks among the sub-queues' heads."""
         heads = []
         for stage, queue in list(self._queues.items()):
-            while queue and queue[0][2].withdrawn:
+            while queue and _gone(queue[0][2]):
                 heapq.heappop(queue)
             if queue:
                 heads.append(queue[0][2])
@@ -175,3 +175,8 @@ class BackendQueue:
         chosen = min(heads, key=self.stage_policy.key)
         heapq.heappop(self._queues[chosen.stage])
         return chosen
+
+
+def _gone(waiting: Waiting) -> bool:
+    """Withdrawn, or cancelled and about to withdraw (its task has not run yet)."""
+    return waiting.withdrawn or (waiting.granted is not None and waiting.granted.done())
