@@ -11,7 +11,7 @@
     plan = orla.compile(support)
 """
 
-from orla_sdk import backends, passes
+from orla_sdk import backends, passes, proxy
 from orla_sdk.compile import compile, trace
 from orla_sdk.errors import OrlaError, PlanValidationError, Problem, RefError, TraceError
 from orla_sdk.ir import BackendSpec, Capabilities, MapperSpec, Node, Plan, Scheduling, Target
@@ -57,7 +57,7 @@ __all__ = [
     "RunEvent", "RunResult", "Scheduling", "ShortestFirst", "SmallIncrement", "Stage",
     "StageMapper", "StageRecord", "Target", "ThresholdStageMapper", "TraceError", "Waiting",
     "Workflow", "achat", "agenerate", "arun", "astream", "backends", "chat", "compile", "cond",
-    "generate", "passes", "priority_by", "run", "stage", "stream", "switch", "trace",
+    "generate", "passes", "priority_by", "proxy", "run", "stage", "stream", "switch", "trace",
     "workflow",
 ]
 __all__ += ["async_openai_client", "openai_client", "wrap"]

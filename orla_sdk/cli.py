@@ -6,6 +6,9 @@
     orla engine start|stop|status            the embedded llama.cpp engine
     orla demo [--ticket TEXT] [--backend llamacpp|sim] [--light URL] [--heavy URL]
                                              the customer-support workflow, live
+    orla serve [--host H] [--port P] [--token T] [--light URL] [--heavy URL]
+               [--backend NAME=URL --map NAME=BACKEND/MODEL ...]
+                                             an OpenAI-compatible proxy (docs/proxy.md)
 
 MODULE:WORKFLOW names a ``@workflow`` (compiled with its own defaults), a ``Plan``, or a
 function that returns a ``Plan``.
@@ -16,7 +19,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import signal
 import sys
+import threading
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -24,11 +29,18 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 
-from orla_sdk.backends import DEFAULT_LOCAL_MODEL, engine, openai_compatible, simulator
+from orla_sdk.backends import (
+    DEFAULT_LOCAL_MODEL,
+    engine,
+    llamacpp,
+    openai_compatible,
+    simulator,
+)
 from orla_sdk.compile import compile
 from orla_sdk.demo import show_run
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import BackendSpec, Plan, Target
+from orla_sdk.proxy import ProxyServer
 from orla_sdk.refs import load_ref
 from orla_sdk.render import plan_size
 from orla_sdk.runtime import RunResult, run
@@ -260,7 +272,73 @@ def _add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
                               help=f"model id at --{logical} (default: %(default)s)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# ---- orla serve -----------------------------------------------------------------------
+def serve_config(args: argparse.Namespace) -> tuple[list[BackendSpec], dict[str, str]]:
+    """The proxy's backends and mapping: the embedded llama.cpp engine serving "light" and
+    "heavy" unless backends are given (``--light``/``--heavy`` URL: a backend of that name,
+    serving the logical name of that name)."""
+    urls = parse_inputs(args.backend)
+    mapping = parse_inputs(args.map)
+    for logical in ("light", "heavy"):
+        url = getattr(args, logical)
+        if url is not None:
+            urls[logical] = url
+            mapping.setdefault(logical, f"{logical}/{DEFAULT_LOCAL_MODEL}")
+    if not urls:
+        default = f"local/{DEFAULT_LOCAL_MODEL}"
+        return [llamacpp("local")], {"light": default, "heavy": default, **mapping}
+    if not mapping:
+        raise OrlaError("name the logical models the backends serve: --map NAME=BACKEND/MODEL")
+    make = llamacpp if args.kind == "llamacpp" else openai_compatible
+    return [make(name, _checked_url(name, url)) for name, url in urls.items()], mapping
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve until interrupted (Ctrl-C or SIGTERM)."""
+    token = args.token or os.environ.get("ORLA_PROXY_TOKEN") or None
+    specs, mapping = serve_config(args)
+    proxy = ProxyServer(specs, mapping, host=args.host, port=args.port, token=token,
+                        max_body=args.max_body)
+    try:
+        url = proxy.start()
+    except OSError as exc:
+        raise OrlaError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
+    print(f"orla proxy at {url}/v1 serving {', '.join(sorted(proxy.targets))}", flush=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        proxy.stop()
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = commands.add_parser("serve", help="an OpenAI-compatible proxy in front of orla's "
+                              "backends (default: the embedded llama.cpp engine)")
+    cmd.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    cmd.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0: free")
+    cmd.add_argument("--token", help="bearer token clients must send (default: "
+                     "$ORLA_PROXY_TOKEN); required off loopback")
+    cmd.add_argument("--max-body", type=int, default=1 << 20, help="bytes (default: 1 MiB)")
+    for logical in ("light", "heavy"):
+        cmd.add_argument(f"--{logical}", metavar="URL", help=f"serve {logical!r} at this "
+                         "OpenAI-compatible endpoint")
+    cmd.add_argument("--backend", action="append", default=[], metavar="NAME=URL",
+                     help="a backend at URL (repeatable)")
+    cmd.add_argument("--kind", choices=["openai", "llamacpp"], default="openai",
+                     help="what the --light/--heavy/--backend URLs are (default: %(default)s)")
+    cmd.add_argument("--map", action="append", default=[], metavar="NAME=BACKEND/MODEL",
+                     help="serve logical model NAME on BACKEND's MODEL (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orla", description="orla_sdk command line")
     commands = parser.add_subparsers(dest="command", required=True)
     plan_cmd = commands.add_parser("plan", help="print a workflow's compiled plan as JSON")
@@ -277,10 +355,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine_cmd.add_argument("--port", type=int, default=0, help="default: a free port")
     engine_cmd.add_argument("--slots", type=int, default=4, help="parallel requests")
     _add_demo_parser(commands)
-    args = parser.parse_args(argv)
+    _add_serve_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
             return demo(args)
+        if args.command == "serve":
+            return serve(args)
         if args.command == "engine":
             print(engine_command(args.action, args.port, args.slots))
             return 0
