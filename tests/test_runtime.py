@@ -14,6 +14,7 @@ import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.backends.engine import EngineError, LocalEngine, free_port
 from orla_sdk.ir import BackendSpec, Capabilities
+from orla_sdk.runtime.generate import close_cut_json
 from orla_sdk.runtime.scheduler import BackendQueue
 
 MODEL = orla.backends.DEFAULT_LOCAL_MODEL
@@ -449,3 +450,38 @@ def test_a_pool_can_be_opened_again() -> None:
         return results
 
     assert [r.ok for r in asyncio.run(twice())] == [True, True]
+
+
+@pytest.mark.parametrize(("cut", "closed"), [
+    ('{"answer": "It shipped on Mon', {"answer": "It shipped on Mon"}),
+    ('{"answer": "say \\"hi', {"answer": 'say "hi'}),
+    ('{"answer": "a\\', {"answer": "a"}),
+    ('{"tool": "lookup_order", "arguments": {"order_id": "12', {
+        "tool": "lookup_order", "arguments": {"order_id": "12"}}),
+    ('{"answer": ["a", "b",', {"answer": ["a", "b"]}),
+    ('{"answer": "brace { [ inside', {"answer": "brace { [ inside"}),
+])
+def test_json_cut_off_by_max_tokens_is_closed(cut: str, closed: dict[str, Any]) -> None:
+    assert json.loads(close_cut_json(cut)) == closed
+
+
+class CutOff(Scripted):
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        self.requests.append(request)
+        return ChatResult(content='{"answer": "It shipped on Mon', tool_calls=[],
+                          finish_reason="length", prompt_tokens=10, completion_tokens=8,
+                          cached_tokens=0, ttft_s=0.01, duration_s=0.02)
+
+
+def test_an_emulated_answer_cut_by_max_tokens_reads_as_a_shorter_answer() -> None:
+    backend = CutOff([])
+    plan = orla.compile(tool_flow, backends=[backend.spec],
+                        mapping={"light": "scripted/any-model"})
+
+    async def go() -> orla.RunResult:
+        async with orla.BackendPool(plan.backends, clients={"scripted": backend}) as pool:
+            return await orla.arun(plan, pool=pool, question="Where is order 7?")
+
+    result = asyncio.run(go())
+    assert result.ok and result.output == "It shipped on Mon"
+    assert len(backend.requests) == 1  # no retry

@@ -258,7 +258,7 @@ def _read(result: ChatResult, output: Any, offer_tools: bool,
         return result.tool_calls, None
     text = result.content
     if emulate:
-        reply = json.loads(text)
+        reply = json.loads(close_cut_json(text) if result.finish_reason == "length" else text)
         if not isinstance(reply, dict):
             raise ValueError("expected a JSON object with 'tool' or 'answer'")
         if "tool" in reply and offer_tools:
@@ -269,6 +269,27 @@ def _read(result: ChatResult, output: Any, offer_tools: bool,
         answer = reply["answer"]
         text = answer if isinstance(answer, str) and output in (None, str) else json.dumps(answer)
     return [], _parse(text, output)
+
+
+def close_cut_json(text: str) -> str:
+    """JSON that ``max_tokens`` cut off, with its open string, arrays and objects closed,
+    so that a cut answer reads as a shorter answer (as a cut text reply does)."""
+    closers: list[str] = []
+    in_string = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif in_string:
+            escaped, in_string = char == "\\", char != '"'
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            closers.append("}" if char == "{" else "]")
+        elif char in "}]" and closers:
+            closers.pop()
+    closed = text[:-1] if escaped else text
+    closed = closed + '"' if in_string else closed.rstrip().rstrip(",")
+    return closed + "".join(reversed(closers))
 
 
 def _parse(text: str, output: Any) -> Any:
