@@ -15,8 +15,10 @@ from orla_sdk import backends, passes, proxy
 from orla_sdk.compile import compile, trace
 from orla_sdk.errors import OrlaError, PlanValidationError, Problem, RefError, TraceError
 from orla_sdk.ir import BackendSpec, Capabilities, MapperSpec, Node, Plan, Scheduling, Target
+from orla_sdk.langgraph_plan import plan_from_graph
 from orla_sdk.mapping import OneBitStageMapper, StageMapper, ThresholdStageMapper
 from orla_sdk.passes import DEFAULT_PASSES
+from orla_sdk.render import render  # the function: it shadows the submodule's name here
 from orla_sdk.runtime import (
     BackendPool,
     ByPriority,
@@ -61,3 +63,4 @@ __all__ = [
     "workflow",
 ]
 __all__ += ["async_openai_client", "openai_client", "wrap"]
+__all__ += ["plan_from_graph", "render"]

@@ -46,6 +46,27 @@ def render_plan(plan: Plan, path: str) -> str:
                         "(or write a .dot file instead).") from exc
 
 
+def render(target: Any, path: str) -> str:
+    """Draw an orla Plan, an ``@orla.workflow`` (compiled with its defaults) or a compiled
+    LangGraph graph (through ``orla.plan_from_graph``) to ``path``; the suffix picks the
+    format (.svg, .png, .pdf, .dot or .gv). Returns the path written."""
+    from orla_sdk.compile import compile as compile_workflow
+    from orla_sdk.workflow import Workflow
+
+    if isinstance(target, Plan):
+        plan = target
+    elif isinstance(target, Workflow):
+        plan = compile_workflow(target)
+    elif callable(getattr(target, "get_graph", None)):
+        from orla_sdk.langgraph_plan import plan_from_graph
+
+        plan = plan_from_graph(target)
+    else:
+        raise OrlaError(f"orla.render draws an orla.Plan, an @orla.workflow or a compiled "
+                        f"LangGraph graph, not {type(target).__name__} {target!r}.")
+    return render_plan(plan, path)
+
+
 def build_graph(plan: Plan) -> graphviz.Digraph:
     graph = graphviz.Digraph(name=plan.name, graph_attr={
         "rankdir": "TB", "fontname": "Helvetica", "fontsize": "11", "label": _title(plan),
@@ -64,8 +85,17 @@ def build_graph(plan: Plan) -> graphviz.Digraph:
         if edge.label:
             attrs["label"] = edge.label
         graph.edge(names[edge.src], names[edge.dst], **attrs)
+    _add_loop_edges(graph, plan, names)
     _add_legend(graph, plan, colours)
     return graph
+
+
+def _add_loop_edges(graph: graphviz.Digraph, plan: Plan, names: dict[str, str]) -> None:
+    """Edges that close a cycle (``plan.meta["loop_edges"]``, from ``plan_from_graph``):
+    dashed, labelled, and left out of the layout's ranking so the plan still reads down."""
+    for loop in plan.meta.get("loop_edges", []):
+        graph.edge(names[loop["src"]], names[loop["dst"]], label=loop["label"],
+                   style="dashed", color="#b7410e", fontcolor="#b7410e", constraint="false")
 
 
 def dot_names(plan: Plan) -> dict[str, str]:

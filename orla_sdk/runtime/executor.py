@@ -57,6 +57,10 @@ async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | Non
     """Run a plan once with ``inputs``. Backends come from ``pool`` (shared between runs),
     or from a pool started and closed for this run. ``on_event`` receives the run's
     events as they happen (see ``orla_sdk.runtime.events``)."""
+    if plan.meta.get("langgraph", {}).get("runnable") is False:
+        raise OrlaError(f"plan {plan.name!r} was read from a LangGraph graph's topology, for "
+                        "passes and diagrams; orla.run cannot run it: run the compiled graph "
+                        "itself (graph.invoke(...)).")
     values = _bind_inputs(plan, inputs)
     own_pool = pool is None
     if pool is not None and not pool.started:
