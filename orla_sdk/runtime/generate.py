@@ -164,7 +164,7 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
         request = _request(ctx, target, history, output, offer_tools, emulate,
                            {**params, "tool_choice": "required"} if must_call and not emulate
                            else params, answer_allowed=not must_call)
-        result = await call_model(ctx, live, target, replace(request, on_token=on_token))
+        result = await call_model(ctx, live, target, request, on_token)
         try:
             calls, answer = _read(result, output, offer_tools, emulate)
         except (ValueError, ValidationError) as exc:
@@ -184,10 +184,11 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
 
 # ---- one model call -----------------------------------------------------------------
 async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
-                     request: ChatRequest) -> ChatResult:
+                     request: ChatRequest,
+                     on_token: Callable[[str], None] | None = None) -> ChatResult:
     """Queue for the backend, pin the run's cache slot, call it, record the call; retry
     transient failures."""
-    request = replace(request, on_token=_token_sink(ctx, request.on_token))
+    sink = _token_sink(ctx, on_token or request.on_token)
     length = sum(len(str(m.get("content") or "")) for m in request.messages)
     run_id = ctx.run.run_id
     for attempt in range(BACKEND_RETRIES + 1):
@@ -195,7 +196,7 @@ async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
             async with (live.queue.turn(ctx.priority, ctx.critical_path, stage=ctx.spec.name,
                                         run_id=run_id, prompt_length=length) as waited,
                         ctx.run.pool.memory.pin(run_id, target.backend) as slot):
-                result = await live.client.chat(replace(request, slot=slot))
+                result = await live.client.chat(replace(request, slot=slot, on_token=sink))
         except BackendError as exc:
             if not exc.retryable or attempt == BACKEND_RETRIES:
                 raise
