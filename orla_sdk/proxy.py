@@ -37,7 +37,7 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -48,7 +48,6 @@ from orla_sdk.backends.base import Backend, BackendError, ChatRequest, ChatResul
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import BackendSpec, Target
 from orla_sdk.mapping import normalize_mapping
-from orla_sdk.runtime.generate import BACKEND_RETRIES, RETRY_BACKOFF_S
 from orla_sdk.runtime.openai_shim import (
     Chunks,
     completion_json,
@@ -56,7 +55,7 @@ from orla_sdk.runtime.openai_shim import (
     error_json,
     error_status,
 )
-from orla_sdk.runtime.pool import BackendPool, LiveBackend
+from orla_sdk.runtime.pool import BackendPool
 
 T = TypeVar("T")
 HINTS = ("workflow_id", "agent_id", "step_id", "parent_step_id")  # SGLang's agent hints
@@ -277,8 +276,8 @@ class ProxyServer:
         """One call through the backend's queue and the workflow's slot; recorded."""
         stats = self._record(tags).stage(tags) if tags.tagged else None
         try:
-            result, waited = await self._attempts(self.pool[target.backend], tags, target,
-                                                  request)
+            served = await self.pool.call(target.backend, request, run_id=tags.workflow,
+                                          stage=tags.stage, priority=tags.priority)
         except BackendError:
             if stats is not None:
                 stats.errors += 1
@@ -288,43 +287,11 @@ class ProxyServer:
                 await self.pool.memory.end_run(tags.workflow)
                 self.pool.memory.take_log(tags.workflow)
         if stats is not None:
-            stats.add(result, waited)
-        return result
+            stats.add(served.result, served.queue_wait_s)
+        return served.result
 
     def _record(self, tags: Tags) -> WorkflowRecord:
         return self.workflows.setdefault(tags.workflow, WorkflowRecord(tags.workflow))
-
-    async def _attempts(self, live: LiveBackend, tags: Tags, target: Target,
-                        request: ChatRequest) -> tuple[ChatResult, float]:
-        """Retry transient failures, as orla's stages do, until text has been streamed."""
-        streamed = False
-        sink = request.on_token
-
-        def on_token(text: str) -> None:
-            nonlocal streamed
-            streamed = True
-            if sink is not None:
-                sink(text)
-
-        request = replace(request, on_token=on_token)
-        for attempt in range(BACKEND_RETRIES + 1):
-            try:
-                return await self._once(live, tags, target, request)
-            except BackendError as exc:
-                if not exc.retryable or streamed or attempt == BACKEND_RETRIES:
-                    raise
-            await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
-        raise AssertionError("unreachable")
-
-    async def _once(self, live: LiveBackend, tags: Tags, target: Target,
-                    request: ChatRequest) -> tuple[ChatResult, float]:
-        length = sum(len(str(m.get("content") or "")) for m in request.messages
-                     if isinstance(m, dict))
-        async with (live.queue.turn(tags.priority, stage=tags.stage, run_id=tags.workflow,
-                                    prompt_length=length) as waited,
-                    self.pool.memory.pin(tags.workflow, target.backend) as slot):
-            result = await live.client.chat(replace(request, slot=slot))
-        return result, waited
 
     async def report(self, workflow: str) -> dict[str, Any]:
         record = self.workflows.get(workflow)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
 
-from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult, ToolCall
+from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Target, ToolSpec
 from orla_sdk.mapping import StageMapper
@@ -33,8 +33,6 @@ from orla_sdk.runtime.pool import LiveBackend, in_thread
 from orla_sdk.runtime.records import CallRecord
 
 T = TypeVar("T")
-BACKEND_RETRIES = 2
-RETRY_BACKOFF_S = 0.5
 
 
 class OutputError(OrlaError):
@@ -186,32 +184,20 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
 async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
                      request: ChatRequest,
                      on_token: Callable[[str], None] | None = None) -> ChatResult:
-    """Queue for the backend, pin the run's cache slot, call it, record the call; retry
-    transient failures."""
+    """Call the stage's backend through the pool (queue, slot, retries); record the call."""
     sink = _token_sink(ctx, on_token or request.on_token)
-    length = sum(len(str(m.get("content") or "")) for m in request.messages)
-    run_id = ctx.run.run_id
-    for attempt in range(BACKEND_RETRIES + 1):
-        try:
-            async with (live.queue.turn(ctx.priority, ctx.critical_path, stage=ctx.spec.name,
-                                        run_id=run_id, prompt_length=length) as waited,
-                        ctx.run.pool.memory.pin(run_id, target.backend) as slot):
-                result = await live.client.chat(replace(request, slot=slot, on_token=sink))
-        except BackendError as exc:
-            if not exc.retryable or attempt == BACKEND_RETRIES:
-                raise
-            await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
-            continue
-        call = CallRecord(
-            backend=target.backend, model=target.model, prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens, cached_tokens=result.cached_tokens,
-            queue_wait_s=waited, ttft_s=result.ttft_s, duration_s=result.duration_s,
-            slot=slot)
-        ctx.record.calls.append(call)
-        ctx.run.emit("call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item,
-                     call=call)
-        return result
-    raise AssertionError("unreachable")
+    served = await ctx.run.pool.call(
+        target.backend, replace(request, on_token=sink), run_id=ctx.run.run_id,
+        stage=ctx.spec.name, priority=ctx.priority, critical_path=ctx.critical_path)
+    result = served.result
+    call = CallRecord(
+        backend=target.backend, model=target.model, prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens, cached_tokens=result.cached_tokens,
+        queue_wait_s=served.queue_wait_s, ttft_s=result.ttft_s, duration_s=result.duration_s,
+        slot=served.slot)
+    ctx.record.calls.append(call)
+    ctx.run.emit("call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, call=call)
+    return result
 
 
 def _token_sink(ctx: StageContext, user: Callable[[str], None] | None

@@ -19,10 +19,10 @@ import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from orla_sdk.backends.base import Backend, BackendError
+from orla_sdk.backends.base import Backend, BackendError, ChatRequest, ChatResult
 from orla_sdk.backends.engine import EngineConfig, EngineError, LocalEngine
 from orla_sdk.backends.global_cache import RESET_PATHS, GlobalCacheControl
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
@@ -34,7 +34,18 @@ from orla_sdk.runtime.memory import MemoryManager
 from orla_sdk.runtime.scheduler import BackendQueue
 
 T = TypeVar("T")
-DEFAULT_LIMIT = 8  # requests in flight at an engine whose capacity orla cannot read
+DEFAULT_LIMIT = 8
+BACKEND_RETRIES = 2  # transient failures (timeouts, lost connections, 5xx) tried again
+RETRY_BACKOFF_S = 0.5  # requests in flight at an engine whose capacity orla cannot read
+
+
+@dataclass(frozen=True)
+class Served:
+    """A call's result, with the seconds it waited in the queue and the slot it ran on."""
+
+    result: ChatResult
+    queue_wait_s: float
+    slot: int | None
 
 
 @dataclass
@@ -136,6 +147,36 @@ class BackendPool:
     def _live(self, spec: BackendSpec, client: Backend, limit: int) -> LiveBackend:
         return LiveBackend(spec, client,
                            BackendQueue.from_scheduling(spec.name, spec.scheduling, limit))
+
+    async def call(self, backend: str, request: ChatRequest, *, run_id: str, stage: str = "",
+                   priority: int = 50, critical_path: int = 0) -> Served:
+        """One model call of ``run_id``: a turn in the backend's queue, the run's cache slot
+        pinned, the engine called. Transient failures are tried again after a backoff,
+        unless text has already streamed to ``request.on_token``."""
+        live = self[backend]
+        length = sum(len(str(m.get("content") or "")) for m in request.messages
+                     if isinstance(m, dict))
+        sink, streamed = request.on_token, False
+
+        def on_token(text: str) -> None:
+            nonlocal streamed
+            streamed = True
+            if sink is not None:
+                sink(text)
+
+        for attempt in range(BACKEND_RETRIES + 1):
+            try:
+                async with (live.queue.turn(priority, critical_path, stage=stage,
+                                            run_id=run_id, prompt_length=length) as waited,
+                            self.memory.pin(run_id, backend) as slot):
+                    result = await live.client.chat(replace(
+                        request, slot=slot, on_token=on_token if sink else None))
+                return Served(result, waited, slot)
+            except BackendError as exc:
+                if not exc.retryable or streamed or attempt == BACKEND_RETRIES:
+                    raise
+            await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def __getitem__(self, name: str) -> LiveBackend:
         try:
