@@ -298,7 +298,7 @@ def serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("ORLA_PROXY_TOKEN") or None
     specs, mapping = serve_config(args)
     proxy = ProxyServer(specs, mapping, host=args.host, port=args.port, token=token,
-                        max_body=args.max_body)
+                        max_body=args.max_body, workflow_idle_s=args.workflow_idle_s)
     try:
         url = proxy.start()
     except OSError as exc:
@@ -327,6 +327,9 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     cmd.add_argument("--token", help="bearer token clients must send (default: "
                      "$ORLA_PROXY_TOKEN); required off loopback")
     cmd.add_argument("--max-body", type=int, default=1 << 20, help="bytes (default: 1 MiB)")
+    cmd.add_argument("--workflow-idle-s", type=float, default=3600.0, metavar="SECONDS",
+                     help="complete a workflow (dropping its cache) after this long without "
+                     "a call (default: %(default)s)")
     for logical in ("light", "heavy"):
         cmd.add_argument(f"--{logical}", metavar="URL", help=f"serve {logical!r} at this "
                          "OpenAI-compatible endpoint")

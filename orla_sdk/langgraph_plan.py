@@ -4,6 +4,7 @@ The plan describes the graph so that orla's passes can annotate it (model mappin
 priorities, cache spans) and ``orla.render`` can draw it with the conventions of compiled
 orla plans. It is a topology plan: it holds no prompts or code, and ``orla.run`` on it
 fails with a clear error at its first stage (run the graph itself with ``graph.invoke``).
+``orla.serve(graph)`` builds it to map, prioritize and cache the served graph's calls.
 
 How the graph is read, from ``graph.get_graph(xray=True)``:
 

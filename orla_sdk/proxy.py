@@ -18,7 +18,8 @@ Calls go through orla's runtime: the backend's queue (the stage is the queue's s
 the workflow its run), the memory manager's pin (a workflow's calls on llama.cpp stay on
 one slot, so its prefix is cached) and per-stage records, read at
 ``GET /v1/orla/workflows/{id}``. ``POST /v1/orla/workflows/{id}/complete`` drops the
-workflow's cache and returns the cache log and the report.
+workflow's cache and returns the cache log and the report. A workflow idle for
+``workflow_idle_s`` (an hour unless told) is completed by the proxy itself.
 
 Other endpoints: ``GET /v1/models`` (the logical names) and ``GET /health``. Bearer-token
 auth is required off loopback; bodies over ``max_body`` get 413. Every error comes back
@@ -34,6 +35,7 @@ import json
 import queue
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
@@ -61,6 +63,7 @@ T = TypeVar("T")
 HINTS = ("workflow_id", "agent_id", "step_id", "parent_step_id")  # SGLang's agent hints
 DEFAULT_PRIORITY = 50
 WORKFLOWS = "/v1/orla/workflows/"
+DEFAULT_WORKFLOW_IDLE_S = 3600.0  # a workflow idle this long is completed
 
 
 class HttpError(Exception):
@@ -139,6 +142,8 @@ class StageStats:
 class WorkflowRecord:
     id: str
     stages: dict[str, StageStats] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
 
     def stage(self, tags: Tags) -> StageStats:
         stats = self.stages.setdefault(tags.stage, StageStats(agent=tags.agent))
@@ -190,7 +195,7 @@ class ProxyServer:
     def __init__(self, backends: Sequence[BackendSpec], mapping: Mapping[str, str | Target],
                  host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  max_body: int = 1 << 20, *, clients: Mapping[str, Backend] | None = None,
-                 slots: int = 4) -> None:
+                 slots: int = 4, workflow_idle_s: float = DEFAULT_WORKFLOW_IDLE_S) -> None:
         if not token and not is_loopback(host):
             raise OrlaError(f"refusing to serve on {host} without a token: give --token or "
                             "ORLA_PROXY_TOKEN, or listen on 127.0.0.1")
@@ -200,6 +205,8 @@ class ProxyServer:
         self.host, self.port, self.token, self.max_body = host, port, token, max_body
         self.pool = BackendPool(backends, clients=clients, slots=slots)
         self.workflows: dict[str, WorkflowRecord] = {}  # touched on the loop thread only
+        self.workflow_idle_s = workflow_idle_s
+        self._swept_at = time.monotonic()
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
@@ -274,7 +281,11 @@ class ProxyServer:
 
     async def chat(self, tags: Tags, target: Target, request: ChatRequest) -> ChatResult:
         """One call through the backend's queue and the workflow's slot; recorded."""
-        stats = self._record(tags).stage(tags) if tags.tagged else None
+        await self._expire_idle()
+        record = self._record(tags) if tags.tagged else None
+        stats = record.stage(tags) if record is not None else None
+        if record is not None:
+            record.in_flight += 1
         try:
             served = await self.pool.call(target.backend, request, run_id=tags.workflow,
                                           stage=tags.stage, priority=tags.priority)
@@ -283,12 +294,28 @@ class ProxyServer:
                 stats.errors += 1
             raise
         finally:
-            if not tags.tagged:  # nobody can complete it: drop its slot now
+            if record is not None:
+                record.in_flight -= 1
+                record.last_used = time.monotonic()
+            else:  # nobody can complete it: drop its slot now
                 await self.pool.memory.end_run(tags.workflow)
                 self.pool.memory.take_log(tags.workflow)
         if stats is not None:
             stats.add(served.result, served.queue_wait_s)
         return served.result
+
+    async def _expire_idle(self) -> None:
+        """Complete the workflows idle for ``workflow_idle_s``: a client that never sends
+        the workflow-complete call must not hold cache slots and records forever. Swept
+        at most every tenth of that time."""
+        now = time.monotonic()
+        if now - self._swept_at < self.workflow_idle_s / 10:
+            return
+        self._swept_at = now
+        idle = [w for w, record in self.workflows.items()
+                if not record.in_flight and now - record.last_used >= self.workflow_idle_s]
+        for workflow in idle:
+            await self.complete(workflow)
 
     def _record(self, tags: Tags) -> WorkflowRecord:
         return self.workflows.setdefault(tags.workflow, WorkflowRecord(tags.workflow))

@@ -5,7 +5,9 @@ restarted in the middle of a run."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -306,3 +308,43 @@ def test_a_slot_borrowed_by_a_concurrent_stage_is_freed_after_its_call() -> None
     slots, held, free, erased = asyncio.run(scenario())
     assert slots == [0, 1, 1]
     assert held == {"a": 0, "other": 1} and free == [] and erased == []
+
+
+class SavingSlots(FakeSlots):
+    """A slot engine that also saves and restores, keeping the files it wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, int] = {}
+        self.restored: list[tuple[int, str]] = []
+
+    async def save(self, slot: int, filename: str) -> int:
+        self.files[filename] = slot
+        return 100
+
+    async def restore(self, slot: int, filename: str) -> int:
+        self.restored.append((slot, filename))
+        return 100
+
+
+def test_a_suspended_run_frees_its_slot_and_gets_it_back_restored() -> None:
+    async def scenario() -> tuple[list[dict[str, Any]], SavingSlots, MemoryManager]:
+        control = SavingSlots()
+        memory = MemoryManager()
+        memory.add_slots("b", control, 1)
+        async with memory.pin("graph:thread/1", "b"):
+            pass
+        entries = await memory.suspend("graph:thread/1")
+        async with memory.pin("other", "b"):  # the freed slot serves another run
+            pass
+        await memory.end_run("other")
+        async with memory.pin("graph:thread/1", "b"):
+            pass
+        return entries, control, memory
+
+    entries, control, memory = asyncio.run(scenario())
+    assert [e["decision"] for e in entries] == ["suspend"]
+    (filename,) = control.files
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", filename)  # llama.cpp refuses other names
+    assert control.restored == [(0, filename)]
+    assert [e["decision"] for e in memory.take_log("graph:thread/1")] == ["restore"]

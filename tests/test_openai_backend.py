@@ -1,12 +1,14 @@
-"""The OpenAI-compatible backend against the real llama.cpp engine."""
+"""The OpenAI-compatible backend: against the real llama.cpp engine, and its wire format on
+an engine answering from a script."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
+import httpx
 import pytest
 from pydantic import BaseModel
 
@@ -100,3 +102,66 @@ def test_engine_specific_fields() -> None:
     ollama = orla.backends.ollama("laptop")
     assert engine_fields("ollama", request, ollama.options) == {"keep_alive": "10m"}
     assert api_base("http://h:1/") == "http://h:1/v1" and api_base("http://h:1/v1") == "http://h:1/v1"
+
+
+# ---- the wire format, on an engine answering from a script -----------------------------
+def scripted_engine(answer: Callable[[dict[str, Any]], httpx.Response]
+                    ) -> tuple[OpenAICompatibleBackend, list[dict[str, Any]]]:
+    """A backend whose HTTP goes to ``answer``; the request bodies are kept."""
+    bodies: list[dict[str, Any]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return answer(bodies[-1])
+
+    backend = OpenAICompatibleBackend(orla.backends.vllm("engine", "http://engine/v1"))
+    backend._http = httpx.AsyncClient(base_url="http://engine/v1",
+                                      transport=httpx.MockTransport(handle))
+    return backend, bodies
+
+
+def sse(*events: dict[str, Any]) -> httpx.Response:
+    text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+
+def test_streamed_text_tool_calls_and_usage_are_read() -> None:
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "c1", "function": {"name": "look", "arguments": '{"id"'}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": ': "7"}'}}]}, "finish_reason": "tool_calls"}]},
+        {"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 5,
+                                  "prompt_tokens_details": {"cached_tokens": 16}}}]
+    backend, bodies = scripted_engine(lambda body: sse(*chunks))
+    pieces: list[str] = []
+    request = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                          params={"max_tokens": 8, "extra_body": {"top_k": 5}}, priority=80,
+                          on_token=pieces.append)
+    result = asyncio.run(backend.chat(request))
+    assert (result.content, pieces) == ("Hello", ["Hel", "lo"])
+    assert [(c.id, c.name, c.arguments) for c in result.tool_calls] == [
+        ("c1", "look", '{"id": "7"}')]
+    assert (result.finish_reason, result.prompt_tokens, result.completion_tokens,
+            result.cached_tokens) == ("tool_calls", 30, 5, 16)
+    assert bodies[0]["top_k"] == 5 and bodies[0]["priority"] == 20  # vLLM: lower is sooner
+    assert bodies[0]["stream"] is True and "extra_body" not in bodies[0]
+
+
+def test_an_engines_error_answer_is_a_backend_error_with_its_status() -> None:
+    envelope = {"error": {"message": "context too long", "type": "invalid_request_error"}}
+    for status, retryable in ((400, False), (503, True)):
+        backend, _ = scripted_engine(lambda body, s=status: httpx.Response(s, json=envelope))
+        with pytest.raises(BackendError, match="context too long") as info:
+            asyncio.run(backend.chat(ask("hi")))
+        assert (info.value.status, info.value.retryable) == (status, retryable)
+
+
+def test_an_error_event_in_the_stream_is_a_backend_error() -> None:
+    backend, _ = scripted_engine(lambda body: sse(
+        {"choices": [{"index": 0, "delta": {"content": "par"}}]},
+        {"error": {"message": "slot evicted"}}))
+    with pytest.raises(BackendError, match="slot evicted"):
+        asyncio.run(backend.chat(ask("hi")))

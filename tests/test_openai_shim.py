@@ -9,7 +9,6 @@ import asyncio
 import json
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from pydantic import BaseModel
@@ -79,12 +78,8 @@ def run_on(wf: Any, backend: Scripted, **inputs: Any) -> orla.RunResult:
 
 
 def backend_error(status: int | None, *, retryable: bool = False) -> BackendError:
-    error = BackendError("scripted", f"answered {status}" if status else "engine down",
-                         retryable=retryable)
-    if status is not None:
-        response = httpx.Response(status, request=httpx.Request("POST", "http://engine/v1"))
-        error.__cause__ = openai.APIStatusError("bad request", response=response, body=None)
-    return error
+    return BackendError("scripted", f"answered {status}" if status else "engine down",
+                        retryable=retryable, status=status)
 
 
 # ---- sync stage bodies ------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,6 +110,20 @@ def test_tools_pass_through(proxy: ProxyServer, backend: Scripted) -> None:
 
 
 # ---- tags and workflows ------------------------------------------------------------------
+def test_an_idle_workflow_is_completed_by_the_proxy(backend: Scripted) -> None:
+    with scripted_proxy(backend, workflow_idle_s=0.5) as server:
+        ask(server, extra_headers={"X-Orla-Workflow": "wf-idle"})
+        ask(server, extra_headers={"X-Orla-Workflow": "wf-busy"})
+        assert set(server.workflows) == {"wf-idle", "wf-busy"}
+        time.sleep(0.3)
+        ask(server, extra_headers={"X-Orla-Workflow": "wf-busy"})  # nothing idle long enough
+        assert set(server.workflows) == {"wf-idle", "wf-busy"}
+        time.sleep(0.3)
+        ask(server, extra_headers={"X-Orla-Workflow": "wf-busy"})  # wf-idle: 0.6 s idle
+        assert set(server.workflows) == {"wf-busy"}
+        assert httpx.get(server.url + "/v1/orla/workflows/wf-idle").status_code == 404
+
+
 def test_header_tags_queue_record_and_complete(proxy: ProxyServer, backend: Scripted) -> None:
     headers = {"X-Orla-Workflow": "wf-7", "X-Orla-Stage": "triage", "X-Orla-Agent": "bot",
                "X-Orla-Priority": "90"}
@@ -198,11 +213,7 @@ def test_a_down_backend_is_5xx_and_the_proxy_keeps_serving(proxy: ProxyServer) -
 
 
 def test_the_engines_own_4xx_comes_through() -> None:
-    request = httpx.Request("POST", "http://engine/v1/chat/completions")
-    cause = openai.BadRequestError("bad", response=httpx.Response(400, request=request),
-                                   body=None)
-    error = BackendError("scripted", "answered 400", retryable=False)
-    error.__cause__ = cause
+    error = BackendError("scripted", "answered 400", retryable=False, status=400)
     with scripted_proxy(Scripted(error)) as server, pytest.raises(openai.BadRequestError):
         ask(server)
 

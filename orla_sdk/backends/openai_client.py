@@ -1,9 +1,10 @@
-"""Any OpenAI-compatible engine, through the ``openai`` client, with each engine's own
-request fields.
+"""Any OpenAI-compatible engine, over HTTP, with each engine's own request fields.
 
 Every call streams, so the time to first token is measured where the caller sees it;
 the last chunk carries the usage, including ``cached_tokens`` where the engine reports
-them. Engine flavours add their own fields (``extra_body``):
+them. The server-sent events are read as plain JSON with ``httpx``: the ``openai``
+client would build a typed object per chunk, which doubled the cost of a short call on
+a local engine. Engine flavours add their own fields:
 
 - llama.cpp: ``id_slot`` pins the request to a slot, ``cache_prompt`` keeps its prefix;
 - vLLM: ``priority``, where a lower value is served earlier;
@@ -16,11 +17,12 @@ them. Engine flavours add their own fields (``extra_body``):
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import openai
+import httpx
 
 from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult, ToolCall
 from orla_sdk.ir import BackendSpec
@@ -34,52 +36,69 @@ class OpenAICompatibleBackend:
                                " (or start the embedded engine for llama.cpp backends).",
                                retryable=False)
         self.spec = spec
-        self._client = openai.AsyncOpenAI(base_url=api_base(spec.url),
-                                          api_key=api_key or "not-needed",
-                                          timeout=timeout, max_retries=0)
+        self._http = httpx.AsyncClient(
+            base_url=api_base(spec.url), timeout=timeout,
+            headers={"Authorization": f"Bearer {api_key or 'not-needed'}"})
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.aclose()
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         try:
             try:
                 return await self._chat_once(request)
-            except openai.APITimeoutError:
+            except httpx.TimeoutException:
                 raise
-            except openai.APIConnectionError:
+            except httpx.TransportError:
                 # A pooled keep-alive connection the server has closed fails once; a fresh
                 # connection tells that apart from a real outage.
                 return await self._chat_once(request)
-        except openai.APITimeoutError as exc:
-            raise BackendError(self.spec.name, f"timed out at {self.spec.url}: {exc}",
+        except httpx.TimeoutException as exc:
+            raise BackendError(self.spec.name, f"timed out at {self.spec.url}: {exc!r}",
                                retryable=True) from exc
-        except openai.APIConnectionError as exc:
-            raise BackendError(self.spec.name, f"cannot reach {self.spec.url} ({exc}); is the "
-                               "engine running?", retryable=True) from exc
-        except openai.APIStatusError as exc:
-            raise BackendError(self.spec.name, f"answered {exc.status_code}: {exc.message}",
-                               retryable=exc.status_code >= 500) from exc
+        except httpx.TransportError as exc:
+            raise BackendError(self.spec.name, f"cannot reach {self.spec.url} ({exc!r}); is "
+                               "the engine running?", retryable=True) from exc
 
     async def _chat_once(self, request: ChatRequest) -> ChatResult:
         started = time.perf_counter()
-        stream = await self._client.chat.completions.create(**self._arguments(request))
-        return await _collect(stream, started, request.on_token)
+        async with self._http.stream("POST", "/chat/completions",
+                                     json=self.body(request)) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise BackendError(
+                    self.spec.name, f"answered {response.status_code}: {_message(response)}",
+                    retryable=response.status_code >= 500, status=response.status_code)
+            return await _collect(self._events(response), started, request.on_token)
 
-    def _arguments(self, request: ChatRequest) -> dict[str, Any]:
-        arguments: dict[str, Any] = {
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        """The chat-completions request body; ``extra_body`` in the request's parameters
+        (and the engine's own fields) are merged in, those given in parameters winning."""
+        params = dict(request.params)
+        extra = params.pop("extra_body", {})
+        body: dict[str, Any] = {
             "model": request.model, "messages": request.messages, "stream": True,
-            "stream_options": {"include_usage": True}, **request.params}
+            "stream_options": {"include_usage": True}, **params}
         if request.json_schema is not None:
-            arguments["response_format"] = {"type": "json_schema", "json_schema": {
+            body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": request.schema_name, "schema": request.json_schema, "strict": True}}
         if request.tools:
-            arguments["tools"] = request.tools
-        extra = {**engine_fields(self.spec.kind, request, self.spec.options),
-                 **arguments.get("extra_body", {})}
-        if extra:
-            arguments["extra_body"] = extra  # fields given in params win
-        return arguments
+            body["tools"] = request.tools
+        return {**body, **engine_fields(self.spec.kind, request, self.spec.options), **extra}
+
+    async def _events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        """The JSON of each server-sent event, up to ``[DONE]``."""
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            event = json.loads(data)
+            if isinstance(event, dict) and "error" in event:  # a failure after streaming began
+                raise BackendError(self.spec.name, f"failed while streaming: "
+                                   f"{_error_text(event['error'])}", retryable=False)
+            yield event
 
 
 def api_base(url: str) -> str:
@@ -103,48 +122,62 @@ def engine_fields(kind: str, request: ChatRequest,
     return fields
 
 
-async def _collect(stream: Any, started: float,
+async def _collect(events: AsyncIterator[dict[str, Any]], started: float,
                    on_token: Callable[[str], None] | None = None) -> ChatResult:
     """Read a streamed reply: its text, tool calls, usage and timings."""
     parts: list[str] = []
     calls: dict[int, dict[str, str]] = {}
     first: float | None = None
     finish = ""
-    usage = None
-    async for chunk in stream:
-        if chunk.usage is not None:
-            usage = chunk.usage
-        for choice in chunk.choices:
-            delta = choice.delta
-            if first is None and (delta.content or delta.tool_calls):
+    usage: dict[str, Any] = {}
+    async for chunk in events:
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            content, tool_calls = delta.get("content"), delta.get("tool_calls")
+            if first is None and (content or tool_calls):
                 first = time.perf_counter() - started
-            if delta.content:
-                parts.append(delta.content)
+            if content:
+                parts.append(content)
                 if on_token is not None:
-                    on_token(delta.content)
-            for call in delta.tool_calls or []:
-                _add_tool_delta(calls.setdefault(call.index, {}), call)
-            finish = choice.finish_reason or finish
+                    on_token(content)
+            for call in tool_calls or []:
+                _add_tool_delta(calls.setdefault(int(call.get("index", 0)), {}), call)
+            finish = choice.get("finish_reason") or finish
     duration = time.perf_counter() - started
-    details = getattr(usage, "prompt_tokens_details", None)
+    details = usage.get("prompt_tokens_details") or {}
     return ChatResult(
         content="".join(parts),
         tool_calls=[ToolCall(id=c.get("id", ""), name=c.get("name", ""),
                              arguments=c.get("arguments", "")) for _, c in sorted(calls.items())],
         finish_reason=finish,
-        prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-        completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-        cached_tokens=getattr(details, "cached_tokens", 0) or 0,
+        prompt_tokens=usage.get("prompt_tokens") or 0,
+        completion_tokens=usage.get("completion_tokens") or 0,
+        cached_tokens=details.get("cached_tokens") or 0,
         ttft_s=first if first is not None else duration,
         duration_s=duration)
 
 
-def _add_tool_delta(acc: dict[str, str], delta: Any) -> None:
-    if delta.id:
-        acc["id"] = delta.id
-    function = delta.function
-    if function is not None:
-        if function.name:
-            acc["name"] = acc.get("name", "") + function.name
-        if function.arguments:
-            acc["arguments"] = acc.get("arguments", "") + function.arguments
+def _add_tool_delta(acc: dict[str, str], delta: dict[str, Any]) -> None:
+    if delta.get("id"):
+        acc["id"] = delta["id"]
+    function = delta.get("function") or {}
+    if function.get("name"):
+        acc["name"] = acc.get("name", "") + function["name"]
+    if function.get("arguments"):
+        acc["arguments"] = acc.get("arguments", "") + function["arguments"]
+
+
+def _message(response: httpx.Response) -> str:
+    """The error message of an engine's error answer (OpenAI's envelope, or the text)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:500]
+    return _error_text(data.get("error", data)) if isinstance(data, dict) else str(data)[:500]
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error)[:500]
+    return str(error)[:500]

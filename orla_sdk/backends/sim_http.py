@@ -93,6 +93,10 @@ def prometheus(metrics: dict[str, float]) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # as engines' own servers do: the stdlib writes a reply's headers and body in two
+    # sends, and with Nagle's algorithm the body of a kept-alive reply can wait ~40 ms
+    # for the client's delayed ACK
+    disable_nagle_algorithm = True
     engine: SimEngine
     loop: asyncio.AbstractEventLoop
 

@@ -86,9 +86,12 @@ def _stage_problems(plan: Plan, node: Node) -> list[Problem]:
                                 'use cache="preserve", cache="flush", or leave it out'))
     problems.extend(Problem(node.id, spec.site, msg, fix)
                     for msg, fix in _priority_problems(spec.priority, spec.params))
-    problems.extend(Problem(node.id, node.site, msg, fix) for msg, fix in _mapping_problems(
-        plan, spec.model or plan.default_model, bool(spec.tools),
-        spec.output.kind in _STRUCTURED))
+    model = spec.model or plan.default_model
+    # a LangGraph node with no model is one that calls none (a tool, a router)
+    if model is not None or "langgraph" not in plan.meta:
+        problems.extend(Problem(node.id, node.site, msg, fix) for msg, fix in
+                        _mapping_problems(plan, model, bool(spec.tools),
+                                          spec.output.kind in _STRUCTURED))
     for alternative in spec.alternatives:
         problems.extend(Problem(node.id, node.site, f"alternative {alternative!r} {msg}", fix)
                         for msg, fix in _alternative_problems(plan, alternative))

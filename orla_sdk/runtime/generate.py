@@ -17,7 +17,8 @@ import copy
 import functools
 import json
 import queue
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any, TypeVar, overload
@@ -26,7 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.errors import OrlaError
-from orla_sdk.ir import Target, ToolSpec
+from orla_sdk.ir import Target
 from orla_sdk.mapping import StageMapper
 from orla_sdk.runtime.context import StageContext, stage_context
 from orla_sdk.runtime.pool import LiveBackend, in_thread
@@ -186,6 +187,7 @@ async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
                      on_token: Callable[[str], None] | None = None) -> ChatResult:
     """Call the stage's backend through the pool (queue, slot, retries); record the call."""
     sink = _token_sink(ctx, on_token or request.on_token)
+    started_at = time.time()
     served = await ctx.run.pool.call(
         target.backend, replace(request, on_token=sink), run_id=ctx.run.run_id,
         stage=ctx.spec.name, priority=ctx.priority, critical_path=ctx.critical_path)
@@ -194,7 +196,7 @@ async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
         backend=target.backend, model=target.model, prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens, cached_tokens=result.cached_tokens,
         queue_wait_s=served.queue_wait_s, ttft_s=result.ttft_s, duration_s=result.duration_s,
-        slot=served.slot)
+        slot=served.slot, started_at=started_at)
     ctx.record.calls.append(call)
     ctx.run.emit("call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, call=call)
     return result
@@ -227,7 +229,8 @@ def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], o
             schema = schema or {"type": "string", "maxLength": 2 * budget}
             offered = [t.model_copy(update={"parameters": _bound_strings(
                 t.parameters, max(8, budget // 2))}) for t in offered]
-        schema = _emulated_tools_schema(offered, schema, answer_allowed)
+        schema = emulated_tools_schema([(t.name, t.parameters) for t in offered], schema,
+                                       answer_allowed)
     elif offer_tools:
         tools = [{"type": "function", "function": {
             "name": t.name, "description": t.description, "parameters": t.parameters}}
@@ -310,14 +313,16 @@ def _schema(output: Any) -> dict[str, Any]:
     return schema
 
 
-def _emulated_tools_schema(tools: list[ToolSpec], answer: dict[str, Any] | None,
-                           answer_allowed: bool = True) -> dict[str, Any]:
-    """Either {"tool": name, "arguments": {...}} for one of ``tools``, or {"answer": ...}
-    (unless a tool call is required)."""
+def emulated_tools_schema(tools: Sequence[tuple[str, dict[str, Any]]],
+                          answer: dict[str, Any] | None,
+                          answer_allowed: bool = True) -> dict[str, Any]:
+    """The answer schema that emulates tool calling: ``{"tool": name, "arguments": {...}}``
+    for one of ``tools`` (name, parameters schema), or ``{"answer": ...}`` (unless a tool
+    call is required)."""
     answer = dict(answer or {"type": "string"})
     defs = answer.pop("$defs", {})
     choices = [{"type": "object", "required": ["tool", "arguments"], "properties": {
-        "tool": {"const": t.name}, "arguments": t.parameters}} for t in tools]
+        "tool": {"const": name}, "arguments": parameters}} for name, parameters in tools]
     if answer_allowed or not choices:
         choices.append({"type": "object", "required": ["answer"],
                         "properties": {"answer": answer}})

@@ -4,8 +4,12 @@ Slot engines (llama.cpp, and the simulator imitating it): a run leases a slot pe
 backend, and its requests there are pinned to it, so a preserve span finds its prefix
 cached. A flush erases the slot and frees it. When every slot is held and another run
 needs one, the slot of the run idle longest is lent: saved to the engine's slot folder
-(where the engine can save) and restored when its run comes back. A second stage of a
-run that arrives while the run's slot is busy borrows another slot for that one call.
+and restored when its run comes back, or, where the engine cannot save, handed over as
+it is (the borrower's prompt reuses the prefix they share, a common system prompt). A
+second stage of a run that arrives while the run's slot is busy borrows another slot
+for that one call.
+A run that waits for a person (a LangGraph interrupt) is suspended: its slots are saved
+and freed at once, and restored when it calls again.
 
 Shared-cache engines (vLLM, SGLang): the only flush is a global reset, done only when no
 other run holds a kept context or has a request in flight there; otherwise the flush is
@@ -17,7 +21,9 @@ Every decision and action lands in the run's cache log.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -62,6 +68,7 @@ class SlotTable:
     saved: dict[str, str] = field(default_factory=dict)  # run -> file of its lent slot
     busy: Counter[int] = field(default_factory=Counter)
     last_used: dict[str, float] = field(default_factory=dict)
+    can_save: bool = True  # until a save fails
 
     def idle_holder(self) -> str | None:
         """The run that has waited longest since it last used its (idle) slot."""
@@ -145,24 +152,26 @@ class MemoryManager:
         if victim is None:
             return None
         slot = table.held.pop(victim)
-        action = await self._save_or_erase(table, victim, slot)
+        action = await self._vacate(table, victim, slot)
         self._log(victim, "lend", f"run {for_run} needed a slot and none was free", action,
                   table.name)
         return slot
 
-    async def _save_or_erase(self, table: SlotTable, run_id: str, slot: int) -> str:
+    async def _vacate(self, table: SlotTable, run_id: str, slot: int) -> str:
+        """Free the slot of idle ``run_id`` for another run. Its context is saved where the
+        engine can save, and restored when the run comes back; elsewhere the slot is handed
+        over as it is, not erased: the next prompt reuses whatever prefix it shares."""
         control = table.control
-        if hasattr(control, "save"):
-            filename = f"orla-{run_id}-slot.bin"
+        if table.can_save and hasattr(control, "save"):
+            filename = _slot_file(run_id)
             try:
                 saved = await control.save(slot, filename)
             except OrlaError as exc:
-                erased = await control.erase(slot)
-                return f"erase slot {slot} ({erased} tokens; save failed: {exc})"
+                table.can_save = False  # no slot folder, or none that works: not tried again
+                return f"hand over slot {slot} unsaved (save failed: {exc})"
             table.saved[run_id] = filename
             return f"save slot {slot} to {filename} ({saved} tokens)"
-        erased = await control.erase(slot)
-        return f"erase slot {slot} ({erased} tokens; this engine cannot save slots)"
+        return f"hand over slot {slot} unsaved (this engine cannot save slots)"
 
     async def _restore(self, table: SlotTable, run_id: str, slot: int) -> None:
         filename = table.saved.pop(run_id)
@@ -173,7 +182,7 @@ class MemoryManager:
             action = f"restore slot {slot} from {filename} ({restored} tokens)"
         except OrlaError as exc:
             action = f"restore failed, the context is recomputed: {exc}"
-        self._log(run_id, "restore", "the run came back to a lent slot", action, table.name)
+        self._log(run_id, "restore", "the run came back to its saved slot", action, table.name)
 
     def keeps(self, run_id: str, backend: str) -> bool:
         """Whether the run kept a context on ``backend`` after an earlier stage."""
@@ -239,6 +248,29 @@ class MemoryManager:
         shared.keeping.clear()
         return f"reset the engine's prefix cache (KV usage {usage:.0%})"
 
+    # ---- a paused run ------------------------------------------------------------------
+    async def suspend(self, run_id: str) -> list[dict[str, Any]]:
+        """The run waits for a person: each idle slot it holds is saved (where the engine
+        can save) and freed, and its next call restores it; a context it keeps on a shared
+        cache is given up."""
+        entries = []
+        for backend, table in self.tables.items():
+            slot = table.held.get(run_id)
+            if slot is None or table.busy[slot]:
+                continue
+            del table.held[run_id]
+            try:
+                action = await self._vacate(table, run_id, slot)
+            finally:
+                table.free.append(slot)
+            entries.append(_entry(backend, "suspend", "the run waits for input", action))
+        for backend, shared in self.shared.items():
+            if run_id in shared.keeping:
+                self.kept.discard((run_id, backend))
+                entries.append(_entry(backend, "suspend", "the run waits for input",
+                                      await self._flush(run_id, backend)))
+        return entries
+
     # ---- the end of a run ---------------------------------------------------------------
     async def end_run(self, run_id: str) -> list[dict[str, Any]]:
         """Drop everything the run still holds: slots, saved slots, kept contexts."""
@@ -273,6 +305,13 @@ class MemoryManager:
     def _log(self, run_id: str, decision: str, reason: str, action: str,
              backend: str | None = None) -> None:
         self._logs.setdefault(run_id, []).append(_entry(backend, decision, reason, action))
+
+
+def _slot_file(run_id: str) -> str:
+    """A file name for the run's saved slot that llama.cpp accepts (letters, digits, dot,
+    dash, underscore), unique per run even where the run id had other characters."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:64]
+    return f"orla-{safe}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}-slot.bin"
 
 
 def _any_other(runs: Iterable[str], run_id: str) -> bool:

@@ -240,8 +240,8 @@ def error_json(status: int, message: str) -> dict[str, Any]:
 def error_status(exc: Exception) -> int:
     if not isinstance(exc, BackendError):
         return 400  # a request orla cannot read
-    if isinstance(exc.__cause__, openai.APIStatusError):
-        return exc.__cause__.status_code  # what the engine answered
+    if exc.status is not None:
+        return exc.status  # what the engine answered
     return 503 if exc.retryable else 502
 
 

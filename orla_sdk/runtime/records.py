@@ -31,6 +31,7 @@ class CallRecord:
     ttft_s: float
     duration_s: float
     slot: int | None = None
+    started_at: float = 0.0  # wall-clock seconds (time.time()) when the call was made
 
 
 @dataclass

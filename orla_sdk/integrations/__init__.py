@@ -1,0 +1,1 @@
+"""orla beneath other frameworks: ``orla.serve`` for LangGraph graphs and AutoGen teams."""

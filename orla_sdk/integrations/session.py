@@ -1,0 +1,179 @@
+"""A serving session: orla's runtime beneath another framework's app.
+
+A LangGraph graph or an AutoGen team runs its own control flow; orla serves its model
+calls. The session owns what that takes:
+
+- a ``BackendPool`` (queues, cache slots, embedded engines) on an event loop of its own,
+  in a daemon thread, so that sync and async callers, in any thread, share one runtime;
+- one ``RunState`` per run: a LangGraph thread, an AutoGen team run. A run keeps its
+  cache slot between calls, so every call of a thread extends the context cached there;
+- one ``StageContext`` per unit of work (a graph task, an agent's turn), so that a call
+  made there is queued with the unit's priority and recorded in its ``StageRecord``;
+- the ``Report`` those records go to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from orla_sdk.integrations.report import Labels, Report
+from orla_sdk.ir import Node, Plan, StageSpec
+from orla_sdk.runtime.context import RunState, StageContext
+from orla_sdk.runtime.pool import BackendPool
+from orla_sdk.runtime.records import StageRecord
+
+T = TypeVar("T")
+Outcome = Literal["idle", "paused", "over"]
+AD_HOC_REF = "orla_sdk.integrations.session:ad_hoc"
+
+
+@dataclass
+class _Run:
+    state: RunState
+    units: dict[str, StageContext] = field(default_factory=dict)
+
+
+class ServingSession:
+    """The runtime one served app uses. ``close()`` stops its engines and its loop."""
+
+    def __init__(self, plan: Plan, *, pool: BackendPool | None = None,
+                 models: Mapping[str, str] | None = None, report: Report | None = None) -> None:
+        self.plan = plan
+        self.pool = pool or BackendPool(plan.backends)
+        self.models = dict(models or {})  # logical models of units the plan has no node for
+        self.report = report or Report()
+        self._nodes = {node.id: node for node in plan.nodes}
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+        self._ending: set[Future[list[dict[str, Any]]]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- the loop ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the loop thread and the pool (its engines) once; safe from any thread."""
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                                name=f"orla-serve-{self.plan.name}")
+                self._thread.start()
+                self._loop = loop
+            if not self.pool.started:
+                self._submit(self.pool.start()).result()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("the serving session has not started")
+        return self._loop
+
+    def _submit(self, work: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(work, self.loop)
+
+    def call(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the session's loop and wait for it (from outside that loop)."""
+        return self._submit(work).result()
+
+    async def acall(self, work: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(self._submit(work))
+
+    def end_soon(self, run_id: str,
+                 logged: Callable[[list[dict[str, Any]]], None]) -> None:
+        """Settle a finished run ``"over"`` without waiting for the engine's erase: the
+        caller's latency does not include it; ``logged`` gets the cache actions."""
+        def done(future: Future[list[dict[str, Any]]]) -> None:
+            with self._lock:
+                self._ending.discard(future)
+            error = future.exception()
+            logged(future.result() if error is None else [
+                {"node": None, "backend": None, "decision": "flush",
+                 "reason": "end of workflow", "action": f"failed: {error}"}])
+
+        future = self._submit(self.settle(run_id, "over"))
+        with self._lock:
+            self._ending.add(future)
+        future.add_done_callback(done)
+
+    def close(self) -> None:
+        """End every run (their slots are erased), stop the engines, then the loop."""
+        if self._loop is None:
+            return
+        with self._lock:
+            ending = list(self._ending)
+        for future in ending:
+            future.exception()  # waits; a failure was logged already
+        for run_id in list(self._runs):
+            self.call(self.settle(run_id, "over"))
+        self.call(self.pool.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._loop.close()
+        self._loop = self._thread = None
+
+    # ---- runs and units of work --------------------------------------------------------
+    def unit(self, run_id: str, key: str, node_id: str, labels: Labels) -> StageContext:
+        """The stage context of one unit of work of ``run_id``, made on first use.
+
+        ``node_id`` is the plan node the unit runs (a node the plan lacks, such as a
+        functional-API task, runs as an ad hoc stage of that name).
+        """
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                run = self._runs[run_id] = _Run(RunState(run_id, self.plan, self.pool,
+                                                         self.loop))
+            ctx = run.units.get(key)
+            if ctx is None:
+                ctx = run.units[key] = self._new_unit(run.state, node_id, labels)
+            return ctx
+
+    def _new_unit(self, state: RunState, node_id: str, labels: Labels) -> StageContext:
+        node = self._nodes.get(node_id)
+        if node is None or node.stage is None:
+            name = node_id.rsplit(":", 1)[-1]
+            node = Node(id=node_id, kind="stage", label=name)
+            spec = StageSpec(name=name, ref=AD_HOC_REF, model=self.models.get(name))
+        else:
+            spec = self.plan.stage_of(node)
+        record = StageRecord(node.id, spec.name)
+        self.report.add(record, labels)
+        meta = node.meta.get("priority", {})
+        priority = labels.get("priority")
+        if not isinstance(priority, int):
+            priority = int(meta.get("value", 50))
+        return StageContext(state, node, spec, record, priority,
+                            int(meta.get("critical_path", 0)))
+
+    def finish_units(self, run_id: str) -> None:
+        """Forget the run's units (their records stay in the report)."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None:
+                run.units.clear()
+
+    async def settle(self, run_id: str, outcome: Outcome) -> list[dict[str, Any]]:
+        """What becomes of a run's cache when the app hands control back: ``"idle"`` keeps
+        its slot for the next call (lent to others meanwhile if they need it), ``"paused"``
+        saves and frees it until the run resumes, ``"over"`` drops all it holds. Returns
+        the cache actions taken for the run since the last settle."""
+        memory = self.pool.memory
+        entries = memory.take_log(run_id)
+        if outcome == "paused":
+            entries += await memory.suspend(run_id)
+        elif outcome == "over":
+            with self._lock:
+                self._runs.pop(run_id, None)
+            entries += await memory.end_run(run_id)
+        return entries
+
+
+def ad_hoc(*inputs: Any) -> Any:
+    """The body of a unit of work the plan has no node for: never called by orla."""
+    raise RuntimeError("an ad hoc serving unit has no body of its own")

@@ -1,0 +1,372 @@
+"""``orla.serve(graph)``: LangGraph apps whose own ``ChatOpenAI`` / ``init_chat_model`` /
+``openai`` calls orla serves. The simulator backends give fast checks of attribution,
+routing, priorities, streaming and reports; the real llama.cpp engine checks that an
+interrupt saves the thread's slot and the resume finds its context cached again."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from collections.abc import Iterator
+from typing import Annotated, Any, TypedDict
+
+import openai
+import pytest
+from langchain.chat_models import init_chat_model
+from langchain_core.messages import AIMessageChunk, AnyMessage
+from langchain_openai import ChatOpenAI
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.func import entrypoint, task
+from langgraph.graph import END, START, StateGraph, add_messages
+from langgraph.types import Command, Send, interrupt
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import orla_sdk as orla
+from orla_sdk.backends.engine import LocalEngine, free_port
+from orla_sdk.errors import PlanValidationError
+from orla_sdk.integrations.langgraph import ServedGraph
+
+NOWHERE = f"http://127.0.0.1:{free_port()}/v1"  # the apps' own endpoint: nothing listens
+BACKENDS = [orla.backends.simulator("light", "smollm2-135m"),
+            orla.backends.simulator("heavy", "qwen3-8b")]
+MAPPING = {"light": orla.Target(backend="light", model="smollm2-135m",
+                                params={"max_tokens": 16}),
+           "heavy": orla.Target(backend="heavy", model="qwen3-8b", params={"max_tokens": 16})}
+LIGHT = ChatOpenAI(model="gpt-4o-mini", api_key="unused", base_url=NOWHERE, max_retries=0)
+HEAVY = init_chat_model("openai:gpt-4o", api_key="unused", base_url=NOWHERE, max_retries=0)
+
+
+class Ticket(TypedDict, total=False):
+    ticket: str
+    label: str
+    answer: str
+    notes: Annotated[list[str], operator.add]
+
+
+def classify(state: Ticket) -> Ticket:
+    return {"label": str(LIGHT.invoke(f"Classify: {state['ticket']}").content)}
+
+
+def answer(state: Ticket) -> Ticket:
+    reply = HEAVY.invoke([("system", "You answer tickets."), ("user", state["ticket"])])
+    return {"answer": str(reply.content)}
+
+
+def support_graph(**compile_options: Any) -> Any:
+    graph = StateGraph(Ticket)
+    graph.add_node("classify", classify, metadata={"orla": {"model": "light"}})
+    graph.add_node("answer", answer, metadata={"orla": {"model": "heavy", "priority": 90}})
+    graph.add_edge(START, "classify")
+    graph.add_edge("classify", "answer")
+    graph.add_edge("answer", END)
+    return graph.compile(**compile_options)
+
+
+@pytest.fixture
+def served() -> Iterator[ServedGraph]:
+    app = orla.serve(support_graph(checkpointer=InMemorySaver()), backends=BACKENDS,
+                     mapping=MAPPING, prices={"heavy": orla.Price(input=1.0, output=2.0)})
+    yield app
+    app.close()
+
+
+def thread(name: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": name}}
+
+
+def backends_of(app: ServedGraph, node: str) -> set[str]:
+    return {c.backend for row in app.report.rows(node=node) for c in row.record.calls}
+
+
+# ---- attribution and routing ------------------------------------------------------------
+def test_each_node_is_served_by_its_mapped_backend(served: ServedGraph) -> None:
+    state = served.invoke({"ticket": "I was charged twice."}, thread("t1"))
+    assert state["label"] and state["answer"]
+    assert backends_of(served, "classify") == {"light"}
+    assert backends_of(served, "answer") == {"heavy"}
+    rows = served.report.rows(thread_id="t1")
+    assert [(r.labels["node"], r.labels["step"]) for r in rows] == [("classify", 1),
+                                                                      ("answer", 2)]
+    assert all(r.labels["graph"] == served.name for r in rows)
+
+
+def test_calls_outside_a_served_invocation_go_to_the_apps_own_endpoint(
+        served: ServedGraph) -> None:
+    served.invoke({"ticket": "hello"}, thread("t1"))
+    with pytest.raises(openai.APIConnectionError):
+        LIGHT.invoke("not served")
+    with pytest.raises(openai.APIConnectionError):
+        support_graph().invoke({"ticket": "the bare graph is not served"})
+
+
+def test_node_priority_reaches_the_backend_queue(served: ServedGraph,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, int]] = []
+    pool = served.session.pool
+    call = pool.call
+
+    async def recording(backend: str, request: Any, **kw: Any) -> Any:
+        seen.append((kw["stage"], kw["priority"]))
+        return await call(backend, request, **kw)
+
+    monkeypatch.setattr(pool, "call", recording)
+    served.invoke({"ticket": "hello"}, thread("t1"))
+    assert dict(seen) == {"classify": served.plan.node("classify").meta["priority"]["value"],
+                          "answer": 90}
+
+
+def test_report_totals_per_node_and_thread(served: ServedGraph) -> None:
+    served.invoke({"ticket": "one"}, thread("a"))
+    served.invoke({"ticket": "two"}, thread("b"))
+    served.invoke({"ticket": "three"}, thread("b"))
+    report = served.report.to_json()
+    calls = [c for row in served.report.rows() for c in row.record.calls]
+    assert report["total"]["calls"] == len(calls) == 6
+    assert report["by_thread_id"]["a"]["calls"] == 2
+    assert report["by_thread_id"]["b"]["calls"] == 4
+    assert report["by_node"]["classify"]["cost_usd"] == 0.0  # no price for "light"
+    heavy = report["by_node"]["answer"]
+    fresh = heavy["prompt_tokens"] - heavy["cached_tokens"]
+    assert heavy["cost_usd"] == pytest.approx(
+        (fresh * 1.0 + heavy["cached_tokens"] * 1.0 + heavy["completion_tokens"] * 2.0) / 1e6)
+    for totals in report["by_node"].values():
+        assert totals["prompt_tokens"] > 0 and totals["completion_tokens"] > 0
+        assert totals["engine_s"] > 0 and totals["ttft_s_median"] > 0
+
+
+def test_a_thread_keeps_its_slot_between_turns_and_finds_its_context_cached(
+        served: ServedGraph) -> None:
+    served.invoke({"ticket": "A long ticket about a double charge. " * 8}, thread("t1"))
+    served.invoke({"ticket": "A long ticket about a double charge. " * 8}, thread("t1"))
+    first, second = (row.record.calls[0] for row in served.report.rows(node="classify"))
+    assert first.slot == second.slot is not None
+    assert first.cached_tokens == 0 and second.cached_tokens > 0
+    assert served.end_thread("t1")[0]["decision"] == "flush"
+
+
+# ---- the graph's API ---------------------------------------------------------------------
+def test_stream_modes_match_invoke(served: ServedGraph) -> None:
+    updates = list(served.stream({"ticket": "x"}, thread("s1"), stream_mode="updates"))
+    assert [next(iter(u)) for u in updates] == ["classify", "answer"]
+    values = list(served.stream({"ticket": "x"}, thread("s2"), stream_mode="values"))
+    assert set(values[-1]) >= {"ticket", "label", "answer"}
+    pieces = [(chunk, meta) for chunk, meta in
+              served.stream({"ticket": "x"}, thread("s3"), stream_mode="messages")]
+    assert pieces and all(isinstance(chunk, AIMessageChunk) for chunk, _ in pieces)
+    streamed = {meta["langgraph_node"] for _, meta in pieces}
+    assert streamed == {"classify", "answer"}
+    assert len(served.report.rows(thread_id="s3")) == 2
+
+
+def test_async_nodes_ainvoke_and_astream() -> None:
+    async def aclassify(state: Ticket) -> Ticket:
+        return {"label": str((await LIGHT.ainvoke(state["ticket"])).content)}
+
+    graph = StateGraph(Ticket)
+    graph.add_node("aclassify", aclassify, metadata={"orla": {"model": "light"}})
+    graph.add_node("answer", answer, metadata={"orla": {"model": "heavy"}})
+    graph.add_edge(START, "aclassify")
+    graph.add_edge("aclassify", "answer")
+
+    async def main(app: ServedGraph) -> list[Any]:
+        state = await app.ainvoke({"ticket": "hi"})
+        assert state["label"] and state["answer"]
+        return [c async for c in app.astream({"ticket": "hi"}, stream_mode="messages")]
+
+    with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
+        chunks = asyncio.run(main(app))
+        assert {meta["langgraph_node"] for _, meta in chunks} == {"aclassify", "answer"}
+        assert backends_of(app, "aclassify") == {"light"}
+        assert len(app.report.rows()) == 4
+
+
+def test_send_fan_out_and_subgraph_nodes_are_attributed() -> None:
+    def fan_out(state: Ticket) -> list[Send]:
+        return [Send("draft", {"ticket": f"{state['ticket']} #{i}"}) for i in range(3)]
+
+    def draft(state: Ticket) -> Ticket:
+        return {"notes": [str(HEAVY.invoke(state["ticket"]).content)]}
+
+    inner = StateGraph(Ticket)
+    inner.add_node("check", classify)
+    inner.add_edge(START, "check")
+    graph = StateGraph(Ticket)
+    graph.add_node("start", lambda state: {"notes": []})
+    graph.add_node("draft", draft, metadata={"orla": {"model": "heavy"}})
+    graph.add_node("review", inner.compile())
+    graph.add_edge(START, "start")
+    graph.add_conditional_edges("start", fan_out, ["draft"])
+    graph.add_edge("draft", "review")
+    with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING,
+                    models={"review:check": "light"}) as app:
+        state = app.invoke({"ticket": "t"})
+        assert state["notes"] and state["label"]
+        assert len(app.report.rows(node="draft")) == 3  # one unit per Send packet
+        assert len({r.labels["task"] for r in app.report.rows(node="draft")}) == 3
+        assert backends_of(app, "draft") == {"heavy"}
+        assert backends_of(app, "review:check") == {"light"}
+
+
+def test_functional_api_tasks_are_units_mapped_by_name() -> None:
+    @task
+    def summarize(text: str) -> str:
+        return str(LIGHT.invoke(f"Summarize: {text}").content)
+
+    @entrypoint(checkpointer=InMemorySaver())
+    def pipeline(text: str) -> dict[str, str]:
+        summary = summarize(text).result()
+        return {"summary": summary, "answer": str(HEAVY.invoke(summary).content)}
+
+    with orla.serve(pipeline, backends=BACKENDS, mapping=MAPPING,
+                    models={"pipeline": "heavy", "summarize": "light"}) as app:
+        out = app.invoke("a long text", thread("f1"))
+        assert out["summary"] and out["answer"]
+        assert backends_of(app, "pipeline:summarize") == {"light"}
+        assert backends_of(app, "pipeline") == {"heavy"}
+
+
+def test_plain_openai_clients_in_nodes_are_served_too(served: ServedGraph) -> None:
+    client = openai.OpenAI(api_key="unused", base_url=NOWHERE, max_retries=0)
+
+    def node(state: Ticket) -> Ticket:
+        reply = client.chat.completions.create(
+            model="whatever", messages=[{"role": "user", "content": state["ticket"]}])
+        return {"answer": reply.choices[0].message.content or ""}
+
+    graph = StateGraph(Ticket)
+    graph.add_node("plain", node, metadata={"orla": {"model": "light"}})
+    graph.add_edge(START, "plain")
+    with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
+        assert app.invoke({"ticket": "hi"})["answer"]
+        assert backends_of(app, "plain") == {"light"}
+
+
+def test_batch_runs_invocations_concurrently(served: ServedGraph) -> None:
+    states = served.batch([{"ticket": f"ticket {i}"} for i in range(4)],
+                          [thread(f"b{i}") for i in range(4)])
+    assert all(s["answer"] for s in states)
+    assert set(served.report.to_json()["by_thread_id"]) == {"b0", "b1", "b2", "b3"}
+
+
+def test_interrupt_pauses_the_thread_and_resume_goes_on(served: ServedGraph) -> None:
+    def approve(state: Ticket) -> Ticket:
+        return {"label": f"{state['label']} (approved: {interrupt('approve?')})"}
+
+    graph = StateGraph(Ticket)
+    graph.add_node("classify", classify, metadata={"orla": {"model": "light"}})
+    graph.add_node("approve", approve)
+    graph.add_node("answer", answer, metadata={"orla": {"model": "heavy"}})
+    graph.add_edge(START, "classify")
+    graph.add_edge("classify", "approve")
+    graph.add_edge("approve", "answer")
+    with orla.serve(graph.compile(checkpointer=InMemorySaver()), backends=BACKENDS,
+                    mapping=MAPPING) as app:
+        paused = app.invoke({"ticket": "refund please"}, thread("h1"))
+        assert "__interrupt__" in paused and "answer" not in paused
+        assert [e["decision"] for e in app.cache_log] == ["suspend"]
+        done = app.invoke(Command(resume="yes"), thread("h1"))
+        assert done["answer"] and "approved: yes" in done["label"]
+        assert len(app.report.rows(thread_id="h1", node="answer")) == 1
+
+
+# ---- reports as OpenTelemetry spans --------------------------------------------------------
+def test_each_invocation_exports_unit_and_call_spans() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with orla.serve(support_graph(), backends=BACKENDS, mapping=MAPPING,
+                    tracer=provider.get_tracer("test")) as app:
+        app.invoke({"ticket": "hi"})
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    unit, call = spans["orla.unit answer"], spans["chat qwen3-8b"]
+    assert call.parent is not None and call.parent.span_id == unit.context.span_id
+    assert unit.attributes is not None and call.attributes is not None
+    assert unit.attributes["orla.node"] == "answer" and unit.attributes["orla.calls"] == 1
+    assert call.attributes["gen_ai.usage.input_tokens"] > 0
+    assert call.attributes["orla.backend"] == "heavy"
+    assert unit.start_time is not None and unit.end_time is not None
+    assert call.start_time is not None and call.end_time is not None
+    assert unit.start_time <= call.start_time <= call.end_time <= unit.end_time
+
+
+# ---- bad input and failures ----------------------------------------------------------------
+def test_serve_rejects_what_it_cannot_serve() -> None:
+    with pytest.raises(TypeError, match="LangGraph graph"):
+        orla.serve(lambda state: state)
+    with pytest.raises(PlanValidationError, match="heavy"):
+        orla.serve(support_graph(), backends=BACKENDS[:1],
+                   mapping={"light": MAPPING["light"]})
+
+
+def test_an_engine_that_is_down_fails_the_call_with_its_name_and_the_app_goes_on() -> None:
+    down = orla.backends.openai_compatible("down", f"http://127.0.0.1:{free_port()}/v1")
+    mapping = {**MAPPING, "heavy": orla.Target(backend="down", model="m")}
+    with orla.serve(support_graph(checkpointer=InMemorySaver()),
+                    backends=[*BACKENDS, down], mapping=mapping) as app:
+        app.session.pool.timeout = 2.0
+        with pytest.raises(openai.APIStatusError, match="down"):
+            app.invoke({"ticket": "hi"}, thread("x"))
+        assert backends_of(app, "classify") == {"light"}  # the light node was served
+        state = app.get_state(thread("x"))
+        assert state.next == ("answer",)  # the checkpoint can be resumed once it is up
+
+
+# ---- the real engine: an interrupt saves the slot, the resume restores it ------------------
+class Chat(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+RULES = "You are a support agent. " + " ".join(
+    f"Rule {i}: answer precisely and politely." for i in range(40))
+
+
+def test_interrupt_saves_the_slot_and_resume_restores_it(llama_engine: LocalEngine) -> None:
+    llm = ChatOpenAI(model="any", api_key="unused", base_url=NOWHERE, max_retries=0,
+                     max_tokens=24, temperature=0)
+
+    def draft(state: Chat) -> Chat:
+        return {"messages": [llm.invoke([("system", RULES), *state["messages"]])]}
+
+    def review(state: Chat) -> Chat:
+        return {"messages": [("user", f"Reviewer: {interrupt('review the draft')}")]}
+
+    graph = StateGraph(Chat)
+    graph.add_node("draft", draft)
+    graph.add_node("review", review)
+    graph.add_node("final", draft)
+    graph.add_edge(START, "draft")
+    graph.add_edge("draft", "review")
+    graph.add_edge("review", "final")
+    local = orla.backends.llamacpp("local", url=llama_engine.url)
+    with orla.serve(graph.compile(checkpointer=InMemorySaver()), backends=[local],
+                    mapping={"agent": f"local/{orla.backends.DEFAULT_LOCAL_MODEL}"},
+                    default_model="agent") as app:
+        app.invoke({"messages": [("user", "I was charged twice.")]}, thread("r1"))
+        assert [e["decision"] for e in app.cache_log] == ["suspend"]
+        assert app.cache_log[0]["action"].startswith("save slot")
+        app.invoke(Command(resume="add an apology"), thread("r1"))
+        assert [e["decision"] for e in app.cache_log] == ["suspend", "restore"]
+        (before,), (after,) = (row.record.calls for row in app.report.rows(thread_id="r1"))
+        # the resumed call extends the saved context: its whole prefix is found cached
+        assert after.slot != before.slot or after.cached_tokens > 0
+        assert after.cached_tokens >= before.prompt_tokens > before.cached_tokens
+        app.end_thread("r1")
+
+
+def test_customer_support_langgraph_example_on_llama_cpp(llama_engine: LocalEngine) -> None:
+    from examples import langgraph_support
+
+    local = orla.backends.llamacpp("local", url=llama_engine.url)
+    mapping = {name: f"local/{orla.backends.DEFAULT_LOCAL_MODEL}" for name in ("light", "heavy")}
+    with orla.serve(langgraph_support.build_graph(), backends=[local], mapping=mapping) as app:
+        state = app.invoke({"ticket": langgraph_support.SAMPLE_TICKET}, thread("ticket"))
+        report = app.report.to_json()
+    assert isinstance(state["triage"], langgraph_support.Triage)
+    assert state["answer"]
+    branch = "acknowledge" if state["triage"].needs_escalation else "reply"
+    assert set(report["by_node"]) == {"classify", "policy_check", "route_ticket", branch}
+    for totals in report["by_node"].values():
+        assert totals["calls"] == 1 and totals["prompt_tokens"] > 0
+    assert report["by_thread_id"]["ticket"]["calls"] == 4
