@@ -52,6 +52,7 @@ import cProfile
 import gc
 import io
 import json
+import multiprocessing
 import os
 import pstats
 import statistics
@@ -59,7 +60,9 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -210,16 +213,49 @@ def serve(graph: Any, light_url: str, heavy_url: str) -> Any:
     return app
 
 
+@dataclass(frozen=True)
+class Sim:
+    """A simulated engine to serve over HTTP: its profile, name and slots."""
+
+    profile: str
+    name: str
+    max_batch: int | None = None
+
+
+def _serve_sim(sim: Sim, conn: Connection) -> None:
+    """The child process: serve ``sim`` until told to stop, then send its counters."""
+    engine = SimEngine(sim.profile, name=sim.name, clock="real", max_batch=sim.max_batch)
+    url, stop = sim_http.serve_http(engine)
+    conn.send(url)
+    conn.recv()
+    conn.send(engine.metrics_now())
+    stop()
+
+
 @contextmanager
-def sim_servers(light: SimEngine, heavy: SimEngine) -> Iterator[tuple[str, str]]:
-    """Both engines behind their HTTP servers, stopped on exit."""
-    light_url, stop_light = sim_http.serve_http(light)
-    heavy_url, stop_heavy = sim_http.serve_http(heavy)
+def sim_servers(light: Sim, heavy: Sim,
+                counters: dict[str, dict[str, float]] | None = None
+                ) -> Iterator[tuple[str, str]]:
+    """Both engines behind their HTTP servers, each in a process of its own (as a real
+    engine is: its work never holds this process's GIL); stopped on exit, when their
+    final counters go to ``counters`` by engine name."""
+    spawn = multiprocessing.get_context("spawn")
+    children = []
+    for sim in (light, heavy):
+        ours, theirs = spawn.Pipe()
+        process = spawn.Process(target=_serve_sim, args=(sim, theirs), daemon=True)
+        process.start()
+        children.append((sim, process, ours))
     try:
+        light_url, heavy_url = (conn.recv() for _, _, conn in children)
         yield light_url, heavy_url
     finally:
-        stop_light()
-        stop_heavy()
+        for sim, process, conn in children:
+            conn.send("stop")
+            metrics = conn.recv()
+            if counters is not None:
+                counters[sim.name] = metrics
+            process.join(timeout=10)
 
 
 def replies(state: Support) -> list[str]:
@@ -234,9 +270,8 @@ def replies(state: Support) -> list[str]:
 BARE, SERVED = "bare", "served"
 
 
-def engine_counters(engine: SimEngine) -> dict[str, float]:
-    """Requests and prompt tokens as the engine counted them (read once it is idle)."""
-    m = engine.metrics_now()
+def engine_counters(m: dict[str, float]) -> dict[str, float]:
+    """Requests and prompt tokens as the engine counted them (read once it was idle)."""
     cached, fresh = m["prompt_tokens_cached_total"], m["prompt_tokens_total"]
     return {"requests": m["requests_finished_total"], "prompt_tokens": cached + fresh,
             "cached_tokens": cached, "cached_share": cached / max(cached + fresh, 1),
@@ -270,9 +305,9 @@ def served_summary(app: Any) -> dict[str, Any]:
 
 def load_run(way: str, conversations: int, turns: int, light_slots: int) -> dict[str, Any]:
     """One timed run of all conversations, on a fresh pair of servers."""
-    light = SimEngine(LIGHT_MODEL, name="light", clock="real", max_batch=light_slots)
-    heavy = SimEngine(HEAVY_MODEL, name="heavy", clock="real")
-    with sim_servers(light, heavy) as (light_url, heavy_url):
+    counters: dict[str, dict[str, float]] = {}
+    with sim_servers(Sim(LIGHT_MODEL, "light", light_slots), Sim(HEAVY_MODEL, "heavy"),
+                     counters) as (light_url, heavy_url):
         graph = build_graph(*clients(light_url, heavy_url), checkpointer=InMemorySaver())
         app = serve(graph, light_url, heavy_url) if way == SERVED else graph
         try:
@@ -286,7 +321,7 @@ def load_run(way: str, conversations: int, turns: int, light_slots: int) -> dict
         finally:
             if way == SERVED:
                 app.close()
-        engines = {"light": engine_counters(light), "heavy": engine_counters(heavy)}
+    engines = {name: engine_counters(m) for name, m in counters.items()}
     return {"way": way, "wall_s": wall, "engines": engines, "orla": orla_side,
             "replies": [replies(s) for s in states]}
 
@@ -418,9 +453,7 @@ def profile(bench: OverheadBench, path: Path) -> str:
 
 
 def overhead_measure(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
-    light = SimEngine("instant", name="light", clock="real", max_batch=args.light_slots)
-    heavy = SimEngine("instant", name="heavy", clock="real")
-    with sim_servers(light, heavy) as urls:
+    with sim_servers(Sim("instant", "light", args.light_slots), Sim("instant", "heavy")) as urls:
         bench = OverheadBench(*urls)
         try:
             bench.run(args.repeat)

@@ -87,13 +87,17 @@ class OpenAICompatibleBackend:
         return {**body, **engine_fields(self.spec.kind, request, self.spec.options), **extra}
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-        """The JSON of each server-sent event, up to ``[DONE]``."""
+        """The JSON of each server-sent event, up to ``[DONE]``. The body is read to its
+        end even so: a connection whose response was left unread is closed, not pooled,
+        and the next call would pay for a new one."""
+        done = False
         async for line in response.aiter_lines():
-            if not line.startswith("data:"):
+            if done or not line.startswith("data:"):
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
-                return
+                done = True
+                continue
             event = json.loads(data)
             if isinstance(event, dict) and "error" in event:  # a failure after streaming began
                 raise BackendError(self.spec.name, f"failed while streaming: "

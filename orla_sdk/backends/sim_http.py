@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -41,7 +42,7 @@ def serve_http(engine: SimEngine, host: str = "127.0.0.1",
     loop_thread = threading.Thread(target=loop.run_forever, name="sim-engine", daemon=True)
     loop_thread.start()
     handler = type("SimHandler", (_Handler,), {"engine": engine, "loop": loop})
-    server = ThreadingHTTPServer((host, port), handler)
+    server = _Server((host, port), handler)
     server.daemon_threads = True
     http_thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="sim-http",
                                    daemon=True)
@@ -56,6 +57,13 @@ def serve_http(engine: SimEngine, host: str = "127.0.0.1",
         loop.close()
 
     return f"http://{host}:{server.server_address[1]}", stop
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops its kept-alive connection is no error; others are printed."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 async def _cancel_tasks() -> None:
@@ -162,27 +170,28 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": usage_json(result), "timings": _timings(call)})
 
     def _stream(self, call: SimCall, body: dict[str, Any], include_usage: bool) -> None:
+        """Server-sent events in chunked transfer encoding on a kept-alive connection, as
+        llama.cpp's and vLLM's servers send them."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
+        self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        self.close_connection = True
         envelope = _envelope(call, body, "chat.completion.chunk")
         first, *rest = _deltas(call)
         self._run(_wait(call.first_token))
-        self._event({**envelope, "choices": [{"index": 0, "delta": first, "finish_reason": None}]})
+        self._chunk(_event({**envelope, "choices": [
+            {"index": 0, "delta": first, "finish_reason": None}]}))
         result = self._run(_wait(call.done))  # the rest of the reply comes in one burst
-        for delta in rest:
-            self._event({**envelope, "choices": [
-                {"index": 0, "delta": delta, "finish_reason": None}]})
-        self._event({**envelope, "choices": [
-            {"index": 0, "delta": {}, "finish_reason": result.finish_reason}]})
+        events = [_event({**envelope, "choices": [
+            {"index": 0, "delta": delta, "finish_reason": None}]}) for delta in rest]
+        events.append(_event({**envelope, "choices": [
+            {"index": 0, "delta": {}, "finish_reason": result.finish_reason}]}))
         if include_usage:
-            self._event({**envelope, "choices": [], "usage": usage_json(result),
-                         "timings": _timings(call)})
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
+            events.append(_event({**envelope, "choices": [], "usage": usage_json(result),
+                                  "timings": _timings(call)}))
+        self._chunk(b"".join(events) + b"data: [DONE]\n\n")
+        self._chunk(b"")  # the last chunk: the reply is over, the connection stays open
 
     # -- plumbing --
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
@@ -198,8 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValueError("the body must be a JSON object")
         return body
 
-    def _event(self, data: dict[str, Any]) -> None:
-        self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
     def _json(self, status: int, data: Any) -> None:
@@ -215,6 +224,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
 
 
 async def _submit(engine: SimEngine, request: ChatRequest) -> SimCall:
