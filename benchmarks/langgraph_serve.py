@@ -215,16 +215,18 @@ def serve(graph: Any, light_url: str, heavy_url: str) -> Any:
 
 @dataclass(frozen=True)
 class Sim:
-    """A simulated engine to serve over HTTP: its profile, name and slots."""
+    """A simulated engine to serve over HTTP: its profile, name, and slots where it
+    imitates llama.cpp (requests that name no slot are given one as llama.cpp does)."""
 
     profile: str
     name: str
-    max_batch: int | None = None
+    slots: int | None = None
 
 
 def _serve_sim(sim: Sim, conn: Connection) -> None:
     """The child process: serve ``sim`` until told to stop, then send its counters."""
-    engine = SimEngine(sim.profile, name=sim.name, clock="real", max_batch=sim.max_batch)
+    engine = SimEngine(sim.profile, name=sim.name, clock="real", max_batch=sim.slots,
+                       assign_slots=sim.slots is not None)
     url, stop = sim_http.serve_http(engine)
     conn.send(url)
     conn.recv()
@@ -453,7 +455,8 @@ def profile(bench: OverheadBench, path: Path) -> str:
 
 
 def overhead_measure(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
-    with sim_servers(Sim("instant", "light", args.light_slots), Sim("instant", "heavy")) as urls:
+    light, heavy = Sim("instant", "light", args.light_slots), Sim("instant", "heavy")
+    with sim_servers(light, heavy) as urls:
         bench = OverheadBench(*urls)
         try:
             bench.run(args.repeat)

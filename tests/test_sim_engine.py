@@ -227,6 +227,50 @@ def test_slots_keep_their_own_prefixes_and_erase_alone() -> None:
     assert erased > 0 and after_erase0 == 0 and again1 > 0
 
 
+def test_unpinned_requests_get_a_slot_as_llama_cpp_assigns_them() -> None:
+    """With assign_slots, a request that names no slot goes to the idle slot sharing the
+    longest prefix with it, else to the one used least recently, and a slot holds one
+    sequence; without, every unpinned request shares one cache."""
+    a, b, c = words("alpha", 70), words("bravo", 70), words("charl", 70)
+    a_again = words("alpha", 90)
+
+    async def scenario(assign: bool) -> list[int]:
+        engine = SimEngine(TOY, max_batch=2, block_tokens=16, assign_slots=assign)
+        return [(await engine.chat(r)).cached_tokens for r in (a, b, a_again, c, a_again)]
+
+    assert run(lambda: scenario(False)) == [0, 0, 64, 0, 80]
+    # a takes slot 0, b the unused slot 1, a's follow-up finds slot 0 by its prefix; c
+    # shares nothing, so takes the least recently used slot (1, b's); a again keeps slot 0
+    assert run(lambda: scenario(True)) == [0, 0, 64, 0, 80]
+
+    async def crowded(assign: bool) -> list[int]:
+        engine = SimEngine(TOY, max_batch=2, block_tokens=16, assign_slots=assign)
+        return [(await engine.chat(r)).cached_tokens for r in (a, b, c, a_again)]
+
+    # three conversations on two slots: c overwrites a's slot (used least recently), so
+    # a's follow-up finds its context nowhere; one shared cache still holds it
+    assert run(lambda: crowded(True)) == [0, 0, 0, 0]
+    assert run(lambda: crowded(False)) == [0, 0, 0, 64]
+
+
+def test_an_assigned_slot_is_reused_by_a_similar_prompt_and_loses_its_old_context() -> None:
+    # both slots hold a context; a third prompt shares the system prompt with slot 0's
+    # only, so it takes slot 0 (llama.cpp's similarity rule) and overwrites that context
+    async def scenario() -> list[int]:
+        engine = SimEngine("qwen3-8b", max_batch=2, assign_slots=True)
+        seen = [(await engine.chat(r)).cached_tokens for r in (
+            ask("first question"), ask("x", system="A different system prompt entirely."))]
+        seen.append((await engine.chat(ask("second question"))).cached_tokens)
+        erased = await engine.erase(0) + await engine.erase(1)
+        seen += [erased, (await engine.chat(ask("first question"))).cached_tokens]
+        return seen
+
+    first, other, similar, erased, after_erase = run(scenario)
+    assert first == other == 0
+    assert similar >= shared_prefix(ask("first question"), ask("second question")) - 16
+    assert erased > 0 and after_erase == 0
+
+
 # ---- the latency model and the queue --------------------------------------------------------
 def test_a_lone_request_costs_what_the_profile_says() -> None:
     request = words("alpha", 50)

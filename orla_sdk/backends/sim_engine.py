@@ -27,7 +27,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult, ToolCall
@@ -308,6 +308,7 @@ class PrefixCache:
         self._blocks: dict[bytes, _Block] = {}
         self._idle: OrderedDict[bytes, None] = OrderedDict()  # unreferenced, oldest first
         self._private = 0  # blocks of running requests that hold no full, keyed block
+        self._by_slot: dict[int, set[bytes]] = {}  # slot -> keys of its blocks
 
     def keys(self, tokens: list[str], slot: int | None) -> list[bytes]:
         size = self.block_tokens
@@ -347,7 +348,8 @@ class PrefixCache:
                 self._reference(key)
         self._make_room(needed)
         for key in keys:
-            self._blocks.setdefault(key, _Block(refs=1, slot=slot, computed=False))
+            if key not in self._blocks:
+                self._add(key, _Block(refs=1, slot=slot, computed=False))
         self._private += blocks - len(keys)
         return True
 
@@ -358,7 +360,7 @@ class PrefixCache:
         held = list(keys)
         for key in sequence_keys[len(keys):]:
             if private and key not in self._blocks:
-                self._blocks[key] = _Block(refs=1, slot=slot, computed=True)
+                self._add(key, _Block(refs=1, slot=slot, computed=True))
                 held.append(key)
                 private -= 1
                 self._private -= 1
@@ -371,10 +373,19 @@ class PrefixCache:
 
     def drop_idle(self, slot: int | None = None, everything: bool = True) -> int:
         """Drop unreferenced blocks (all, or those of ``slot``); returns tokens dropped."""
-        doomed = [key for key in self._idle if everything or self._blocks[key].slot == slot]
+        doomed = [key for key in (self._idle if everything else self._slot_keys(slot))
+                  if key in self._idle]
         for key in doomed:
-            del self._idle[key], self._blocks[key]
+            self._drop(key)
         return len(doomed) * self.block_tokens
+
+    def keep_in_slot(self, slot: int, keys: list[bytes]) -> None:
+        """A llama.cpp slot holds one sequence: when a prompt enters ``slot``, the slot's
+        cached blocks off that prompt's prefix are dropped."""
+        wanted = set(keys)
+        doomed = [key for key in self._slot_keys(slot) if key in self._idle and key not in wanted]
+        for key in doomed:
+            self._drop(key)
 
     def free(self) -> int:
         return self.capacity - len(self._blocks) - self._private
@@ -385,14 +396,69 @@ class PrefixCache:
     def cached_idle(self) -> int:
         return len(self._idle)
 
+    def _add(self, key: bytes, block: _Block) -> None:
+        self._blocks[key] = block
+        if block.slot is not None:
+            self._by_slot.setdefault(block.slot, set()).add(key)
+
+    def _drop(self, key: bytes) -> None:
+        """Forget an unreferenced block."""
+        del self._idle[key]
+        block = self._blocks.pop(key)
+        if block.slot is not None:
+            self._by_slot[block.slot].discard(key)
+
+    def _slot_keys(self, slot: int | None) -> set[bytes]:
+        return self._by_slot.get(slot, set()) if slot is not None else set()
+
     def _reference(self, key: bytes) -> None:
         self._blocks[key].refs += 1
         self._idle.pop(key, None)
 
     def _make_room(self, blocks: int) -> None:
         while self.free() < blocks:
-            key, _ = self._idle.popitem(last=False)
-            del self._blocks[key]
+            self._drop(next(iter(self._idle)))
+
+
+SLOT_SIMILARITY = 0.1  # llama.cpp's --slot-prompt-similarity default
+
+
+class SlotAssigner:
+    """llama.cpp's choice of a slot for a request that names none: the idle slot whose
+    last sequence shares the longest prefix with the prompt, if that prefix is over
+    ``SLOT_SIMILARITY`` of the prompt; else the idle slot used least recently. Prefixes
+    are compared in whole blocks, by their slot-free keys."""
+
+    def __init__(self, count: int, block_tokens: int) -> None:
+        self.count = count
+        self.block_tokens = block_tokens
+        self.last: dict[int, list[bytes]] = {}  # slot -> slot-free keys of its last sequence
+        self.used: dict[int, int] = {}  # slot -> when it was last given out
+        self._clock = itertools.count()
+
+    def pick(self, content: list[bytes], prompt_tokens: int, busy: set[int]) -> int | None:
+        idle = [slot for slot in range(self.count) if slot not in busy]
+        if not idle:
+            return None
+        shared = {slot: _common_prefix(self.last.get(slot, []), content) for slot in idle}
+        best = max(idle, key=lambda slot: shared[slot])
+        if shared[best] * self.block_tokens <= SLOT_SIMILARITY * prompt_tokens:
+            best = min(idle, key=lambda slot: self.used.get(slot, -1))
+        self.used[best] = next(self._clock)
+        return best
+
+    def remember(self, slot: int, content: list[bytes]) -> None:
+        self.last[slot] = content
+
+    def forget(self, slot: int) -> None:
+        self.last.pop(slot, None)
+
+
+def _common_prefix(a: list[bytes], b: list[bytes]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
 
 
 # ---- the engine ------------------------------------------------------------------------
@@ -409,6 +475,8 @@ class SimCall:
     first_token: asyncio.Future[None]
     done: asyncio.Future[ChatResult]
     blocks: int = 0
+    slot: int | None = None  # the slot it runs in: the one it named, or one assigned to it
+    content_keys: list[bytes] = field(default_factory=list)  # its prompt's slot-free keys
     cached_tokens: int = 0
     prefill_left: int = 0  # prompt tokens still to prefill
     generated: int = 0
@@ -442,12 +510,16 @@ class SimEngine:
         engine = SimEngine("qwen3-8b", seed=1)
         result = await engine.chat(ChatRequest(model="qwen3-8b", messages=[...]))
         result.ttft_s, result.cached_tokens, await engine.metrics()
+
+    With ``assign_slots`` it imitates llama.cpp's server: ``max_batch`` slots, each
+    holding one sequence, and a request that names no slot is given one as llama.cpp
+    gives it (``SlotAssigner``); without, such requests share one cache, as on vLLM.
     """
 
     def __init__(self, profile: str | SimProfile = "qwen3-8b", *, name: str = "sim",
                  seed: int = 0, clock: Literal["virtual", "real"] | SimClock = "virtual",
                  capacity_tokens: int | None = None, block_tokens: int = 16,
-                 max_batch: int | None = None) -> None:
+                 max_batch: int | None = None, assign_slots: bool = False) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.seed = seed
         self.clock: SimClock = (VirtualClock() if clock == "virtual" else
@@ -457,6 +529,9 @@ class SimEngine:
         self.max_batch = max_batch or self.profile.max_batch
         self.max_step_tokens: float = self.profile.max_step_tokens or math.inf
         self.cache = PrefixCache(capacity_tokens or self.profile.capacity_tokens, block_tokens)
+        # llama.cpp: each of max_batch slots keeps its own prefixes, and a request without
+        # a slot is given one; otherwise such requests share one cache, as on vLLM
+        self.assigner = SlotAssigner(self.max_batch, block_tokens) if assign_slots else None
         self._waiting: list[tuple[int, int, SimCall]] = []
         self._running: list[SimCall] = []
         self._serving: asyncio.Task[None] | None = None
@@ -487,7 +562,7 @@ class SimEngine:
                                retryable=False)
         call = SimCall(request, prompt, self.cache.keys(prompt, request.slot), reply,
                        next(self._orders), self.clock.now(), loop.create_future(),
-                       loop.create_future(), blocks)
+                       loop.create_future(), blocks, slot=request.slot)
         heapq.heappush(self._waiting, (-(request.priority or 0), call.order, call))
         if self._serving is None or self._serving.done():
             self._serving = loop.create_task(self._serve())
@@ -536,15 +611,30 @@ class SimEngine:
         return None
 
     def _reserve(self, call: SimCall) -> bool:
+        if self.assigner is not None and call.request.slot is None and not self._assign(call):
+            return False
+        if call.slot is not None:
+            self.cache.keep_in_slot(call.slot, call.keys)
         hits = self.cache.cached_prefix(call.keys)
         # at least one prompt token is computed, to produce the first token's logits
         hits = min(hits, (len(call.prompt) - 1) // self.cache.block_tokens)
-        if not self.cache.acquire(call.keys, call.blocks, call.request.slot):
+        if not self.cache.acquire(call.keys, call.blocks, call.slot):
             return False
         call.cached_tokens = hits * self.cache.block_tokens
         call.prefill_left = len(call.prompt) - call.cached_tokens
         call.prefill_s = (self.profile.prefill_base_s
                           + self.profile.prefill_per_token_s * call.prefill_left)
+        return True
+
+    def _assign(self, call: SimCall) -> bool:
+        """Give an unpinned request the slot llama.cpp would; False while none is idle."""
+        assert self.assigner is not None
+        busy = {running.slot for running in self._running if running.slot is not None}
+        call.content_keys = call.content_keys or self.cache.keys(call.prompt, None)
+        slot = self.assigner.pick(call.content_keys, len(call.prompt), busy)
+        if slot is None:
+            return False
+        call.slot, call.keys = slot, self.cache.keys(call.prompt, slot)
         return True
 
     def _step_seconds(self, chunks: dict[SimCall, int], decoding: list[SimCall]) -> float:
@@ -574,12 +664,14 @@ class SimEngine:
 
     def _finish(self, call: SimCall, now: float) -> None:
         self._running.remove(call)
-        slot = call.request.slot
+        slot = call.slot
         if call.done.done():  # the caller gave up: the reply is neither cached nor counted
             self.cache.release(call.keys, call.keys, call.blocks, slot)
             return
         sequence = self.cache.keys(call.prompt + call.reply.tokens, slot)
         self.cache.release(call.keys, sequence, call.blocks, slot)
+        if self.assigner is not None and slot is not None:
+            self.assigner.remember(slot, self.cache.keys(call.prompt + call.reply.tokens, None))
         call.finished_at = now
         self._count(call)
         if call.request.on_token is not None and call.reply.content:
@@ -606,7 +698,7 @@ class SimEngine:
                 call.done.set_exception(BackendError(self.spec.name, why, retryable=True))
         for call in list(self._running):
             self._running.remove(call)
-            self.cache.release(call.keys, call.keys, call.blocks, call.request.slot)
+            self.cache.release(call.keys, call.keys, call.blocks, call.slot)
         self._waiting.clear()
 
     # -- counters and cache controls (the methods of LlamaCppControl, in process) --
@@ -640,10 +732,12 @@ class SimEngine:
 
     async def erase(self, slot: int) -> int:
         """Drop the cached blocks of requests pinned to ``slot``; returns tokens erased."""
+        if self.assigner is not None:
+            self.assigner.forget(slot)
         return self.cache.drop_idle(slot, everything=False)
 
     async def slots(self) -> list[dict[str, Any]]:
-        busy = {call.request.slot for call in self._running}
+        busy = {call.slot for call in self._running}
         return [{"id": i, "n_ctx": self.cache.capacity * self.cache.block_tokens,
                  "is_processing": i in busy} for i in range(self.max_batch)]
 
