@@ -271,6 +271,25 @@ def test_an_assigned_slot_is_reused_by_a_similar_prompt_and_loses_its_old_contex
     assert erased > 0 and after_erase == 0
 
 
+def test_a_saved_slot_comes_back_in_another_slot() -> None:
+    async def scenario() -> tuple[int, int, int, list[int]]:
+        engine = SimEngine("qwen3-8b", max_batch=2, assign_slots=True)
+        await engine.chat(ask("first question", slot=0))
+        saved = await engine.save(0, "first.bin")
+        await engine.chat(ask("x", system="Another system prompt that shares nothing.", slot=0))
+        restored = await engine.restore(1, "first.bin")
+        again = (await engine.chat(ask("first question", slot=1))).cached_tokens
+        lost = (await engine.chat(ask("first question", slot=0))).cached_tokens
+        with pytest.raises(BackendError, match="no saved slot"):
+            await engine.restore(0, "missing.bin")
+        return saved, restored, again, [lost]
+
+    saved, restored, again, (lost,) = run(scenario)
+    # the save holds the whole blocks of prompt and reply; slot 0 was overwritten since,
+    # slot 1 has the saved sequence back
+    assert saved > 0 and restored == saved and again > 0 and lost == 0
+
+
 # ---- the latency model and the queue --------------------------------------------------------
 def test_a_lone_request_costs_what_the_profile_says() -> None:
     request = words("alpha", 50)
@@ -498,6 +517,27 @@ def test_metrics_flush_and_slots_over_http(served: str) -> None:
     assert len(slots) == PROFILES["qwen3-8b"].max_batch and erased == 0
     assert httpx.post(served + "/flush_cache").status_code == 200
     assert httpx.get(served + "/health").json() == {"status": "ok"}
+
+
+def test_slot_save_and_restore_over_http(served: str) -> None:
+    async def controls() -> tuple[int, int, int]:
+        control = LlamaCppControl(served)
+        backend = OpenAICompatibleBackend(orla.backends.llamacpp("sim", url=served))
+        try:
+            await backend.chat(ask("Keep this one.", slot=2))
+            saved = await control.save(2, "kept.bin")
+            erased = await control.erase(2)
+            return saved, erased, await control.restore(3, "kept.bin")
+        finally:
+            await control.aclose()
+            await backend.aclose()
+
+    saved, erased, restored = asyncio.run(controls())
+    assert saved > 0 and erased > 0 and restored == saved
+    missing = httpx.post(served + "/slots/0?action=restore", json={"filename": "nope.bin"})
+    unnamed = httpx.post(served + "/slots/0?action=save", json={})
+    assert missing.status_code == unnamed.status_code == 400
+    assert "no saved slot" in missing.json()["error"]["message"]
     (after,) = through_backend(served, ask("Three?"))
     assert after.cached_tokens == 0
 

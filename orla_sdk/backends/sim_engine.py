@@ -387,6 +387,24 @@ class PrefixCache:
         for key in doomed:
             self._drop(key)
 
+    def insert_idle(self, keys: list[bytes], slot: int) -> int:
+        """Cache blocks computed elsewhere (a restored slot file), unreferenced and most
+        recently used, the deepest first to go; stops where no room is left. Returns the
+        blocks now cached."""
+        inserted = []
+        for key in keys:
+            if key not in self._blocks:
+                if self.free() < 1 and not self._idle:
+                    break
+                self._make_room(1)
+                self._add(key, _Block(refs=0, slot=slot, computed=True))
+                self._idle[key] = None
+            inserted.append(key)
+        for key in reversed(inserted):
+            if key in self._idle:
+                self._idle.move_to_end(key)
+        return len(inserted)
+
     def free(self) -> int:
         return self.capacity - len(self._blocks) - self._private
 
@@ -532,6 +550,8 @@ class SimEngine:
         # llama.cpp: each of max_batch slots keeps its own prefixes, and a request without
         # a slot is given one; otherwise such requests share one cache, as on vLLM
         self.assigner = SlotAssigner(self.max_batch, block_tokens) if assign_slots else None
+        self._sequences: dict[int, list[str]] = {}  # slot -> tokens of its last sequence
+        self._slot_files: dict[str, list[str]] = {}  # saved slots, by file name
         self._waiting: list[tuple[int, int, SimCall]] = []
         self._running: list[SimCall] = []
         self._serving: asyncio.Task[None] | None = None
@@ -668,10 +688,10 @@ class SimEngine:
         if call.done.done():  # the caller gave up: the reply is neither cached nor counted
             self.cache.release(call.keys, call.keys, call.blocks, slot)
             return
-        sequence = self.cache.keys(call.prompt + call.reply.tokens, slot)
-        self.cache.release(call.keys, sequence, call.blocks, slot)
-        if self.assigner is not None and slot is not None:
-            self.assigner.remember(slot, self.cache.keys(call.prompt + call.reply.tokens, None))
+        tokens = call.prompt + call.reply.tokens
+        self.cache.release(call.keys, self.cache.keys(tokens, slot), call.blocks, slot)
+        if slot is not None:
+            self._hold(slot, tokens)
         call.finished_at = now
         self._count(call)
         if call.request.on_token is not None and call.reply.content:
@@ -732,9 +752,39 @@ class SimEngine:
 
     async def erase(self, slot: int) -> int:
         """Drop the cached blocks of requests pinned to ``slot``; returns tokens erased."""
+        self._sequences.pop(slot, None)
         if self.assigner is not None:
             self.assigner.forget(slot)
         return self.cache.drop_idle(slot, everything=False)
+
+    async def save(self, slot: int, filename: str) -> int:
+        """Keep what ``slot`` holds under ``filename`` (in memory), as llama.cpp's slot save
+        writes it to its slot folder; returns the tokens saved."""
+        tokens = self._sequences.get(slot, [])
+        blocks = self.cache.cached_prefix(self.cache.keys(tokens, slot))
+        self._slot_files[filename] = tokens[:blocks * self.cache.block_tokens]
+        return len(self._slot_files[filename])
+
+    async def restore(self, slot: int, filename: str) -> int:
+        """Put a saved sequence back into ``slot`` in place of what it held; returns the
+        tokens restored. Restoring costs no simulated time: reading a saved slot is
+        milliseconds against the seconds its prefill would take."""
+        tokens = self._slot_files.get(filename)
+        if tokens is None:
+            raise BackendError(self.spec.name, f"no saved slot named {filename!r}",
+                               retryable=False)
+        if any(call.slot == slot for call in self._running):
+            raise BackendError(self.spec.name, f"slot {slot} is busy", retryable=False)
+        self.cache.keep_in_slot(slot, [])
+        blocks = self.cache.insert_idle(self.cache.keys(tokens, slot), slot)
+        self._hold(slot, tokens[:blocks * self.cache.block_tokens])
+        return len(self._sequences[slot])
+
+    def _hold(self, slot: int, tokens: list[str]) -> None:
+        """``slot`` now holds ``tokens``: what a save writes, what assignment compares."""
+        self._sequences[slot] = tokens
+        if self.assigner is not None:
+            self.assigner.remember(slot, self.cache.keys(tokens, None))
 
     async def slots(self) -> list[dict[str, Any]]:
         busy = {call.slot for call in self._running}

@@ -7,9 +7,9 @@ Endpoints: ``POST /v1/chat/completions`` (JSON, or server-sent events with ``str
 a last usage chunk with ``stream_options.include_usage``), ``GET /v1/models``,
 ``GET /health``, ``GET /metrics`` (Prometheus text; llama.cpp's names and ``llamacpp:``
 prefix, so ``LlamaCppControl.metrics`` reads them), ``POST /flush_cache`` (SGLang) and
-``POST /reset_prefix_cache`` (vLLM), ``GET /slots`` and ``POST /slots/{id}?action=erase``
-(llama.cpp). Request fields of the engines are understood: ``id_slot`` (llama.cpp) and
-``priority`` (SGLang's sense: higher is served first).
+``POST /reset_prefix_cache`` (vLLM), ``GET /slots`` and ``POST /slots/{id}?action=erase``,
+``save`` and ``restore`` (llama.cpp). Request fields of the engines are understood:
+``id_slot`` (llama.cpp) and ``priority`` (SGLang's sense: higher is served first).
 
 The engine runs on an event loop in a thread of its own; HTTP requests are served by a
 ``ThreadingHTTPServer`` in another thread and handed to that loop.
@@ -141,17 +141,35 @@ class _Handler(BaseHTTPRequestHandler):
             flushed = self._run(self.engine.flush())
             self._send(200, f"Cache flushed ({flushed} tokens).\n".encode(), "text/plain")
         elif url.path.startswith("/slots/"):
-            self._slot_action(url.path.removeprefix("/slots/"), parse_qs(url.query))
+            self._slot_action(url.path.removeprefix("/slots/"), parse_qs(url.query), body)
         else:
             self._error(404, f"no route POST {url.path}")
 
-    def _slot_action(self, slot: str, query: dict[str, list[str]]) -> None:
+    def _slot_action(self, slot: str, query: dict[str, list[str]],
+                     body: dict[str, Any]) -> None:
+        """llama.cpp's ``POST /slots/{id}?action=erase|save|restore``; save and restore
+        name a file (``{"filename": ...}``) that the simulator keeps in memory."""
         action = query.get("action", [""])[0]
-        if not slot.isdigit() or action != "erase":
-            self._error(501, f"the simulator offers only erase on a slot, not {action!r}")
+        if not slot.isdigit() or action not in ("erase", "save", "restore"):
+            self._error(400, f"no slot action {action!r} on slot {slot!r}")
             return
-        erased = self._run(self.engine.erase(int(slot)))
-        self._json(200, {"id_slot": int(slot), "n_erased": erased})
+        if action == "erase":
+            erased = self._run(self.engine.erase(int(slot)))
+            self._json(200, {"id_slot": int(slot), "n_erased": erased})
+            return
+        filename = body.get("filename")
+        if not isinstance(filename, str) or not filename:
+            self._error(400, f"slot {action} needs a 'filename'")
+            return
+        try:
+            if action == "save":
+                answer = {"n_saved": self._run(self.engine.save(int(slot), filename))}
+            else:
+                answer = {"n_restored": self._run(self.engine.restore(int(slot), filename))}
+        except BackendError as exc:
+            self._error(400, str(exc))
+            return
+        self._json(200, {"id_slot": int(slot), "filename": filename, **answer})
 
     # -- chat completions --
     def _chat(self, body: dict[str, Any]) -> None:
