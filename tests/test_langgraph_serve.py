@@ -146,6 +146,36 @@ def test_a_thread_keeps_its_slot_between_turns_and_finds_its_context_cached(
     assert served.end_thread("t1")[0]["decision"] == "flush"
 
 
+def test_a_node_hinted_to_flush_drops_the_threads_context_once_its_step_is_over() -> None:
+    def recheck(state: Ticket) -> Ticket:  # the same prefix as classify's prompt
+        return {"notes": [str(LIGHT.invoke(f"Classify: {state['ticket']} Again?").content)]}
+
+    def graph(hint: dict[str, str]) -> Any:
+        g = StateGraph(Ticket)
+        g.add_node("classify", classify, metadata={"orla": {"model": "light", **hint}})
+        g.add_node("answer", answer, metadata={"orla": {"model": "heavy"}})
+        g.add_node("recheck", recheck, metadata={"orla": {"model": "light"}})
+        g.add_edge(START, "classify")
+        g.add_edge("classify", "answer")
+        g.add_edge("answer", "recheck")
+        return g.compile(checkpointer=InMemorySaver())
+
+    def recheck_cached(hint: dict[str, str]) -> tuple[int, list[dict[str, Any]]]:
+        with orla.serve(graph(hint), backends=BACKENDS, mapping=MAPPING) as app:
+            app.invoke({"ticket": "A long ticket about a double charge. " * 8}, thread("t"))
+            (row,) = app.report.rows(node="recheck")
+            return row.record.calls[0].cached_tokens, app.cache_log
+
+    kept, kept_log = recheck_cached({})
+    flushed, flushed_log = recheck_cached({"cache": "flush"})
+    assert kept > 0 and kept_log == []  # unhinted: the thread keeps its context
+    # classify's step was over when answer began: its slot was erased before recheck ran
+    assert flushed == 0
+    (entry,) = flushed_log
+    assert entry["node"] == "classify" and entry["decision"] == "flush"
+    assert entry["action"].startswith("erase slot") and entry["thread_id"] == "t"
+
+
 # ---- the graph's API ---------------------------------------------------------------------
 def test_stream_modes_match_invoke(served: ServedGraph) -> None:
     updates = list(served.stream({"ticket": "x"}, thread("s1"), stream_mode="updates"))

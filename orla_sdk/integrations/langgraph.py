@@ -229,10 +229,13 @@ class ServedGraph:
                         or metadata.get("langgraph_node") or "")
         names = [part.split(":", 1)[0] for part in namespace.split("|")]
         node_id = ":".join(names)
+        step = metadata.get("langgraph_step")
         labels = {"graph": self.name, "thread_id": invocation.thread_id, "node": node_id,
-                  "step": metadata.get("langgraph_step"), "task": namespace,
-                  "invocation": invocation.id}
-        return self.session.unit(invocation.run_id, namespace, node_id, labels)
+                  "step": step, "task": namespace, "invocation": invocation.id}
+        # the graph's supersteps order its own tasks; a subgraph's tasks count steps of
+        # their own, so they finish with the invocation
+        ordered = step if isinstance(step, int) and "|" not in namespace else None
+        return self.session.unit(invocation.run_id, namespace, node_id, labels, ordered)
 
 
 def _unit_of_current_task() -> StageContext | None:

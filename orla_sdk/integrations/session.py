@@ -15,6 +15,7 @@ calls. The session owns what that takes:
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
@@ -36,6 +37,10 @@ AD_HOC_REF = "orla_sdk.integrations.session:ad_hoc"
 class _Run:
     state: RunState
     units: dict[str, StageContext] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)  # unit key -> its step, if ordered
+    finished: list[StageContext] = field(default_factory=list)  # cache decisions pending
+    cache_log: list[dict[str, Any]] = field(default_factory=list)  # since the last settle
+    deciding: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class ServingSession:
@@ -118,21 +123,31 @@ class ServingSession:
         self._loop = self._thread = None
 
     # ---- runs and units of work --------------------------------------------------------
-    def unit(self, run_id: str, key: str, node_id: str, labels: Labels) -> StageContext:
+    def unit(self, run_id: str, key: str, node_id: str, labels: Labels,
+             step: int | None = None) -> StageContext:
         """The stage context of one unit of work of ``run_id``, made on first use.
 
         ``node_id`` is the plan node the unit runs (a node the plan lacks, such as a
-        functional-API task, runs as an ad hoc stage of that name).
+        functional-API task, runs as an ad hoc stage of that name). Units given a ``step``
+        are ordered: the first unit of a later step finishes those of earlier ones, whose
+        hinted cache decisions the run's next call then carries out.
         """
         with self._lock:
             run = self._runs.get(run_id)
             if run is None:
-                run = self._runs[run_id] = _Run(RunState(run_id, self.plan, self.pool,
-                                                         self.loop))
+                run = self._runs[run_id] = self._new_run(run_id)
             ctx = run.units.get(key)
             if ctx is None:
+                if step is not None:
+                    _finish_steps_before(run, step)
+                    run.steps[key] = step
                 ctx = run.units[key] = self._new_unit(run.state, node_id, labels)
             return ctx
+
+    def _new_run(self, run_id: str) -> _Run:
+        run = _Run(RunState(run_id, self.plan, self.pool, self.loop))
+        run.state.before_call = functools.partial(self._decide_finished, run)
+        return run
 
     def _new_unit(self, state: RunState, node_id: str, labels: Labels) -> StageContext:
         node = self._nodes.get(node_id)
@@ -152,11 +167,31 @@ class ServingSession:
                             int(meta.get("critical_path", 0)))
 
     def finish_units(self, run_id: str) -> None:
-        """Forget the run's units (their records stay in the report)."""
+        """The run's units are over (their records stay in the report); their hinted
+        cache decisions are carried out when the run settles."""
         with self._lock:
             run = self._runs.get(run_id)
             if run is not None:
+                run.finished += run.units.values()
                 run.units.clear()
+                run.steps.clear()
+
+    async def _decide_finished(self, run: _Run) -> None:
+        """Carry out the cache decisions that finished units were hinted with (``cache=``
+        on the node). Unhinted units leave the run's context as it is: a served run, a
+        LangGraph thread, goes on past the plan's end, so the plan's own end-of-workflow
+        flushes are not its to make. The lock keeps a concurrent call of the run from
+        pinning a slot that a decision is about to release."""
+        async with run.deciding:
+            with self._lock:
+                finished, run.finished = run.finished, []
+            for ctx in finished:
+                if ctx.spec.cache is None:
+                    continue
+                entry = await self.pool.memory.stage_done(run.state.run_id, ctx.node,
+                                                          ctx.record, hinted=True)
+                if entry is not None:
+                    run.cache_log.append(entry)
 
     async def settle(self, run_id: str, outcome: Outcome) -> list[dict[str, Any]]:
         """What becomes of a run's cache when the app hands control back: ``"idle"`` keeps
@@ -164,7 +199,12 @@ class ServingSession:
         saves and frees it until the run resumes, ``"over"`` drops all it holds. Returns
         the cache actions taken for the run since the last settle."""
         memory = self.pool.memory
-        entries = memory.take_log(run_id)
+        run = self._runs.get(run_id)
+        entries = []
+        if run is not None:
+            await self._decide_finished(run)
+            entries, run.cache_log = run.cache_log, []
+        entries += memory.take_log(run_id)
         if outcome == "paused":
             entries += await memory.suspend(run_id)
         elif outcome == "over":
@@ -172,6 +212,12 @@ class ServingSession:
                 self._runs.pop(run_id, None)
             entries += await memory.end_run(run_id)
         return entries
+
+
+def _finish_steps_before(run: _Run, step: int) -> None:
+    for key in [key for key, begun in run.steps.items() if begun < step]:
+        run.finished.append(run.units.pop(key))
+        del run.steps[key]
 
 
 def ad_hoc(*inputs: Any) -> Any:

@@ -4,7 +4,7 @@ belongs to. The executor sets it around each stage body; ``orla.generate`` reads
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +23,9 @@ class RunState:
     pool: BackendPool
     loop: asyncio.AbstractEventLoop
     emit: Emitter = field(default_factory=lambda: Emitter("", None))
+    # what each model call of the run awaits first, on the run's loop: a serving
+    # session carries out the cache decisions of the units that have finished
+    before_call: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass

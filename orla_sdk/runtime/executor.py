@@ -20,7 +20,6 @@ from typing import Any
 
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Node, Plan, PriorityRule, dependencies
-from orla_sdk.runtime.cache_policy import CacheEvent
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import Emitter, Listener
 from orla_sdk.runtime.pool import BackendPool, in_thread
@@ -253,24 +252,12 @@ class _Executor:
         return value, int(meta.get("critical_path", 0))
 
     async def _cache_action(self, node: Node, record: StageRecord) -> None:
-        cache = node.meta.get("cache")
-        backend = record.backend
-        if not cache or backend is None:
-            return
-        memory = self.state.pool.memory
-        first = record.calls[0]
-        event = CacheEvent(
-            run_id=self.state.run_id, node=node.id, stage=record.stage, backend=backend,
-            decision=cache["decision"], reason=cache["reason"],
-            hinted=self.plan.stage_of(node).cache is not None,
-            prompt_tokens=first.prompt_tokens, cached_tokens=first.cached_tokens,
-            kept_before=memory.keeps(self.state.run_id, backend), slot=record.calls[-1].slot)
-        choice, record.cache_action = await memory.after_stage(event)
-        entry = {"node": node.id, "item": record.item, "backend": backend,
-                 "decision": choice.decision, "reason": choice.reason,
-                 "action": record.cache_action, "cached_tokens": record.cached_tokens}
-        self.result.cache_log.append(entry)
-        self.state.emit("cache", node.id, **entry)
+        hinted = self.plan.stage_of(node).cache is not None
+        entry = await self.state.pool.memory.stage_done(self.state.run_id, node, record,
+                                                        hinted=hinted)
+        if entry is not None:
+            self.result.cache_log.append(entry)
+            self.state.emit("cache", node.id, **entry)
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:

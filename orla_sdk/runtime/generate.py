@@ -186,6 +186,8 @@ async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
                      request: ChatRequest,
                      on_token: Callable[[str], None] | None = None) -> ChatResult:
     """Call the stage's backend through the pool (queue, slot, retries); record the call."""
+    if ctx.run.before_call is not None:
+        await ctx.run.before_call()
     sink = _token_sink(ctx, on_token or request.on_token)
     started_at = time.time()
     served = await ctx.run.pool.call(

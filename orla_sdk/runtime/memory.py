@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orla_sdk.errors import OrlaError
+from orla_sdk.ir import Node
 from orla_sdk.runtime.cache_policy import (
     CacheChoice,
     CacheEvent,
@@ -39,6 +40,7 @@ from orla_sdk.runtime.cache_policy import (
     SmallIncrement,
     decide,
 )
+from orla_sdk.runtime.records import StageRecord
 
 
 class SlotControl(Protocol):
@@ -201,6 +203,26 @@ class MemoryManager:
             return choice, "none: decided at the end of the run"
         self.kept.discard(key)
         return choice, await self._flush(event.run_id, event.backend)
+
+    async def stage_done(self, run_id: str, node: Node, record: StageRecord, *,
+                         hinted: bool) -> dict[str, Any] | None:
+        """Carry out the plan's cache decision for a finished stage (``node``, its calls in
+        ``record``); returns the cache-log entry, or None where there was nothing to decide
+        (no decision in the plan, or no call made)."""
+        cache = node.meta.get("cache")
+        backend = record.backend
+        if not cache or backend is None:
+            return None
+        first = record.calls[0]
+        event = CacheEvent(
+            run_id=run_id, node=node.id, stage=record.stage, backend=backend,
+            decision=cache["decision"], reason=cache["reason"], hinted=hinted,
+            prompt_tokens=first.prompt_tokens, cached_tokens=first.cached_tokens,
+            kept_before=self.keeps(run_id, backend), slot=record.calls[-1].slot)
+        choice, record.cache_action = await self.after_stage(event)
+        return {"node": node.id, "item": record.item, "backend": backend,
+                "decision": choice.decision, "reason": choice.reason,
+                "action": record.cache_action, "cached_tokens": record.cached_tokens}
 
     async def _keep(self, event: CacheEvent) -> str:
         table, shared = self.tables.get(event.backend), self.shared.get(event.backend)
