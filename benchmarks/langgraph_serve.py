@@ -12,8 +12,11 @@ which a checkpointer accumulates turn after turn. Nodes carry
 ``metadata={"orla": {"model": "light" | "heavy"}}``.
 
 Why the comparison is fair: both ways go over HTTP to the same kind of server, orla's
-simulator behind an OpenAI-compatible surface (``sim_http.serve_http``): the light one
-imitates llama.cpp (slots, ``id_slot``), the heavy one vLLM (one shared prefix cache).
+simulator behind an OpenAI-compatible surface (``sim_http.serve_http``), each engine in a
+process of its own as a real one is. The light one imitates llama.cpp: ``--light-slots``
+slots holding one sequence each, a request without ``id_slot`` given the slot llama.cpp
+would give it (the most similar idle one, else the least recently used), and slot save
+and restore. The heavy one imitates vLLM (one shared prefix cache).
 Bare, the nodes' ``ChatOpenAI`` clients call those servers themselves; served, orla routes
 the same calls to ``orla.backends.llamacpp("light", url)`` and ``orla.backends.vllm("heavy",
 url)`` at the same URLs. Both send the same messages, model names and token limits, so the

@@ -445,34 +445,42 @@ class SlotAssigner:
     """llama.cpp's choice of a slot for a request that names none: the idle slot whose
     last sequence shares the longest prefix with the prompt, if that prefix is over
     ``SLOT_SIMILARITY`` of the prompt; else the idle slot used least recently. Prefixes
-    are compared in whole blocks, by their slot-free keys."""
+    are compared block by block through their slot-free keys, then token by token."""
 
     def __init__(self, count: int, block_tokens: int) -> None:
         self.count = count
         self.block_tokens = block_tokens
-        self.last: dict[int, list[bytes]] = {}  # slot -> slot-free keys of its last sequence
+        # slot -> its last sequence: slot-free block keys, and tokens
+        self.last: dict[int, tuple[list[bytes], list[str]]] = {}
         self.used: dict[int, int] = {}  # slot -> when it was last given out
         self._clock = itertools.count()
 
-    def pick(self, content: list[bytes], prompt_tokens: int, busy: set[int]) -> int | None:
+    def pick(self, keys: list[bytes], tokens: list[str], busy: set[int]) -> int | None:
         idle = [slot for slot in range(self.count) if slot not in busy]
         if not idle:
             return None
-        shared = {slot: _common_prefix(self.last.get(slot, []), content) for slot in idle}
+        shared = {slot: self._shared(slot, keys, tokens) for slot in idle}
         best = max(idle, key=lambda slot: shared[slot])
-        if shared[best] * self.block_tokens <= SLOT_SIMILARITY * prompt_tokens:
+        if shared[best] <= SLOT_SIMILARITY * len(tokens):
             best = min(idle, key=lambda slot: self.used.get(slot, -1))
         self.used[best] = next(self._clock)
         return best
 
-    def remember(self, slot: int, content: list[bytes]) -> None:
-        self.last[slot] = content
+    def _shared(self, slot: int, keys: list[bytes], tokens: list[str]) -> int:
+        """Tokens of ``tokens`` that the slot's last sequence starts with."""
+        last_keys, last_tokens = self.last.get(slot, ([], []))
+        start = _common_prefix(last_keys, keys) * self.block_tokens
+        end = start + self.block_tokens
+        return start + _common_prefix(last_tokens[start:end], tokens[start:end])
+
+    def remember(self, slot: int, keys: list[bytes], tokens: list[str]) -> None:
+        self.last[slot] = (keys, tokens)
 
     def forget(self, slot: int) -> None:
         self.last.pop(slot, None)
 
 
-def _common_prefix(a: list[bytes], b: list[bytes]) -> int:
+def _common_prefix(a: list[Any], b: list[Any]) -> int:
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
@@ -651,7 +659,7 @@ class SimEngine:
         assert self.assigner is not None
         busy = {running.slot for running in self._running if running.slot is not None}
         call.content_keys = call.content_keys or self.cache.keys(call.prompt, None)
-        slot = self.assigner.pick(call.content_keys, len(call.prompt), busy)
+        slot = self.assigner.pick(call.content_keys, call.prompt, busy)
         if slot is None:
             return False
         call.slot, call.keys = slot, self.cache.keys(call.prompt, slot)
@@ -784,7 +792,7 @@ class SimEngine:
         """``slot`` now holds ``tokens``: what a save writes, what assignment compares."""
         self._sequences[slot] = tokens
         if self.assigner is not None:
-            self.assigner.remember(slot, self.cache.keys(tokens, None))
+            self.assigner.remember(slot, self.cache.keys(tokens, None), tokens)
 
     async def slots(self) -> list[dict[str, Any]]:
         busy = {call.slot for call in self._running}
