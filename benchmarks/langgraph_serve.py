@@ -256,10 +256,11 @@ def sim_servers(light: Sim, heavy: Sim,
         yield light_url, heavy_url
     finally:
         for sim, process, conn in children:
-            conn.send("stop")
-            metrics = conn.recv()
-            if counters is not None:
-                counters[sim.name] = metrics
+            if process.is_alive():  # one that died has printed why
+                conn.send("stop")
+                metrics = conn.recv()
+                if counters is not None:
+                    counters[sim.name] = metrics
             process.join(timeout=10)
 
 
