@@ -522,6 +522,21 @@ def test_metrics_flush_and_slots_over_http(served: str) -> None:
     assert httpx.get(served + "/health").json() == {"status": "ok"}
 
 
+def test_streamed_calls_reuse_one_kept_alive_connection(served: str) -> None:
+    async def calls() -> int:
+        backend = OpenAICompatibleBackend(orla.backends.vllm("sim", url=served))
+        try:
+            for text in ("One?", "Two?", "Three?"):
+                assert (await backend.chat(ask(text))).content
+            # a reply read to its end leaves its connection in the pool, idle
+            pool = backend._http._transport._pool  # type: ignore[attr-defined]
+            return sum(1 for c in pool.connections if c.is_idle())
+        finally:
+            await backend.aclose()
+
+    assert asyncio.run(calls()) == 1
+
+
 def test_slot_save_and_restore_over_http(served: str) -> None:
     async def controls() -> tuple[int, int, int]:
         control = LlamaCppControl(served)

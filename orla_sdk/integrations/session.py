@@ -182,6 +182,8 @@ class ServingSession:
         LangGraph thread, goes on past the plan's end, so the plan's own end-of-workflow
         flushes are not its to make. The lock keeps a concurrent call of the run from
         pinning a slot that a decision is about to release."""
+        if not run.finished and not run.deciding.locked():
+            return  # the common case: every call of a run passes here
         async with run.deciding:
             with self._lock:
                 finished, run.finished = run.finished, []
