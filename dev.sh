@@ -22,8 +22,8 @@ case "${1:-}" in
     demo)
         install
         mkdir -p out
-        "$PY" -m orla_sdk.cli plan examples.customer_support:support --summary
-        "$PY" -m orla_sdk.cli render examples.customer_support:support -o out/customer_support.svg
+        "$PY" -m orla_sdk.cli plan orla_sdk.examples.customer_support:support --summary
+        "$PY" -m orla_sdk.cli render orla_sdk.examples.customer_support:support -o out/customer_support.svg
         # stdin from /dev/null: the demo takes the sample ticket instead of asking for one
         "$PY" -m orla_sdk.cli demo "${@:2}" </dev/null
         ;;

@@ -78,7 +78,7 @@ import orla_sdk as orla
 from benchmarks.compile_speed import describe_machine
 from benchmarks.overhead import percentile
 from orla_sdk.backends import sim_http
-from orla_sdk.backends.sim_engine import SimEngine, tokenize
+from orla_sdk.backends.sim.engine import SimEngine, tokenize
 
 DEFAULT_CONVERSATIONS = 16
 DEFAULT_TURNS = 3

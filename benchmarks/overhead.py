@@ -52,7 +52,7 @@ from langgraph.graph import END, START, StateGraph
 import orla_sdk as orla
 from benchmarks.compile_speed import describe_machine
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
-from orla_sdk.backends.sim_engine import SimEngine
+from orla_sdk.backends.sim.engine import SimEngine
 
 DEFAULT_STAGES = 20
 DEFAULT_REPEAT = 150

@@ -51,7 +51,7 @@ from typing import Any
 import orla_sdk as orla
 from benchmarks.compile_speed import describe_machine
 from examples import customer_support as cs
-from orla_sdk.backends.sim_engine import SimEngine, VirtualClock
+from orla_sdk.backends.sim.engine import SimEngine, VirtualClock
 
 DEFAULT_WORKFLOWS = 10_000
 DEFAULT_OUT = Path(__file__).parent / "results"

@@ -48,8 +48,8 @@ import httpx
 
 from orla_sdk.backends.base import ChatRequest
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
-from orla_sdk.backends.sim_engine import SimEngine, render_prompt
-from orla_sdk.backends.sim_profiles import PROFILES
+from orla_sdk.backends.sim.engine import SimEngine, render_prompt
+from orla_sdk.backends.sim.profiles import PROFILES
 
 DEFAULT_OUT = Path(__file__).parent / "results"
 SLOTS, CTX_PER_SLOT = 4, 4096

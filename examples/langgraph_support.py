@@ -22,7 +22,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 
 import orla_sdk as orla
-from examples.customer_support import (
+from orla_sdk.examples.customer_support import (
     BACKENDS,
     MAPPING,
     POLICIES,

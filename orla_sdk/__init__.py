@@ -9,35 +9,31 @@
     def support(ticket: str): ...
 
     plan = orla.compile(support)
+
+These names are the user's vocabulary; the subpackages (``orla_sdk.ir``,
+``orla_sdk.runtime``, ``orla_sdk.serving``, ``orla_sdk.backends``, ``orla_sdk.passes``)
+export the rest, for those who extend orla. ``import orla_sdk`` loads no engine, HTTP
+server, framework, graphviz or the ``openai`` package: each loads on first use.
 """
 
-from typing import TYPE_CHECKING, Any
-
-from orla_sdk import backends, passes, proxy
-from orla_sdk.compile import compile, trace
-from orla_sdk.errors import OrlaError, PlanValidationError, Problem, RefError, TraceError
-from orla_sdk.integrations.report import Price, Report
-from orla_sdk.integrations.serve import serve
-from orla_sdk.ir import BackendSpec, Capabilities, MapperSpec, Node, Plan, Scheduling, Target
-from orla_sdk.langgraph_plan import plan_from_graph
+from orla_sdk import backends, passes
+from orla_sdk.compile import compile, render
+from orla_sdk.errors import (
+    BackendError,
+    OrlaError,
+    OutputError,
+    PlanValidationError,
+    RunError,
+    TraceError,
+)
+from orla_sdk.ir import Plan, Scheduling, Target
 from orla_sdk.mapping import OneBitStageMapper, StageMapper, ThresholdStageMapper
-from orla_sdk.passes import DEFAULT_PASSES
-from orla_sdk.render import render  # the function: it shadows the submodule's name here
 from orla_sdk.runtime import (
     BackendPool,
-    ByPriority,
-    CacheChoice,
-    CacheEvent,
     MemoryPolicy,
-    OutputError,
     Policy,
-    RunError,
-    RunEvent,
     RunResult,
-    ShortestFirst,
-    SmallIncrement,
     StageRecord,
-    Waiting,
     achat,
     agenerate,
     arun,
@@ -50,35 +46,18 @@ from orla_sdk.runtime import (
     stream,
     wrap,
 )
-from orla_sdk.stage import Stage, priority_by, stage
+from orla_sdk.serving import Price, Report, serve
+from orla_sdk.stage import priority_by, stage
 from orla_sdk.trace import cond, switch
-from orla_sdk.workflow import Workflow, workflow
+from orla_sdk.workflow import workflow
 
-if TYPE_CHECKING:
-    from orla_sdk.integrations.autogen import autogen_client
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "DEFAULT_PASSES", "BackendPool", "BackendSpec", "ByPriority", "CacheChoice", "CacheEvent",
-    "Capabilities", "MapperSpec", "MemoryPolicy", "Node", "OneBitStageMapper", "OrlaError",
-    "OutputError", "Plan", "PlanValidationError", "Policy", "Problem", "RefError", "RunError",
-    "RunEvent", "RunResult", "Scheduling", "ShortestFirst", "SmallIncrement", "Stage",
-    "StageMapper", "StageRecord", "Target", "ThresholdStageMapper", "TraceError", "Waiting",
-    "Workflow", "achat", "agenerate", "arun", "astream", "backends", "chat", "compile", "cond",
-    "generate", "passes", "priority_by", "proxy", "run", "stage", "stream", "switch", "trace",
-    "workflow",
+    "BackendError", "BackendPool", "MemoryPolicy", "OneBitStageMapper", "OrlaError",
+    "OutputError", "Plan", "PlanValidationError", "Policy", "Price", "Report", "RunError",
+    "RunResult", "Scheduling", "StageMapper", "StageRecord", "Target", "ThresholdStageMapper",
+    "TraceError", "achat", "agenerate", "arun", "astream", "async_openai_client", "backends",
+    "chat", "compile", "cond", "generate", "openai_client", "passes", "priority_by", "render",
+    "run", "serve", "stage", "stream", "switch", "workflow", "wrap",
 ]
-__all__ += ["async_openai_client", "openai_client", "wrap"]
-__all__ += ["plan_from_graph", "render"]
-__all__ += ["Price", "Report", "serve"]
-__all__ += ["autogen_client"]
-
-
-def __getattr__(name: str) -> Any:
-    # AutoGen is imported on first use: it adds half a second to ``import orla_sdk``
-    if name == "autogen_client":
-        from orla_sdk.integrations.autogen import autogen_client
-
-        return autogen_client
-    raise AttributeError(f"module 'orla_sdk' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""``orla.compile``: trace a workflow into a plan, configure it, and run the passes."""
+"""``orla.compile``: trace a workflow (or adapt an app object) into a plan, configure its
+backends and mapping, and run the passes; ``orla.render`` draws what it compiles."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from orla_sdk.adapters import find_adapter
 from orla_sdk.backends.declare import DEFAULT_LOCAL_MODEL, llamacpp
 from orla_sdk.context import active_tracer
 from orla_sdk.errors import TraceError
 from orla_sdk.ir import BackendSpec, Plan, Target
 from orla_sdk.mapping import StageMapper, normalize_mapping
 from orla_sdk.merge import merge_paths
-from orla_sdk.passes import DEFAULT_PASSES
+from orla_sdk.passes import Pass, run_passes
 from orla_sdk.refs import ref_of
+from orla_sdk.render import render_plan
 from orla_sdk.trace import DEFAULT_MAX_PATHS, Tracer
 from orla_sdk.workflow import Workflow
 
@@ -41,32 +44,50 @@ def trace(workflow: Workflow[..., Any] | Callable[..., Any], *,
     return merge_paths(tracer, name, ref_of(fn))
 
 
-def compile(workflow: Workflow[..., Any] | Callable[..., Any], *,
-            backends: Sequence[BackendSpec] | None = None,
-            mapping: Mapping[str, Any] | None = None,
-            mapper: StageMapper | None = None,
-            default_model: str | None = None,
-            passes: Sequence[Callable[[Plan], Plan]] | None = None,
-            max_paths: int = DEFAULT_MAX_PATHS) -> Plan:
-    """Compile a workflow into an optimized plan.
+def compile(target: Any, *, backends: Sequence[BackendSpec] | None = None,
+            mapping: Mapping[str, Any] | None = None, mapper: StageMapper | None = None,
+            default_model: str | None = None, passes: Sequence[Pass] | None = None,
+            max_paths: int = DEFAULT_MAX_PATHS, **options: Any) -> Plan:
+    """Compile a workflow, a plan, or an app object an adapter accepts into an optimized plan.
 
+    target: an ``@orla.workflow`` or plain function (traced), an ``orla.Plan`` (a copy is
+    configured), or an app object of another framework (a compiled LangGraph graph, an
+    AutoGen team: its installed adapter reads it; ``options`` such as ``models=`` go there).
     backends: the engines stages may run on (``orla.backends.llamacpp()``, ...).
     mapping: logical model name -> ``orla.Target``, "backend/model", or a StageMapper.
     mapper: a StageMapper for every stage that declares no model.
     passes: the pipeline; defaults to ``orla.passes.DEFAULT_PASSES``.
 
-    With neither backends nor mapping (here or on ``@orla.workflow``), every logical model
-    runs on the embedded llama.cpp engine.
+    With neither backends nor mapping (here, on ``@orla.workflow`` or in the plan), every
+    logical model runs on the embedded llama.cpp engine.
     """
-    plan = trace(workflow, max_paths=max_paths)
-    if isinstance(workflow, Workflow):
-        backends = backends if backends is not None else workflow.backends
-        mapping = mapping if mapping is not None else workflow.mapping
-        default_model = default_model or workflow.default_model
-    _configure(plan, backends, mapping, mapper, default_model)
-    for run_pass in (DEFAULT_PASSES if passes is None else passes):
-        plan = run_pass(plan)
-    return plan
+    if not isinstance(target, Plan | Workflow) and not inspect.isfunction(target):
+        adapter = find_adapter(target, "orla.compile")
+        return adapter.compile(target, backends=backends, mapping=mapping,
+                               default_model=default_model, passes=passes, **options)
+    if options:
+        raise TypeError(f"orla.compile got unknown options {sorted(options)}")
+    if isinstance(target, Plan):
+        plan = target.model_copy(deep=True)
+        plan.attach(target._objects)
+        if backends is None and mapping is None and (plan.backends or plan.mapping):
+            backends, mapping = plan.backends, plan.mapping
+    else:
+        plan = trace(target, max_paths=max_paths)
+    if isinstance(target, Workflow):
+        backends = backends if backends is not None else target.backends
+        mapping = mapping if mapping is not None else target.mapping
+        default_model = default_model or target.default_model
+    _configure(plan, backends, mapping, mapper, default_model or plan.default_model)
+    return run_passes(plan, passes)
+
+
+def render(target: Any, path: str, **options: Any) -> str:
+    """Draw a plan, or what ``orla.compile(target, **options)`` makes of a workflow or an
+    app object, to ``path``; the suffix picks the format (.svg, .png, .pdf, .dot or .gv).
+    Returns the path written."""
+    plan = target if isinstance(target, Plan) and not options else compile(target, **options)
+    return render_plan(plan, path)
 
 
 def _configure(plan: Plan, backends: Sequence[BackendSpec] | None,

@@ -1,8 +1,25 @@
-"""The error hierarchy: every failure orla raises is an ``OrlaError``."""
+"""Every exception orla raises, in one place; each is an ``OrlaError``.
+
+    OrlaError
+    ├── TraceError            a workflow did something tracing cannot turn into a plan
+    ├── RefError              a "module:qualname" reference does not resolve
+    ├── PlanValidationError   a plan has problems (each a ``Problem``: node, line, fix)
+    ├── AdapterNotFound       no installed adapter takes an app object
+    ├── MissingExtra          an optional dependency is not installed
+    ├── BackendError          an engine could not serve a request
+    ├── EngineError           the embedded engine cannot be found, started or reached
+    ├── OutputError           a model kept answering in a shape the output type forbids
+    ├── StageFailed           one stage of a run failed
+    └── RunError              a workflow run failed (``result`` holds its records)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orla_sdk.runtime.records import RunResult
 
 
 class OrlaError(Exception):
@@ -38,3 +55,51 @@ class PlanValidationError(OrlaError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"the plan has {len(problems)} problem(s):\n{lines}")
+
+
+class AdapterNotFound(OrlaError):
+    """No installed adapter accepts an app object given to compile, render or serve."""
+
+
+class MissingExtra(OrlaError):
+    """An optional dependency is not installed; the message names the ``pip install``."""
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        self.module, self.extra = module, extra
+        super().__init__(f"{purpose} needs the {module!r} package, which is not installed; "
+                         f"install it with `pip install 'orla_sdk[{extra}]'`.")
+
+
+class BackendError(OrlaError):
+    """A backend could not serve a request: down, timed out, or answered with an error."""
+
+    def __init__(self, backend: str, message: str, *, retryable: bool,
+                 status: int | None = None) -> None:
+        self.backend = backend
+        self.retryable = retryable
+        self.status = status  # the engine's HTTP status, when it answered with an error
+        super().__init__(f"backend {backend!r}: {message}")
+
+
+class EngineError(OrlaError):
+    """The embedded engine cannot be found, started, reached or stopped."""
+
+
+class OutputError(OrlaError):
+    """A stage's model kept answering in a shape its output type does not allow."""
+
+
+class StageFailed(OrlaError):
+    """One stage of a run failed; the run's ``RunError`` says which and why."""
+
+    def __init__(self, node: str, cause: BaseException) -> None:
+        self.node = node
+        super().__init__(f"stage {node!r} failed: {type(cause).__name__}: {cause}")
+
+
+class RunError(OrlaError):
+    """A workflow run failed; ``result`` holds every stage record up to the failure."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        super().__init__(f"run {result.run_id} of {result.workflow!r} failed: {result.error}")

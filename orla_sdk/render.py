@@ -13,16 +13,24 @@ from __future__ import annotations
 import html
 import os
 import re
-from typing import Any
-
-import graphviz  # type: ignore[import-untyped]
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Edge, MapperSpec, Node, Plan, Target
 
+if TYPE_CHECKING:
+    import graphviz  # type: ignore[import-untyped]
+
 PALETTE = ["#cfe2ff", "#ffe5b4", "#d1f2d1", "#f8d7da", "#e2d9f3", "#fff3bf", "#d3f0f5"]
 ROUTED_FILL = "#f1f1f1"
 WIDE_INPUT = 6  # an input read by more nodes than this is drawn without its edges
+
+
+def _graphviz() -> ModuleType:
+    import graphviz  # loaded on first drawing: ``import orla_sdk`` stays light
+
+    return graphviz
 
 
 def plan_to_dot(plan: Plan) -> str:
@@ -41,34 +49,13 @@ def render_plan(plan: Plan, path: str) -> str:
         raise OrlaError(f"cannot render {path!r}: use a .svg, .png, .pdf or .dot file name.")
     try:
         return str(build_graph(plan).render(outfile=path, format=fmt, cleanup=True))
-    except graphviz.ExecutableNotFound as exc:
+    except _graphviz().ExecutableNotFound as exc:
         raise OrlaError("graphviz's `dot` is not installed; run `apt-get install -y graphviz` "
                         "(or write a .dot file instead).") from exc
 
 
-def render(target: Any, path: str) -> str:
-    """Draw an orla Plan, an ``@orla.workflow`` (compiled with its defaults) or a compiled
-    LangGraph graph (through ``orla.plan_from_graph``) to ``path``; the suffix picks the
-    format (.svg, .png, .pdf, .dot or .gv). Returns the path written."""
-    from orla_sdk.compile import compile as compile_workflow
-    from orla_sdk.workflow import Workflow
-
-    if isinstance(target, Plan):
-        plan = target
-    elif isinstance(target, Workflow):
-        plan = compile_workflow(target)
-    elif callable(getattr(target, "get_graph", None)):
-        from orla_sdk.langgraph_plan import plan_from_graph
-
-        plan = plan_from_graph(target)
-    else:
-        raise OrlaError(f"orla.render draws an orla.Plan, an @orla.workflow or a compiled "
-                        f"LangGraph graph, not {type(target).__name__} {target!r}.")
-    return render_plan(plan, path)
-
-
 def build_graph(plan: Plan) -> graphviz.Digraph:
-    graph = graphviz.Digraph(name=plan.name, graph_attr={
+    graph = _graphviz().Digraph(name=plan.name, graph_attr={
         "rankdir": "TB", "fontname": "Helvetica", "fontsize": "11", "label": _title(plan),
         "labelloc": "t", "compound": "true", "newrank": "true"})
     graph.attr("node", fontname="Helvetica", fontsize="10")
@@ -133,7 +120,7 @@ def _add_nodes(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str],
     """Nodes go inside their clusters: a loop body holds its spans, a span its stages."""
     clusters: dict[str | None, graphviz.Digraph] = {None: graph}
     for scope in _map_ids(plan):
-        clusters[scope] = graphviz.Digraph(name=f"cluster_{names[scope]}", graph_attr={
+        clusters[scope] = _graphviz().Digraph(name=f"cluster_{names[scope]}", graph_attr={
             "label": "", "style": "rounded", "color": "#7a7a7a"})
     spans = {span["id"]: _span_cluster(plan, span) for span in plan.meta.get("cache_spans", [])}
     span_scope: dict[str, str | None] = {}
@@ -152,7 +139,7 @@ def _add_nodes(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str],
 
 def _span_cluster(plan: Plan, span: dict[str, Any]) -> graphviz.Digraph:
     backend = plan.node(span["stages"][0]).meta.get("mapping", {}).get("backend", "")
-    return graphviz.Digraph(name=f"cluster_{span['id']}", graph_attr={
+    return _graphviz().Digraph(name=f"cluster_{span['id']}", graph_attr={
         "label": f"{span['id']}: preserve on {backend}", "style": "dashed",
         "color": "#2b6cb0", "fontcolor": "#2b6cb0"})
 

@@ -43,6 +43,7 @@ MAX_LOOP_DECISIONS = 64
 MAX_TESTS_PER_SITE = 10_000
 MAX_NODES_PER_PATH = 100_000
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_EXAMPLES_DIR = _PACKAGE_DIR + "examples" + os.sep  # workflows shipped with orla: user code
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
 
 PathKey = tuple[Any, ...]
@@ -489,7 +490,7 @@ class Tracer:
     def _user_frames(self) -> Iterator[FrameType]:
         frame: FrameType | None = sys._getframe(2)
         while frame is not None:
-            if not frame.f_code.co_filename.startswith((_PACKAGE_DIR, _ASYNCIO_DIR)):
+            if _is_user_code(frame.f_code.co_filename):
                 yield frame
                 if frame.f_code is self.workflow_code:
                     return
@@ -616,3 +617,9 @@ def switch(selector: Callable[..., Any], *args: Any, cases: Sequence[Any],
         return value
     annotation = Literal.__getitem__(tuple(json_choice(c) for c in cases))
     return tracer.record_cond(selector, args, kwargs, list(cases), annotation)
+
+
+def _is_user_code(filename: str) -> bool:
+    """Whether a frame is the workflow's own, not orla's machinery or asyncio's."""
+    return (filename.startswith(_EXAMPLES_DIR)
+            or not filename.startswith((_PACKAGE_DIR, _ASYNCIO_DIR)))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import orla_sdk as orla
-from examples.customer_support import support
+from orla_sdk.examples.customer_support import support
 from orla_sdk.cli import main
 
 
@@ -53,31 +53,31 @@ def test_render_writes_svg_and_png(tmp_path: Path) -> None:
 
 
 def test_cli_plan_prints_the_compiled_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "examples.customer_support:support"]) == 0
+    assert main(["plan", "orla_sdk.examples.customer_support:support"]) == 0
     printed = capsys.readouterr().out
     assert printed == orla.compile(support).to_json()
     assert json.loads(printed)["name"] == "support"
 
 
 def test_cli_summary_and_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "examples.customer_support:support", "--summary"]) == 0
+    assert main(["plan", "orla_sdk.examples.customer_support:support", "--summary"]) == 0
     table = capsys.readouterr().out
     assert "5 stages, 2 paths" in table and "preserve [span1]" in table
     target = tmp_path / "support.svg"
-    assert main(["render", "examples.customer_support:support", "-o", str(target)]) == 0
+    assert main(["render", "orla_sdk.examples.customer_support:support", "-o", str(target)]) == 0
     assert target.exists()
 
 
 def test_cli_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "examples.customer_support"]) == 2
+    assert main(["plan", "orla_sdk.examples.customer_support"]) == 2
     assert "MODULE:WORKFLOW" in capsys.readouterr().err
-    assert main(["plan", "examples.customer_support:POLICIES"]) == 2
+    assert main(["plan", "orla_sdk.examples.customer_support:POLICIES"]) == 2
     assert "name a @orla.workflow" in capsys.readouterr().err
 
 
 def test_console_script_runs_as_a_module() -> None:
     done = subprocess.run([sys.executable, "-m", "orla_sdk.cli", "plan",
-                           "examples.customer_support:support", "--summary"],
+                           "orla_sdk.examples.customer_support:support", "--summary"],
                           capture_output=True, text=True, check=True)
     assert done.stdout.startswith("plan support: 5 stages")
 
@@ -90,7 +90,7 @@ def test_cli_accepts_plan_factories_but_never_calls_other_functions(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "test_cli_render:support_plan", "--summary"]) == 0
     assert "plan support" in capsys.readouterr().out
-    assert main(["plan", "examples.customer_support:send_email"]) == 2
+    assert main(["plan", "orla_sdk.examples.customer_support:send_email"]) == 2
     assert "takes no arguments" in capsys.readouterr().err
 
 

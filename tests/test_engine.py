@@ -11,14 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from orla_sdk.backends.engine import (
-    EngineConfig,
-    EngineError,
-    LocalEngine,
-    free_port,
-    is_healthy,
-    model_path,
-)
+from orla_sdk.backends.engine import EngineConfig, LocalEngine, free_port, is_healthy, model_path
+from orla_sdk.errors import EngineError
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl, parse_prometheus
 
 PREFIX = " ".join(f"Rule {i}: answer the customer politely and briefly." for i in range(30))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import orla_sdk as orla
-from examples.customer_support import Triage, support
+from orla_sdk.examples.customer_support import Triage, support
 from examples.dag_math import DEPENDENCIES, FINAL_STEPS, STEPS, dag_math
 from examples.mixed_models import mixed_models
 from examples.research import research
@@ -82,7 +82,7 @@ def test_support_escalation_picks_acknowledge_or_reply():
 def test_support_classify_outputs_the_triage_model():
     output = compiled("customer_support").node("classify").output
     assert output.kind == "model"
-    assert output.ref == "examples.customer_support:Triage"
+    assert output.ref == "orla_sdk.examples.customer_support:Triage"
     assert set(output.fields) == set(Triage.model_fields) == {
         "category", "product", "issue", "customer_request", "needs_escalation"}
 

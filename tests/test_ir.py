@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 import orla_sdk as orla
-from examples.customer_support import support
+from orla_sdk.examples.customer_support import support
 from orla_sdk.refs import is_importable, load_ref, ref_of
 
 
@@ -35,7 +35,7 @@ def test_unknown_fields_are_rejected() -> None:
 def test_plan_carries_what_a_runtime_needs() -> None:
     plan = orla.Plan.from_json(orla.compile(support).to_json())
     spec = plan.stage_of(plan.node("policy_check"))
-    assert spec.ref == "examples.customer_support:policy_check"
+    assert spec.ref == "orla_sdk.examples.customer_support:policy_check"
     assert [t.name for t in spec.tools] == ["read_policy_yaml"]
     assert spec.tools[0].parameters["properties"]["category"]["type"] == "string"
     assert [p.name for p in spec.params] == ["t", "ticket"]
@@ -55,12 +55,12 @@ def test_edges_are_derived_from_references_and_guards() -> None:
 
 
 def test_refs() -> None:
-    assert ref_of(support.fn) == "examples.customer_support:support"
-    assert load_ref("examples.customer_support:Triage").__name__ == "Triage"
+    assert ref_of(support.fn) == "orla_sdk.examples.customer_support:support"
+    assert load_ref("orla_sdk.examples.customer_support:Triage").__name__ == "Triage"
     assert not is_importable("mod:f.<locals>.g")
     with pytest.raises(orla.RefError, match="module level"):
         load_ref("mod:f.<locals>.g")
     with pytest.raises(orla.RefError, match="cannot import"):
         load_ref("no_such_module_xyz:thing")
     with pytest.raises(orla.RefError, match="has no"):
-        load_ref("examples.customer_support:nothing_here")
+        load_ref("orla_sdk.examples.customer_support:nothing_here")

@@ -16,7 +16,7 @@ from orla_sdk.backends.base import ChatRequest
 from orla_sdk.backends.engine import EngineConfig, LocalEngine, free_port
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
-from orla_sdk.backends.sim_engine import SimEngine
+from orla_sdk.backends.sim.engine import SimEngine
 from orla_sdk.runtime.cache_policy import CacheEvent, SmallIncrement, decide
 from orla_sdk.runtime.memory import MemoryManager
 

@@ -13,7 +13,8 @@ import pytest
 from pydantic import BaseModel
 
 import orla_sdk as orla
-from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult
+from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.errors import BackendError
 from orla_sdk.backends.engine import LocalEngine, free_port
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend, api_base, engine_fields
 

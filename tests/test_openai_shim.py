@@ -14,7 +14,8 @@ import pytest
 from pydantic import BaseModel
 
 import orla_sdk as orla
-from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult, ToolCall
+from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
+from orla_sdk.errors import BackendError
 from orla_sdk.backends.engine import LocalEngine
 from orla_sdk.ir import BackendSpec, Capabilities
 

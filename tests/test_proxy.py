@@ -16,12 +16,13 @@ import openai
 import pytest
 
 import orla_sdk as orla
-import orla_sdk.proxy
-from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult
+import orla_sdk.serving.proxy
+from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.errors import BackendError
 from orla_sdk.backends.engine import LocalEngine, free_port
 from orla_sdk.cli import build_parser, main, serve_config
 from orla_sdk.ir import BackendSpec, Capabilities
-from orla_sdk.proxy import ProxyServer
+from orla_sdk.serving.proxy import ProxyServer
 
 MODEL = orla.backends.DEFAULT_LOCAL_MODEL
 PREFIX = " ".join(f"Fact {i}: the warehouse ships parcels on weekday {i % 5}." for i in range(30))
@@ -258,7 +259,7 @@ def test_the_serve_command_builds_backends_and_mapping() -> None:
 
 def test_the_proxy_module_is_reachable_as_orla_proxy() -> None:
     assert orla.proxy.ProxyServer is ProxyServer  # type: ignore[attr-defined]
-    assert orla_sdk.proxy.is_loopback("::1") and not orla_sdk.proxy.is_loopback("0.0.0.0")
+    assert orla_sdk.serving.proxy.is_loopback("::1") and not orla_sdk.serving.proxy.is_loopback("0.0.0.0")
 
 
 # ---- the real llama.cpp engine -------------------------------------------------------------

@@ -12,7 +12,8 @@ from pydantic import BaseModel, field_validator
 
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
-from orla_sdk.backends.engine import EngineError, LocalEngine, free_port
+from orla_sdk.backends.engine import LocalEngine, free_port
+from orla_sdk.errors import EngineError
 from orla_sdk.ir import BackendSpec, Capabilities
 from orla_sdk.runtime.generate import close_cut_json
 from orla_sdk.runtime.scheduler import BackendQueue
@@ -341,7 +342,7 @@ def test_waiting_requests_are_served_by_priority_then_critical_path() -> None:
 
 
 def test_the_customer_support_example_runs_on_its_own_engines() -> None:
-    from examples.customer_support import support as customer_support
+    from orla_sdk.examples.customer_support import support as customer_support
 
     result = orla.run(orla.compile(customer_support))
     assert result.ok, result.error

@@ -1,10 +1,14 @@
 """Backends: the engines a plan's stages are mapped to.
 
-This package's namespace holds the declaration helpers (``orla.backends.llamacpp(...)``);
-its modules are named apart from them: ``declare``, ``base`` (the protocol),
-``openai_client``, ``engine`` (the embedded llama.cpp server), ``llamacpp_slots``, and
-the simulator: ``sim_engine``, ``sim_profiles`` and ``sim_http``.
+This package's namespace holds the declaration helpers (``orla.backends.llamacpp(...)``)
+and the call types every backend speaks (``ChatRequest``, ``ChatResult``, ``ToolCall``,
+the ``Backend`` protocol). Its modules: ``declare``, ``base`` (the protocol), ``wire``
+(the OpenAI chat-completions format), ``openai_client``, ``connect`` (a declaration to a
+live connection), ``engine`` (the embedded llama.cpp server), ``llamacpp_slots``,
+``global_cache`` (vLLM/SGLang cache resets) and ``sim/`` (the engine simulator).
 """
+
+from orla_sdk.backends.base import Backend, ChatRequest, ChatResult, ToolCall
 
 from orla_sdk.backends.declare import (
     DEFAULT_LOCAL_MODEL,
@@ -16,5 +20,5 @@ from orla_sdk.backends.declare import (
     vllm,
 )
 
-__all__ = ["DEFAULT_LOCAL_MODEL", "llamacpp", "ollama", "openai_compatible", "sglang",
-           "simulator", "vllm"]
+__all__ = ["DEFAULT_LOCAL_MODEL", "Backend", "ChatRequest", "ChatResult", "ToolCall", "llamacpp",
+           "ollama", "openai_compatible", "sglang", "simulator", "vllm"]

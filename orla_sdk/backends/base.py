@@ -12,19 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orla_sdk.errors import OrlaError
 from orla_sdk.ir import BackendSpec
-
-
-class BackendError(OrlaError):
-    """A backend could not serve a request: down, timed out, or answered with an error."""
-
-    def __init__(self, backend: str, message: str, *, retryable: bool,
-                 status: int | None = None) -> None:
-        self.backend = backend
-        self.retryable = retryable
-        self.status = status  # the engine's HTTP status, when it answered with an error
-        super().__init__(f"backend {backend!r}: {message}")
 
 
 @dataclass(frozen=True)

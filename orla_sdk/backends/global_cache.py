@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import httpx
 
-from orla_sdk.backends.engine import EngineError
+from orla_sdk.errors import EngineError
 from orla_sdk.backends.llamacpp_slots import parse_prometheus
 
 RESET_PATHS = {"vllm": "/reset_prefix_cache", "sglang": "/flush_cache"}

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from orla_sdk.backends.engine import EngineError
+from orla_sdk.errors import EngineError
 
 
 class LlamaCppControl:

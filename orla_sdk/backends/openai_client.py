@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult, ToolCall
+from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
+from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
 
 

@@ -4,7 +4,7 @@ A pass may change the plan it is given (``orla.compile`` hands the pipeline a fr
 and returns it. Extend the pipeline with ``orla.compile(wf, passes=[*DEFAULT_PASSES, mine])``.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from orla_sdk.ir import Plan
 from orla_sdk.passes.cache_spans import cache_spans
@@ -16,4 +16,14 @@ Pass = Callable[[Plan], Plan]
 
 DEFAULT_PASSES: list[Pass] = [validate, map_stages, prioritize, cache_spans]
 
-__all__ = ["DEFAULT_PASSES", "Pass", "cache_spans", "map_stages", "prioritize", "validate"]
+
+def run_passes(plan: Plan, passes: Sequence[Pass] | None = None) -> Plan:
+    """Run ``passes`` (``DEFAULT_PASSES`` when None) over ``plan``, in order: the one pass
+    loop of orla."""
+    for run_pass in DEFAULT_PASSES if passes is None else passes:
+        plan = run_pass(plan)
+    return plan
+
+
+__all__ = ["DEFAULT_PASSES", "Pass", "cache_spans", "map_stages", "prioritize", "run_passes",
+           "validate"]

@@ -87,8 +87,8 @@ def _stage_problems(plan: Plan, node: Node) -> list[Problem]:
     problems.extend(Problem(node.id, spec.site, msg, fix)
                     for msg, fix in _priority_problems(spec.priority, spec.params))
     model = spec.model or plan.default_model
-    # a LangGraph node with no model is one that calls none (a tool, a router)
-    if model is not None or "langgraph" not in plan.meta:
+    # in a plan another framework runs, a stage with no model is one that calls none
+    if model is not None or plan.runnable:
         problems.extend(Problem(node.id, node.site, msg, fix) for msg, fix in
                         _mapping_problems(plan, model, bool(spec.tools),
                                           spec.output.kind in _STRUCTURED))

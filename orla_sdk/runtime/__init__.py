@@ -1,24 +1,36 @@
-"""The runtime: runs compiled plans against real engines."""
+"""The runtime: runs compiled plans against real engines.
+
+Besides the user's calls (``run``, ``generate``, ...), this package exports what serving
+sessions and adapters build on: the stage context a model call is made in, the recorded
+model call, and the structured-output helpers for engines that cannot call tools.
+"""
 
 from orla_sdk.runtime.cache_policy import CacheChoice, CacheEvent, MemoryPolicy, SmallIncrement
+from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import RunEvent
 from orla_sdk.runtime.executor import arun, run
 from orla_sdk.runtime.generate import (
-    OutputError,
     achat,
     agenerate,
     astream,
+    call_model,
     chat,
+    close_cut_json,
+    emulated_tools_schema,
     generate,
+    stage_target,
     stream,
 )
 from orla_sdk.runtime.openai_shim import async_openai_client, openai_client, wrap
 from orla_sdk.runtime.pool import BackendPool
-from orla_sdk.runtime.records import CallRecord, RunError, RunResult, StageRecord
+from orla_sdk.runtime.records import CallRecord, RunResult, StageRecord
 from orla_sdk.runtime.scheduler import ByPriority, Policy, ShortestFirst, Waiting
 
-__all__ = ["BackendPool", "ByPriority", "CacheChoice", "CacheEvent", "CallRecord",
-           "MemoryPolicy", "OutputError", "Policy", "RunError", "RunEvent", "RunResult",
-           "ShortestFirst", "SmallIncrement", "StageRecord", "Waiting", "achat", "agenerate",
-           "arun", "astream", "chat", "generate", "run", "stream"]
-__all__ += ["async_openai_client", "openai_client", "wrap"]
+__all__ = [
+    "BackendPool", "ByPriority", "CacheChoice", "CacheEvent", "CallRecord", "MemoryPolicy",
+    "Policy", "RunEvent", "RunResult", "RunState", "ShortestFirst", "SmallIncrement",
+    "StageContext", "StageRecord", "Waiting", "achat", "agenerate", "arun", "astream",
+    "async_openai_client", "call_model", "chat", "close_cut_json", "current_stage",
+    "emulated_tools_schema", "generate", "openai_client", "run", "stage_target", "stream",
+    "wrap",
+]

@@ -18,7 +18,7 @@ import uuid
 from collections import ChainMap
 from typing import Any
 
-from orla_sdk.errors import OrlaError
+from orla_sdk.errors import OrlaError, StageFailed
 from orla_sdk.ir import Node, Plan, PriorityRule, dependencies
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import Emitter, Listener
@@ -36,12 +36,6 @@ class _Skipped:
 SKIPPED = _Skipped()
 
 
-class StageFailed(OrlaError):
-    def __init__(self, node: str, cause: BaseException) -> None:
-        self.node = node
-        super().__init__(f"stage {node!r} failed: {type(cause).__name__}: {cause}")
-
-
 def run(plan: Plan, *, pool: BackendPool | None = None, **inputs: Any) -> RunResult:
     """Run a plan to completion and return its result (see ``arun``)."""
     try:
@@ -56,10 +50,10 @@ async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | Non
     """Run a plan once with ``inputs``. Backends come from ``pool`` (shared between runs),
     or from a pool started and closed for this run. ``on_event`` receives the run's
     events as they happen (see ``orla_sdk.runtime.events``)."""
-    if plan.meta.get("langgraph", {}).get("runnable") is False:
-        raise OrlaError(f"plan {plan.name!r} was read from a LangGraph graph's topology, for "
-                        "passes and diagrams; orla.run cannot run it: run the compiled graph "
-                        "itself (graph.invoke(...)).")
+    if not plan.runnable:
+        raise OrlaError(f"plan {plan.name!r} was read from another framework's app, for "
+                        "passes and diagrams; orla.run cannot run it: run the app itself, "
+                        "served by orla with orla.serve(app).")
     values = _bind_inputs(plan, inputs)
     own_pool = pool is None
     if pool is not None and not pool.started:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar, overload
 from pydantic import TypeAdapter, ValidationError
 
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
-from orla_sdk.errors import OrlaError
+from orla_sdk.errors import OrlaError, OutputError
 from orla_sdk.ir import Target
 from orla_sdk.mapping import StageMapper
 from orla_sdk.runtime.context import StageContext, stage_context
@@ -34,10 +34,6 @@ from orla_sdk.runtime.pool import LiveBackend, in_thread
 from orla_sdk.runtime.records import CallRecord
 
 T = TypeVar("T")
-
-
-class OutputError(OrlaError):
-    """A stage's model kept answering in a shape its output type does not allow."""
 
 
 @overload

@@ -31,15 +31,20 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, overload
 
-import httpx
-import openai
+from typing import TYPE_CHECKING
 
-from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult
-from orla_sdk.backends.sim_http import PARAMS, chat_request, message_json, usage_json
+import httpx
+
+from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.errors import BackendError
+from orla_sdk.backends.wire import PARAMS, chat_request, message_json, usage_json
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Target
 from orla_sdk.runtime.context import StageContext, current_stage
 from orla_sdk.runtime.generate import call_model, in_loop_thread, stage_target
+
+if TYPE_CHECKING:
+    import openai
 
 T = TypeVar("T")
 BASE_URL = "http://orla.invalid/v1"  # never resolved: the transport answers every request
@@ -51,11 +56,15 @@ Sink = Callable[[str | None], None]  # streamed text, then None when the call is
 
 def openai_client() -> openai.OpenAI:
     """An ``openai.OpenAI`` whose chat completions are served by the current stage."""
+    import openai  # loaded on first use: ``import orla_sdk`` stays light
+
     return openai.OpenAI(api_key="orla", base_url=BASE_URL, http_client=_sync_http())
 
 
 def async_openai_client() -> openai.AsyncOpenAI:
     """An ``openai.AsyncOpenAI`` whose chat completions are served by the current stage."""
+    import openai
+
     return openai.AsyncOpenAI(api_key="orla", base_url=BASE_URL, http_client=_async_http())
 
 
@@ -69,6 +78,8 @@ def wrap(client: openai.OpenAI) -> openai.OpenAI: ...
 
 def wrap(client: openai.OpenAI | openai.AsyncOpenAI) -> openai.OpenAI | openai.AsyncOpenAI:
     """A copy of ``client`` (its headers, timeout and retries kept) served through orla."""
+    import openai
+
     if isinstance(client, openai.AsyncOpenAI):
         return client.with_options(http_client=_async_http())
     if isinstance(client, openai.OpenAI):

@@ -22,12 +22,14 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from orla_sdk.backends.base import Backend, BackendError, ChatRequest, ChatResult
-from orla_sdk.backends.engine import EngineConfig, EngineError, LocalEngine
+from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
+from orla_sdk.errors import BackendError
+from orla_sdk.backends.engine import EngineConfig, LocalEngine
+from orla_sdk.errors import EngineError
 from orla_sdk.backends.global_cache import RESET_PATHS, GlobalCacheControl
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
-from orla_sdk.backends.sim_engine import SimEngine, VirtualClock
+from orla_sdk.backends.sim.engine import SimEngine, VirtualClock
 from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime.cache_policy import MemoryPolicy
 from orla_sdk.runtime.memory import MemoryManager

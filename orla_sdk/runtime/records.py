@@ -5,17 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from orla_sdk.errors import OrlaError
+from orla_sdk.errors import RunError
 
 StageStatus = Literal["done", "skipped", "failed"]
-
-
-class RunError(OrlaError):
-    """A workflow run failed; ``result`` holds every stage record up to the failure."""
-
-    def __init__(self, result: RunResult) -> None:
-        self.result = result
-        super().__init__(f"run {result.run_id} of {result.workflow!r} failed: {result.error}")
 
 
 @dataclass

@@ -46,7 +46,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from orla_sdk.backends.base import Backend, BackendError, ChatRequest, ChatResult
+from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
+from orla_sdk.errors import BackendError
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import BackendSpec, Target
 from orla_sdk.mapping import normalize_mapping

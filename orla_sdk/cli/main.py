@@ -37,24 +37,24 @@ from orla_sdk.backends import (
     simulator,
 )
 from orla_sdk.compile import compile
-from orla_sdk.demo import show_run
+from orla_sdk.cli.demo import show_run
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import BackendSpec, Plan, Target
-from orla_sdk.proxy import ProxyServer
+from orla_sdk.serving.proxy import ProxyServer
 from orla_sdk.refs import load_ref
 from orla_sdk.render import plan_size
 from orla_sdk.runtime import RunResult, run
 from orla_sdk.workflow import Workflow
 
-DEMO_WORKFLOW = "examples.customer_support:support"
-DEMO_SAMPLE = "examples.customer_support:SAMPLE_TICKET"
+DEMO_WORKFLOW = "orla_sdk.examples.customer_support:support"
+DEMO_SAMPLE = "orla_sdk.examples.customer_support:SAMPLE_TICKET"
 SIM_PROFILES = {"light": "smollm2-135m", "heavy": "qwen3-8b"}  # logical model -> simulated
 
 
 def load_plan(target: str) -> Plan:
     if ":" not in target:
         raise OrlaError(f"{target!r} is not MODULE:WORKFLOW, "
-                        "e.g. examples.customer_support:support")
+                        "e.g. orla_sdk.examples.customer_support:support")
     obj = _load(target)
     if isinstance(obj, Plan):
         return obj

@@ -3,7 +3,7 @@
 Frameworks reach models through the ``openai`` SDK: LangChain's ``ChatOpenAI`` and
 ``init_chat_model("openai:...")`` and plain ``openai`` clients all end in
 ``client.chat.completions.create`` (or ``parse``, which structured output uses; ``stream``
-calls ``create``). ``install()`` wraps those two methods of the SDK's sync and async
+calls ``create``). ``route_openai_calls()`` wraps those two methods of the SDK's sync and async
 completions resources, once, in the way OpenTelemetry's instrumentations do. A wrapped
 call asks each registered resolver for the orla stage context it is made in; outside a
 served app there is none and the call goes on unchanged. Inside one, it goes to a copy
@@ -19,8 +19,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from openai.resources.chat.completions import AsyncCompletions, Completions
-
 from orla_sdk.errors import OrlaError
 from orla_sdk.runtime.context import StageContext, current_stage
 from orla_sdk.runtime.generate import in_loop_thread
@@ -35,7 +33,7 @@ _lock = threading.Lock()
 _installed = False
 
 
-def install(resolver: Resolver) -> None:
+def route_openai_calls(resolver: Resolver) -> None:
     """Route SDK calls for which ``resolver`` names a stage context (idempotent)."""
     global _installed
     with _lock:
@@ -43,6 +41,8 @@ def install(resolver: Resolver) -> None:
             _resolvers.append(resolver)
         if _installed:
             return
+        from openai.resources.chat.completions import AsyncCompletions, Completions
+
         for name in ROUTED_METHODS:
             setattr(Completions, name, _sync_method(getattr(Completions, name)))
             setattr(AsyncCompletions, name, _async_method(getattr(AsyncCompletions, name)))
@@ -70,13 +70,13 @@ def _with_model(ctx: StageContext) -> StageContext:
 
 def _sync_method(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    def method(self: Completions, *args: Any, **kwargs: Any) -> Any:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         ctx = resolve()
         if ctx is None:
             return original(self, *args, **kwargs)
         token = current_stage.set(ctx)
         try:
-            return original(Completions(_routed(self._client)), *args, **kwargs)
+            return original(type(self)(_routed(self._client)), *args, **kwargs)
         finally:
             current_stage.reset(token)
 
@@ -85,13 +85,13 @@ def _sync_method(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _async_method(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    async def method(self: AsyncCompletions, *args: Any, **kwargs: Any) -> Any:
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         ctx = resolve()
         if ctx is None:
             return await original(self, *args, **kwargs)
         token = current_stage.set(ctx)
         try:
-            return await original(AsyncCompletions(_routed(self._client)), *args, **kwargs)
+            return await original(type(self)(_routed(self._client)), *args, **kwargs)
         finally:
             current_stage.reset(token)
 

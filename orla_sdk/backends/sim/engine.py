@@ -30,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult, ToolCall
+from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
+from orla_sdk.errors import BackendError
 from orla_sdk.backends.declare import simulator
-from orla_sdk.backends.sim_profiles import SimProfile, get_profile
+from orla_sdk.backends.sim.profiles import SimProfile, get_profile
 
 # ---- tokens ----------------------------------------------------------------------------
 # A special token, a word piece of up to 6 letters, up to 3 digits, or one other character;

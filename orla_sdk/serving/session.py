@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from orla_sdk.integrations.report import Labels, Report
+from orla_sdk.serving.report import Labels, Report
 from orla_sdk.ir import Node, Plan, StageSpec
 from orla_sdk.runtime.context import RunState, StageContext
 from orla_sdk.runtime.pool import BackendPool
@@ -30,7 +30,7 @@ from orla_sdk.runtime.records import StageRecord
 
 T = TypeVar("T")
 Outcome = Literal["idle", "paused", "over"]
-AD_HOC_REF = "orla_sdk.integrations.session:ad_hoc"
+AD_HOC_REF = "orla_sdk.serving.session:ad_hoc"
 
 
 @dataclass

@@ -38,8 +38,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from orla_sdk.compile import _configure
-from orla_sdk.errors import OrlaError
+import orla_sdk as orla
+from orla_sdk import OrlaError
 from orla_sdk.ir import (
     BackendSpec,
     BranchTest,
@@ -51,14 +51,14 @@ from orla_sdk.ir import (
     StageSpec,
     TypeSpec,
 )
-from orla_sdk.passes import DEFAULT_PASSES
+from orla_sdk.passes import Pass
 
 if TYPE_CHECKING:  # langgraph is read through the graph object; importing it costs ~1 s
     from langgraph.pregel import Pregel
 
 START, END = "__start__", "__end__"
 INPUT_ID = "input:state"
-NOT_RUNNABLE_REF = "orla_sdk.langgraph_plan:not_runnable"
+NOT_RUNNABLE_REF = "orla_langgraph.plan:not_runnable"
 LOOP_LABEL = "loop"
 
 
@@ -102,7 +102,7 @@ def plan_from_graph(graph: Pregel[Any, Any, Any, Any], *, name: str | None = Non
                     backends: Sequence[BackendSpec] | None = None,
                     mapping: Mapping[str, Any] | None = None,
                     default_model: str | None = None,
-                    passes: Sequence[Callable[[Plan], Plan]] = DEFAULT_PASSES) -> Plan:
+                    passes: Sequence[Pass] | None = None) -> Plan:
     """The topology of a compiled LangGraph graph as an orla plan, annotated by ``passes``.
 
     ``backends``, ``mapping`` and ``default_model`` work as in ``orla.compile`` (with
@@ -115,13 +115,10 @@ def plan_from_graph(graph: Pregel[Any, Any, Any, Any], *, name: str | None = Non
     routes = _routes(graph, "")
     links = _classify(drawn.edges, routes)
     loops = _back_edges(links)
-    plan = Plan(name=name or graph.name or "langgraph")
-    plan.meta["langgraph"] = {"runnable": False}
+    plan = Plan(name=name or graph.name or "langgraph", runnable=False)
     _add_nodes(plan, drawn.nodes, ids, links, loops, routes, models or {})
-    _configure(plan, backends, mapping, None, default_model)
-    for run_pass in passes:
-        plan = run_pass(plan)
-    return plan
+    return orla.compile(plan, backends=backends, mapping=mapping, default_model=default_model,
+                        passes=passes)
 
 
 # ---- reading the graph -----------------------------------------------------------------

@@ -34,11 +34,9 @@ from typing import Any
 
 from langgraph.config import get_config
 
-from orla_sdk.integrations import openai_routing
-from orla_sdk.integrations.report import Report
-from orla_sdk.integrations.session import Outcome, ServingSession
-from orla_sdk.ir import Plan
-from orla_sdk.runtime.context import StageContext
+from orla_sdk import Plan, Report
+from orla_sdk.runtime import StageContext
+from orla_sdk.serving import Outcome, ServingSession, route_openai_calls
 
 INVOCATION_KEY = "__orla_invocation"  # LangGraph keeps "__" keys out of checkpoint metadata
 
@@ -63,7 +61,7 @@ class ServedGraph:
         self.name = name
         self.tracer = tracer  # an OpenTelemetry Tracer: each invocation's spans go there
         self.cache_log: list[dict[str, Any]] = []
-        openai_routing.install(_unit_of_current_task)
+        route_openai_calls(_unit_of_current_task)
 
     @property
     def plan(self) -> Plan:

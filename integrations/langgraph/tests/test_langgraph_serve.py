@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import orla_sdk as orla
 from orla_sdk.backends.engine import LocalEngine, free_port
 from orla_sdk.errors import PlanValidationError
-from orla_sdk.integrations.langgraph import ServedGraph
+from orla_langgraph.served import ServedGraph
 
 NOWHERE = f"http://127.0.0.1:{free_port()}/v1"  # the apps' own endpoint: nothing listens
 BACKENDS = [orla.backends.simulator("light", "smollm2-135m"),

@@ -225,7 +225,7 @@ def test_render_writes_svg_and_dot_for_graphs_plans_and_workflows(tmp_path: Path
     assert svg.read_text().lstrip().startswith(("<?xml", "<svg"))
     dot = Path(orla.render(compiled(send_app()), str(tmp_path / "send.dot")))
     assert dot.read_text().startswith("digraph map_reduce {")
-    from examples.customer_support import support
+    from orla_sdk.examples.customer_support import support
 
     assert Path(orla.render(support, str(tmp_path / "support.gv"))).exists()
     with pytest.raises(orla.OrlaError, match=r"orla\.render draws"):

@@ -2,7 +2,8 @@
 
 A plan is a DAG of a handful of node kinds. Tracers and importers write it, passes
 annotate it through each node's free ``meta`` mapping, and renderers, snapshots and the
-runtime read it. Of the package, this module imports only ``refs``.
+runtime read it. Of the package, this module imports only ``refs``; drawing a plan is
+``orla_sdk.render``'s work, outside the IR.
 
 Argument templates
 ------------------
@@ -262,6 +263,12 @@ class Edge(_Model):
 
 
 class Plan(_Model):
+    """A workflow as a DAG of nodes, with the stages, backends and mapping it uses.
+
+    ``runnable=False`` marks a plan an adapter read from another framework's app: its
+    stages are that framework's code, so ``orla.run`` refuses it and a stage may name no
+    model (it may make no model call)."""
+
     format: Literal["orla.plan/1"] = PLAN_FORMAT
     name: str
     workflow: str | None = None
@@ -271,6 +278,7 @@ class Plan(_Model):
     mapping: dict[str, Target | MapperSpec] = Field(default_factory=dict)
     default_model: str | None = None
     paths: int = 1
+    runnable: bool = True  # False: another framework runs the stages; orla only serves them
     meta: dict[str, Any] = Field(default_factory=dict)
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -383,16 +391,6 @@ class Plan(_Model):
     def from_json(cls, text: str) -> Plan:
         return cls.model_validate_json(text)
 
-    # ---- drawing (delegates to orla_sdk.render) -------------------------------------
-    def to_dot(self) -> str:
-        from orla_sdk.render import plan_to_dot  # render reads the IR, never the reverse
-
-        return plan_to_dot(self)
-
-    def render(self, path: str) -> str:
-        from orla_sdk.render import render_plan
-
-        return render_plan(self, path)
 
 
 def iter_refs(template: Any) -> Iterator[dict[str, Any]]:

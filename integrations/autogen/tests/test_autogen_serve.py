@@ -31,10 +31,11 @@ from pydantic import BaseModel
 
 import orla_sdk as orla
 from examples import autogen_team
-from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult
+from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.errors import BackendError
 from orla_sdk.backends.engine import LocalEngine, free_port
-from orla_sdk.backends.sim_engine import SimEngine, VirtualClock
-from orla_sdk.integrations.autogen import (
+from orla_sdk.backends.sim.engine import SimEngine, VirtualClock
+from orla_autogen.team import (
     OrlaChatCompletionClient,
     ServedTeam,
     autogen_client,

@@ -27,11 +27,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from orla_sdk.backends.base import BackendError, ChatRequest, ChatResult
-from orla_sdk.backends.sim_engine import METRICS, SimCall, SimEngine
+from orla_sdk.backends.base import ChatRequest
+from orla_sdk.backends.sim.engine import METRICS, SimCall, SimEngine
+from orla_sdk.backends.wire import chat_request, message_json, usage_json
+from orla_sdk.errors import BackendError
 
 T = TypeVar("T")
-PARAMS = ("max_tokens", "max_completion_tokens", "seed", "temperature", "top_p", "tool_choice")
 
 
 def serve_http(engine: SimEngine, host: str = "127.0.0.1",
@@ -71,23 +72,6 @@ async def _cancel_tasks() -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def chat_request(body: dict[str, Any]) -> ChatRequest:
-    """An OpenAI chat-completions body as a ``ChatRequest``."""
-    if not isinstance(body.get("messages"), list):
-        raise ValueError("'messages' must be a list of chat messages")
-    schema, name = None, "output"
-    response_format = body.get("response_format") or {}
-    if response_format.get("type") == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        schema, name = spec.get("schema") or {"type": "object"}, spec.get("name", name)
-    elif response_format.get("type") == "json_object":
-        schema = {"type": "object"}
-    return ChatRequest(model=str(body.get("model", "")), messages=body["messages"],
-                       params={k: body[k] for k in PARAMS if k in body},
-                       json_schema=schema, schema_name=name, tools=body.get("tools") or [],
-                       slot=body.get("id_slot"), priority=body.get("priority"))
 
 
 def prometheus(metrics: dict[str, float]) -> str:
@@ -261,14 +245,6 @@ def _envelope(call: SimCall, body: dict[str, Any], kind: str) -> dict[str, Any]:
             "model": body.get("model") or "sim", "system_fingerprint": "orla-sim"}
 
 
-def message_json(result: ChatResult) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.content or None}
-    if result.tool_calls:
-        message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
-            "name": c.name, "arguments": c.arguments}} for c in result.tool_calls]
-    return message
-
-
 def _deltas(call: SimCall) -> list[dict[str, Any]]:
     """Stream deltas: the first token's, then the rest. A tool call streams its name first
     and its arguments after; text streams a token at a time."""
@@ -281,12 +257,6 @@ def _deltas(call: SimCall) -> list[dict[str, Any]]:
                 {"tool_calls": [{"index": 0, "function": {"arguments": tool.arguments}}]}]
     return [{"role": "assistant", "content": reply.tokens[0]},
             *({"content": token} for token in reply.tokens[1:])]
-
-
-def usage_json(result: ChatResult) -> dict[str, Any]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
 
 
 def _timings(call: SimCall) -> dict[str, Any]:

@@ -72,11 +72,10 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
-from orla_sdk.backends.base import ChatRequest, ChatResult
-from orla_sdk.compile import _configure
-from orla_sdk.errors import OrlaError
-from orla_sdk.integrations.report import Price, Report
-from orla_sdk.integrations.session import ServingSession
+import orla_sdk as orla
+from orla_sdk import BackendPool, OrlaError, Price, Report
+from orla_sdk.backends import ChatRequest, ChatResult
+from orla_sdk.serving import ServingSession
 from orla_sdk.ir import (
     BackendSpec,
     BranchTest,
@@ -88,17 +87,16 @@ from orla_sdk.ir import (
     Target,
     TypeSpec,
 )
-from orla_sdk.passes import DEFAULT_PASSES
-from orla_sdk.runtime.context import StageContext
-from orla_sdk.runtime.generate import (
+from orla_sdk.passes import Pass
+from orla_sdk.runtime import (
+    StageContext,
     call_model,
     close_cut_json,
     emulated_tools_schema,
     stage_target,
 )
-from orla_sdk.runtime.pool import BackendPool
 
-NOT_RUNNABLE_REF = "orla_sdk.integrations.autogen:not_runnable"
+NOT_RUNNABLE_REF = "orla_autogen.team:not_runnable"
 INPUT_ID = "input:task"
 SELECTOR_PRIORITY = 90
 MANAGER_NAMES = {"SelectorGroupChat": "selector", "MagenticOneGroupChat": "orchestrator"}
@@ -661,7 +659,7 @@ def serve_team(team: Any, *, backends: Sequence[BackendSpec] | None = None,
                mapping: Mapping[str, Any] | None = None, models: Mapping[str, str] | None = None,
                default_model: str | None = None, prices: Mapping[str, Price] | None = None,
                tracer: Any = None, pool: BackendPool | None = None, name: str | None = None,
-               passes: Sequence[Callable[[Plan], Plan]] = DEFAULT_PASSES,
+               passes: Sequence[Pass] | None = None,
                selector_model: str | None = None,
                selector_priority: int = SELECTOR_PRIORITY) -> ServedTeam:
     """An AgentChat team (``SelectorGroupChat``, ``RoundRobinGroupChat``, ...) served by
@@ -677,9 +675,8 @@ def serve_team(team: Any, *, backends: Sequence[BackendSpec] | None = None,
     manager = _manager_name(team)
     chosen = {**(models or {}), **({manager: selector_model} if selector_model else {})}
     plan = _team_plan(team, name or team.name, seats, chosen, selector_priority)
-    _configure(plan, backends, mapping, None, default_model)
-    for run_pass in passes:
-        plan = run_pass(plan)
+    plan = orla.compile(plan, backends=backends, mapping=mapping, default_model=default_model,
+                        passes=passes)
     unit_models = {s.agent: m for s in seats if (m := _model_of(s, chosen)) is not None}
     session = ServingSession(plan, pool=pool, models=unit_models,
                              report=Report(prices, groups=("agent",)))
@@ -742,8 +739,8 @@ def _team_plan(team: BaseGroupChat, name: str, seats: list[_Seat], models: Mappi
                selector_priority: int) -> Plan:
     """input -> [manager] -> next speaker -> each agent -> output, with loop edges from the
     agents back to the choice of the next speaker."""
-    plan = Plan(name=name)
-    plan.meta["autogen"] = {"team": type(team).__name__, "runnable": False}
+    plan = Plan(name=name, runnable=False)
+    plan.meta["autogen"] = {"team": type(team).__name__}
     nodes = [Node(id=INPUT_ID, kind="input", label="task", kwargs={"default": None})]
     decider = INPUT_ID
     for seat in seats:

@@ -1,0 +1,3 @@
+from orla_sdk.cli.main import main
+
+raise SystemExit(main())

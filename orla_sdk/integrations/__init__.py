@@ -1,1 +1,0 @@
-"""orla beneath other frameworks: ``orla.serve`` for LangGraph graphs and AutoGen teams."""
