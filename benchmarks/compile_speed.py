@@ -41,6 +41,7 @@ from typing import Any
 from pydantic import BaseModel
 
 import orla_sdk as orla
+from orla_sdk.workflow import Workflow
 
 DEFAULT_REPEAT = 15
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -168,7 +169,7 @@ def six_branches(ticket: str) -> str:
 class Workload:
     name: str
     description: str
-    workflow: orla.Workflow[..., Any]
+    workflow: Workflow[..., Any]
     inputs: dict[str, Any]
     target_ms: float
 
@@ -248,16 +249,16 @@ def timed_row(measure: str, collect: Callable[[], list[float]]) -> Row:
         return Row(measure, error=describe_error(exc))
 
 
-def pass_rows(workflow: orla.Workflow[..., Any], repeat: int) -> list[Row]:
+def pass_rows(workflow: Workflow[..., Any], repeat: int) -> list[Row]:
     """Each default pass, timed in pipeline order on a freshly traced and configured plan.
 
     A pass that raises is reported as failed; the later passes still run on the plan.
     """
-    samples: dict[str, list[float]] = {p.__name__: [] for p in orla.DEFAULT_PASSES}
+    samples: dict[str, list[float]] = {p.__name__: [] for p in orla.passes.DEFAULT_PASSES}
     errors: dict[str, str] = {}
     for _ in range(repeat):
         plan = orla.compile(workflow, passes=[])
-        for run_pass in orla.DEFAULT_PASSES:
+        for run_pass in orla.passes.DEFAULT_PASSES:
             name = run_pass.__name__
             if name in errors:
                 continue
@@ -415,10 +416,10 @@ def write_results(report: dict[str, Any], out: Path) -> None:
     (out / "compile_speed.md").write_text("\n".join(report_lines(report)), encoding="utf-8")
 
 
-def compile_pass_by_pass(workflow: orla.Workflow[..., Any]) -> None:
+def compile_pass_by_pass(workflow: Workflow[..., Any]) -> None:
     """``orla.compile`` step by step; a pass that raises is skipped, as in the timings."""
     plan = orla.compile(workflow, passes=[])
-    for run_pass in orla.DEFAULT_PASSES:
+    for run_pass in orla.passes.DEFAULT_PASSES:
         with contextlib.suppress(Exception):
             plan = run_pass(plan)
 

@@ -65,7 +65,7 @@ def plans(url: str) -> dict[str, Plan]:
                            params={"extra_body": {"cache_prompt": False}})
     return {
         "flush per request": orla.compile(dag_math, backends=backends, mapping={"math": no_reuse},
-                                          passes=[*orla.DEFAULT_PASSES, flush_every_stage]),
+                                          passes=[*orla.passes.DEFAULT_PASSES, flush_every_stage]),
         "workflow preserve": orla.compile(dag_math, backends=backends,
                                           mapping={"math": f"local/{model}"}),
     }

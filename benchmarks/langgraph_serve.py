@@ -77,8 +77,9 @@ from langgraph.graph import END, START, StateGraph, add_messages
 import orla_sdk as orla
 from benchmarks.compile_speed import describe_machine
 from benchmarks.overhead import percentile
-from orla_sdk.backends import sim_http
-from orla_sdk.backends.sim.engine import SimEngine, tokenize
+from orla_sdk.backends.sim import http as sim_http
+from orla_sdk.backends.sim.engine import SimEngine
+from orla_sdk.backends.sim.tokens import tokenize
 
 DEFAULT_CONVERSATIONS = 16
 DEFAULT_TURNS = 3

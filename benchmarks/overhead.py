@@ -53,6 +53,7 @@ import orla_sdk as orla
 from benchmarks.compile_speed import describe_machine
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
 from orla_sdk.backends.sim.engine import SimEngine
+from orla_sdk.stage import Stage
 
 DEFAULT_STAGES = 20
 DEFAULT_REPEAT = 150
@@ -126,7 +127,7 @@ def improve_sync(text: str, step: int) -> str:
     return orla.generate(prompt(step, text), max_tokens=MAX_TOKENS)
 
 
-def orla_chain(stages: int, body: orla.Stage[..., str]) -> orla.Plan:
+def orla_chain(stages: int, body: Stage[..., str]) -> orla.Plan:
     """An orla plan of ``stages`` calls of ``body``, each on the previous output."""
 
     def chain(text: str) -> str:

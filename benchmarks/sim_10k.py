@@ -51,7 +51,8 @@ from typing import Any
 import orla_sdk as orla
 from benchmarks.compile_speed import describe_machine
 from examples import customer_support as cs
-from orla_sdk.backends.sim.engine import SimEngine, VirtualClock
+from orla_sdk.backends.sim.clock import VirtualClock
+from orla_sdk.backends.sim.engine import SimEngine
 
 DEFAULT_WORKFLOWS = 10_000
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -68,7 +69,7 @@ STAGES = ["classify", "policy_check", "route_ticket", "acknowledge", "reply"]
 # ---------------------------------------------------------------------------------
 # The workflow on simulators
 # ---------------------------------------------------------------------------------
-def sim_backends() -> list[orla.BackendSpec]:
+def sim_backends() -> list[orla.ir.BackendSpec]:
     return [orla.backends.simulator(name, profile, clock="virtual")
             for name, profile in (LIGHT, HEAVY)]
 
@@ -183,7 +184,7 @@ class SimTimes:
         self.run_ends: list[float] = []
         self.events = 0
 
-    def __call__(self, event: orla.RunEvent) -> None:
+    def __call__(self, event: orla.runtime.RunEvent) -> None:
         self.events += 1
         now = self.clock.now()
         if event.kind == "stage_start":

@@ -48,8 +48,9 @@ import httpx
 
 from orla_sdk.backends.base import ChatRequest
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
-from orla_sdk.backends.sim.engine import SimEngine, render_prompt
+from orla_sdk.backends.sim.engine import SimEngine
 from orla_sdk.backends.sim.profiles import PROFILES
+from orla_sdk.backends.sim.tokens import render_prompt
 
 DEFAULT_OUT = Path(__file__).parent / "results"
 SLOTS, CTX_PER_SLOT = 4, 4096

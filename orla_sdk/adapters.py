@@ -70,12 +70,17 @@ def adapters() -> list[Adapter]:
         return list(_registered.values())
 
 
+def adapter_for(app: object) -> Adapter | None:
+    """The first registered adapter that accepts ``app``, if any."""
+    return next((adapter for adapter in adapters() if adapter.accepts(app)), None)
+
+
 def find_adapter(app: object, verb: str) -> Adapter:
     """The adapter that accepts ``app``, or an ``AdapterNotFound`` naming what to install."""
-    for adapter in adapters():
-        if adapter.accepts(app):
-            return adapter
-    raise AdapterNotFound(_missing_message(app, verb))
+    adapter = adapter_for(app)
+    if adapter is None:
+        raise AdapterNotFound(_missing_message(app, verb))
+    return adapter
 
 
 def _missing_message(app: object, verb: str) -> str:

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from orla_sdk.adapters import find_adapter
+from orla_sdk.adapters import adapter_for, find_adapter
 from orla_sdk.backends.declare import DEFAULT_LOCAL_MODEL, llamacpp
 from orla_sdk.context import active_tracer
 from orla_sdk.errors import TraceError
@@ -61,8 +61,10 @@ def compile(target: Any, *, backends: Sequence[BackendSpec] | None = None,
     With neither backends nor mapping (here, on ``@orla.workflow`` or in the plan), every
     logical model runs on the embedded llama.cpp engine.
     """
-    if not isinstance(target, Plan | Workflow) and not inspect.isfunction(target):
-        adapter = find_adapter(target, "orla.compile")
+    adapter = None if isinstance(target, Plan | Workflow) else adapter_for(target)
+    if adapter is None and not isinstance(target, Plan) and not callable(target):
+        adapter = find_adapter(target, "orla.compile")  # raises, naming what to install
+    if adapter is not None:
         return adapter.compile(target, backends=backends, mapping=mapping,
                                default_model=default_model, passes=passes, **options)
     if options:

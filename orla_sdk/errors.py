@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,12 @@ class MissingExtra(OrlaError):
         self.module, self.extra = module, extra
         super().__init__(f"{purpose} needs the {module!r} package, which is not installed; "
                          f"install it with `pip install 'orla_sdk[{extra}]'`.")
+
+
+def require_extra(module: str, extra: str, purpose: str) -> None:
+    """Raise ``MissingExtra`` unless ``module`` is installed."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtra(module, extra, purpose)
 
 
 class BackendError(OrlaError):

@@ -17,7 +17,17 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from orla_sdk.errors import OrlaError
-from orla_sdk.ir import Edge, MapperSpec, Node, Plan, Target
+from orla_sdk.ir import (
+    Edge,
+    MapperSpec,
+    Node,
+    Plan,
+    PriorityNote,
+    Target,
+    cache_of,
+    mapping_of,
+    priority_of,
+)
 
 if TYPE_CHECKING:
     import graphviz  # type: ignore[import-untyped]
@@ -30,7 +40,8 @@ WIDE_INPUT = 6  # an input read by more nodes than this is drawn without its edg
 def _graphviz() -> ModuleType:
     import graphviz  # loaded on first drawing: ``import orla_sdk`` stays light
 
-    return graphviz
+    module: ModuleType = graphviz
+    return module
 
 
 def plan_to_dot(plan: Plan) -> str:
@@ -125,10 +136,11 @@ def _add_nodes(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str],
     spans = {span["id"]: _span_cluster(plan, span) for span in plan.meta.get("cache_spans", [])}
     span_scope: dict[str, str | None] = {}
     for node in plan.nodes:
-        span = node.meta.get("cache", {}).get("span")
+        span = note.span if (note := cache_of(node)) else None
         home = node.id if node.kind == "map" else node.scope  # a map heads its own body
-        target = spans[span] if span in spans else clusters[home]
-        if span in spans:
+        target = clusters[home]
+        if span is not None and span in spans:
+            target = spans[span]
             span_scope[span] = node.scope
         target.node(names[node.id], **_node_attrs(plan, node, colours, wide))
     for span_id, sub in spans.items():
@@ -138,7 +150,8 @@ def _add_nodes(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str],
 
 
 def _span_cluster(plan: Plan, span: dict[str, Any]) -> graphviz.Digraph:
-    backend = plan.node(span["stages"][0]).meta.get("mapping", {}).get("backend", "")
+    mapping = mapping_of(plan.node(span["stages"][0]))
+    backend = mapping.backend or "" if mapping else ""
     return _graphviz().Digraph(name=f"cluster_{span['id']}", graph_attr={
         "label": f"{span['id']}: preserve on {backend}", "style": "dashed",
         "color": "#2b6cb0", "fontcolor": "#2b6cb0"})
@@ -166,46 +179,47 @@ def _node_attrs(plan: Plan, node: Node, colours: dict[str, str],
 
 
 def _stage_attrs(plan: Plan, node: Node, colours: dict[str, str]) -> dict[str, str]:
-    mapping: dict[str, Any] = node.meta.get("mapping", {})
+    mapping = mapping_of(node)
     title = node.label if node.id == node.label else f"{node.label} ({node.id})"
     lines = [title]
     attrs = {"shape": "box", "style": "rounded,filled"}
-    if mapping.get("routed"):
-        names = " | ".join(c["logical"] for c in mapping["candidates"])
-        lines.append(f"{mapping['logical']}: routed ({mapping['mapper']}) → {names}")
+    if mapping is not None and mapping.routed:
+        names = " | ".join(c.logical for c in mapping.candidates or [])
+        lines.append(f"{mapping.logical}: routed ({mapping.mapper}) → {names}")
         attrs.update(peripheries="2", fillcolor=ROUTED_FILL)
-    elif mapping:
-        lines.append(f"model: {mapping['logical']}")
-        attrs["fillcolor"] = colours.get(mapping["backend"], "#ffffff")
+    elif mapping is not None:
+        lines.append(f"model: {mapping.logical}")
+        attrs["fillcolor"] = colours.get(str(mapping.backend), "#ffffff")
     spec = plan.stage_of(node)
     if spec.tools:
         lines.append("tools: " + ", ".join(t.name for t in spec.tools))
-    lines.append(_priority_text(node.meta.get("priority")))
-    cache = node.meta.get("cache")
-    if cache:
-        lines.append(f"cache: {cache['decision']}")
+    lines.append(_priority_text(priority_of(node)))
+    cache = cache_of(node)
+    if cache is not None:
+        lines.append(f"cache: {cache.decision}")
     attrs["label"] = "\n".join(line for line in lines if line)
     return attrs
 
 
-def _priority_text(priority: dict[str, Any] | None) -> str:
-    if not priority:
+def _priority_text(priority: PriorityNote | None) -> str:
+    if priority is None:
         return ""
-    path = f", path {priority['critical_path']}"
-    if priority["source"] == "runtime":
-        rule = priority["rule"]
+    path = f", path {priority.critical_path}"
+    if priority.source == "runtime" and priority.rule is not None:
+        rule = priority.rule
         subject = ".".join([rule.get("arg") or "", *rule.get("path", [])]) or rule.get("fn")
         return f"priority: by {subject}{path}"
-    return f"priority {priority['value']}{path}"
+    return f"priority {priority.value}{path}"
 
 
 def _add_legend(graph: graphviz.Digraph, plan: Plan, colours: dict[str, str]) -> None:
     """One row a backend: its colour, name and kind, and the logical models it serves."""
     if not plan.backends:
         return
-    used = {m.get("logical") for n in plan.stage_nodes() if (m := n.meta.get("mapping"))}
-    for node in plan.stage_nodes():
-        mapped = plan.mapping.get(node.meta.get("mapping", {}).get("logical", ""))
+    logicals = [m.logical for n in plan.stage_nodes() if (m := mapping_of(n)) and m.logical]
+    used = set(logicals)
+    for logical in logicals:
+        mapped = plan.mapping.get(logical)
         if isinstance(mapped, MapperSpec):
             used.update([*mapped.candidates, *mapped.consults])
     served: dict[str, list[str]] = {}

@@ -561,7 +561,7 @@ def _raised_at(exc: BaseException) -> str:
     tb = exc.__traceback__
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith(_PACKAGE_DIR):
+        if filename.startswith(_EXAMPLES_DIR) or not filename.startswith(_PACKAGE_DIR):
             where = f"{filename}:{tb.tb_lineno}"
         tb = tb.tb_next
     return where

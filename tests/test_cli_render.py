@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import orla_sdk as orla
+from orla_sdk.render import plan_to_dot
 from orla_sdk.examples.customer_support import support
 from orla_sdk.cli import main
 
@@ -30,13 +31,13 @@ def fan_out(text: str) -> list[str]:
 
 
 def test_dot_marks_spans_branches_maps_and_routed_stages() -> None:
-    dot = orla.compile(support).to_dot()
+    dot = plan_to_dot(orla.compile(support))
     assert "subgraph cluster_span1" in dot and "span1: preserve on datacenter" in dot
     assert "shape=diamond" in dot
     assert "branch_classify_needs_escalation -> acknowledge [label=true color=" in dot
     assert "branch_classify_needs_escalation -> reply [label=false color=" in dot
     assert "priority: by t.category, path 2" in dot
-    routed = orla.compile(fan_out).to_dot()
+    routed = plan_to_dot(orla.compile(fan_out))
     assert "subgraph cluster_map_topics" in routed
     assert "peripheries=2" in routed and "routed (one_bit)" in routed
     assert "[each]" in routed
@@ -44,12 +45,12 @@ def test_dot_marks_spans_branches_maps_and_routed_stages() -> None:
 
 def test_render_writes_svg_and_png(tmp_path: Path) -> None:
     plan = orla.compile(support)
-    svg = Path(plan.render(str(tmp_path / "plan.svg")))
+    svg = Path(orla.render(plan, str(tmp_path / "plan.svg")))
     assert svg.read_text().lstrip().startswith(("<?xml", "<svg"))
-    png = Path(plan.render(str(tmp_path / "plan.png")))
+    png = Path(orla.render(plan, str(tmp_path / "plan.png")))
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(orla.OrlaError, match=r"\.svg, \.png"):
-        plan.render(str(tmp_path / "plan.bmp"))
+        orla.render(plan, str(tmp_path / "plan.bmp"))
 
 
 def test_cli_plan_prints_the_compiled_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import orla_sdk as orla
+from orla_sdk.render import plan_to_dot
 from orla_sdk.examples.customer_support import Triage, support
 from examples.dag_math import DEPENDENCIES, FINAL_STEPS, STEPS, dag_math
 from examples.mixed_models import mixed_models
@@ -51,7 +52,7 @@ def test_plan_json_snapshot(name, snapshot):
 
 @each_example
 def test_plan_dot_snapshot(name, snapshot):
-    assert compiled(name).to_dot() == snapshot
+    assert plan_to_dot(compiled(name)) == snapshot
 
 
 @each_example

@@ -58,9 +58,9 @@ def test_refs() -> None:
     assert ref_of(support.fn) == "orla_sdk.examples.customer_support:support"
     assert load_ref("orla_sdk.examples.customer_support:Triage").__name__ == "Triage"
     assert not is_importable("mod:f.<locals>.g")
-    with pytest.raises(orla.RefError, match="module level"):
+    with pytest.raises(orla.errors.RefError, match="module level"):
         load_ref("mod:f.<locals>.g")
-    with pytest.raises(orla.RefError, match="cannot import"):
+    with pytest.raises(orla.errors.RefError, match="cannot import"):
         load_ref("no_such_module_xyz:thing")
-    with pytest.raises(orla.RefError, match="has no"):
+    with pytest.raises(orla.errors.RefError, match="has no"):
         load_ref("orla_sdk.examples.customer_support:nothing_here")

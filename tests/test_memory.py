@@ -47,8 +47,8 @@ def test_small_increment_keeps_growing_contexts_and_drops_unused_ones() -> None:
 
 
 class FlushReplies(orla.MemoryPolicy):
-    def decide(self, event: orla.CacheEvent) -> orla.CacheChoice | None:
-        return orla.CacheChoice("flush", "replies are never followed up") \
+    def decide(self, event: orla.runtime.CacheEvent) -> orla.runtime.CacheChoice | None:
+        return orla.runtime.CacheChoice("flush", "replies are never followed up") \
             if event.stage == "reply" else None
 
 
@@ -167,7 +167,7 @@ def write(topic: str) -> str:
 def test_streamed_text_reaches_the_body_and_the_event_listener() -> None:
     plan = orla.compile(write, backends=[orla.backends.simulator("sim", "qwen3-4b")],
                         mapping={"light": "sim/qwen3-4b"})
-    events: list[orla.RunEvent] = []
+    events: list[orla.runtime.RunEvent] = []
 
     async def go() -> orla.RunResult:
         async with orla.BackendPool(plan.backends, memory_policies=[FlushReplies()]) as pool:
@@ -189,7 +189,7 @@ def test_a_failing_listener_is_dropped_not_the_run() -> None:
     plan = orla.compile(write, backends=[orla.backends.simulator("sim", "qwen3-4b")],
                         mapping={"light": "sim/qwen3-4b"})
 
-    def broken(event: orla.RunEvent) -> None:
+    def broken(event: orla.runtime.RunEvent) -> None:
         raise ValueError("view crashed")
 
     result = orla.run(plan, topic="docks", on_event=broken)

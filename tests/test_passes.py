@@ -298,7 +298,7 @@ def test_passes_are_a_list_the_user_extends() -> None:
         plan.meta["stage_count"] = len(plan.stage_nodes())
         return plan
 
-    plan = compile_(pipeline, passes=[*orla.DEFAULT_PASSES, count_stages])
+    plan = compile_(pipeline, passes=[*orla.passes.DEFAULT_PASSES, count_stages])
     assert seen == ["pipeline"] and plan.meta["stage_count"] == 4
     bare = compile_(pipeline, passes=[])
     assert all(not n.meta for n in bare.nodes)

@@ -15,8 +15,8 @@ from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.backends.engine import LocalEngine, free_port
 from orla_sdk.errors import EngineError
 from orla_sdk.ir import BackendSpec, Capabilities
-from orla_sdk.runtime.generate import close_cut_json
 from orla_sdk.runtime.scheduler import BackendQueue
+from orla_sdk.runtime.structured import close_cut_json
 
 MODEL = orla.backends.DEFAULT_LOCAL_MODEL
 PROBLEM = " ".join(f"Fact {i}: the warehouse ships parcels on weekday {i % 5}." for i in range(25))

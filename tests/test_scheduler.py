@@ -18,7 +18,7 @@ MODEL = orla.backends.DEFAULT_LOCAL_MODEL
 
 
 class LongestPromptFirst(orla.Policy):
-    def key(self, waiting: orla.Waiting) -> tuple[int, int]:
+    def key(self, waiting: orla.runtime.Waiting) -> tuple[int, int]:
         return (-waiting.prompt_length, waiting.seq)
 
 
@@ -181,7 +181,7 @@ def test_the_engine_serves_waiting_requests_in_policy_order(
 
     async def go() -> list[orla.RunResult]:
         async with orla.BackendPool(plan.backends) as pool:
-            def on_event(event: orla.RunEvent) -> None:
+            def on_event(event: orla.runtime.RunEvent) -> None:
                 if event.kind == "call":
                     finished.append(lengths[runs.index(event.run_id)])
 

@@ -14,18 +14,15 @@ from pydantic import BaseModel, Field
 
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult
-from orla_sdk.errors import BackendError
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
-from orla_sdk.backends.sim.engine import (
-    SimEngine,
-    VirtualClock,
-    fake_json,
-    render_prompt,
-    tokenize,
-)
+from orla_sdk.backends.sim.clock import VirtualClock
+from orla_sdk.backends.sim.engine import SimEngine
 from orla_sdk.backends.sim.http import serve_http
 from orla_sdk.backends.sim.profiles import PROFILES, SimProfile, get_profile
+from orla_sdk.backends.sim.replies import fake_json
+from orla_sdk.backends.sim.tokens import render_prompt, tokenize
+from orla_sdk.errors import BackendError
 
 T = TypeVar("T")
 SYSTEM = " ".join(f"Rule {i}: answer the customer politely and briefly." for i in range(30))

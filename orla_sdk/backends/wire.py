@@ -1,16 +1,25 @@
 """The OpenAI chat-completions wire format, in both directions, in one place.
 
 JSON bodies in and out of orla: a request body as a ``ChatRequest`` and back, a
-``ChatResult`` as a reply message, its usage, and the error envelope. The engine client,
+``ChatResult`` as a completion (or as the server-sent chunks of a streamed one) and a
+streamed reply read back into a ``ChatResult``, the usage, and the error envelope with
+the status an error answers with. Pure format: no transport, nothing above
+``orla_sdk.backends.base`` and ``orla_sdk.errors``. The engine client,
 the simulator's HTTP server, the ``openai`` client shim and the proxy all speak it
 through this module.
 """
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.errors import BackendError
 
 PARAMS = ("max_tokens", "max_completion_tokens", "seed", "temperature", "top_p", "tool_choice")
 
@@ -44,3 +53,93 @@ def usage_json(result: ChatResult) -> dict[str, Any]:
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
+
+
+def finish_reason(result: ChatResult) -> str:
+    return result.finish_reason or ("tool_calls" if result.tool_calls else "stop")
+
+
+def envelope(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The fields every answer object of ``kind`` starts with (``chat.completion`` or
+    ``chat.completion.chunk``), for an answer to ``body``."""
+    return {"id": f"chatcmpl-orla-{uuid.uuid4().hex[:16]}", "object": kind,
+            "created": int(time.time()), "model": str(body.get("model") or "orla")}
+
+
+def completion_json(body: dict[str, Any], result: ChatResult) -> dict[str, Any]:
+    """The ``chat.completion`` answering ``body`` with ``result``."""
+    return {**envelope(body, "chat.completion"), "choices": [{
+        "index": 0, "message": message_json(result), "finish_reason": finish_reason(result),
+        "logprobs": None}], "usage": usage_json(result)}
+
+
+def error_type(status: int) -> str:
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+def error_json(status: int, message: str, code: str | int | None = None) -> dict[str, Any]:
+    """OpenAI's error envelope for an answer of ``status``."""
+    return {"error": {"message": message, "type": error_type(status), "code": code}}
+
+
+def error_status(exc: Exception) -> int:
+    """The status an error answers with: the engine's own, 503 for a backend that may come
+    back, 502 for one that failed otherwise, 400 for a request orla cannot read."""
+    if not isinstance(exc, BackendError):
+        return 400
+    if exc.status is not None:
+        return exc.status
+    return 503 if exc.retryable else 502
+
+
+def sse_data(data: dict[str, Any]) -> bytes:
+    """One server-sent event carrying ``data`` as JSON."""
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass
+class Chunks:
+    """The server-sent events of one streamed answer."""
+
+    envelope: dict[str, Any]
+    include_usage: bool
+    started: bool = False
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Chunks:
+        options = body.get("stream_options") or {}
+        return cls(envelope(body, "chat.completion.chunk"), bool(options.get("include_usage")))
+
+    def piece(self, text: str) -> bytes:
+        return self._delta({"content": text})
+
+    def end(self, result: ChatResult) -> Iterator[bytes]:
+        """The events after the streamed text: tool calls, the finish reason, the usage
+        (when asked for) and ``[DONE]``."""
+        if not self.started and (result.content or not result.tool_calls):
+            yield self.piece(result.content)  # the backend did not stream it
+        for index, call in enumerate(result.tool_calls):
+            yield self._delta({"tool_calls": [{"index": index, "id": call.id, "type": "function",
+                                               "function": {"name": call.name,
+                                                            "arguments": call.arguments}}]})
+        yield self._event([{"index": 0, "delta": {}, "finish_reason": finish_reason(result)}])
+        if self.include_usage:
+            yield self._event([], usage=usage_json(result))
+        yield SSE_DONE
+
+    def error(self, exc: Exception) -> bytes:
+        """The event that ends a stream which failed after it began."""
+        status = error_status(exc)
+        return sse_data(error_json(status, str(exc), code=status))
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        if not self.started:
+            delta = {"role": "assistant", **delta}
+            self.started = True
+        return self._event([{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return sse_data({**self.envelope, "choices": choices, **extra})

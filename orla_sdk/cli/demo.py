@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orla_sdk.ir import Node, Plan
+from orla_sdk.ir import Node, Plan, mapping_of
 from orla_sdk.runtime.events import RunEvent
 from orla_sdk.runtime.executor import arun
 from orla_sdk.runtime.records import CallRecord, RunResult, StageRecord
@@ -262,8 +262,10 @@ def _table(title: str, fixed: list[str], *, show_header: bool = True) -> Table:
 
 
 def _planned_backend(node: Node) -> str:
-    mapping = node.meta.get("mapping", {})
-    return "routed" if mapping.get("routed") else str(mapping.get("backend", ""))
+    mapping = mapping_of(node)
+    if mapping is None:
+        return ""
+    return "routed" if mapping.routed else str(mapping.backend)
 
 
 def _cache_line(entry: dict[str, Any]) -> CacheLine:

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from rich.console import Console
+if typing.TYPE_CHECKING:
+    from rich.console import Console
 
 from orla_sdk.backends import (
     DEFAULT_LOCAL_MODEL,
@@ -37,13 +38,12 @@ from orla_sdk.backends import (
     simulator,
 )
 from orla_sdk.compile import compile
-from orla_sdk.cli.demo import show_run
-from orla_sdk.errors import OrlaError
-from orla_sdk.ir import BackendSpec, Plan, Target
-from orla_sdk.serving.proxy import ProxyServer
+from orla_sdk.errors import OrlaError, require_extra
+from orla_sdk.ir import BackendSpec, Plan, Target, cache_of, mapping_of, priority_of
 from orla_sdk.refs import load_ref
-from orla_sdk.render import plan_size
+from orla_sdk.render import plan_size, render_plan
 from orla_sdk.runtime import RunResult, run
+from orla_sdk.serving.proxy import ProxyServer
 from orla_sdk.workflow import Workflow
 
 DEMO_WORKFLOW = "orla_sdk.examples.customer_support:support"
@@ -142,16 +142,18 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
 def summary(plan: Plan) -> str:
     rows = [("node", "kind", "runs on", "priority", "path", "cache")]
     for node in plan.nodes:
-        mapping = node.meta.get("mapping", {})
-        if mapping.get("routed"):
-            runs_on = "routed: " + " | ".join(c["logical"] for c in mapping["candidates"])
+        mapping, priority, cache = mapping_of(node), priority_of(node), cache_of(node)
+        if mapping is not None and mapping.routed:
+            runs_on = "routed: " + " | ".join(c.logical for c in mapping.candidates or [])
         else:
-            runs_on = f"{mapping['backend']}/{mapping['model']}" if mapping else ""
-        priority = node.meta.get("priority", {})
-        prio = str(priority.get("value", "")) if priority.get("source") != "runtime" else "rule"
-        path = str(priority.get("critical_path", ""))
-        cache = node.meta.get("cache", {})
-        cache_text = cache.get("decision", "") + (f" [{cache['span']}]" if "span" in cache else "")
+            runs_on = mapping.target_key() or "" if mapping else ""
+        prio = path = ""
+        if priority is not None:
+            prio = "rule" if priority.source == "runtime" else str(priority.value)
+            path = str(priority.critical_path)
+        cache_text = ""
+        if cache is not None:
+            cache_text = cache.decision + (f" [{cache.span}]" if cache.span else "")
         rows.append((node.id, node.kind, runs_on, prio, path, cache_text))
     lines = _table(rows)
     header = f"plan {plan.name}: {plan_size(plan)}"
@@ -246,11 +248,16 @@ def _demo_run(args: argparse.Namespace) -> RunResult:
         if url is not None}
     plan = demo_plan(flow, demo_moves(flow, args.backend, endpoints))
     ticket = demo_ticket(args.ticket, str(_load(DEMO_SAMPLE)))
+    require_extra("rich", "demo", "the live demo view")
+    from orla_sdk.cli.demo import show_run  # the live view needs rich, an extra
+
     return show_run(plan, _demo_console(), ticket=ticket)
 
 
 def _demo_console() -> Console:
     """The terminal, or a console 120 columns wide when the output goes elsewhere."""
+    from rich.console import Console
+
     console = Console()
     if console.is_terminal or "COLUMNS" in os.environ:
         return console
@@ -381,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plan":
             print(summary(plan) if args.summary else plan.to_json().rstrip("\n"))
         else:
-            print(plan.render(args.output))
+            print(render_plan(plan, args.output))
     except OrlaError as exc:
         print(f"orla: error: {exc}", file=sys.stderr)
         return 2

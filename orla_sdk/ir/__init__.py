@@ -6,6 +6,7 @@ snapshots, the runtime) consume it. This package imports nothing of orla above i
 
 from orla_sdk.ir.notes import (
     NEUTRAL_PRIORITY,
+    CacheDecision,
     CacheNote,
     Candidate,
     MappingNote,
@@ -42,8 +43,8 @@ from orla_sdk.ir.plan import (
 
 __all__ = [
     "NEUTRAL_PRIORITY", "PLAN_FORMAT", "PRIORITY_RANGE", "BackendSpec", "BranchTest",
-    "CacheNote", "Candidate", "Capabilities", "Condition", "Edge", "Guard", "MapperSpec",
-    "MappingNote", "Node", "Param", "Plan", "PriorityNote", "PriorityRule", "Scheduling",
+    "CacheDecision", "CacheNote", "Candidate", "Capabilities", "Condition", "Edge", "Guard",
+    "MapperSpec", "MappingNote", "Node", "Param", "Plan", "PriorityNote", "PriorityRule", "Scheduling",
     "StageSpec", "Target", "ToolSpec", "TypeSpec", "cache_of", "chooser_branches",
     "control_parents", "dependencies", "iter_refs", "mapping_of", "priority_of", "write",
 ]

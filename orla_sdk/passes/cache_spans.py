@@ -13,8 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from orla_sdk.ir import Node, Plan, dependencies
-from orla_sdk.passes.map_stages import target_key
+from orla_sdk.ir import (
+    CacheDecision,
+    CacheNote,
+    Node,
+    Plan,
+    cache_of,
+    dependencies,
+    mapping_of,
+    write,
+)
 
 
 def cache_spans(plan: Plan) -> Plan:
@@ -22,7 +30,7 @@ def cache_spans(plan: Plan) -> Plan:
     links: list[tuple[str, str]] = []
     for node in graph.stages.values():
         decision, reason, linked = _decide(plan, graph, node)
-        node.meta["cache"] = {"decision": decision, "reason": reason}
+        write(node, CacheNote(decision=decision, reason=reason))
         links.extend((node.id, other) for other in linked)
     plan.meta["cache_spans"] = _spans(graph.stages, links)
     plan.meta["cache_end"] = "flush every span when the workflow ends"
@@ -41,7 +49,7 @@ class _Graph:
         self.predecessors = plan.predecessors()
 
     def target(self, node_id: str) -> str | None:
-        return target_key(self.stages[node_id].meta) if node_id in self.stages else None
+        return _target_key(self.stages[node_id]) if node_id in self.stages else None
 
     def next_stages(self, node_id: str) -> list[str]:
         """The first stages after ``node_id``, looking through branch and map nodes."""
@@ -70,7 +78,12 @@ class _Graph:
         return reached.get(end, False)
 
 
-def _decide(plan: Plan, graph: _Graph, node: Node) -> tuple[str, str, list[str]]:
+def _target_key(node: Node) -> str | None:
+    note = mapping_of(node)
+    return note.target_key() if note else None
+
+
+def _decide(plan: Plan, graph: _Graph, node: Node) -> tuple[CacheDecision, str, list[str]]:
     key = graph.target(node.id)
     extending = [n for n in graph.successors[node.id]
                  if n in graph.stages and node.id in dependencies(graph.stages[n])
@@ -79,8 +92,10 @@ def _decide(plan: Plan, graph: _Graph, node: Node) -> tuple[str, str, list[str]]
     blocked = [n for n in extending if key and graph.foreign_between(node.id, n, key)]
     linked = [n for n in extending if n not in blocked]
     hint = plan.stage_of(node).cache
-    if hint in ("preserve", "flush"):
-        return hint, f'stage hint cache="{hint}"', linked if hint == "preserve" else []
+    if hint == "preserve":
+        return "preserve", 'stage hint cache="preserve"', linked
+    if hint == "flush":
+        return "flush", 'stage hint cache="flush"', []
     if key is None:
         return "deferred", "routed at run time: decided once the target is known", []
     if linked:
@@ -115,12 +130,19 @@ def _spans(stages: dict[str, Node], links: list[tuple[str, str]]) -> list[dict[s
     for nid in stages:  # plan order, so span numbering follows the workflow
         groups.setdefault(root(nid), []).append(nid)
     members = [ids for ids in groups.values()
-               if len(ids) > 1 or stages[ids[0]].meta["cache"]["decision"] == "preserve"]
+               if len(ids) > 1 or _decision(stages[ids[0]]) == "preserve"]
     spans = []
     for number, ids in enumerate(members, start=1):
         span_id = f"span{number}"
         for nid in ids:
-            stages[nid].meta["cache"]["span"] = span_id
-        spans.append({"id": span_id, "target": target_key(stages[ids[0]].meta),
+            note = cache_of(stages[nid])
+            if note is not None:
+                write(stages[nid], note.model_copy(update={"span": span_id}))
+        spans.append({"id": span_id, "target": _target_key(stages[ids[0]]),
                       "stages": ids})
     return spans
+
+
+def _decision(node: Node) -> CacheDecision | None:
+    note = cache_of(node)
+    return note.decision if note else None

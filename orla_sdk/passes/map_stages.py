@@ -3,9 +3,7 @@ routes it at run time and between which candidates."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from orla_sdk.ir import MapperSpec, Plan, Target
+from orla_sdk.ir import Candidate, MapperSpec, MappingNote, Plan, Target, write
 
 
 def map_stages(plan: Plan) -> Plan:
@@ -13,23 +11,12 @@ def map_stages(plan: Plan) -> Plan:
         name = plan.logical_model(node)
         mapped = plan.mapping.get(name) if name else None
         if isinstance(mapped, Target):
-            node.meta["mapping"] = {"logical": name, "routed": False, **_target(mapped)}
+            write(node, MappingNote(logical=name, routed=False, backend=mapped.backend,
+                                    model=mapped.model, params=mapped.params))
         elif isinstance(mapped, MapperSpec):
-            candidates = [{"logical": c, **_target(t)}
+            candidates = [Candidate(logical=c, backend=t.backend, model=t.model, params=t.params)
                           for c in mapped.candidates
                           if isinstance(t := plan.mapping.get(c), Target)]
-            node.meta["mapping"] = {"logical": name, "routed": True, "mapper": mapped.name,
-                                    "candidates": candidates}
+            write(node, MappingNote(logical=name, routed=True, mapper=mapped.name,
+                                    candidates=candidates))
     return plan
-
-
-def _target(target: Target) -> dict[str, Any]:
-    return {"backend": target.backend, "model": target.model, "params": target.params}
-
-
-def target_key(meta: dict[str, Any]) -> str | None:
-    """"backend/model" of a statically mapped stage; None for routed or unmapped ones."""
-    mapping = meta.get("mapping")
-    if not mapping or mapping.get("routed"):
-        return None
-    return f"{mapping['backend']}/{mapping['model']}"

@@ -14,9 +14,7 @@ below 50 moves a stage ahead of or behind them.
 
 from __future__ import annotations
 
-from orla_sdk.ir import Plan, PriorityRule
-
-NEUTRAL_PRIORITY = 50
+from orla_sdk.ir import NEUTRAL_PRIORITY, Plan, PriorityNote, PriorityRule, write
 
 
 def prioritize(plan: Plan) -> Plan:
@@ -25,15 +23,15 @@ def prioritize(plan: Plan) -> Plan:
         hint = plan.stage_of(node).priority
         path = remaining[node.id]
         if isinstance(hint, int):
-            node.meta["priority"] = {"value": hint, "source": "static", "critical_path": path}
+            note = PriorityNote(value=hint, source="static", critical_path=path)
         elif isinstance(hint, PriorityRule):
-            node.meta["priority"] = {
-                "value": hint.default, "source": "runtime", "critical_path": path,
-                "rule": hint.model_dump(mode="json", exclude_defaults=True)}
+            note = PriorityNote(value=hint.default, source="runtime", critical_path=path,
+                                rule=hint.model_dump(mode="json", exclude_defaults=True))
         else:
-            node.meta["priority"] = {
-                "value": NEUTRAL_PRIORITY, "source": "graph", "critical_path": path,
-                "reason": f"no hint; {path} stage(s) on the longest path from here to the end"}
+            note = PriorityNote(
+                value=NEUTRAL_PRIORITY, source="graph", critical_path=path,
+                reason=f"no hint; {path} stage(s) on the longest path from here to the end")
+        write(node, note)
     return plan
 
 

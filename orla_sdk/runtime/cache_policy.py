@@ -6,9 +6,9 @@ may decide; then ``SmallIncrement`` reads the real token delta; what nobody deci
 keeps the plan's decision. A policy is a small class:
 
     class KeepBilling(orla.MemoryPolicy):
-        def decide(self, event: orla.CacheEvent) -> orla.CacheChoice | None:
+        def decide(self, event: orla.runtime.CacheEvent) -> orla.runtime.CacheChoice | None:
             if event.stage == "reply" and event.backend == "edge":
-                return orla.CacheChoice("preserve", "billing replies are followed up")
+                return orla.runtime.CacheChoice("preserve", "billing replies are followed up")
             return None
 """
 

@@ -19,7 +19,7 @@ from collections import ChainMap
 from typing import Any
 
 from orla_sdk.errors import OrlaError, StageFailed
-from orla_sdk.ir import Node, Plan, PriorityRule, dependencies
+from orla_sdk.ir import Node, Plan, PriorityNote, PriorityRule, dependencies, priority_of
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import Emitter, Listener
 from orla_sdk.runtime.pool import BackendPool, in_thread
@@ -237,13 +237,13 @@ class _Executor:
 
     def _priority(self, node: Node, fn: Any, args: list[Any],
                   kwargs: dict[str, Any]) -> tuple[int, int]:
-        meta = node.meta.get("priority", {})
-        value = int(meta.get("value", 50))
-        if meta.get("source") == "runtime":
-            rule = PriorityRule.model_validate(meta["rule"])
+        note = priority_of(node) or PriorityNote(source="graph")
+        value = note.value
+        if note.source == "runtime" and note.rule is not None:
+            rule = PriorityRule.model_validate(note.rule)
             bound = inspect.signature(fn).bind(*args, **kwargs).arguments
             value = rule.evaluate(dict(bound), self.plan.resolve)
-        return value, int(meta.get("critical_path", 0))
+        return value, note.critical_path
 
     async def _cache_action(self, node: Node, record: StageRecord) -> None:
         hinted = self.plan.stage_of(node).cache is not None

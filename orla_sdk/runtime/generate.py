@@ -8,32 +8,39 @@ validation error a bounded number of times, then fails with an ``OutputError`` n
 the stage. A stage's tools run when the model calls them, for a bounded number of turns:
 natively where the engine calls tools, otherwise through a JSON schema that lets the
 model answer either with a tool call or with its final answer.
+
+This module holds the public calls and the conversation loop around a stage's model
+calls; ``routing`` picks the target, ``call`` makes and records each call, and
+``structured`` holds the answer schemas and their parsing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
-import functools
 import json
 import queue
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import replace
 from typing import Any, TypeVar, overload
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.errors import OrlaError, OutputError
 from orla_sdk.ir import Target
-from orla_sdk.mapping import StageMapper
+from orla_sdk.runtime.call import call_model, in_loop_thread
 from orla_sdk.runtime.context import StageContext, stage_context
-from orla_sdk.runtime.pool import LiveBackend, in_thread
-from orla_sdk.runtime.records import CallRecord
+from orla_sdk.runtime.pool import in_thread
+from orla_sdk.runtime.routing import stage_target
+from orla_sdk.runtime.structured import (
+    answer_schema,
+    bound_strings,
+    emulated_tools_schema,
+    read_reply,
+)
 
 T = TypeVar("T")
+
 
 
 @overload
@@ -161,7 +168,7 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
                            else params, answer_allowed=not must_call)
         result = await call_model(ctx, live, target, request, on_token)
         try:
-            calls, answer = _read(result, output, offer_tools, emulate)
+            calls, answer = read_reply(result, output, offer_tools, emulate)
         except (ValueError, ValidationError) as exc:
             retries += 1
             if retries > max_retries:
@@ -177,55 +184,17 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
         history += await _tool_messages(ctx, result, calls, emulate)
 
 
-# ---- one model call -----------------------------------------------------------------
-async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
-                     request: ChatRequest,
-                     on_token: Callable[[str], None] | None = None) -> ChatResult:
-    """Call the stage's backend through the pool (queue, slot, retries); record the call."""
-    if ctx.run.before_call is not None:
-        await ctx.run.before_call()
-    sink = _token_sink(ctx, on_token or request.on_token)
-    started_at = time.time()
-    served = await ctx.run.pool.call(
-        target.backend, replace(request, on_token=sink), run_id=ctx.run.run_id,
-        stage=ctx.spec.name, priority=ctx.priority, critical_path=ctx.critical_path)
-    result = served.result
-    call = CallRecord(
-        backend=target.backend, model=target.model, prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens, cached_tokens=result.cached_tokens,
-        queue_wait_s=served.queue_wait_s, ttft_s=result.ttft_s, duration_s=result.duration_s,
-        slot=served.slot, started_at=started_at)
-    ctx.record.calls.append(call)
-    ctx.run.emit("call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, call=call)
-    return result
-
-
-def _token_sink(ctx: StageContext, user: Callable[[str], None] | None
-                ) -> Callable[[str], None] | None:
-    """Where streamed text goes: the caller's callback and the run's event listener."""
-    emit = ctx.run.emit
-    if user is None and not emit.active:
-        return None
-
-    def sink(text: str) -> None:
-        if user is not None:
-            user(text)
-        emit("token", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, text=text)
-
-    return sink
-
-
 def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], output: Any,
              offer_tools: bool, emulate: bool, params: dict[str, Any], *,
              answer_allowed: bool = True) -> ChatRequest:
-    schema = _answer_schema(output)
+    schema = answer_schema(output)
     tools: list[dict[str, Any]] = []
     if emulate:
         offered = ctx.spec.tools if offer_tools else []
         if "max_tokens" in params:  # a string cut off by max_tokens would break the JSON
             budget = int(params["max_tokens"])
             schema = schema or {"type": "string", "maxLength": 2 * budget}
-            offered = [t.model_copy(update={"parameters": _bound_strings(
+            offered = [t.model_copy(update={"parameters": bound_strings(
                 t.parameters, max(8, budget // 2))}) for t in offered]
         schema = emulated_tools_schema([(t.name, t.parameters) for t in offered], schema,
                                        answer_allowed)
@@ -236,111 +205,6 @@ def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], o
     return ChatRequest(
         model=target.model, messages=history, params={**target.params, **params},
         json_schema=schema, schema_name=ctx.spec.name, tools=tools, priority=ctx.priority)
-
-
-# ---- reading answers ----------------------------------------------------------------
-def _read(result: ChatResult, output: Any, offer_tools: bool,
-          emulate: bool) -> tuple[list[ToolCall], Any]:
-    """Tool calls to run, or the final answer parsed into ``output``."""
-    if offer_tools and not emulate and result.tool_calls:
-        return result.tool_calls, None
-    text = result.content
-    if emulate:
-        reply = json.loads(close_cut_json(text) if result.finish_reason == "length" else text)
-        if not isinstance(reply, dict):
-            raise ValueError("expected a JSON object with 'tool' or 'answer'")
-        if "tool" in reply and offer_tools:
-            return [ToolCall(id="emulated", name=str(reply["tool"]),
-                             arguments=json.dumps(reply.get("arguments", {})))], None
-        if "answer" not in reply:
-            raise ValueError("expected a JSON object with 'tool' or 'answer'")
-        answer = reply["answer"]
-        text = answer if isinstance(answer, str) and output in (None, str) else json.dumps(answer)
-    return [], _parse(text, output)
-
-
-def close_cut_json(text: str) -> str:
-    """JSON that ``max_tokens`` cut off, with its open string, arrays and objects closed,
-    so that a cut answer reads as a shorter answer (as a cut text reply does)."""
-    closers: list[str] = []
-    in_string = escaped = False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif in_string:
-            escaped, in_string = char == "\\", char != '"'
-        elif char == '"':
-            in_string = True
-        elif char in "{[":
-            closers.append("}" if char == "{" else "]")
-        elif char in "}]" and closers:
-            closers.pop()
-    closed = text[:-1] if escaped else text
-    closed = closed + '"' if in_string else closed.rstrip().rstrip(",")
-    return closed + "".join(reversed(closers))
-
-
-def _parse(text: str, output: Any) -> Any:
-    if output is None or output is str:
-        return text
-    try:
-        adapter = _adapter(output)
-    except TypeError:  # an unhashable type annotation: no cache
-        adapter = TypeAdapter(output)
-    return adapter.validate_json(text)
-
-
-def _answer_schema(output: Any) -> dict[str, Any] | None:
-    if output is None or output is str:
-        return None
-    try:
-        return copy.deepcopy(_schema(output))
-    except TypeError:  # an unhashable type annotation: no cache
-        schema: dict[str, Any] = TypeAdapter(output).json_schema()
-        return schema
-
-
-@functools.lru_cache(maxsize=256)
-def _adapter(output: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(output)
-
-
-@functools.lru_cache(maxsize=256)
-def _schema(output: Any) -> dict[str, Any]:
-    schema: dict[str, Any] = _adapter(output).json_schema()
-    return schema
-
-
-def emulated_tools_schema(tools: Sequence[tuple[str, dict[str, Any]]],
-                          answer: dict[str, Any] | None,
-                          answer_allowed: bool = True) -> dict[str, Any]:
-    """The answer schema that emulates tool calling: ``{"tool": name, "arguments": {...}}``
-    for one of ``tools`` (name, parameters schema), or ``{"answer": ...}`` (unless a tool
-    call is required)."""
-    answer = dict(answer or {"type": "string"})
-    defs = answer.pop("$defs", {})
-    choices = [{"type": "object", "required": ["tool", "arguments"], "properties": {
-        "tool": {"const": name}, "arguments": parameters}} for name, parameters in tools]
-    if answer_allowed or not choices:
-        choices.append({"type": "object", "required": ["answer"],
-                        "properties": {"answer": answer}})
-    schema: dict[str, Any] = {"anyOf": choices}
-    if defs:
-        schema["$defs"] = defs
-    return schema
-
-
-def _bound_strings(schema: Any, limit: int) -> Any:
-    """``schema`` with every string that has no ``maxLength`` limited to ``limit``
-    characters, so that a small model cannot ramble inside a tool argument."""
-    if isinstance(schema, list):
-        return [_bound_strings(s, limit) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    bounded = {k: _bound_strings(v, limit) for k, v in schema.items()}
-    if schema.get("type") == "string" and "maxLength" not in schema and "enum" not in schema:
-        bounded["maxLength"] = limit
-    return bounded
 
 
 # ---- tools --------------------------------------------------------------------------
@@ -385,56 +249,9 @@ async def run_tool(tools: dict[str, Callable[..., Any]], call: ToolCall,
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-# ---- routing ------------------------------------------------------------------------
-async def stage_target(ctx: StageContext, messages: list[dict[str, Any]]) -> Target:
-    """The stage's target; a routed stage asks its mapper once, on its first call."""
-    spec = ctx.mapper()
-    if spec is not None:
-        mapper: StageMapper = ctx.run.plan.resolve(spec.ref).model_validate(spec.config)
-        prompt = "\n".join(str(m.get("content", "")) for m in messages)
-        ctx.routed_to = await mapper.choose(prompt, lambda name, text: _ask(ctx, name, text))
-        ctx.record.routed_to = ctx.routed_to
-    target = ctx.static_target()
-    if target is None:
-        raise OrlaError(f"stage {ctx.spec.name!r}: {ctx.routed_to or ctx.logical_model()!r} "
-                        "is not mapped to a backend and model.")
-    return _reroute(ctx, target)
-
-
-def _reroute(ctx: StageContext, target: Target) -> Target:
-    """The first alternative under its queue bound, when the target's queue is over its."""
-    pool = ctx.run.pool
-    if not ctx.spec.alternatives or not pool[target.backend].queue.over_bound():
-        return target
-    for name in ctx.spec.alternatives:
-        alternative = ctx.run.plan.mapping.get(name)
-        if isinstance(alternative, Target) and not pool[alternative.backend].queue.over_bound():
-            ctx.record.rerouted_to = name
-            return alternative
-    return target
-
-
-async def _ask(ctx: StageContext, name: str, text: str) -> str:
-    target = ctx.run.plan.mapping.get(name)
-    if not isinstance(target, Target):
-        raise OrlaError(f"stage {ctx.spec.name!r}: the mapper asked {name!r}, which is not "
-                        "mapped to a backend and model.")
-    request = ChatRequest(model=target.model, messages=[{"role": "user", "content": text}],
-                          params={**target.params, "max_tokens": 8}, priority=ctx.priority)
-    result = await call_model(ctx, ctx.run.pool[target.backend], target, request)
-    return result.content
-
-
 def _messages(prompt: str, system: str | None) -> list[dict[str, Any]]:
     head = [{"role": "system", "content": system}] if system else []
     return [*head, {"role": "user", "content": prompt}]
-
-
-def in_loop_thread(ctx: StageContext) -> bool:
-    try:
-        return asyncio.get_running_loop() is ctx.run.loop
-    except RuntimeError:
-        return False
 
 
 def _short(exc: Exception) -> str:

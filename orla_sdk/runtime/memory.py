@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orla_sdk.errors import OrlaError
-from orla_sdk.ir import Node
+from orla_sdk.ir import Node, cache_of
 from orla_sdk.runtime.cache_policy import (
     CacheChoice,
     CacheEvent,
@@ -209,14 +209,14 @@ class MemoryManager:
         """Carry out the plan's cache decision for a finished stage (``node``, its calls in
         ``record``); returns the cache-log entry, or None where there was nothing to decide
         (no decision in the plan, or no call made)."""
-        cache = node.meta.get("cache")
+        cache = cache_of(node)
         backend = record.backend
-        if not cache or backend is None:
+        if cache is None or backend is None:
             return None
         first = record.calls[0]
         event = CacheEvent(
             run_id=run_id, node=node.id, stage=record.stage, backend=backend,
-            decision=cache["decision"], reason=cache["reason"], hinted=hinted,
+            decision=cache.decision, reason=cache.reason, hinted=hinted,
             prompt_tokens=first.prompt_tokens, cached_tokens=first.cached_tokens,
             kept_before=self.keeps(run_id, backend), slot=record.calls[-1].slot)
         choice, record.cache_action = await self.after_stage(event)

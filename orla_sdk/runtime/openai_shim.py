@@ -29,19 +29,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, overload
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import httpx
 
 from orla_sdk.backends.base import ChatRequest, ChatResult
-from orla_sdk.errors import BackendError
 from orla_sdk.backends.wire import PARAMS, chat_request, message_json, usage_json
-from orla_sdk.errors import OrlaError
+from orla_sdk.errors import BackendError, OrlaError
 from orla_sdk.ir import Target
+from orla_sdk.runtime.call import call_model, in_loop_thread
 from orla_sdk.runtime.context import StageContext, current_stage
-from orla_sdk.runtime.generate import call_model, in_loop_thread, stage_target
+from orla_sdk.runtime.routing import stage_target
 
 if TYPE_CHECKING:
     import openai

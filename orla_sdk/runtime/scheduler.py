@@ -6,7 +6,7 @@ a *stage policy* picks which sub-queue's head goes next. A policy is a sort key,
 smallest key first:
 
     class ShortestPromptFirst(orla.Policy):
-        def key(self, waiting: orla.Waiting) -> tuple[int, int]:
+        def key(self, waiting: orla.runtime.Waiting) -> tuple[int, int]:
             return (waiting.prompt_length, waiting.seq)
 
 A stage holds a turn only for one model call, so a stage busy running a tool lets

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from orla_sdk.errors import OrlaError
+from orla_sdk.runtime.call import in_loop_thread
 from orla_sdk.runtime.context import StageContext, current_stage
-from orla_sdk.runtime.generate import in_loop_thread
 from orla_sdk.runtime.openai_shim import wrap
 
 Resolver = Callable[[], StageContext | None]

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orla_sdk.errors import require_extra
 from orla_sdk.runtime.records import CallRecord, StageRecord
 
 Labels = Mapping[str, Any]
@@ -106,6 +107,7 @@ class Report:
     def export_spans(self, tracer: Any, **match: Any) -> int:
         """Write the matching rows as spans with ``tracer`` (an OpenTelemetry ``Tracer``);
         returns how many unit spans were written. Units that made no call are skipped."""
+        require_extra("opentelemetry", "otel", "OpenTelemetry spans")
         from opentelemetry import trace
 
         written = 0

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from orla_autogen.plan import compile_team
+from orla_autogen.served import ServedTeam, serve_team
 from orla_sdk import Plan
-
-from orla_autogen.team import ServedTeam, serve_team
 
 
 class AutoGenAdapter:
-    """AgentChat teams (``SelectorGroupChat``, ``RoundRobinGroupChat``, nested teams)."""
+    """AgentChat teams (``SelectorGroupChat``, ``RoundRobinGroupChat``, nested teams).
+
+    Options besides orla's (``backends``, ``mapping``, ``models``, ``default_model``,
+    ``name``, ``passes``; ``serve`` also ``prices``, ``tracer``, ``pool``):
+    ``selector_model`` and ``selector_priority``, the logical model and queue priority of
+    the team manager's calls.
+    """
 
     name = "autogen"
 
@@ -19,7 +25,8 @@ class AutoGenAdapter:
         return type(app).__module__.split(".")[0] == "autogen_agentchat"
 
     def compile(self, app: Any, **options: Any) -> Plan:
-        raise NotImplementedError  # replaced below
+        """The team's plan, as ``serve`` builds it; the team is left as it is."""
+        return compile_team(app, **options)
 
     def serve(self, app: Any, **options: Any) -> ServedTeam:
         return serve_team(app, **options)

@@ -27,19 +27,17 @@ from autogen_core.models import (
     UserMessage,
 )
 from autogen_core.tools import FunctionTool
+from orla_autogen import OrlaChatCompletionClient, ServedTeam, autogen_client
 from pydantic import BaseModel
 
 import orla_sdk as orla
 from examples import autogen_team
-from orla_sdk.backends.base import ChatRequest, ChatResult
-from orla_sdk.errors import BackendError
+from orla_sdk.backends import ChatRequest, ChatResult
 from orla_sdk.backends.engine import LocalEngine, free_port
-from orla_sdk.backends.sim.engine import SimEngine, VirtualClock
-from orla_autogen.team import (
-    OrlaChatCompletionClient,
-    ServedTeam,
-    autogen_client,
-)
+from orla_sdk.backends.sim.clock import VirtualClock
+from orla_sdk.backends.sim.engine import SimEngine
+from orla_sdk.errors import BackendError
+from orla_sdk.ir import BackendSpec
 
 T = TypeVar("T")
 MODEL = orla.backends.DEFAULT_LOCAL_MODEL
@@ -76,7 +74,7 @@ def sims() -> dict[str, ScriptedSim]:
             "heavy": ScriptedSim("qwen3-8b", "heavy", clock)}
 
 
-def sim_backends(*, tool_calling: bool = True) -> list[orla.BackendSpec]:
+def sim_backends(*, tool_calling: bool = True) -> list[BackendSpec]:
     light = orla.backends.simulator("light", "smollm2-135m")
     light = light.model_copy(update={"capabilities": light.capabilities.model_copy(
         update={"tool_calling": tool_calling})})

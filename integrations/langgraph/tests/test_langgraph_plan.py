@@ -1,4 +1,4 @@
-"""orla.plan_from_graph and orla.render on LangGraph apps (no model calls)."""
+"""orla.compile and orla.render on LangGraph apps, through the adapter (no model calls)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from langgraph.types import Send
 from syrupy.assertion import SnapshotAssertion
 
 import orla_sdk as orla
+from orla_sdk.render import plan_to_dot
 from orla_sdk.ir import Condition
 
 SIM = orla.backends.simulator("sim", clock="virtual")
@@ -98,7 +99,7 @@ def functional(text: str) -> str:
 
 
 def compiled(app: Any, **kwargs: Any) -> orla.Plan:
-    return orla.plan_from_graph(app, backends=[SIM], mapping=MAPPING, default_model="default",
+    return orla.compile(app, backends=[SIM], mapping=MAPPING, default_model="default",
                                 **kwargs)
 
 
@@ -118,7 +119,7 @@ def test_conditional_edges_become_a_guarded_branch() -> None:
         [], [Condition(branch="branch:classify", choices=["answer"])]]
     assert plan.node("answer").args == [{"$ref": "tools"}]
     assert plan.node("output").args == [{"$ref": "answer"}]
-    assert plan.meta["langgraph"] == {"runnable": False}
+    assert plan.runnable is False
 
 
 def test_node_metadata_and_models_argument_map_stages() -> None:
@@ -141,7 +142,7 @@ def test_models_argument_wins_over_metadata() -> None:
 
 
 def test_without_backends_every_model_runs_on_the_embedded_engine() -> None:
-    plan = orla.plan_from_graph(triage_app())
+    plan = orla.compile(triage_app())
     assert [b.kind for b in plan.backends] == ["llamacpp"]
     assert sorted(plan.mapping) == ["default", "light"]
 
@@ -151,7 +152,7 @@ def test_bad_orla_metadata_is_a_clear_error() -> None:
     graph.add_node("x", step, metadata={"orla": {"priority": "high"}})
     graph.add_edge(START, "x")
     with pytest.raises(orla.OrlaError, match=r"priority \(int 0\.\.100\)"):
-        orla.plan_from_graph(graph.compile())
+        orla.compile(graph.compile())
     graph = StateGraph(State)
     graph.add_node("x", step, metadata={"orla": {"model": "nope"}})
     graph.add_edge(START, "x")
@@ -168,7 +169,7 @@ def test_a_tool_loop_is_drawn_as_a_loop_edge_not_a_cycle() -> None:
     assert plan.node("output").guards == [
         [Condition(branch="branch:agent", choices=["output"])]]
     assert plan.node("agent").meta["priority"]["critical_path"] == 2
-    dot = plan.to_dot()
+    dot = plan_to_dot(plan)
     assert 'tools -> agent [label=loop color="#b7410e" constraint=false' in dot
 
 
@@ -195,7 +196,7 @@ def test_subgraph_nodes_keep_their_xray_prefix() -> None:
     assert plan.stage_of(plan.node("write:draft")).name == "draft"
     # all on one target, each reading the one before: one preserve span
     assert plan.meta["cache_spans"][0]["stages"] == ["plan", "write:draft", "write:check"]
-    assert 'label="write:draft' in plan.to_dot()
+    assert 'label="write:draft' in plan_to_dot(plan)
 
 
 def test_send_fan_out_becomes_a_map() -> None:
@@ -205,7 +206,7 @@ def test_send_fan_out_becomes_a_map() -> None:
     assert fan.args == [{"$ref": "split"}]
     assert plan.node("worker").scope == "map:split"
     assert plan.node("reduce").args == [{"$gather": "worker", "map": "map:split"}]
-    dot = plan.to_dot()
+    dot = plan_to_dot(plan)
     assert "subgraph cluster_map_split" in dot and "[each]" in dot
 
 
@@ -228,9 +229,9 @@ def test_render_writes_svg_and_dot_for_graphs_plans_and_workflows(tmp_path: Path
     from orla_sdk.examples.customer_support import support
 
     assert Path(orla.render(support, str(tmp_path / "support.gv"))).exists()
-    with pytest.raises(orla.OrlaError, match=r"orla\.render draws"):
+    with pytest.raises(orla.OrlaError, match=r"orla\.compile takes an @orla\.workflow"):
         orla.render(42, str(tmp_path / "x.svg"))
 
 
 def test_dot_snapshot(snapshot: SnapshotAssertion) -> None:
-    assert compiled(agent_app()).to_dot() == snapshot
+    assert plan_to_dot(compiled(agent_app())) == snapshot

@@ -31,6 +31,7 @@ from orla_sdk.backends.base import ChatRequest
 from orla_sdk.backends.sim.engine import METRICS, SimCall, SimEngine
 from orla_sdk.backends.wire import chat_request, message_json, usage_json
 from orla_sdk.errors import BackendError
+from orla_sdk.loop_thread import LoopThread
 
 T = TypeVar("T")
 
@@ -39,10 +40,9 @@ def serve_http(engine: SimEngine, host: str = "127.0.0.1",
                port: int = 0) -> tuple[str, Callable[[], None]]:
     """Serve ``engine`` at ``http://host:port`` (a free port for 0); returns the URL and a
     function that stops the server and the engine's loop."""
-    loop = asyncio.new_event_loop()
-    loop_thread = threading.Thread(target=loop.run_forever, name="sim-engine", daemon=True)
+    loop_thread = LoopThread("sim-engine")
+    handler = type("SimHandler", (_Handler,), {"engine": engine, "loop_thread": loop_thread})
     loop_thread.start()
-    handler = type("SimHandler", (_Handler,), {"engine": engine, "loop": loop})
     server = _Server((host, port), handler)
     server.daemon_threads = True
     http_thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="sim-http",
@@ -52,10 +52,7 @@ def serve_http(engine: SimEngine, host: str = "127.0.0.1",
     def stop() -> None:
         server.shutdown()
         server.server_close()
-        asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        loop_thread.join(timeout=10)
-        loop.close()
+        loop_thread.stop()
 
     return f"http://{host}:{server.server_address[1]}", stop
 
@@ -65,13 +62,6 @@ class _Server(ThreadingHTTPServer):
         """A client that drops its kept-alive connection is no error; others are printed."""
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
-
-
-async def _cancel_tasks() -> None:
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def prometheus(metrics: dict[str, float]) -> str:
@@ -90,7 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
     # for the client's delayed ACK
     disable_nagle_algorithm = True
     engine: SimEngine
-    loop: asyncio.AbstractEventLoop
+    loop_thread: LoopThread
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet, like a library
         pass
@@ -197,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+        return self.loop_thread.call(work)
 
     def _body(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)

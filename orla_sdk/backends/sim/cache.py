@@ -1,0 +1,213 @@
+"""The simulator's paged prefix KV cache (vLLM's prefix caching, with llama.cpp's slots
+as separate key spaces) and llama.cpp's choice of a slot for a request that names none."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class _Block:
+    refs: int
+    slot: int | None
+    computed: bool  # False until the step that prefills it ends
+
+
+class PrefixCache:
+    """KV blocks of ``block_tokens`` tokens, at most ``capacity_tokens`` in all.
+
+    A full block is keyed by a hash chain over the tokens up to and including it (vLLM's
+    prefix caching), so equal keys mean equal prefixes. Blocks of running requests are
+    referenced; a finished request's blocks stay cached, unreferenced, until evicted least
+    recently used first. Requests pinned to a slot key their blocks under that slot, so a
+    slot sees only its own prefixes (llama.cpp's slots) and can be erased on its own.
+    """
+
+    def __init__(self, capacity_tokens: int, block_tokens: int) -> None:
+        self.block_tokens = block_tokens
+        self.capacity = capacity_tokens // block_tokens
+        self._blocks: dict[bytes, _Block] = {}
+        self._idle: OrderedDict[bytes, None] = OrderedDict()  # unreferenced, oldest first
+        self._private = 0  # blocks of running requests that hold no full, keyed block
+        self._by_slot: dict[int, set[bytes]] = {}  # slot -> keys of its blocks
+
+    def keys(self, tokens: list[str], slot: int | None) -> list[bytes]:
+        size = self.block_tokens
+        parent = b"" if slot is None else f"slot {slot}".encode()
+        keys = []
+        for start in range(0, len(tokens) - size + 1, size):
+            data = parent + json.dumps(tokens[start:start + size]).encode()
+            parent = hashlib.blake2b(data, digest_size=16).digest()
+            keys.append(parent)
+        return keys
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_tokens)
+
+    def cached_prefix(self, keys: list[bytes]) -> int:
+        """How many leading blocks of ``keys`` are cached and computed."""
+        for i, key in enumerate(keys):
+            block = self._blocks.get(key)
+            if block is None or not block.computed:
+                return i
+        return len(keys)
+
+    def mark_computed(self, keys: list[bytes]) -> None:
+        for key in keys:
+            self._blocks[key].computed = True
+
+    def acquire(self, keys: list[bytes], blocks: int, slot: int | None) -> bool:
+        """Reference the prompt's blocks and reserve ``blocks`` in all; False if they do not
+        fit even after evicting every unreferenced block."""
+        missing = sum(key not in self._blocks for key in keys)
+        pinned_idle = sum(key in self._idle for key in keys)
+        needed = missing + blocks - len(keys)
+        if needed > self.free() + len(self._idle) - pinned_idle:
+            return False
+        for key in keys:
+            if key in self._blocks:
+                self._reference(key)
+        self._make_room(needed)
+        for key in keys:
+            if key not in self._blocks:
+                self._add(key, _Block(refs=1, slot=slot, computed=False))
+        self._private += blocks - len(keys)
+        return True
+
+    def release(self, keys: list[bytes], sequence_keys: list[bytes], blocks: int,
+                slot: int | None) -> None:
+        """Give back a request's blocks; the full blocks of its reply join the cache."""
+        private = blocks - len(keys)
+        held = list(keys)
+        for key in sequence_keys[len(keys):]:
+            if private and key not in self._blocks:
+                self._add(key, _Block(refs=1, slot=slot, computed=True))
+                held.append(key)
+                private -= 1
+                self._private -= 1
+        self._private -= private
+        for key in reversed(held):  # the deepest block goes first when evicted
+            block = self._blocks[key]
+            block.refs -= 1
+            if block.refs == 0:
+                self._idle[key] = None
+
+    def drop_idle(self, slot: int | None = None, everything: bool = True) -> int:
+        """Drop unreferenced blocks (all, or those of ``slot``); returns tokens dropped."""
+        doomed = [key for key in (self._idle if everything else self._slot_keys(slot))
+                  if key in self._idle]
+        for key in doomed:
+            self._drop(key)
+        return len(doomed) * self.block_tokens
+
+    def keep_in_slot(self, slot: int, keys: list[bytes]) -> None:
+        """A llama.cpp slot holds one sequence: when a prompt enters ``slot``, the slot's
+        cached blocks off that prompt's prefix are dropped."""
+        wanted = set(keys)
+        doomed = [key for key in self._slot_keys(slot) if key in self._idle and key not in wanted]
+        for key in doomed:
+            self._drop(key)
+
+    def insert_idle(self, keys: list[bytes], slot: int) -> int:
+        """Cache blocks computed elsewhere (a restored slot file), unreferenced and most
+        recently used, the deepest first to go; stops where no room is left. Returns the
+        blocks now cached."""
+        inserted = []
+        for key in keys:
+            if key not in self._blocks:
+                if self.free() < 1 and not self._idle:
+                    break
+                self._make_room(1)
+                self._add(key, _Block(refs=0, slot=slot, computed=True))
+                self._idle[key] = None
+            inserted.append(key)
+        for key in reversed(inserted):
+            if key in self._idle:
+                self._idle.move_to_end(key)
+        return len(inserted)
+
+    def free(self) -> int:
+        return self.capacity - len(self._blocks) - self._private
+
+    def referenced(self) -> int:
+        return len(self._blocks) - len(self._idle) + self._private
+
+    def cached_idle(self) -> int:
+        return len(self._idle)
+
+    def _add(self, key: bytes, block: _Block) -> None:
+        self._blocks[key] = block
+        if block.slot is not None:
+            self._by_slot.setdefault(block.slot, set()).add(key)
+
+    def _drop(self, key: bytes) -> None:
+        """Forget an unreferenced block."""
+        del self._idle[key]
+        block = self._blocks.pop(key)
+        if block.slot is not None:
+            self._by_slot[block.slot].discard(key)
+
+    def _slot_keys(self, slot: int | None) -> set[bytes]:
+        return self._by_slot.get(slot, set()) if slot is not None else set()
+
+    def _reference(self, key: bytes) -> None:
+        self._blocks[key].refs += 1
+        self._idle.pop(key, None)
+
+    def _make_room(self, blocks: int) -> None:
+        while self.free() < blocks:
+            self._drop(next(iter(self._idle)))
+
+
+SLOT_SIMILARITY = 0.1  # llama.cpp's --slot-prompt-similarity default
+
+
+class SlotAssigner:
+    """llama.cpp's choice of a slot for a request that names none: the idle slot whose
+    last sequence shares the longest prefix with the prompt, if that prefix is over
+    ``SLOT_SIMILARITY`` of the prompt; else the idle slot used least recently. Prefixes
+    are compared block by block through their slot-free keys, then token by token."""
+
+    def __init__(self, count: int, block_tokens: int) -> None:
+        self.count = count
+        self.block_tokens = block_tokens
+        # slot -> its last sequence: slot-free block keys, and tokens
+        self.last: dict[int, tuple[list[bytes], list[str]]] = {}
+        self.used: dict[int, int] = {}  # slot -> when it was last given out
+        self._clock = itertools.count()
+
+    def pick(self, keys: list[bytes], tokens: list[str], busy: set[int]) -> int | None:
+        idle = [slot for slot in range(self.count) if slot not in busy]
+        if not idle:
+            return None
+        shared = {slot: self._shared(slot, keys, tokens) for slot in idle}
+        best = max(idle, key=lambda slot: shared[slot])
+        if shared[best] <= SLOT_SIMILARITY * len(tokens):
+            best = min(idle, key=lambda slot: self.used.get(slot, -1))
+        self.used[best] = next(self._clock)
+        return best
+
+    def _shared(self, slot: int, keys: list[bytes], tokens: list[str]) -> int:
+        """Tokens of ``tokens`` that the slot's last sequence starts with."""
+        last_keys, last_tokens = self.last.get(slot, ([], []))
+        start = _common_prefix(last_keys, keys) * self.block_tokens
+        end = start + self.block_tokens
+        return start + _common_prefix(last_tokens[start:end], tokens[start:end])
+
+    def remember(self, slot: int, keys: list[bytes], tokens: list[str]) -> None:
+        self.last[slot] = (keys, tokens)
+
+    def forget(self, slot: int) -> None:
+        self.last.pop(slot, None)
+
+
+def _common_prefix(a: list[Any], b: list[Any]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))

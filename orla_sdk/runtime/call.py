@@ -1,0 +1,60 @@
+"""The recorded model call: one call of a stage's backend through the pool's queue and
+cache slot, with a ``CallRecord`` on the stage's record and its streamed text sent to
+the caller and to the run's event listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.ir import Target
+from orla_sdk.runtime.context import StageContext
+from orla_sdk.runtime.pool import LiveBackend
+from orla_sdk.runtime.records import CallRecord
+
+
+async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
+                     request: ChatRequest,
+                     on_token: Callable[[str], None] | None = None) -> ChatResult:
+    """Call the stage's backend through the pool (queue, slot, retries); record the call."""
+    if ctx.run.before_call is not None:
+        await ctx.run.before_call()
+    sink = _token_sink(ctx, on_token or request.on_token)
+    started_at = time.time()
+    served = await ctx.run.pool.call(
+        target.backend, replace(request, on_token=sink), run_id=ctx.run.run_id,
+        stage=ctx.spec.name, priority=ctx.priority, critical_path=ctx.critical_path)
+    result = served.result
+    call = CallRecord(
+        backend=target.backend, model=target.model, prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens, cached_tokens=result.cached_tokens,
+        queue_wait_s=served.queue_wait_s, ttft_s=result.ttft_s, duration_s=result.duration_s,
+        slot=served.slot, started_at=started_at)
+    ctx.record.calls.append(call)
+    ctx.run.emit("call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, call=call)
+    return result
+
+
+def _token_sink(ctx: StageContext, user: Callable[[str], None] | None
+                ) -> Callable[[str], None] | None:
+    """Where streamed text goes: the caller's callback and the run's event listener."""
+    emit = ctx.run.emit
+    if user is None and not emit.active:
+        return None
+
+    def sink(text: str) -> None:
+        if user is not None:
+            user(text)
+        emit("token", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, text=text)
+
+    return sink
+
+
+def in_loop_thread(ctx: StageContext) -> bool:
+    try:
+        return asyncio.get_running_loop() is ctx.run.loop
+    except RuntimeError:
+        return False
