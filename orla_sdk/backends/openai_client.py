@@ -4,7 +4,8 @@ Every call streams, so the time to first token is measured where the caller sees
 the last chunk carries the usage, including ``cached_tokens`` where the engine reports
 them. The server-sent events are read as plain JSON with ``httpx``: the ``openai``
 client would build a typed object per chunk, which doubled the cost of a short call on
-a local engine. Engine flavours add their own fields:
+a local engine. The bodies out and the chunks back are ``orla_sdk.backends.wire``'s.
+Engine flavours add their own fields:
 
 - llama.cpp: ``id_slot`` pins the request to a slot, ``cache_prompt`` keeps its prefix;
 - vLLM: ``priority``, where a lower value is served earlier;
@@ -24,7 +25,8 @@ from typing import Any
 
 import httpx
 
-from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
+from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.backends.wire import StreamedReply, error_message, request_json
 from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
 
@@ -75,17 +77,8 @@ class OpenAICompatibleBackend:
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completions request body; ``extra_body`` in the request's parameters
         (and the engine's own fields) are merged in, those given in parameters winning."""
-        params = dict(request.params)
-        extra = params.pop("extra_body", {})
-        body: dict[str, Any] = {
-            "model": request.model, "messages": request.messages, "stream": True,
-            "stream_options": {"include_usage": True}, **params}
-        if request.json_schema is not None:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": request.schema_name, "schema": request.json_schema, "strict": True}}
-        if request.tools:
-            body["tools"] = request.tools
-        return {**body, **engine_fields(self.spec.kind, request, self.spec.options), **extra}
+        return request_json(request, fields=engine_fields(self.spec.kind, request,
+                                                          self.spec.options))
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         """The JSON of each server-sent event, up to ``[DONE]``. The body is read to its
@@ -102,7 +95,7 @@ class OpenAICompatibleBackend:
             event = json.loads(data)
             if isinstance(event, dict) and "error" in event:  # a failure after streaming began
                 raise BackendError(self.spec.name, f"failed while streaming: "
-                                   f"{_error_text(event['error'])}", retryable=False)
+                                   f"{error_message(event['error'])}", retryable=False)
             yield event
 
 
@@ -130,47 +123,13 @@ def engine_fields(kind: str, request: ChatRequest,
 async def _collect(events: AsyncIterator[dict[str, Any]], started: float,
                    on_token: Callable[[str], None] | None = None) -> ChatResult:
     """Read a streamed reply: its text, tool calls, usage and timings."""
-    parts: list[str] = []
-    calls: dict[int, dict[str, str]] = {}
+    reply = StreamedReply(on_token)
     first: float | None = None
-    finish = ""
-    usage: dict[str, Any] = {}
     async for chunk in events:
-        usage = chunk.get("usage") or usage
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            content, tool_calls = delta.get("content"), delta.get("tool_calls")
-            if first is None and (content or tool_calls):
-                first = time.perf_counter() - started
-            if content:
-                parts.append(content)
-                if on_token is not None:
-                    on_token(content)
-            for call in tool_calls or []:
-                _add_tool_delta(calls.setdefault(int(call.get("index", 0)), {}), call)
-            finish = choice.get("finish_reason") or finish
+        if reply.add(chunk) and first is None:
+            first = time.perf_counter() - started
     duration = time.perf_counter() - started
-    details = usage.get("prompt_tokens_details") or {}
-    return ChatResult(
-        content="".join(parts),
-        tool_calls=[ToolCall(id=c.get("id", ""), name=c.get("name", ""),
-                             arguments=c.get("arguments", "")) for _, c in sorted(calls.items())],
-        finish_reason=finish,
-        prompt_tokens=usage.get("prompt_tokens") or 0,
-        completion_tokens=usage.get("completion_tokens") or 0,
-        cached_tokens=details.get("cached_tokens") or 0,
-        ttft_s=first if first is not None else duration,
-        duration_s=duration)
-
-
-def _add_tool_delta(acc: dict[str, str], delta: dict[str, Any]) -> None:
-    if delta.get("id"):
-        acc["id"] = delta["id"]
-    function = delta.get("function") or {}
-    if function.get("name"):
-        acc["name"] = acc.get("name", "") + function["name"]
-    if function.get("arguments"):
-        acc["arguments"] = acc.get("arguments", "") + function["arguments"]
+    return reply.result(ttft_s=first if first is not None else duration, duration_s=duration)
 
 
 def _message(response: httpx.Response) -> str:
@@ -179,10 +138,4 @@ def _message(response: httpx.Response) -> str:
         data = response.json()
     except ValueError:
         return response.text[:500]
-    return _error_text(data.get("error", data)) if isinstance(data, dict) else str(data)[:500]
-
-
-def _error_text(error: Any) -> str:
-    if isinstance(error, dict):
-        return str(error.get("message") or error)[:500]
-    return str(error)[:500]
+    return error_message(data.get("error", data)) if isinstance(data, dict) else str(data)[:500]

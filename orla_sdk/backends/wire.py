@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.errors import BackendError
 
 PARAMS = ("max_tokens", "max_completion_tokens", "seed", "temperature", "top_p", "tool_choice")
@@ -143,3 +143,81 @@ class Chunks:
 
     def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return sse_data({**self.envelope, "choices": choices, **extra})
+
+
+# ---- orla as the client: a request body out, a streamed reply back ----------------------
+def request_json(request: ChatRequest, *, stream: bool = True,
+                 fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``request`` as a chat-completions body: streamed with a last usage chunk unless
+    ``stream`` is False. ``fields`` (an engine's own) and then the ``extra_body`` of the
+    request's parameters are merged in, those given in parameters winning."""
+    params = dict(request.params)
+    extra = params.pop("extra_body", {})
+    streaming = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+    body: dict[str, Any] = {"model": request.model, "messages": request.messages,
+                            **streaming, **params}
+    if request.json_schema is not None:
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": request.schema_name, "schema": request.json_schema, "strict": True}}
+    if request.tools:
+        body["tools"] = request.tools
+    return {**body, **(fields or {}), **extra}
+
+
+class StreamedReply:
+    """A streamed reply read back chunk by chunk: its text (each piece handed to
+    ``on_token``), tool calls, finish reason and usage."""
+
+    def __init__(self, on_token: Callable[[str], None] | None = None) -> None:
+        self.on_token = on_token
+        self.parts: list[str] = []
+        self.calls: dict[int, dict[str, str]] = {}
+        self.finish = ""
+        self.usage: dict[str, Any] = {}
+
+    def add(self, chunk: dict[str, Any]) -> bool:
+        """Read one chunk; whether it carried output (text or a tool call)."""
+        self.usage = chunk.get("usage") or self.usage
+        output = False
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            content, tool_calls = delta.get("content"), delta.get("tool_calls")
+            output = output or bool(content or tool_calls)
+            if content:
+                self.parts.append(content)
+                if self.on_token is not None:
+                    self.on_token(content)
+            for call in tool_calls or []:
+                _add_tool_delta(self.calls.setdefault(int(call.get("index", 0)), {}), call)
+            self.finish = choice.get("finish_reason") or self.finish
+        return output
+
+    def result(self, *, ttft_s: float, duration_s: float) -> ChatResult:
+        details = self.usage.get("prompt_tokens_details") or {}
+        return ChatResult(
+            content="".join(self.parts),
+            tool_calls=[ToolCall(id=c.get("id", ""), name=c.get("name", ""),
+                                 arguments=c.get("arguments", ""))
+                        for _, c in sorted(self.calls.items())],
+            finish_reason=self.finish,
+            prompt_tokens=self.usage.get("prompt_tokens") or 0,
+            completion_tokens=self.usage.get("completion_tokens") or 0,
+            cached_tokens=details.get("cached_tokens") or 0,
+            ttft_s=ttft_s, duration_s=duration_s)
+
+
+def _add_tool_delta(acc: dict[str, str], delta: dict[str, Any]) -> None:
+    if delta.get("id"):
+        acc["id"] = delta["id"]
+    function = delta.get("function") or {}
+    if function.get("name"):
+        acc["name"] = acc.get("name", "") + function["name"]
+    if function.get("arguments"):
+        acc["arguments"] = acc.get("arguments", "") + function["arguments"]
+
+
+def error_message(error: Any) -> str:
+    """The message of an error envelope's ``error`` (or of whatever came instead)."""
+    if isinstance(error, dict):
+        return str(error.get("message") or error)[:500]
+    return str(error)[:500]

@@ -24,17 +24,22 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import httpx
 
 from orla_sdk.backends.base import ChatRequest, ChatResult
-from orla_sdk.backends.wire import PARAMS, chat_request, message_json, usage_json
+from orla_sdk.backends.wire import (
+    PARAMS,
+    Chunks,
+    chat_request,
+    completion_json,
+    error_json,
+    error_status,
+)
 from orla_sdk.errors import BackendError, OrlaError
 from orla_sdk.ir import Target
 from orla_sdk.runtime.call import call_model, in_loop_thread
@@ -214,22 +219,7 @@ def _body(request: httpx.Request) -> dict[str, Any]:
     return body
 
 
-# ---- OpenAI's answer shapes -----------------------------------------------------------
-def _envelope(body: dict[str, Any], kind: str) -> dict[str, Any]:
-    return {"id": f"chatcmpl-orla-{uuid.uuid4().hex[:16]}", "object": kind,
-            "created": int(time.time()), "model": str(body.get("model") or "orla")}
-
-
-def _finish(result: ChatResult) -> str:
-    return result.finish_reason or ("tool_calls" if result.tool_calls else "stop")
-
-
-def completion_json(body: dict[str, Any], result: ChatResult) -> dict[str, Any]:
-    return {**_envelope(body, "chat.completion"), "choices": [{
-        "index": 0, "message": message_json(result), "finish_reason": _finish(result),
-        "logprobs": None}], "usage": usage_json(result)}
-
-
+# ---- OpenAI's answers, as httpx responses (the shapes are orla_sdk.backends.wire's) ---
 def _json(status: int, data: dict[str, Any]) -> httpx.Response:
     return httpx.Response(status, json=data, headers={"x-should-retry": "false"})
 
@@ -240,70 +230,8 @@ def _error(exc: Exception) -> httpx.Response:
     return _json(status, error_json(status, str(exc)))
 
 
-def error_json(status: int, message: str) -> dict[str, Any]:
-    """OpenAI's error envelope for an answer of ``status``."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "code": None}}
-
-
-def error_status(exc: Exception) -> int:
-    if not isinstance(exc, BackendError):
-        return 400  # a request orla cannot read
-    if exc.status is not None:
-        return exc.status  # what the engine answered
-    return 503 if exc.retryable else 502
-
-
 def _sse_response(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
     return httpx.Response(200, stream=stream, headers={"content-type": "text/event-stream"})
-
-
-@dataclass
-class Chunks:
-    """The server-sent events of one streamed answer."""
-
-    envelope: dict[str, Any]
-    include_usage: bool
-    started: bool = False
-
-    @classmethod
-    def of(cls, body: dict[str, Any]) -> Chunks:
-        options = body.get("stream_options") or {}
-        return cls(_envelope(body, "chat.completion.chunk"), bool(options.get("include_usage")))
-
-    def piece(self, text: str) -> bytes:
-        return self._delta({"content": text})
-
-    def end(self, result: ChatResult) -> Iterator[bytes]:
-        if not self.started and (result.content or not result.tool_calls):
-            yield self.piece(result.content)  # the backend did not stream it
-        for index, call in enumerate(result.tool_calls):
-            yield self._delta({"tool_calls": [{"index": index, "id": call.id, "type": "function",
-                                               "function": {"name": call.name,
-                                                            "arguments": call.arguments}}]})
-        yield self._event([{"index": 0, "delta": {}, "finish_reason": _finish(result)}])
-        if self.include_usage:
-            yield self._event([], usage=usage_json(result))
-        yield b"data: [DONE]\n\n"
-
-    def error(self, exc: Exception) -> bytes:
-        status = error_status(exc)
-        return _data({"error": {"message": str(exc), "code": status,
-                                "type": "invalid_request_error" if status < 500
-                                else "server_error"}})
-
-    def _delta(self, delta: dict[str, Any]) -> bytes:
-        if not self.started:
-            delta = {"role": "assistant", **delta}
-            self.started = True
-        return self._event([{"index": 0, "delta": delta, "finish_reason": None}])
-
-    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return _data({**self.envelope, "choices": choices, **extra})
-
-
-def _data(data: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(data)}\n\n".encode()
 
 
 class _SyncEvents(httpx.SyncByteStream):
