@@ -1,11 +1,11 @@
 """The customer-support workflow of the Orla paper.
 
 It ships inside the package, so that ``orla demo`` runs after a plain install; its source
-is ``orla_sdk/cli/support.py``. This module names it the way the other examples are named:
-``orla plan examples.customer_support:support``.
+is ``orla_sdk/examples/customer_support.py``. This module names it the way the other
+examples are named: ``orla plan examples.customer_support:support``.
 """
 
-from orla_sdk.cli.support import (
+from orla_sdk.examples.customer_support import (
     BACKENDS,
     MAPPING,
     SAMPLE_TICKET,

@@ -91,5 +91,9 @@ def _missing_message(app: object, verb: str) -> str:
         return (f"{verb} got a {what}, and no installed adapter serves it; install the "
                 f"adapter with `pip install {distribution}`.")
     installed = ", ".join(a.name for a in adapters()) or "none"
+    if verb == "orla.serve":
+        return (f"orla.serve takes an app object that an installed adapter accepts "
+                f"(installed: {installed}), not a {what}; for an orla workflow use "
+                "orla.compile and orla.run.")
     return (f"{verb} takes an @orla.workflow, an orla.Plan or an app object that an installed "
             f"adapter accepts (installed: {installed}), not a {what}.")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import orla_sdk as orla
-from orla_sdk.render import plan_to_dot
-from orla_sdk.examples.customer_support import support
 from orla_sdk.cli import main
+from orla_sdk.examples.customer_support import support
+from orla_sdk.render import plan_to_dot
 
 
 @orla.stage(model="light")

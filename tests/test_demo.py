@@ -13,11 +13,11 @@ import pytest
 from rich.console import Console
 
 import orla_sdk as orla
-from orla_sdk.examples.customer_support import SAMPLE_TICKET, Triage, support
-from orla_sdk import cli
 from orla_sdk.backends.sim.engine import SimEngine
 from orla_sdk.backends.sim.http import serve_http
+from orla_sdk.cli import commands as cli
 from orla_sdk.cli.demo import DemoView
+from orla_sdk.examples.customer_support import SAMPLE_TICKET, Triage, support
 from orla_sdk.runtime import CallRecord, RunResult, StageRecord
 from orla_sdk.runtime.events import RunEvent
 

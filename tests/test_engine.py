@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from orla_sdk.backends.engine import EngineConfig, LocalEngine, free_port, is_healthy, model_path
-from orla_sdk.errors import EngineError
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl, parse_prometheus
+from orla_sdk.errors import EngineError
 
 PREFIX = " ".join(f"Rule {i}: answer the customer politely and briefly." for i in range(30))
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 import orla_sdk as orla
-from orla_sdk.render import plan_to_dot
-from orla_sdk.examples.customer_support import Triage, support
 from examples.dag_math import DEPENDENCIES, FINAL_STEPS, STEPS, dag_math
 from examples.mixed_models import mixed_models
 from examples.research import research
+from orla_sdk.examples.customer_support import Triage, support
+from orla_sdk.render import plan_to_dot
 
 WORKFLOWS = {
     "customer_support": support,

@@ -10,8 +10,8 @@ import pytest
 
 import orla_sdk as orla
 from orla_sdk.backends.engine import free_port
-from orla_sdk.errors import EngineError
 from orla_sdk.backends.global_cache import GlobalCacheControl
+from orla_sdk.errors import EngineError
 
 VLLM_METRICS = """# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
 # TYPE vllm:kv_cache_usage_perc gauge

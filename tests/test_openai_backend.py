@@ -14,9 +14,9 @@ from pydantic import BaseModel
 
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult
-from orla_sdk.errors import BackendError
 from orla_sdk.backends.engine import LocalEngine, free_port
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend, api_base, engine_fields
+from orla_sdk.errors import BackendError
 
 MODEL = orla.backends.DEFAULT_LOCAL_MODEL
 PREFIX = " ".join(f"Note {i}: the customer is always addressed by name." for i in range(30))

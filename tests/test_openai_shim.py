@@ -15,8 +15,8 @@ from pydantic import BaseModel
 
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
-from orla_sdk.errors import BackendError
 from orla_sdk.backends.engine import LocalEngine
+from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec, Capabilities
 
 MODEL = orla.backends.DEFAULT_LOCAL_MODEL

@@ -18,9 +18,9 @@ import pytest
 import orla_sdk as orla
 import orla_sdk.serving.proxy
 from orla_sdk.backends.base import ChatRequest, ChatResult
-from orla_sdk.errors import BackendError
 from orla_sdk.backends.engine import LocalEngine, free_port
-from orla_sdk.cli import build_parser, main, serve_config
+from orla_sdk.cli.commands import build_parser, main, serve_config
+from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec, Capabilities
 from orla_sdk.serving.proxy import ProxyServer
 
@@ -133,10 +133,13 @@ def test_header_tags_queue_record_and_complete(proxy: ProxyServer, backend: Scri
     ask(proxy, "heavy", extra_headers={**headers, "X-Orla-Stage": "answer"})
     assert [r.priority for r in backend.requests] == [90, 90, 90]
     report = httpx.get(proxy.url + "/v1/orla/workflows/wf-7").json()
-    assert report["calls"] == 3 and report["prompt_tokens"] == 36
-    triage = report["stages"]["triage"]
-    assert (triage["calls"], triage["agent"], triage["cached_tokens"]) == (2, "bot", 10)
-    assert report["stages"]["answer"]["calls"] == 1
+    assert report["total"]["calls"] == 3 and report["total"]["prompt_tokens"] == 36
+    triage = report["by_stage"]["triage"]
+    assert (triage["calls"], triage["cached_tokens"]) == (2, 10)
+    assert report["by_stage"]["answer"]["calls"] == 1
+    assert report["by_agent"] == {"bot": report["total"]}
+    assert {row.labels["stage"] for row in proxy.report.rows(workflow="wf-7")} == {
+        "triage", "answer"}  # the session's Report holds the rows
     done = httpx.post(proxy.url + "/v1/orla/workflows/wf-7/complete").json()
     assert done["report"] == report and isinstance(done["cache_log"], list)
     assert httpx.get(proxy.url + "/v1/orla/workflows/wf-7").status_code == 404
@@ -150,7 +153,8 @@ def test_sglang_hints_are_honoured_and_stripped(proxy: ProxyServer, backend: Scr
     assert forwarded == {"top_k": 5}  # other fields reach the engine, the hints do not
     assert not HINTS & set(backend.requests[0].params)
     report = httpx.get(proxy.url + "/v1/orla/workflows/wf-s").json()
-    assert report["stages"]["planner"]["calls"] == 1
+    assert report["by_stage"]["planner"]["calls"] == 1
+    assert report["by_agent"]["planner"]["calls"] == 1
 
 
 def test_untagged_calls_are_not_kept(proxy: ProxyServer) -> None:
@@ -160,6 +164,7 @@ def test_untagged_calls_are_not_kept(proxy: ProxyServer) -> None:
     assert workflow
     assert httpx.get(f"{proxy.url}/v1/orla/workflows/{workflow}").status_code == 404
     assert proxy.workflows == {}
+    assert proxy.report.rows() == []
 
 
 # ---- auth, limits, bad input ---------------------------------------------------------------
@@ -209,7 +214,8 @@ def test_a_down_backend_is_5xx_and_the_proxy_keeps_serving(proxy: ProxyServer) -
         ask(proxy, "broken", extra_headers={"X-Orla-Workflow": "wf-down"})
     assert failed.value.status_code == 503
     assert failed.value.response.json()["error"]["type"] == "server_error"
-    assert httpx.get(proxy.url + "/v1/orla/workflows/wf-down").json()["errors"] == 1
+    errors = httpx.get(proxy.url + "/v1/orla/workflows/wf-down").json()["errors"]
+    assert [e["stage"] for e in errors] == ["default"]
     assert ask(proxy).choices
 
 
@@ -258,8 +264,9 @@ def test_the_serve_command_builds_backends_and_mapping() -> None:
 
 
 def test_the_proxy_module_is_reachable_as_orla_proxy() -> None:
-    assert orla.proxy.ProxyServer is ProxyServer  # type: ignore[attr-defined]
-    assert orla_sdk.serving.proxy.is_loopback("::1") and not orla_sdk.serving.proxy.is_loopback("0.0.0.0")
+    assert orla.serving.proxy.ProxyServer is ProxyServer
+    assert orla_sdk.serving.proxy.is_loopback("::1")
+    assert not orla_sdk.serving.proxy.is_loopback("0.0.0.0")
 
 
 # ---- the real llama.cpp engine -------------------------------------------------------------
@@ -296,10 +303,10 @@ def test_a_workflow_keeps_its_prefix_on_one_slot(llama_proxy: ProxyServer) -> No
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
     report = httpx.get(llama_proxy.url + "/v1/orla/workflows/wf-cache").json()
-    assert {name: s["calls"] for name, s in report["stages"].items()} == {
+    assert {name: s["calls"] for name, s in report["by_stage"].items()} == {
         "draft": 1, "review": 1, "closer": 1}
-    assert report["stages"]["review"]["cached_tokens"] > 0
-    assert all(s["ttft_s"] > 0 for s in report["stages"].values())
+    assert report["by_stage"]["review"]["cached_tokens"] > 0
+    assert all(s["ttft_s_median"] > 0 for s in report["by_stage"].values())
 
     done = httpx.post(llama_proxy.url + "/v1/orla/workflows/wf-cache/complete").json()
     assert any(e["action"].startswith("erase slot") for e in done["cache_log"])

@@ -9,7 +9,6 @@ live connection), ``engine`` (the embedded llama.cpp server), ``llamacpp_slots``
 """
 
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult, ToolCall
-
 from orla_sdk.backends.declare import (
     DEFAULT_LOCAL_MODEL,
     llamacpp,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import httpx
 
-from orla_sdk.errors import EngineError
 from orla_sdk.backends.llamacpp_slots import parse_prometheus
+from orla_sdk.errors import EngineError
 
 RESET_PATHS = {"vllm": "/reset_prefix_cache", "sglang": "/flush_cache"}
 # the gauge (0..1) of KV blocks in use, by engine; vLLM renamed its gauge in v0.10

@@ -1,3 +1,3 @@
-from orla_sdk.cli.main import main
+from orla_sdk.cli.commands import main
 
 raise SystemExit(main())

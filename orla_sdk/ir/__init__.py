@@ -44,7 +44,7 @@ from orla_sdk.ir.plan import (
 __all__ = [
     "NEUTRAL_PRIORITY", "PLAN_FORMAT", "PRIORITY_RANGE", "BackendSpec", "BranchTest",
     "CacheDecision", "CacheNote", "Candidate", "Capabilities", "Condition", "Edge", "Guard",
-    "MapperSpec", "MappingNote", "Node", "Param", "Plan", "PriorityNote", "PriorityRule", "Scheduling",
-    "StageSpec", "Target", "ToolSpec", "TypeSpec", "cache_of", "chooser_branches",
+    "MapperSpec", "MappingNote", "Node", "Param", "Plan", "PriorityNote", "PriorityRule",
+    "Scheduling", "StageSpec", "Target", "ToolSpec", "TypeSpec", "cache_of", "chooser_branches",
     "control_parents", "dependencies", "iter_refs", "mapping_of", "priority_of", "write",
 ]

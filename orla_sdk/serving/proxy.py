@@ -1,7 +1,7 @@
 """``orla serve``: an OpenAI-compatible HTTP proxy in front of orla's backends.
 
-    with orla.proxy.ProxyServer([orla.backends.llamacpp("local")],
-                                {"light": "local/smollm2-135m-instruct"}) as proxy:
+    with orla_sdk.serving.proxy.ProxyServer([orla.backends.llamacpp("local")],
+                                            {"light": "local/smollm2-135m-instruct"}) as proxy:
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused")
         client.chat.completions.create(model="light", messages=[...],
                                        extra_headers={"X-Orla-Workflow": "ticket-42"})
@@ -14,16 +14,23 @@ body fields of SGLang's proposed agent hints (``workflow_id``, ``agent_id``, ``s
 ``parent_step_id``), which are stripped before the request goes on. A call without a
 workflow is a workflow of its own, forgotten (and its cache dropped) when it ends.
 
-Calls go through orla's runtime: the backend's queue (the stage is the queue's stage,
-the workflow its run), the memory manager's pin (a workflow's calls on llama.cpp stay on
-one slot, so its prefix is cached) and per-stage records, read at
-``GET /v1/orla/workflows/{id}``. ``POST /v1/orla/workflows/{id}/complete`` drops the
-workflow's cache and returns the cache log and the report. A workflow idle for
+The proxy is a ``ServingSession`` behind HTTP: a workflow is one of the session's runs
+(its queue run and cache slot: a workflow's calls on llama.cpp stay on one slot, so its
+prefix is cached), a (stage, agent) of it one unit of work, whose ``StageRecord`` goes to
+the session's ``Report`` (``proxy.report``) labelled ``workflow``, ``stage`` and
+``agent``. ``GET /v1/orla/workflows/{id}`` reads a workflow's part of it;
+``POST /v1/orla/workflows/{id}/complete`` settles the run (its cache is dropped) and
+returns the cache log and the report, then forgets the workflow. A workflow idle for
 ``workflow_idle_s`` (an hour unless told) is completed by the proxy itself.
 
-Other endpoints: ``GET /v1/models`` (the logical names) and ``GET /health``. Bearer-token
-auth is required off loopback; bodies over ``max_body`` get 413. Every error comes back
-in OpenAI's error envelope.
+Other endpoints: ``GET /v1/models`` (the logical names), ``GET /v1/orla/report`` (every
+known workflow), ``GET /openapi.json`` and ``GET /health``. Bearer-token auth is required
+off loopback; bodies over ``max_body`` get 413. Every error comes back in OpenAI's error
+envelope.
+
+The HTTP side is Starlette under uvicorn (``pip install 'orla_sdk[proxy]'``), loaded by
+``start()``; uvicorn serves on the session's own event loop, so a request's model call
+runs where the session's runs live, without a hop between threads.
 """
 
 from __future__ import annotations
@@ -32,39 +39,38 @@ import asyncio
 import hmac
 import ipaddress
 import json
-import queue
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any
 
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
-from orla_sdk.errors import BackendError
-from orla_sdk.errors import OrlaError
-from orla_sdk.ir import BackendSpec, Target
+from orla_sdk.backends.wire import Chunks, completion_json, error_json, error_status
+from orla_sdk.errors import BackendError, MissingExtra, OrlaError
+from orla_sdk.ir import BackendSpec, Plan, Target
 from orla_sdk.mapping import normalize_mapping
-from orla_sdk.runtime.openai_shim import (
-    Chunks,
-    completion_json,
-    engine_request,
-    error_json,
-    error_status,
-)
+from orla_sdk.runtime.call import call_model
+from orla_sdk.runtime.context import StageContext
+from orla_sdk.runtime.openai_shim import engine_request
 from orla_sdk.runtime.pool import BackendPool
+from orla_sdk.serving.report import Report
+from orla_sdk.serving.session import ServingSession
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
 HINTS = ("workflow_id", "agent_id", "step_id", "parent_step_id")  # SGLang's agent hints
 DEFAULT_PRIORITY = 50
-WORKFLOWS = "/v1/orla/workflows/"
 DEFAULT_WORKFLOW_IDLE_S = 3600.0  # a workflow idle this long is completed
+REPORT_GROUPS = ("workflow", "stage", "agent")
+STOP_TIMEOUT_S = 10.0
 
 
 class HttpError(Exception):
@@ -75,7 +81,7 @@ class HttpError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
-# ---- tags and records -----------------------------------------------------------------
+# ---- tags ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tags:
     """Which workflow, stage and agent a call belongs to; ``tagged`` is False for a call
@@ -87,8 +93,13 @@ class Tags:
     priority: int
     tagged: bool
 
+    def labels(self) -> dict[str, Any]:
+        """The report labels of the call's unit (``priority`` is the unit's own)."""
+        return {"workflow": self.workflow, "stage": self.stage, "agent": self.agent or None,
+                "priority": self.priority}
 
-def read_tags(headers: Message, body: dict[str, Any]) -> Tags:
+
+def read_tags(headers: Mapping[str, str], body: dict[str, Any]) -> Tags:
     """The call's tags from its headers, else from the agent hints in ``body`` (which are
     removed from it)."""
     hints = {name: body.pop(name) for name in HINTS if name in body}
@@ -118,46 +129,12 @@ def _priority(header: str | None, field_value: Any) -> int:
 
 
 @dataclass
-class StageStats:
-    """The calls of one (workflow, stage), summed."""
+class Activity:
+    """When a known workflow was last used and how many of its calls are running: what
+    the idle sweep reads. What its calls cost is in the session's report."""
 
-    agent: str = ""
-    calls: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    ttft_s: float = 0.0        # summed over the calls
-    queue_wait_s: float = 0.0  # summed over the calls
-
-    def add(self, result: ChatResult, waited: float) -> None:
-        self.calls += 1
-        self.prompt_tokens += result.prompt_tokens
-        self.completion_tokens += result.completion_tokens
-        self.cached_tokens += result.cached_tokens
-        self.ttft_s += result.ttft_s
-        self.queue_wait_s += waited
-
-
-@dataclass
-class WorkflowRecord:
-    id: str
-    stages: dict[str, StageStats] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
-
-    def stage(self, tags: Tags) -> StageStats:
-        stats = self.stages.setdefault(tags.stage, StageStats(agent=tags.agent))
-        stats.agent = tags.agent or stats.agent
-        return stats
-
-    def report(self) -> dict[str, Any]:
-        stages = {name: {**asdict(s), "ttft_s_mean": s.ttft_s / s.calls if s.calls else None}
-                  for name, s in self.stages.items()}
-        totals = {key: sum(s[key] for s in stages.values())
-                  for key in ("calls", "errors", "prompt_tokens", "completion_tokens",
-                              "cached_tokens")}
-        return {"workflow": self.id, **totals, "stages": stages}
 
 
 # ---- configuration --------------------------------------------------------------------
@@ -190,8 +167,9 @@ def is_loopback(host: str) -> bool:
 
 # ---- the proxy ------------------------------------------------------------------------
 class ProxyServer:
-    """The proxy: its own event loop thread, ``BackendPool`` and HTTP server thread.
-    ``clients`` supplies ready-made backends by name, as for ``BackendPool``."""
+    """The proxy: a ``ServingSession`` (its loop thread and ``BackendPool``) with uvicorn
+    serving on that loop. ``clients`` supplies ready-made backends by name, as for
+    ``BackendPool``."""
 
     def __init__(self, backends: Sequence[BackendSpec], mapping: Mapping[str, str | Target],
                  host: str = "127.0.0.1", port: int = 0, token: str | None = None,
@@ -204,50 +182,79 @@ class ProxyServer:
             raise OrlaError(f"max_body must be positive, not {max_body}")
         self.targets = serving_targets(backends, mapping)
         self.host, self.port, self.token, self.max_body = host, port, token, max_body
-        self.pool = BackendPool(backends, clients=clients, slots=slots)
-        self.workflows: dict[str, WorkflowRecord] = {}  # touched on the loop thread only
         self.workflow_idle_s = workflow_idle_s
+        self.plan = Plan(name="orla-proxy", backends=list(backends), mapping=dict(self.targets),
+                         runnable=False)
+        self.session = ServingSession(
+            self.plan, pool=BackendPool(backends, clients=clients, slots=slots),
+            report=Report(groups=REPORT_GROUPS))
+        self.workflows: dict[str, Activity] = {}  # known workflows; touched on the loop only
         self._swept_at = time.monotonic()
         self.url = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._threads: list[threading.Thread] = []
-        self._server: ThreadingHTTPServer | None = None
+        self._server: uvicorn.Server | None = None
+        self._serving: Future[None] | None = None
+
+    @property
+    def pool(self) -> BackendPool:
+        return self.session.pool
+
+    @property
+    def report(self) -> Report:
+        """The session's report: one row per (workflow, stage, agent) unit."""
+        return self.session.report
 
     # -- lifecycle --
     def start(self) -> str:
         """Start the backends and the server; returns the proxy's URL (no ``/v1``)."""
-        if self._loop is not None:
+        if self._server is not None:
             return self.url
-        self._loop = asyncio.new_event_loop()
-        self._thread(self._loop.run_forever, "orla-proxy-loop")
+        uvicorn = _import_uvicorn()
+        listener = _listen(self.host, self.port)
         try:
-            self.call(self.pool.start())
-            self._server = _http_server(self.host, self.port, self)
+            self.session.start()
+            config = uvicorn.Config(
+                app(self), lifespan="off", log_config=None, log_level="warning",
+                access_log=False, ws="none", server_header=False,
+                headers=[("server", "orla-proxy")], timeout_graceful_shutdown=5)
+            self._server = uvicorn.Server(config)
+            self._serving = asyncio.run_coroutine_threadsafe(
+                self._server.serve(sockets=[listener]), self.session.loop)
+            self._wait_started()
         except BaseException:
             self.stop()
+            listener.close()
             raise
-        self._thread(lambda: _serve_forever(self._server), "orla-proxy-http")
-        port = self._server.server_address[1]
+        port = listener.getsockname()[1]
         self.url = f"http://{f'[{self.host}]' if ':' in self.host else self.host}:{port}"
         return self.url
 
+    def _wait_started(self) -> None:
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self._server is not None and not self._server.started:
+            if self._serving is not None and self._serving.done():
+                self._serving.result()  # a failure to start
+                raise OrlaError("the proxy's HTTP server stopped while starting")
+            if time.monotonic() > deadline:
+                raise OrlaError("the proxy's HTTP server did not start")
+            time.sleep(0.005)
+
     def stop(self) -> None:
-        """Stop the server, the backends (and any engine the pool started) and the loop."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return
+        """Stop the server (its connections end, its socket closes), then the session:
+        every workflow's cache is dropped, the backends and any engine the pool started
+        stop, and the loop thread ends."""
+        server, serving, self._server, self._serving = self._server, self._serving, None, None
         try:
-            asyncio.run_coroutine_threadsafe(_close(self.pool), loop).result(timeout=30)
+            if server is not None and serving is not None:
+                server.should_exit = True
+                try:
+                    serving.result(timeout=STOP_TIMEOUT_S)
+                except TimeoutError:
+                    server.force_exit = True
+                    serving.result(timeout=STOP_TIMEOUT_S)
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            for thread in self._threads:
-                thread.join(timeout=10)
-            self._threads.clear()
-            loop.close()
+            self.session.close()
+            self.workflows.clear()
+            self.url = ""
 
     def __enter__(self) -> ProxyServer:
         self.start()
@@ -257,22 +264,7 @@ class ProxyServer:
                  trace: TracebackType | None) -> None:
         self.stop()
 
-    def _thread(self, target: Callable[[], object], name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def call(self, work: Coroutine[Any, Any, T]) -> T:
-        """Run ``work`` on the proxy's loop and wait for it (from another thread)."""
-        return self.submit(work).result()
-
-    def submit(self, work: Coroutine[Any, Any, T]) -> Future[T]:
-        if self._loop is None:
-            work.close()
-            raise OrlaError("the proxy is not running")
-        return asyncio.run_coroutine_threadsafe(work, self._loop)
-
-    # -- requests (on the loop) --
+    # -- requests (on the session's loop) --
     def target(self, model: Any) -> Target:
         target = self.targets.get(str(model))
         if target is None:
@@ -280,30 +272,32 @@ class ProxyServer:
                             f"{sorted(self.targets)}", code="model_not_found")
         return target
 
+    def unit(self, tags: Tags) -> StageContext:
+        """The session's unit of the call's (workflow, stage, agent)."""
+        return self.session.unit(tags.workflow, f"{tags.stage}\x00{tags.agent}", tags.stage,
+                                 tags.labels())
+
     async def chat(self, tags: Tags, target: Target, request: ChatRequest) -> ChatResult:
-        """One call through the backend's queue and the workflow's slot; recorded."""
+        """One call in the workflow's run, through the backend's queue at the call's
+        priority and the run's cache slot; recorded in its unit's record."""
         await self._expire_idle()
-        record = self._record(tags) if tags.tagged else None
-        stats = record.stage(tags) if record is not None else None
-        if record is not None:
-            record.in_flight += 1
+        activity = self.workflows.setdefault(tags.workflow, Activity()) if tags.tagged else None
+        unit = self.unit(tags)
+        if activity is not None:
+            activity.in_flight += 1
         try:
-            served = await self.pool.call(target.backend, request, run_id=tags.workflow,
-                                          stage=tags.stage, priority=tags.priority)
-        except BackendError:
-            if stats is not None:
-                stats.errors += 1
+            return await call_model(replace(unit, priority=tags.priority),
+                                    self.pool[target.backend], target, request)
+        except BackendError as exc:
+            unit.record.status, unit.record.error = "failed", str(exc)
             raise
         finally:
-            if record is not None:
-                record.in_flight -= 1
-                record.last_used = time.monotonic()
-            else:  # nobody can complete it: drop its slot now
-                await self.pool.memory.end_run(tags.workflow)
-                self.pool.memory.take_log(tags.workflow)
-        if stats is not None:
-            stats.add(served.result, served.queue_wait_s)
-        return served.result
+            if activity is not None:
+                activity.in_flight -= 1
+                activity.last_used = time.monotonic()
+            else:  # nobody can complete it: drop its slot and its row now
+                await self.session.settle(tags.workflow, "over")
+                self._forget(tags.workflow)
 
     async def _expire_idle(self) -> None:
         """Complete the workflows idle for ``workflow_idle_s``: a client that never sends
@@ -313,204 +307,211 @@ class ProxyServer:
         if now - self._swept_at < self.workflow_idle_s / 10:
             return
         self._swept_at = now
-        idle = [w for w, record in self.workflows.items()
-                if not record.in_flight and now - record.last_used >= self.workflow_idle_s]
+        idle = [w for w, activity in self.workflows.items()
+                if not activity.in_flight and now - activity.last_used >= self.workflow_idle_s]
         for workflow in idle:
             await self.complete(workflow)
 
-    def _record(self, tags: Tags) -> WorkflowRecord:
-        return self.workflows.setdefault(tags.workflow, WorkflowRecord(tags.workflow))
-
-    async def report(self, workflow: str) -> dict[str, Any]:
-        record = self.workflows.get(workflow)
-        if record is None:
+    def workflow_report(self, workflow: str) -> dict[str, Any]:
+        """The workflow's part of the report: totals, by stage and by agent, and the
+        units a call of which failed."""
+        if workflow not in self.workflows:
             raise HttpError(404, f"no workflow {workflow!r} is known here")
-        return record.report()
+        report = self.report
+        rows = report.rows(workflow=workflow)
+        return {
+            "workflow": workflow,
+            "total": report.totals(call for row in rows for call in row.record.calls),
+            "by_stage": report.by("stage", workflow=workflow),
+            "by_agent": report.by("agent", workflow=workflow),
+            "errors": [{"stage": row.labels["stage"], "agent": row.labels["agent"],
+                        "error": row.record.error}
+                       for row in rows if row.record.status == "failed"],
+        }
 
     async def complete(self, workflow: str) -> dict[str, Any]:
         """The end-of-workflow cache action; the workflow is then forgotten."""
-        report = await self.report(workflow)
-        ended = await self.pool.memory.end_run(workflow)
-        log = [*self.pool.memory.take_log(workflow), *ended]
+        report = self.workflow_report(workflow)
+        log = await self.session.settle(workflow, "over")
         del self.workflows[workflow]
+        self._forget(workflow)
         return {"workflow": workflow, "cache_log": log, "report": report}
 
-
-async def _close(pool: BackendPool) -> None:
-    await pool.aclose()
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    def _forget(self, workflow: str) -> None:
+        """Drop the workflow's rows from the report (the rest stay, in their order)."""
+        self.report.discard(workflow=workflow)
 
 
-def _http_server(host: str, port: int, proxy: ProxyServer) -> ThreadingHTTPServer:
-    handler = type("ProxyHandler", (_Handler,), {"proxy": proxy})
-    server_cls = _HTTP6Server if ":" in host else ThreadingHTTPServer
-    server = server_cls((host, port), handler)
-    server.daemon_threads = True
-    return server
+def _import_uvicorn() -> Any:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise MissingExtra(exc.name or "starlette", "proxy", "orla serve") from None
+    return uvicorn
 
 
-class _HTTP6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-def _serve_forever(server: ThreadingHTTPServer | None) -> None:
-    if server is not None:
-        server.serve_forever(poll_interval=0.05)
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a port in use fails ``start()`` itself."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)
 
 
 # ---- HTTP -----------------------------------------------------------------------------
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "orla-proxy"
-    timeout = 60.0  # seconds a client may stall while sending; then its connection closes
-    proxy: ProxyServer
+WORKFLOW = "/v1/orla/workflows/{workflow:path}"
 
-    def log_message(self, format: str, *args: Any) -> None:  # quiet, like a library
-        pass
 
-    def do_GET(self) -> None:
-        self._guard(self._get)
+def app(proxy: ProxyServer) -> Starlette:
+    """The proxy's Starlette app."""
+    try:
+        from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
+        from starlette.requests import ClientDisconnect
+        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.routing import Route
+    except ImportError:
+        raise MissingExtra("starlette", "proxy", "orla serve") from None
 
-    def do_POST(self) -> None:
-        self._guard(self._post)
+    def answer(status: int, data: Any, workflow: str | None = None) -> Response:
+        headers = {} if workflow is None else {"X-Orla-Workflow": workflow}
+        if status >= 400:  # the body may be unread: do not parse it as the next request
+            headers["Connection"] = "close"
+        return JSONResponse(data, status, headers=headers)
 
-    def _guard(self, route: Callable[[str], None]) -> None:
-        """Route the request; every failure is an answer in OpenAI's envelope."""
-        path = urlsplit(self.path).path
-        try:
-            if path != "/health":
-                self._authorize()
-            route(path)
-        except HttpError as exc:
-            self._error(exc.status, exc.message, exc.code)
-        except BackendError as exc:
-            self._error(error_status(exc), str(exc))
-        except OSError:  # the client went away
-            self.close_connection = True
-        except Exception as exc:
-            self._error(500, f"the proxy failed: {type(exc).__name__}: {exc}")
+    def error(status: int, message: str, code: str | None = None) -> Response:
+        return answer(status, error_json(status, message, code))
 
-    def _authorize(self) -> None:
-        token = self.proxy.token
-        if token is None:
+    def authorize(request: Request) -> None:
+        if proxy.token is None:
             return
-        given = self.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {proxy.token}".encode()):
             raise HttpError(401, "missing or wrong bearer token (Authorization: Bearer ...)",
                             code="invalid_api_key")
 
-    def _get(self, path: str) -> None:
-        if path == "/health":
-            self._json(200, {"status": "ok"})
-        elif path == "/v1/models":
-            self._json(200, {"object": "list", "data": [
-                {"id": name, "object": "model", "created": 0, "owned_by": "orla"}
-                for name in sorted(self.proxy.targets)]})
-        elif path.startswith(WORKFLOWS) and "/" not in path.removeprefix(WORKFLOWS):
-            self._json(200, self.proxy.call(self.proxy.report(_workflow_id(path))))
-        else:
-            raise HttpError(404, f"no route GET {path}")
+    def endpoint(handler: Callable[[Request], Coroutine[Any, Any, Response]],
+                 public: bool = False) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """``handler`` behind the token; every failure an answer in OpenAI's envelope."""
+        async def guarded(request: Request) -> Response:
+            try:
+                if not public:
+                    authorize(request)
+                return await handler(request)
+            except HttpError as exc:
+                return error(exc.status, exc.message, exc.code)
+            except BackendError as exc:
+                return error(error_status(exc), str(exc))
+            except ClientDisconnect:
+                return error(400, "the client went away")
+            except Exception as exc:
+                return error(500, f"the proxy failed: {type(exc).__name__}: {exc}")
+        return guarded
 
-    def _post(self, path: str) -> None:
-        body = self._body()
-        if path == "/v1/chat/completions":
-            self._chat(body)
-        elif path.startswith(WORKFLOWS) and path.endswith("/complete"):
-            workflow = _workflow_id(path.removesuffix("/complete"))
-            self._json(200, self.proxy.call(self.proxy.complete(workflow)))
-        else:
-            raise HttpError(404, f"no route POST {path}")
-
-    def _body(self) -> dict[str, Any]:
-        if self.headers.get("Transfer-Encoding"):
-            raise HttpError(411, "send the body with a Content-Length")
+    async def no_route(request: Request, exc: Exception) -> Response:
         try:
-            length = int(self.headers.get("Content-Length") or 0)
+            authorize(request)
+        except HttpError as denied:
+            return error(denied.status, denied.message, denied.code)
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        return error(status, f"no route {request.method} {request.url.path}")
+
+    async def body(request: Request) -> dict[str, Any]:
+        try:
+            length = int(request.headers.get("Content-Length") or 0)
         except ValueError:
             raise HttpError(400, "the Content-Length is not a number") from None
-        if length < 0:
-            raise HttpError(400, "the Content-Length is negative")
-        if length > self.proxy.max_body:
-            raise HttpError(413, f"the body is {length} bytes; the limit is "
-                            f"{self.proxy.max_body}")
+        if length > proxy.max_body:
+            raise HttpError(413, f"the body is {length} bytes; the limit is {proxy.max_body}")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > proxy.max_body:
+                raise HttpError(413, f"the body is over the limit of {proxy.max_body} bytes")
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            parsed = json.loads(bytes(data) or b"{}")
         except (ValueError, RecursionError) as exc:
             raise HttpError(400, f"the body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
+        if not isinstance(parsed, dict):
             raise HttpError(400, "the body must be a JSON object")
-        return body
+        return parsed
 
-    # -- chat completions --
-    def _chat(self, body: dict[str, Any]) -> None:
-        target = self.proxy.target(body.get("model"))
-        tags = read_tags(self.headers, body)
-        if body.get("stream"):
-            self._stream(body, tags, target)
+    async def health(request: Request) -> Response:
+        return answer(200, {"status": "ok"})
+
+    async def models(request: Request) -> Response:
+        return answer(200, {"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "orla"}
+            for name in sorted(proxy.targets)]})
+
+    async def openapi(request: Request) -> Response:
+        return answer(200, openapi_schema(proxy))
+
+    async def workflow_report(request: Request) -> Response:
+        return answer(200, proxy.workflow_report(_workflow_id(request)))
+
+    async def complete(request: Request) -> Response:
+        return answer(200, await proxy.complete(_workflow_id(request)))
+
+    async def whole_report(request: Request) -> Response:
+        return answer(200, proxy.report.to_json())
+
+    async def chat(request: Request) -> Response:
+        data = await body(request)
+        target = proxy.target(data.get("model"))
+        tags = read_tags(request.headers, data)
+        if not data.get("stream"):
+            result = await proxy.chat(tags, target, _request(data, target, tags))
+            return answer(200, completion_json(data, result), workflow=tags.workflow)
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def put(piece: str | None) -> None:  # from any thread, in order
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        task = asyncio.ensure_future(_feed(proxy.chat(tags, target,
+                                                      _request(data, target, tags, put)), put))
+        try:
+            first = await pieces.get()
+            if first is None:
+                await task  # a failure before the first token is an error status
+        except BaseException:
+            task.cancel()
+            raise
+        return StreamingResponse(_events(first, pieces, task, Chunks.of(data)),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Orla-Workflow": tags.workflow})
+
+    routes = [
+        Route("/health", endpoint(health, public=True), methods=["GET"]),
+        Route("/openapi.json", endpoint(openapi), methods=["GET"]),
+        Route("/v1/models", endpoint(models), methods=["GET"]),
+        Route("/v1/chat/completions", endpoint(chat), methods=["POST"]),
+        Route("/v1/orla/report", endpoint(whole_report), methods=["GET"]),
+        Route(WORKFLOW + "/complete", endpoint(complete), methods=["POST"]),
+        Route(WORKFLOW, endpoint(workflow_report), methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: no_route})
+
+
+async def _events(first: str | None, pieces: asyncio.Queue[str | None],
+                  task: asyncio.Future[ChatResult], chunks: Chunks) -> AsyncIterator[bytes]:
+    """The server-sent events of a streamed answer; a failure after the first token ends
+    them with an error event."""
+    try:
+        piece = first
+        while piece is not None:
+            yield chunks.piece(piece)
+            piece = await pieces.get()
+        try:
+            result = await task
+        except BackendError as exc:
+            yield chunks.error(exc)
             return
-        result = self.proxy.call(self.proxy.chat(tags, target, _request(body, target, tags)))
-        self._json(200, completion_json(body, result), workflow=tags.workflow)
-
-    def _stream(self, body: dict[str, Any], tags: Tags, target: Target) -> None:
-        pieces: queue.Queue[str | None] = queue.Queue()
-        request = _request(body, target, tags, pieces.put)
-        future = self.proxy.submit(_feed(self.proxy.chat(tags, target, request), pieces.put))
-        first = pieces.get()
-        if first is None:
-            future.result()  # a failure before the first token is an error status
-        chunks = Chunks.of(body)
-        self._start_events(tags.workflow)
-        try:
-            piece = first
-            while piece is not None:
-                self._write(chunks.piece(piece))
-                piece = pieces.get()
-            try:
-                events = list(chunks.end(future.result()))
-            except BackendError as exc:
-                events = [chunks.error(exc)]
-            for event in events:
-                self._write(event)
-        finally:
-            future.cancel()
-
-    # -- plumbing --
-    def _start_events(self, workflow: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.send_header("X-Orla-Workflow", workflow)
-        self.end_headers()
-        self.close_connection = True
-
-    def _write(self, data: bytes) -> None:
-        self.wfile.write(data)
-        self.wfile.flush()
-
-    def _json(self, status: int, data: Any, workflow: str | None = None) -> None:
-        payload = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        if workflow is not None:
-            self.send_header("X-Orla-Workflow", workflow)
-        if status >= 400:  # the body may be unread: do not parse it as the next request
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def _error(self, status: int, message: str, code: str | None = None) -> None:
-        envelope = error_json(status, message)
-        envelope["error"]["code"] = code
-        try:
-            self._json(status, envelope)
-        except OSError:
-            self.close_connection = True
+        for event in chunks.end(result):
+            yield event
+    finally:
+        task.cancel()
 
 
 def _request(body: dict[str, Any], target: Target, tags: Tags,
@@ -529,8 +530,100 @@ async def _feed(work: Coroutine[Any, Any, ChatResult],
         sink(None)
 
 
-def _workflow_id(path: str) -> str:
-    workflow = unquote(path.removeprefix(WORKFLOWS))
-    if not workflow:
+def _workflow_id(request: Request) -> str:
+    workflow = str(request.path_params.get("workflow", ""))
+    if not workflow or workflow.startswith("/"):
         raise HttpError(404, "name a workflow: /v1/orla/workflows/{id}")
     return workflow
+
+
+# ---- OpenAPI --------------------------------------------------------------------------
+def openapi_schema(proxy: ProxyServer) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the proxy's endpoints, served at ``/openapi.json``."""
+    def ok(description: str, schema: dict[str, Any] | None = None,
+           media: str = "application/json") -> dict[str, Any]:
+        content = {media: {"schema": schema or {"type": "object"}}}
+        return {"200": {"description": description, "content": content},
+                "default": {"description": "an error, in OpenAI's error envelope",
+                            "content": {"application/json": {
+                                "schema": {"$ref": "#/components/schemas/Error"}}}}}
+
+    workflow = [{"name": "workflow", "in": "path", "required": True,
+                 "schema": {"type": "string"}}]
+    tag_headers = [{"name": name, "in": "header", "required": False, "description": text,
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 100}
+                    if name == "X-Orla-Priority" else {"type": "string"}}
+                   for name, text in (
+                       ("X-Orla-Workflow", "the workflow run (else the body's workflow_id)"),
+                       ("X-Orla-Stage", "the stage (default: the agent, else 'default')"),
+                       ("X-Orla-Agent", "the agent (else the body's agent_id)"),
+                       ("X-Orla-Priority", "0..100, higher first (default 50)"))]
+    report = {"$ref": "#/components/schemas/WorkflowReport"}
+    schema: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "orla serve", "version": "1",
+                 "description": "An OpenAI-compatible proxy in front of orla's backends."},
+        "paths": {
+            "/v1/chat/completions": {"post": {
+                "summary": "OpenAI chat completions, through orla's queues and cache slots",
+                "parameters": tag_headers,
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ChatRequest"}}}},
+                "responses": {
+                    **ok("a chat.completion"),
+                    "200": {"description": "a chat.completion, or server-sent "
+                            "chat.completion.chunk events with stream=true", "content": {
+                                "application/json": {"schema": {"type": "object"}},
+                                "text/event-stream": {"schema": {"type": "string"}}}}}}},
+            "/v1/models": {"get": {"summary": "the logical model names",
+                                   "responses": ok("a list of models")}},
+            "/v1/orla/report": {"get": {"summary": "the report of every known workflow",
+                                        "responses": ok("the serving report")}},
+            "/v1/orla/workflows/{workflow}": {"get": {
+                "summary": "a workflow's report", "parameters": workflow,
+                "responses": ok("its report", report)}},
+            "/v1/orla/workflows/{workflow}/complete": {"post": {
+                "summary": "end a workflow: drop its cache and forget it",
+                "parameters": workflow,
+                "responses": ok("the cache log and the final report", {
+                    "type": "object", "properties": {
+                        "workflow": {"type": "string"},
+                        "cache_log": {"type": "array", "items": {"type": "object"}},
+                        "report": report}})}},
+            "/health": {"get": {"summary": "liveness, without auth", "security": [],
+                                "responses": ok("ok")}},
+            "/openapi.json": {"get": {"summary": "this description",
+                                      "responses": ok("the OpenAPI description")}},
+        },
+        "components": {"schemas": {
+            "ChatRequest": {"type": "object", "required": ["model", "messages"],
+                            "properties": {
+                                "model": {"type": "string", "enum": sorted(proxy.targets)},
+                                "messages": {"type": "array", "items": {"type": "object"}},
+                                "stream": {"type": "boolean"},
+                                "workflow_id": {"type": "string"},
+                                "agent_id": {"type": "string"},
+                                "priority": {"type": "integer", "minimum": 0,
+                                             "maximum": 100}}},
+            "Totals": {"type": "object", "properties": {
+                key: {"type": "number"} for key in (
+                    "calls", "prompt_tokens", "completion_tokens", "cached_tokens",
+                    "cost_usd", "ttft_s_median", "queue_wait_s", "engine_s")}},
+            "WorkflowReport": {"type": "object", "properties": {
+                "workflow": {"type": "string"},
+                "total": {"$ref": "#/components/schemas/Totals"},
+                "by_stage": {"type": "object", "additionalProperties": {
+                    "$ref": "#/components/schemas/Totals"}},
+                "by_agent": {"type": "object", "additionalProperties": {
+                    "$ref": "#/components/schemas/Totals"}},
+                "errors": {"type": "array", "items": {"type": "object"}}}},
+            "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "message": {"type": "string"}, "type": {"type": "string"},
+                "code": {"type": ["string", "integer", "null"]}}}}},
+        }},
+    }
+    if proxy.token is not None:
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http",
+                                                              "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+    return schema

@@ -62,7 +62,12 @@ class Report:
         """The rows whose labels equal every ``match`` item."""
         with self._lock:
             rows = list(self._rows)
-        return [row for row in rows if all(row.labels.get(k) == v for k, v in match.items())]
+        return [row for row in rows if _matches(row, match)]
+
+    def discard(self, **match: Any) -> None:
+        """Drop the rows whose labels equal every ``match`` item; the rest keep their order."""
+        with self._lock:
+            self._rows = [row for row in self._rows if not _matches(row, match)]
 
     def clear(self) -> None:
         with self._lock:
@@ -154,6 +159,10 @@ class Report:
         if call.slot is not None:
             attributes["orla.slot"] = call.slot
         return attributes
+
+
+def _matches(row: Row, match: Mapping[str, Any]) -> bool:
+    return all(row.labels.get(key) == value for key, value in match.items())
 
 
 def _end(call: CallRecord) -> float:

@@ -22,11 +22,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from orla_sdk.serving.report import Labels, Report
-from orla_sdk.ir import Node, Plan, StageSpec
+from orla_sdk.ir import Node, Plan, PriorityNote, StageSpec, priority_of
 from orla_sdk.runtime.context import RunState, StageContext
 from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.runtime.records import StageRecord
+from orla_sdk.serving.report import Labels, Report
 
 T = TypeVar("T")
 Outcome = Literal["idle", "paused", "over"]
@@ -159,12 +159,11 @@ class ServingSession:
             spec = self.plan.stage_of(node)
         record = StageRecord(node.id, spec.name)
         self.report.add(record, labels)
-        meta = node.meta.get("priority", {})
+        note = priority_of(node) or PriorityNote(source="graph")
         priority = labels.get("priority")
         if not isinstance(priority, int):
-            priority = int(meta.get("value", 50))
-        return StageContext(state, node, spec, record, priority,
-                            int(meta.get("critical_path", 0)))
+            priority = note.value
+        return StageContext(state, node, spec, record, priority, note.critical_path)
 
     def finish_units(self, run_id: str) -> None:
         """The run's units are over (their records stay in the report); their hinted

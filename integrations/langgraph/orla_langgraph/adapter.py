@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from orla_langgraph.plan import plan_from_graph
+from orla_langgraph.served import ServedGraph
 from orla_sdk import BackendPool, OrlaError, Plan, Price, Report
 from orla_sdk.ir import BackendSpec
 from orla_sdk.passes import Pass
 from orla_sdk.serving import ServingSession
-
-from orla_langgraph.plan import plan_from_graph
-from orla_langgraph.served import ServedGraph
 
 
 class LangGraphAdapter:

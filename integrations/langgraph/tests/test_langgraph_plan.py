@@ -13,8 +13,8 @@ from langgraph.types import Send
 from syrupy.assertion import SnapshotAssertion
 
 import orla_sdk as orla
-from orla_sdk.render import plan_to_dot
 from orla_sdk.ir import Condition
+from orla_sdk.render import plan_to_dot
 
 SIM = orla.backends.simulator("sim", clock="virtual")
 MAPPING = {"default": "sim/qwen3-8b", "light": "sim/qwen3-8b"}

@@ -22,11 +22,11 @@ from langgraph.types import Command, Send, interrupt
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from orla_langgraph.served import ServedGraph
 
 import orla_sdk as orla
 from orla_sdk.backends.engine import LocalEngine, free_port
-from orla_sdk.errors import PlanValidationError
-from orla_langgraph.served import ServedGraph
+from orla_sdk.errors import AdapterNotFound, PlanValidationError
 
 NOWHERE = f"http://127.0.0.1:{free_port()}/v1"  # the apps' own endpoint: nothing listens
 BACKENDS = [orla.backends.simulator("light", "smollm2-135m"),
@@ -323,8 +323,10 @@ def test_each_invocation_exports_unit_and_call_spans() -> None:
 
 # ---- bad input and failures ----------------------------------------------------------------
 def test_serve_rejects_what_it_cannot_serve() -> None:
-    with pytest.raises(TypeError, match="LangGraph graph"):
+    with pytest.raises(AdapterNotFound, match="installed: autogen, langgraph"):
         orla.serve(lambda state: state)
+    with pytest.raises(orla.OrlaError, match=r"compile it first: orla\.serve\(builder"):
+        orla.serve(StateGraph(Ticket))
     with pytest.raises(PlanValidationError, match="heavy"):
         orla.serve(support_graph(), backends=BACKENDS[:1],
                    mapping={"light": MAPPING["light"]})
