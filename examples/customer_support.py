@@ -8,15 +8,38 @@ examples are named: ``orla plan examples.customer_support:support``.
 from orla_sdk.examples.customer_support import (
     BACKENDS,
     MAPPING,
+    POLICIES,
     SAMPLE_TICKET,
+    TEAMS,
+    URGENCY,
     Triage,
     acknowledge,
     classify,
     policy_check,
+    read_policy_yaml,
+    read_team_descriptions,
     reply,
     route_ticket,
+    send_email,
     support,
 )
 
-__all__ = ["BACKENDS", "MAPPING", "SAMPLE_TICKET", "Triage", "acknowledge", "classify",
-           "policy_check", "reply", "route_ticket", "support"]
+__all__ = [
+    "BACKENDS",
+    "MAPPING",
+    "POLICIES",
+    "SAMPLE_TICKET",
+    "TEAMS",
+    "URGENCY",
+    "Triage",
+    "acknowledge",
+    "classify",
+
+    "policy_check",
+    "read_policy_yaml",
+    "read_team_descriptions",
+    "reply",
+    "route_ticket",
+    "send_email",
+    "support",
+]
