@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -268,7 +269,7 @@ def _planned_backend(node: Node) -> str:
     return "routed" if mapping.routed else str(mapping.backend)
 
 
-def _cache_line(entry: dict[str, Any]) -> CacheLine:
+def _cache_line(entry: Mapping[str, object]) -> CacheLine:
     return CacheLine(str(entry.get("node") or "(end of run)"), str(entry.get("backend") or ""),
                      str(entry.get("decision", "")), str(entry.get("action", "")))
 

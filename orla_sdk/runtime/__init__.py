@@ -13,15 +13,20 @@ from orla_sdk.runtime.executor import arun, run
 from orla_sdk.runtime.generate import achat, agenerate, astream, chat, generate, stream
 from orla_sdk.runtime.openai_shim import async_openai_client, openai_client, wrap
 from orla_sdk.runtime.pool import BackendPool
-from orla_sdk.runtime.records import CallRecord, RunResult, StageRecord
+from orla_sdk.runtime.records import (
+    CacheLogEntry,
+    CallRecord,
+    RunResult,
+    StageRecord,
+)
 from orla_sdk.runtime.routing import stage_target
 from orla_sdk.runtime.scheduler import ByPriority, Policy, ShortestFirst, Waiting
 from orla_sdk.runtime.structured import close_cut_json, emulated_tools_schema, read_reply
 
 __all__ = [
-    "BackendPool", "ByPriority", "CacheChoice", "CacheEvent", "CallRecord", "MemoryPolicy",
-    "Policy", "RunEvent", "RunResult", "RunState", "ShortestFirst", "SmallIncrement",
-    "StageContext", "StageRecord", "Waiting", "achat", "agenerate", "arun", "astream",
+    "BackendPool", "ByPriority", "CacheChoice", "CacheEvent", "CacheLogEntry", "CallRecord",
+    "MemoryPolicy", "Policy", "RunEvent", "RunResult", "RunState", "ShortestFirst",
+    "SmallIncrement", "StageContext", "StageRecord", "Waiting", "achat", "agenerate", "arun", "astream",
     "async_openai_client", "call_model", "chat", "close_cut_json", "current_stage",
     "emulated_tools_schema", "generate", "openai_client", "read_reply", "run", "stage_target",
     "stream", "wrap",

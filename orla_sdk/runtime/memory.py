@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Node, cache_of
@@ -40,7 +40,7 @@ from orla_sdk.runtime.cache_policy import (
     SmallIncrement,
     decide,
 )
-from orla_sdk.runtime.records import StageRecord
+from orla_sdk.runtime.records import CacheLogEntry, StageRecord
 
 
 class SlotControl(Protocol):
@@ -97,7 +97,7 @@ class MemoryManager:
         self.tables: dict[str, SlotTable] = {}
         self.shared: dict[str, SharedCache] = {}
         self.kept: set[tuple[str, str]] = set()  # (run, backend) with a kept context
-        self._logs: dict[str, list[dict[str, Any]]] = {}
+        self._logs: dict[str, list[CacheLogEntry]] = {}
 
     def add_slots(self, backend: str, control: SlotControl, slots: int) -> None:
         self.tables[backend] = SlotTable(backend, control, list(range(slots)))
@@ -105,7 +105,7 @@ class MemoryManager:
     def add_shared(self, backend: str, control: ResetControl) -> None:
         self.shared[backend] = SharedCache(control)
 
-    def take_log(self, run_id: str) -> list[dict[str, Any]]:
+    def take_log(self, run_id: str) -> list[CacheLogEntry]:
         """What the manager did to this run's cache outside its stages (lent, restored)."""
         return self._logs.pop(run_id, [])
 
@@ -205,7 +205,7 @@ class MemoryManager:
         return choice, await self._flush(event.run_id, event.backend)
 
     async def stage_done(self, run_id: str, node: Node, record: StageRecord, *,
-                         hinted: bool) -> dict[str, Any] | None:
+                         hinted: bool) -> CacheLogEntry | None:
         """Carry out the plan's cache decision for a finished stage (``node``, its calls in
         ``record``); returns the cache-log entry, or None where there was nothing to decide
         (no decision in the plan, or no call made)."""
@@ -271,7 +271,7 @@ class MemoryManager:
         return f"reset the engine's prefix cache (KV usage {usage:.0%})"
 
     # ---- a paused run ------------------------------------------------------------------
-    async def suspend(self, run_id: str) -> list[dict[str, Any]]:
+    async def suspend(self, run_id: str) -> list[CacheLogEntry]:
         """The run waits for a person: each idle slot it holds is saved (where the engine
         can save) and freed, and its next call restores it; a context it keeps on a shared
         cache is given up."""
@@ -294,7 +294,7 @@ class MemoryManager:
         return entries
 
     # ---- the end of a run ---------------------------------------------------------------
-    async def end_run(self, run_id: str) -> list[dict[str, Any]]:
+    async def end_run(self, run_id: str) -> list[CacheLogEntry]:
         """Drop everything the run still holds: slots, saved slots, kept contexts."""
         entries = []
         for backend, table in self.tables.items():
@@ -341,6 +341,6 @@ def _any_other(runs: Iterable[str], run_id: str) -> bool:
     return any(run != run_id for run in itertools.islice(runs, 2))
 
 
-def _entry(backend: str | None, decision: str, reason: str, action: str) -> dict[str, Any]:
+def _entry(backend: str | None, decision: str, reason: str, action: str) -> CacheLogEntry:
     return {"node": None, "backend": backend, "decision": decision, "reason": reason,
             "action": action}

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Required, TypedDict
 
 from orla_sdk.errors import RunError
 
 StageStatus = Literal["done", "skipped", "failed"]
+
+
+class CacheLogEntry(TypedDict, total=False):
+    """One cache action of a run: the stage it followed (None at a pause or the run's end),
+    the backend, the decision and its reason, what was done, and for a stage its item in a
+    loop and the tokens its first call found cached."""
+
+    node: Required[str | None]
+    backend: Required[str | None]
+    decision: Required[str]
+    reason: Required[str]
+    action: Required[str | None]
+    item: int | None
+    cached_tokens: int
 
 
 @dataclass
@@ -76,7 +90,7 @@ class RunResult:
     error: str | None = None
     stages: list[StageRecord] = field(default_factory=list)
     branches: dict[str, Any] = field(default_factory=dict)
-    cache_log: list[dict[str, Any]] = field(default_factory=list)
+    cache_log: list[CacheLogEntry] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property

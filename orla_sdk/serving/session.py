@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from orla_sdk.ir import Node, Plan, PriorityNote, StageSpec, priority_of
+from orla_sdk.loop_thread import LoopThread
 from orla_sdk.runtime.context import RunState, StageContext
 from orla_sdk.runtime.pool import BackendPool
-from orla_sdk.runtime.records import StageRecord
+from orla_sdk.runtime.records import CacheLogEntry, StageRecord
 from orla_sdk.serving.report import Labels, Report
 
 T = TypeVar("T")
@@ -39,7 +40,7 @@ class _Run:
     units: dict[str, StageContext] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)  # unit key -> its step, if ordered
     finished: list[StageContext] = field(default_factory=list)  # cache decisions pending
-    cache_log: list[dict[str, Any]] = field(default_factory=list)  # since the last settle
+    cache_log: list[CacheLogEntry] = field(default_factory=list)  # since the last settle
     deciding: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -55,44 +56,35 @@ class ServingSession:
         self._nodes = {node.id: node for node in plan.nodes}
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
-        self._ending: set[Future[list[dict[str, Any]]]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._ending: set[Future[list[CacheLogEntry]]] = set()
+        self._thread = LoopThread(f"orla-serve-{plan.name}")
 
     # ---- the loop ----------------------------------------------------------------------
     def start(self) -> None:
         """Start the loop thread and the pool (its engines) once; safe from any thread."""
         with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                                name=f"orla-serve-{self.plan.name}")
-                self._thread.start()
-                self._loop = loop
+            self._thread.start()
             if not self.pool.started:
-                self._submit(self.pool.start()).result()
+                self.call(self.pool.start())
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
+        if not self._thread.running:
             raise RuntimeError("the serving session has not started")
-        return self._loop
-
-    def _submit(self, work: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(work, self.loop)
+        return self._thread.loop
 
     def call(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` on the session's loop and wait for it (from outside that loop)."""
-        return self._submit(work).result()
+        return self._thread.call(work)
 
     async def acall(self, work: Coroutine[Any, Any, T]) -> T:
-        return await asyncio.wrap_future(self._submit(work))
+        return await self._thread.acall(work)
 
     def end_soon(self, run_id: str,
-                 logged: Callable[[list[dict[str, Any]]], None]) -> None:
+                 logged: Callable[[list[CacheLogEntry]], None]) -> None:
         """Settle a finished run ``"over"`` without waiting for the engine's erase: the
         caller's latency does not include it; ``logged`` gets the cache actions."""
-        def done(future: Future[list[dict[str, Any]]]) -> None:
+        def done(future: Future[list[CacheLogEntry]]) -> None:
             with self._lock:
                 self._ending.discard(future)
             error = future.exception()
@@ -100,14 +92,14 @@ class ServingSession:
                 {"node": None, "backend": None, "decision": "flush",
                  "reason": "end of workflow", "action": f"failed: {error}"}])
 
-        future = self._submit(self.settle(run_id, "over"))
+        future = self._thread.submit(self.settle(run_id, "over"))
         with self._lock:
             self._ending.add(future)
         future.add_done_callback(done)
 
     def close(self) -> None:
         """End every run (their slots are erased), stop the engines, then the loop."""
-        if self._loop is None:
+        if not self._thread.running:
             return
         with self._lock:
             ending = list(self._ending)
@@ -116,11 +108,7 @@ class ServingSession:
         for run_id in list(self._runs):
             self.call(self.settle(run_id, "over"))
         self.call(self.pool.aclose())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._loop.close()
-        self._loop = self._thread = None
+        self._thread.stop()
 
     # ---- runs and units of work --------------------------------------------------------
     def unit(self, run_id: str, key: str, node_id: str, labels: Labels,
@@ -194,7 +182,7 @@ class ServingSession:
                 if entry is not None:
                     run.cache_log.append(entry)
 
-    async def settle(self, run_id: str, outcome: Outcome) -> list[dict[str, Any]]:
+    async def settle(self, run_id: str, outcome: Outcome) -> list[CacheLogEntry]:
         """What becomes of a run's cache when the app hands control back: ``"idle"`` keeps
         its slot for the next call (lent to others meanwhile if they need it), ``"paused"``
         saves and frees it until the run resumes, ``"over"`` drops all it holds. Returns

@@ -35,7 +35,7 @@ from typing import Any
 from langgraph.config import get_config
 
 from orla_sdk import Plan, Report
-from orla_sdk.runtime import StageContext
+from orla_sdk.runtime import CacheLogEntry, StageContext
 from orla_sdk.serving import Outcome, ServingSession, route_openai_calls
 
 INVOCATION_KEY = "__orla_invocation"  # LangGraph keeps "__" keys out of checkpoint metadata
@@ -60,7 +60,7 @@ class ServedGraph:
         self.session = session
         self.name = name
         self.tracer = tracer  # an OpenTelemetry Tracer: each invocation's spans go there
-        self.cache_log: list[dict[str, Any]] = []
+        self.cache_log: list[dict[str, Any]] = []  # CacheLogEntry items with their thread_id
         route_openai_calls(_unit_of_current_task)
 
     @property
@@ -140,7 +140,7 @@ class ServedGraph:
         return getattr(self.graph, name)
 
     # ---- orla's side -------------------------------------------------------------------
-    def end_thread(self, thread_id: str) -> list[dict[str, Any]]:
+    def end_thread(self, thread_id: str) -> list[CacheLogEntry]:
         """The conversation is over: drop what its run holds in the engines."""
         self.session.start()
         entries = self.session.call(self.session.settle(self._run_id(thread_id), "over"))
@@ -217,8 +217,8 @@ class ServedGraph:
                               lambda entries: self._log(invocation.thread_id, entries))
         return True
 
-    def _log(self, thread_id: str | None, entries: list[dict[str, Any]]) -> None:
-        self.cache_log += [{**entry, "thread_id": thread_id} for entry in entries]
+    def _log(self, thread_id: str | None, entries: list[CacheLogEntry]) -> None:
+        self.cache_log += [{**dict(entry), "thread_id": thread_id} for entry in entries]
 
     def unit(self, invocation: Invocation, config: Mapping[str, Any]) -> StageContext:
         """The stage context of the task that ``config`` belongs to."""
