@@ -26,8 +26,8 @@ from orla_sdk.runtime.structured import close_cut_json, emulated_tools_schema, r
 __all__ = [
     "BackendPool", "ByPriority", "CacheChoice", "CacheEvent", "CacheLogEntry", "CallRecord",
     "MemoryPolicy", "Policy", "RunEvent", "RunResult", "RunState", "ShortestFirst",
-    "SmallIncrement", "StageContext", "StageRecord", "Waiting", "achat", "agenerate", "arun", "astream",
-    "async_openai_client", "call_model", "chat", "close_cut_json", "current_stage",
+    "SmallIncrement", "StageContext", "StageRecord", "Waiting", "achat", "agenerate", "arun",
+    "astream", "async_openai_client", "call_model", "chat", "close_cut_json", "current_stage",
     "emulated_tools_schema", "generate", "openai_client", "read_reply", "run", "stage_target",
     "stream", "wrap",
 ]
