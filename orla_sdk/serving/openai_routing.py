@@ -62,8 +62,8 @@ def resolve() -> StageContext | None:
 def _with_model(ctx: StageContext) -> StageContext:
     if ctx.spec.model is None and ctx.run.plan.default_model is None:
         raise OrlaError(f"{ctx.node.id!r} made a chat completion but has no orla model; give "
-                        f"it one (LangGraph: add_node(..., metadata={{'orla': {{'model': ...}}}})"
-                        f" or orla.serve(..., models={{{ctx.spec.name!r}: ...}}), or pass "
+                        f"it one with orla.serve(..., models={{{ctx.spec.name!r}: ...}}) or the "
+                        "orla metadata its integration reads (docs/serving.md), or pass "
                         "default_model=... to orla.serve.")
     return ctx
 
