@@ -116,3 +116,13 @@ def test_compile_configures_a_copy_of_a_plan_and_keeps_its_backends() -> None:
                          mapping={"light": "edge/smollm2-135m", "heavy": "datacenter/qwen3-8b"})
     assert {b.kind for b in moved.backends} == {"sim"}
     assert {b.kind for b in traced.backends} == {"llamacpp"}
+
+
+def test_a_note_edited_in_place_is_read_anew() -> None:
+    plan = orla.compile(support)
+    node = plan.node("policy_check")
+    first = priority_of(node)
+    assert first is not None and priority_of(node) is first  # parsed once, while unchanged
+    node.meta["priority"]["value"] = 7
+    again = priority_of(node)
+    assert again is not None and again.value == 7

@@ -2,11 +2,14 @@
 
 A pass writes its note into ``node.meta`` (so a plan's JSON stays plain data) through
 ``write``; readers take it back, typed, through ``mapping_of``, ``priority_of`` and
-``cache_of``. A node a pass has not annotated has no note: the readers return None.
+``cache_of``. A node a pass has not annotated has no note: the readers return None. Notes are frozen;
+a reader parses a note once and gives the same object back while the node's data for it
+is unchanged (the runtime reads them on every stage run).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +24,7 @@ N = TypeVar("N", bound="_Note")
 
 
 class _Note(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     key: Any = None  # the meta key a note lives under; set by each note class
 
     def dump(self) -> dict[str, Any]:
@@ -34,7 +37,7 @@ class _Note(BaseModel):
 class Candidate(BaseModel):
     """One target a routed stage may go to."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     logical: str
     backend: str
     model: str
@@ -82,18 +85,33 @@ def write(node: Node, note: _Note) -> None:
     node.meta[note.dump_key()] = note.dump()
 
 
-def _read(node: Node, kind: type[N]) -> N | None:
-    data = node.meta.get(kind.model_fields["key"].default)
-    return kind.model_validate(data) if data is not None else None
+_MAX_PARSED = 4096
+# (id of a note's data, meta key) -> (a copy of that data, the note parsed from it)
+_parsed: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def _read(node: Node, kind: type[N], key: str) -> N | None:
+    data = node.meta.get(key)
+    if data is None:
+        return None
+    hit = _parsed.get((id(data), key))
+    if hit is not None and hit[0] == data:  # equal data, even if edited in place: same note
+        note: N = hit[1]
+        return note
+    note = kind.model_validate(data)
+    if len(_parsed) >= _MAX_PARSED:
+        _parsed.clear()
+    _parsed[(id(data), key)] = (copy.deepcopy(data), note)
+    return note
 
 
 def mapping_of(node: Node) -> MappingNote | None:
-    return _read(node, MappingNote)
+    return _read(node, MappingNote, "mapping")
 
 
 def priority_of(node: Node) -> PriorityNote | None:
-    return _read(node, PriorityNote)
+    return _read(node, PriorityNote, "priority")
 
 
 def cache_of(node: Node) -> CacheNote | None:
-    return _read(node, CacheNote)
+    return _read(node, CacheNote, "cache")
