@@ -2,9 +2,9 @@
 
 A pass writes its note into ``node.meta`` (so a plan's JSON stays plain data) through
 ``write``; readers take it back, typed, through ``mapping_of``, ``priority_of`` and
-``cache_of``. A node a pass has not annotated has no note: the readers return None. Notes are frozen;
-a reader parses a note once and gives the same object back while the node's data for it
-is unchanged (the runtime reads them on every stage run).
+``cache_of``. A node a pass has not annotated has no note: the readers return None.
+Notes are frozen; a reader parses a note once and gives the same object back while the
+node's data for it is unchanged (the runtime reads them on every stage run).
 """
 
 from __future__ import annotations
