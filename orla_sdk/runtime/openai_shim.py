@@ -26,7 +26,7 @@ import json
 import queue
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import httpx
@@ -118,7 +118,8 @@ class StageTransport(httpx.BaseTransport):
                 result = asyncio.run_coroutine_threadsafe(work, ctx.run.loop).result()
                 return _json(200, completion_json(body, result))
             pieces: queue.Queue[str | None] = queue.Queue()
-            future = asyncio.run_coroutine_threadsafe(_feed(ctx, body, pieces.put), ctx.run.loop)
+            future = asyncio.run_coroutine_threadsafe(
+                _until_done(_serve(ctx, body, pieces.put), pieces.put), ctx.run.loop)
             first = pieces.get()
             if first is None:
                 future.result()  # a failure before the first token is an error status
@@ -138,21 +139,9 @@ class AsyncStageTransport(httpx.AsyncBaseTransport):
             if not body.get("stream"):
                 result = await _start(ctx, _serve(ctx, body, None))
                 return _json(200, completion_json(body, result))
-            pieces: asyncio.Queue[str | None] = asyncio.Queue()
-            loop = asyncio.get_running_loop()
-
-            def put(piece: str | None) -> None:
-                loop.call_soon_threadsafe(pieces.put_nowait, piece)
-
-            future = _start(ctx, _feed(ctx, body, put))
-            try:
-                first = await pieces.get()
-                if first is None:
-                    await future  # a failure before the first token is an error status
-            except BaseException:
-                future.cancel()
-                raise
-            return _sse_response(_AsyncEvents(first, pieces, future, Chunks.of(body)))
+            call = await open_stream(lambda put: _serve(ctx, body, put), Chunks.of(body),
+                                     run=lambda work: _start(ctx, work))
+            return _sse_response(_AsyncEvents(call))
         except (BackendError, ValueError) as exc:
             return _error(exc)
 
@@ -199,11 +188,62 @@ def engine_request(body: dict[str, Any], target: Target, *, priority: int | None
                    on_token=on_token)
 
 
-async def _feed(ctx: StageContext, body: dict[str, Any], sink: Sink) -> ChatResult:
+async def _until_done(work: Coroutine[Any, Any, ChatResult], sink: Sink) -> ChatResult:
+    """``work``'s result; ``sink`` gets None once it is over, whatever the outcome."""
     try:
-        return await _serve(ctx, body, sink)
+        return await work
     finally:
         sink(None)
+
+
+@dataclass
+class StreamedCall:
+    """A streamed model call under way: its first text piece, the pieces after it (None
+    last), the call's result, and the chunks that speak for it."""
+
+    first: str | None
+    pieces: asyncio.Queue[str | None]
+    result: asyncio.Future[ChatResult]
+    chunks: Chunks
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """The server-sent events of the answer; a failure after the first piece ends them
+        with an error event."""
+        piece = self.first
+        while piece is not None:
+            yield self.chunks.piece(piece)
+            piece = await self.pieces.get()
+        try:
+            result = await self.result
+        except BackendError as exc:
+            yield self.chunks.error(exc)
+            return
+        for event in self.chunks.end(result):
+            yield event
+
+
+async def open_stream(call: Callable[[Sink], Coroutine[Any, Any, ChatResult]], chunks: Chunks,
+                      run: Callable[[Coroutine[Any, Any, ChatResult]],
+                                    asyncio.Future[ChatResult]] = asyncio.ensure_future,
+                      ) -> StreamedCall:
+    """Start ``call`` (it gets the sink its text pieces go to, from any thread) with ``run``
+    and wait for its first piece. A failure before that raises here, so the caller can
+    answer with an error status instead of an event stream."""
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def put(piece: str | None) -> None:  # in order, from any thread
+        loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+    result = run(_until_done(call(put), put))
+    try:
+        first = await pieces.get()
+        if first is None:
+            await result
+    except BaseException:
+        result.cancel()
+        raise
+    return StreamedCall(first, pieces, result, chunks)
 
 
 def _body(request: httpx.Request) -> dict[str, Any]:
@@ -256,22 +296,12 @@ class _SyncEvents(httpx.SyncByteStream):
 
 
 class _AsyncEvents(httpx.AsyncByteStream):
-    def __init__(self, first: str | None, pieces: asyncio.Queue[str | None],
-                 future: asyncio.Future[ChatResult], chunks: Chunks) -> None:
-        self.first, self.pieces, self.future, self.chunks = first, pieces, future, chunks
+    def __init__(self, call: StreamedCall) -> None:
+        self.call = call
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        piece = self.first
-        while piece is not None:
-            yield self.chunks.piece(piece)
-            piece = await self.pieces.get()
-        try:
-            result = await self.future
-        except BackendError as exc:
-            yield self.chunks.error(exc)
-            return
-        for event in self.chunks.end(result):
+        async for event in self.call.events():
             yield event
 
     async def aclose(self) -> None:
-        self.future.cancel()
+        self.call.result.cancel()

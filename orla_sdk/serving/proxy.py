@@ -42,7 +42,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -55,7 +55,7 @@ from orla_sdk.ir import BackendSpec, Plan, Target
 from orla_sdk.mapping import normalize_mapping
 from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import StageContext
-from orla_sdk.runtime.openai_shim import engine_request
+from orla_sdk.runtime.openai_shim import engine_request, open_stream
 from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.serving.report import Report
 from orla_sdk.serving.session import ServingSession
@@ -462,23 +462,10 @@ def app(proxy: ProxyServer) -> Starlette:
         if not data.get("stream"):
             result = await proxy.chat(tags, target, _request(data, target, tags))
             return answer(200, completion_json(data, result), workflow=tags.workflow)
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def put(piece: str | None) -> None:  # from any thread, in order
-            loop.call_soon_threadsafe(pieces.put_nowait, piece)
-
-        task = asyncio.ensure_future(_feed(proxy.chat(tags, target,
-                                                      _request(data, target, tags, put)), put))
-        try:
-            first = await pieces.get()
-            if first is None:
-                await task  # a failure before the first token is an error status
-        except BaseException:
-            task.cancel()
-            raise
-        return StreamingResponse(_events(first, pieces, task, Chunks.of(data)),
-                                 media_type="text/event-stream",
+        call = await open_stream(lambda put: proxy.chat(tags, target,
+                                                        _request(data, target, tags, put)),
+                                 Chunks.of(data))
+        return StreamingResponse(call.events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Orla-Workflow": tags.workflow})
 
@@ -494,40 +481,12 @@ def app(proxy: ProxyServer) -> Starlette:
     return Starlette(routes=routes, exception_handlers={HTTPException: no_route})
 
 
-async def _events(first: str | None, pieces: asyncio.Queue[str | None],
-                  task: asyncio.Future[ChatResult], chunks: Chunks) -> AsyncIterator[bytes]:
-    """The server-sent events of a streamed answer; a failure after the first token ends
-    them with an error event."""
-    try:
-        piece = first
-        while piece is not None:
-            yield chunks.piece(piece)
-            piece = await pieces.get()
-        try:
-            result = await task
-        except BackendError as exc:
-            yield chunks.error(exc)
-            return
-        for event in chunks.end(result):
-            yield event
-    finally:
-        task.cancel()
-
-
 def _request(body: dict[str, Any], target: Target, tags: Tags,
              on_token: Callable[[str], None] | None = None) -> ChatRequest:
     try:
         return engine_request(body, target, priority=tags.priority, on_token=on_token)
     except (TypeError, ValueError) as exc:
         raise HttpError(400, str(exc)) from None
-
-
-async def _feed(work: Coroutine[Any, Any, ChatResult],
-                sink: Callable[[str | None], None]) -> ChatResult:
-    try:
-        return await work
-    finally:
-        sink(None)
 
 
 def _workflow_id(request: Request) -> str:
