@@ -61,17 +61,17 @@ def compile(target: Any, *, backends: Sequence[BackendSpec] | None = None,
     With neither backends nor mapping (here, on ``@orla.workflow`` or in the plan), every
     logical model runs on the embedded llama.cpp engine.
     """
-    adapter = None if isinstance(target, Plan | Workflow) else adapter_for(target)
-    if adapter is None and not isinstance(target, Plan) and not callable(target):
-        adapter = find_adapter(target, "orla.compile")  # raises, naming what to install
-    if adapter is not None:
-        return adapter.compile(target, backends=backends, mapping=mapping,
-                               default_model=default_model, passes=passes, **options)
+    if not _orla_own(target):
+        adapter = adapter_for(target)
+        if adapter is None and not callable(target):
+            adapter = find_adapter(target, "orla.compile")  # raises, naming what to install
+        if adapter is not None:
+            return adapter.compile(target, backends=backends, mapping=mapping,
+                                   default_model=default_model, passes=passes, **options)
     if options:
         raise TypeError(f"orla.compile got unknown options {sorted(options)}")
     if isinstance(target, Plan):
-        plan = target.model_copy(deep=True)
-        plan.attach(target._objects)
+        plan = target.clone()
         if backends is None and mapping is None and (plan.backends or plan.mapping):
             backends, mapping = plan.backends, plan.mapping
     else:
@@ -82,6 +82,11 @@ def compile(target: Any, *, backends: Sequence[BackendSpec] | None = None,
         default_model = default_model or target.default_model
     _configure(plan, backends, mapping, mapper, default_model or plan.default_model)
     return run_passes(plan, passes)
+
+
+def _orla_own(target: Any) -> bool:
+    """A plan, a workflow or a plain function: orla compiles these without an adapter."""
+    return isinstance(target, Plan | Workflow) or inspect.isfunction(target)
 
 
 def render(target: Any, path: str, **options: Any) -> str:

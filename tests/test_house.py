@@ -126,3 +126,13 @@ def test_a_note_edited_in_place_is_read_anew() -> None:
     node.meta["priority"]["value"] = 7
     again = priority_of(node)
     assert again is not None and again.value == 7
+
+
+def test_asking_the_adapters_imports_no_framework() -> None:
+    probe = ("import sys, orla_sdk as orla\n"
+             "try:\n    orla.compile(object())\nexcept orla.OrlaError:\n    pass\n"
+             "print([m for m in sys.modules if m.split('.')[0] in "
+             "('langgraph', 'autogen_agentchat', 'autogen_core')])")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"

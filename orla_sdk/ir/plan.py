@@ -25,6 +25,7 @@ with one of these keys stands for something else:
 
 from __future__ import annotations
 
+import copy
 import enum
 import heapq
 import json
@@ -305,6 +306,14 @@ class Plan(_Model):
         if ref in self._objects:
             return self._objects[ref]
         return load_ref(ref)
+
+    def clone(self) -> Plan:
+        """A deep copy of the plan's data that shares its live objects (they are code,
+        not data: copying them would be wrong for some and slow for all)."""
+        data = {name: copy.deepcopy(getattr(self, name)) for name in type(self).model_fields}
+        twin = type(self).model_construct(**data)
+        twin.attach(self._objects)
+        return twin
 
     def attach(self, objects: dict[str, Any]) -> None:
         """Remember live objects (stages, tools, predicates) so ``resolve`` needs no import."""

@@ -18,10 +18,26 @@ and results as orla's requests and back), ``client`` (the model client), ``runs`
 runs and turns of a served team) and ``served`` (``ServedTeam`` and ``serve_team``).
 """
 
-from orla_autogen.adapter import AutoGenAdapter
-from orla_autogen.client import OrlaChatCompletionClient, autogen_client
-from orla_autogen.plan import compile_team
-from orla_autogen.served import ServedTeam, serve_team
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orla_autogen.adapter import AutoGenAdapter
+    from orla_autogen.client import OrlaChatCompletionClient, autogen_client
+    from orla_autogen.plan import compile_team
+    from orla_autogen.served import ServedTeam, serve_team
+
+# orla loads every installed adapter to ask which takes an app object: AutoGen itself is
+# imported only once one of these names is used
+_HOMES = {"AutoGenAdapter": "adapter", "OrlaChatCompletionClient": "client",
+          "autogen_client": "client", "compile_team": "plan", "ServedTeam": "served",
+          "serve_team": "served"}
 
 __all__ = ["AutoGenAdapter", "OrlaChatCompletionClient", "ServedTeam", "autogen_client",
            "compile_team", "serve_team"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'orla_autogen' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"orla_autogen.{_HOMES[name]}"), name)

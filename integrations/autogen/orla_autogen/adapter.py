@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orla_autogen.plan import compile_team
-from orla_autogen.served import ServedTeam, serve_team
 from orla_sdk import Plan
+
+if TYPE_CHECKING:
+    from orla_autogen.served import ServedTeam
 
 
 class AutoGenAdapter:
@@ -26,7 +27,11 @@ class AutoGenAdapter:
 
     def compile(self, app: Any, **options: Any) -> Plan:
         """The team's plan, as ``serve`` builds it; the team is left as it is."""
+        from orla_autogen.plan import compile_team  # imports AutoGen: only once it is used
+
         return compile_team(app, **options)
 
     def serve(self, app: Any, **options: Any) -> ServedTeam:
+        from orla_autogen.served import serve_team
+
         return serve_team(app, **options)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orla_langgraph.plan import plan_from_graph
-from orla_langgraph.served import ServedGraph
 from orla_sdk import BackendPool, OrlaError, Plan, Price, Report
 from orla_sdk.ir import BackendSpec
 from orla_sdk.passes import Pass
 from orla_sdk.serving import ServingSession
+
+if TYPE_CHECKING:
+    from orla_langgraph.served import ServedGraph
 
 
 class LangGraphAdapter:
@@ -22,6 +23,8 @@ class LangGraphAdapter:
         return type(app).__module__.split(".")[0] == "langgraph"
 
     def compile(self, app: Any, **options: Any) -> Plan:
+        from orla_langgraph.plan import plan_from_graph  # imports LangGraph: only when used
+
         return plan_from_graph(_compiled(app), **options)
 
     def serve(self, app: Any, *, backends: Sequence[BackendSpec] | None = None,
@@ -29,6 +32,9 @@ class LangGraphAdapter:
               default_model: str | None = None, prices: Mapping[str, Price] | None = None,
               tracer: Any = None, pool: BackendPool | None = None, name: str | None = None,
               passes: Sequence[Pass] | None = None) -> ServedGraph:
+        from orla_langgraph.plan import plan_from_graph
+        from orla_langgraph.served import ServedGraph
+
         graph = _compiled(app)
         plan = plan_from_graph(graph, name=name, models=models, backends=backends,
                                mapping=mapping, default_model=default_model, passes=passes)
