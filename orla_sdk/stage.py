@@ -29,11 +29,13 @@ class Stage(Generic[P, R]):
 
     def __init__(self, fn: Callable[P, R], *, model: str | None, cache: str | None,
                  tools: Sequence[Callable[..., Any]], priority: PriorityHint,
-                 name: str | None, alternatives: Sequence[str] = ()) -> None:
+                 name: str | None, alternatives: Sequence[str] = (),
+                 agent: str | None = None) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         self.model = model
         self.cache = cache
+        self.agent = agent
         self.tools = list(tools)
         self.priority = priority
         self.alternatives = list(alternatives)
@@ -62,7 +64,8 @@ class Stage(Generic[P, R]):
         if self._spec is None:
             self._spec = StageSpec(
                 name=self.name, ref=ref_of(self.fn), is_async=inspect.iscoroutinefunction(self.fn),
-                model=self.model, cache=self.cache, priority=_priority_value(self.priority),
+                model=self.model, cache=self.cache, agent=self.agent,
+                priority=_priority_value(self.priority),
                 tools=[tool_spec(t) for t in self.tools], alternatives=self.alternatives,
                 params=_params(self.fn),
                 output=return_spec(self.fn), site=_definition_site(self.fn),
@@ -78,14 +81,14 @@ def stage(fn: Callable[P, R], /) -> Stage[P, R]: ...
 @overload
 def stage(*, model: str | None = None, cache: str | None = None,
           tools: Sequence[Callable[..., Any]] = (), priority: PriorityHint = None,
-          name: str | None = None, alternatives: Sequence[str] = ()
+          name: str | None = None, alternatives: Sequence[str] = (), agent: str | None = None
           ) -> Callable[[Callable[P, R]], Stage[P, R]]: ...
 
 
 def stage(fn: Callable[P, R] | None = None, /, *, model: str | None = None,
           cache: str | None = None, tools: Sequence[Callable[..., Any]] = (),
           priority: PriorityHint = None, name: str | None = None,
-          alternatives: Sequence[str] = ()
+          alternatives: Sequence[str] = (), agent: str | None = None
           ) -> Stage[P, R] | Callable[[Callable[P, R]], Stage[P, R]]:
     """Mark a function as a stage of a workflow.
 
@@ -96,11 +99,14 @@ def stage(fn: Callable[P, R] | None = None, /, *, model: str | None = None,
         function of the stage's arguments returning such a number at run time.
     alternatives: logical models to reroute to when the mapped backend's queue passes
         its ``queue_bound`` (see ``orla.Scheduling``).
+    agent: the agent whose calls these are. The agent layer keys its observations by it
+        (by the stage name where none is given), and a declared agent holds a llama.cpp
+        slot of its own in each run instead of sharing the run's.
     """
 
     def wrap(f: Callable[P, R]) -> Stage[P, R]:
         return Stage(f, model=model, cache=cache, tools=tools, priority=priority, name=name,
-                     alternatives=alternatives)
+                     alternatives=alternatives, agent=agent)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -307,7 +307,7 @@ def test_a_slot_borrowed_by_a_concurrent_stage_is_freed_after_its_call() -> None
 
     slots, held, free, erased = asyncio.run(scenario())
     assert slots == [0, 1, 1]
-    assert held == {"a": 0, "other": 1} and free == [] and erased == []
+    assert held == {("a", ""): 0, ("other", ""): 1} and free == [] and erased == []
 
 
 class SavingSlots(FakeSlots):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orla_sdk.agents import AgentKey
 from orla_sdk.ir import BackendSpec
 
 
@@ -19,7 +20,8 @@ from orla_sdk.ir import BackendSpec
 class ChatRequest:
     """One model call. ``json_schema`` constrains the reply to JSON of that schema;
     ``slot`` pins the request to a llama.cpp slot; ``priority`` is orla's 0..100 hint;
-    ``on_token`` receives the reply's text as it streams in."""
+    ``agent`` says who makes the call; ``on_token`` receives the reply's text as it
+    streams in."""
 
     model: str
     messages: list[dict[str, Any]]
@@ -29,6 +31,7 @@ class ChatRequest:
     tools: list[dict[str, Any]] = field(default_factory=list)
     slot: int | None = None
     priority: int | None = None
+    agent: AgentKey | None = None
     on_token: Callable[[str], None] | None = field(default=None, compare=False)
 
 

@@ -132,6 +132,7 @@ class StageSpec(_Model):
     is_async: bool = False
     model: str | None = None
     cache: str | None = None
+    agent: str | None = None  # the agent making its calls: a slot of its own in each run
     priority: int | PriorityRule | None = None
     tools: list[ToolSpec] = Field(default_factory=list)
     alternatives: list[str] = Field(default_factory=list)  # logical models to reroute to

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from orla_sdk.agents import AgentKey
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.ir import Target
 from orla_sdk.runtime.context import StageContext
@@ -24,9 +25,13 @@ async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
         await ctx.run.before_call()
     sink = _token_sink(ctx, on_token or request.on_token)
     started_at = time.time()
+    agent = AgentKey(ctx.run.plan.name, ctx.spec.agent or ctx.spec.name, ctx.run.run_id,
+                     next(ctx.run.steps))
+    ctx.record.agent = ctx.spec.agent or ""
     served = await ctx.run.pool.call(
-        target.backend, replace(request, on_token=sink), run_id=ctx.run.run_id,
-        stage=ctx.spec.name, priority=ctx.priority, critical_path=ctx.critical_path)
+        target.backend, replace(request, on_token=sink, agent=agent), run_id=ctx.run.run_id,
+        stage=ctx.spec.name, priority=ctx.priority, critical_path=ctx.critical_path,
+        own_slot=ctx.spec.agent is not None)
     result = served.result
     call = CallRecord(
         backend=target.backend, model=target.model, prompt_tokens=result.prompt_tokens,

@@ -4,7 +4,8 @@ belongs to. The executor sets it around each stage body; ``orla.generate`` reads
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import itertools
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ class RunState:
     # what each model call of the run awaits first, on the run's loop: a serving
     # session carries out the cache decisions of the units that have finished
     before_call: Callable[[], Awaitable[None]] | None = None
+    steps: Iterator[int] = field(default_factory=itertools.count)  # the run's model calls
 
 
 @dataclass

@@ -77,6 +77,7 @@ async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | Non
     finally:
         try:
             result.cache_log += pool.memory.take_log(run_id) + await pool.memory.end_run(run_id)
+            pool.end_run(run_id)
         except OrlaError as exc:
             result.cache_log.append({"node": None, "backend": None, "decision": "flush",
                                      "reason": "end of workflow", "action": f"failed: {exc}"})

@@ -3,11 +3,17 @@
 Slot engines (llama.cpp, and the simulator imitating it): a run leases a slot per
 backend, and its requests there are pinned to it, so a preserve span finds its prefix
 cached. A flush erases the slot and frees it. When every slot is held and another run
-needs one, the slot of the run idle longest is lent: saved to the engine's slot folder
-and restored when its run comes back, or, where the engine cannot save, handed over as
-it is (the borrower's prompt reuses the prefix they share, a common system prompt). A
-second stage of a run that arrives while the run's slot is busy borrows another slot
-for that one call.
+needs one, the agent layer picks the slot to lend (least recently used by default;
+CacheSage keeps the slots of agents predicted to speak soon): saved to the engine's slot
+folder and restored when its holder comes back, or, where the engine cannot save, handed
+over as it is (the borrower's prompt reuses the prefix they share, a common system
+prompt). A second stage of a run that arrives while the run's slot is busy borrows
+another slot for that one call.
+Slots are held by a run, or, for calls of a declared agent (a LangGraph node, an AutoGen
+agent, ``@stage(agent=...)``, the proxy's ``X-Orla-Agent``), by the agent within its
+run: agents with their own system prompts then keep their own contexts instead of
+evicting each other's. Between calls, the saved context of the agent the layer predicts
+next is restored into an idle slot (prefetch).
 A run that waits for a person (a LangGraph interrupt) is suspended: its slots are saved
 and freed at once, and restored when it calls again.
 
@@ -31,6 +37,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from orla_sdk.agents import AgentEvent, AgentKey, AgentLayer, Cached, LeastRecentlyUsed
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Node, cache_of
 from orla_sdk.runtime.cache_policy import (
@@ -59,23 +66,42 @@ class ResetControl(Protocol):
     async def usage(self) -> float | None: ...
 
 
+Holder = tuple[str, str]  # (run, declared agent or "")
+
+
+def holder_of(run_id: str, agent: AgentKey | None) -> Holder:
+    return (run_id, agent.agent if agent is not None and agent.known else "")
+
+
 @dataclass
 class SlotTable:
-    """The slots of one backend: which run holds each, and which are busy."""
+    """The slots of one backend: which holder (a run, or an agent of a run) holds each,
+    and which are busy."""
 
     name: str
     control: SlotControl
     free: list[int]
-    held: dict[str, int] = field(default_factory=dict)
-    saved: dict[str, str] = field(default_factory=dict)  # run -> file of its lent slot
+    held: dict[Holder, int] = field(default_factory=dict)
+    saved: dict[Holder, str] = field(default_factory=dict)  # holder -> file of its lent slot
     busy: Counter[int] = field(default_factory=Counter)
-    last_used: dict[str, float] = field(default_factory=dict)
+    last_used: dict[Holder, int] = field(default_factory=dict)  # in slot events
+    keys: dict[Holder, AgentKey] = field(default_factory=dict)  # whose context it is
+    events: int = 0
     can_save: bool = True  # until a save fails
 
-    def idle_holder(self) -> str | None:
-        """The run that has waited longest since it last used its (idle) slot."""
-        idle = [run for run, slot in self.held.items() if not self.busy[slot]]
-        return min(idle, key=lambda run: self.last_used.get(run, 0.0), default=None)
+    def idle_holder(self, layer: AgentLayer) -> Holder | None:
+        """The holder of an idle slot that the agent layer gives up first."""
+        idle = [holder for holder, slot in self.held.items() if not self.busy[slot]]
+        if not idle:
+            return None
+        candidates = [Cached(self.keys.get(holder), self.events - self.last_used.get(holder, 0),
+                             ref=holder) for holder in idle]
+        chosen = layer.victim(candidates).ref
+        assert isinstance(chosen, tuple)
+        return chosen
+
+    def of_run(self, run_id: str) -> list[Holder]:
+        return [holder for holder in {*self.held, *self.saved} if holder[0] == run_id]
 
 
 @dataclass
@@ -90,8 +116,9 @@ class SharedCache:
 
 class MemoryManager:
     def __init__(self, policies: Sequence[MemoryPolicy] = (), *, pressure: float = 0.9,
-                 pressure_check_s: float = 1.0) -> None:
+                 pressure_check_s: float = 1.0, agents: AgentLayer | None = None) -> None:
         self.policies = [*policies, SmallIncrement()]
+        self.agents = agents if agents is not None else AgentLayer([LeastRecentlyUsed()])
         self.pressure = pressure
         self.pressure_check_s = pressure_check_s
         self.tables: dict[str, SlotTable] = {}
@@ -111,14 +138,18 @@ class MemoryManager:
 
     # ---- requests ---------------------------------------------------------------------
     @asynccontextmanager
-    async def pin(self, run_id: str, backend: str) -> AsyncIterator[int | None]:
-        """The slot one request of ``run_id`` is pinned to (None: no slots here). Call it
-        while holding a queue turn, so that a slot that is not busy exists."""
+    async def pin(self, run_id: str, backend: str, agent: AgentKey | None = None, *,
+                  own_slot: bool = False) -> AsyncIterator[int | None]:
+        """The slot one request of ``run_id`` (made by ``agent``) is pinned to (None: no
+        slots here); with ``own_slot`` the agent holds a slot of its own within the run.
+        Call it while holding a queue turn, so that a slot that is not busy exists."""
         table, shared = self.tables.get(backend), self.shared.get(backend)
-        slot = await self._slot_for(table, run_id) if table else None
-        borrowed = table is not None and slot is not None and table.held.get(run_id) != slot
+        holder = holder_of(run_id, agent if own_slot else None)
+        slot = await self._slot_for(table, holder, agent) if table else None
+        borrowed = table is not None and slot is not None and table.held.get(holder) != slot
         if table and slot is not None:
             table.busy[slot] += 1
+            table.events += 1
         if shared:
             shared.in_flight[run_id] += 1
         try:
@@ -126,7 +157,7 @@ class MemoryManager:
         finally:
             if table and slot is not None:
                 table.busy[slot] -= 1
-                table.last_used[run_id] = time.monotonic()
+                table.last_used[holder] = table.events
                 if borrowed:  # lent for this one call: free again, holding no one's context
                     table.free.append(slot)
             if shared:
@@ -134,57 +165,81 @@ class MemoryManager:
                 if not shared.in_flight[run_id]:
                     del shared.in_flight[run_id]
 
-    async def _slot_for(self, table: SlotTable, run_id: str) -> int | None:
-        held = table.held.get(run_id)
+    async def _slot_for(self, table: SlotTable, holder: Holder,
+                        agent: AgentKey | None) -> int | None:
+        if agent is not None:
+            table.keys[holder] = AgentKey(agent.workload, agent.agent, agent.run)
+        held = table.held.get(holder)
         if held is not None:
-            return held if not table.busy[held] else await self._spare_slot(table, run_id)
-        slot = await self._spare_slot(table, run_id)
+            return held if not table.busy[held] else await self._spare_slot(table, holder)
+        slot = await self._spare_slot(table, holder)
         if slot is None:
             return None
-        table.held[run_id] = slot
-        if run_id in table.saved:
-            await self._restore(table, run_id, slot)
+        table.held[holder] = slot
+        if holder in table.saved:
+            await self._restore(table, holder, slot, "the holder came back to its saved slot")
         return slot
 
-    async def _spare_slot(self, table: SlotTable, for_run: str) -> int | None:
-        """A free slot, or one lent by the run idle longest; None if every slot is busy."""
+    async def _spare_slot(self, table: SlotTable, for_holder: Holder) -> int | None:
+        """A free slot, or one the agent layer takes from an idle holder; None if every
+        slot is busy."""
         if table.free:
             return table.free.pop(0)
-        victim = table.idle_holder()
+        victim = table.idle_holder(self.agents)
         if victim is None:
             return None
         slot = table.held.pop(victim)
         action = await self._vacate(table, victim, slot)
-        self._log(victim, "lend", f"run {for_run} needed a slot and none was free", action,
-                  table.name)
+        self._log(victim[0], "lend", f"{_name(for_holder)} needed a slot and none was free",
+                  action, table.name)
         return slot
 
-    async def _vacate(self, table: SlotTable, run_id: str, slot: int) -> str:
-        """Free the slot of idle ``run_id`` for another run. Its context is saved where the
-        engine can save, and restored when the run comes back; elsewhere the slot is handed
-        over as it is, not erased: the next prompt reuses whatever prefix it shares."""
+    async def _vacate(self, table: SlotTable, holder: Holder, slot: int) -> str:
+        """Free the slot of idle ``holder`` for another. Its context is saved where the
+        engine can save, and restored when the holder comes back; elsewhere the slot is
+        handed over as it is, not erased: the next prompt reuses whatever prefix it shares."""
         control = table.control
         if table.can_save and hasattr(control, "save"):
-            filename = _slot_file(run_id)
+            filename = _slot_file(holder)
             try:
                 saved = await control.save(slot, filename)
             except OrlaError as exc:
                 table.can_save = False  # no slot folder, or none that works: not tried again
                 return f"hand over slot {slot} unsaved (save failed: {exc})"
-            table.saved[run_id] = filename
+            table.saved[holder] = filename
+            self._observe("slot_saved", table, holder, slot=slot, tokens=saved)
             return f"save slot {slot} to {filename} ({saved} tokens)"
         return f"hand over slot {slot} unsaved (this engine cannot save slots)"
 
-    async def _restore(self, table: SlotTable, run_id: str, slot: int) -> None:
-        filename = table.saved.pop(run_id)
+    async def _restore(self, table: SlotTable, holder: Holder, slot: int, why: str) -> None:
+        filename = table.saved.pop(holder)
         control = table.control
         assert hasattr(control, "restore")
         try:
             restored = await control.restore(slot, filename)
             action = f"restore slot {slot} from {filename} ({restored} tokens)"
+            self._observe("slot_restored", table, holder, slot=slot, tokens=restored)
         except OrlaError as exc:
             action = f"restore failed, the context is recomputed: {exc}"
-        self._log(run_id, "restore", "the run came back to its saved slot", action, table.name)
+        self._log(holder[0], "restore", why, action, table.name)
+
+    async def prefetch(self, backend: str, key: AgentKey) -> None:
+        """After ``key``'s call: restore the saved contexts of the agents the layer
+        predicts next in the run into slots that are free, so that their calls find them."""
+        table = self.tables.get(backend)
+        if table is None or not table.free:
+            return
+        for agent in self.agents.prefetch(key):
+            holder = (key.run, agent)
+            if holder in table.saved and holder not in table.held and table.free:
+                slot = table.free.pop(0)
+                table.held[holder] = slot
+                table.last_used[holder] = table.events
+                await self._restore(table, holder, slot, f"prefetch: {agent} predicted next")
+
+    def _observe(self, kind: str, table: SlotTable, holder: Holder, **data: object) -> None:
+        key = table.keys.get(holder) or AgentKey("", holder[1], holder[0])
+        self.agents.observe(AgentEvent(kind, key, table.name, dict(data)))  # type: ignore[arg-type]
 
     def keeps(self, run_id: str, backend: str) -> bool:
         """Whether the run kept a context on ``backend`` after an earlier stage."""
@@ -202,7 +257,7 @@ class MemoryManager:
         if choice.decision == "deferred":
             return choice, "none: decided at the end of the run"
         self.kept.discard(key)
-        return choice, await self._flush(event.run_id, event.backend)
+        return choice, await self._flush(event.run_id, event.backend, event.agent)
 
     async def stage_done(self, run_id: str, node: Node, record: StageRecord, *,
                          hinted: bool) -> CacheLogEntry | None:
@@ -218,7 +273,8 @@ class MemoryManager:
             run_id=run_id, node=node.id, stage=record.stage, backend=backend,
             decision=cache.decision, reason=cache.reason, hinted=hinted,
             prompt_tokens=first.prompt_tokens, cached_tokens=first.cached_tokens,
-            kept_before=self.keeps(run_id, backend), slot=record.calls[-1].slot)
+            kept_before=self.keeps(run_id, backend), slot=record.calls[-1].slot,
+            agent=record.agent)
         choice, record.cache_action = await self.after_stage(event)
         return {"node": node.id, "item": record.item, "backend": backend,
                 "decision": choice.decision, "reason": choice.reason,
@@ -227,7 +283,7 @@ class MemoryManager:
     async def _keep(self, event: CacheEvent) -> str:
         table, shared = self.tables.get(event.backend), self.shared.get(event.backend)
         if table is not None:
-            slot = table.held.get(event.run_id)
+            slot = table.held.get((event.run_id, event.agent))
             if slot is None:
                 return "keep (no slot held)"
             if event.slot is not None and event.slot != slot:
@@ -239,10 +295,10 @@ class MemoryManager:
             return await self._relieve_pressure(event.backend, shared) or "keep"
         return "keep"
 
-    async def _flush(self, run_id: str, backend: str) -> str:
+    async def _flush(self, run_id: str, backend: str, agent: str = "") -> str:
         table, shared = self.tables.get(backend), self.shared.get(backend)
         if table is not None:
-            return await self._release(table, run_id)
+            return await self._release(table, (run_id, agent))
         if shared is not None:
             shared.keeping.discard(run_id)
             if _any_other(shared.keeping, run_id) or _any_other(shared.in_flight, run_id):
@@ -277,15 +333,16 @@ class MemoryManager:
         cache is given up."""
         entries = []
         for backend, table in self.tables.items():
-            slot = table.held.get(run_id)
-            if slot is None or table.busy[slot]:
-                continue
-            del table.held[run_id]
-            try:
-                action = await self._vacate(table, run_id, slot)
-            finally:
-                table.free.append(slot)
-            entries.append(_entry(backend, "suspend", "the run waits for input", action))
+            for holder in table.of_run(run_id):
+                slot = table.held.get(holder)
+                if slot is None or table.busy[slot]:
+                    continue
+                del table.held[holder]
+                try:
+                    action = await self._vacate(table, holder, slot)
+                finally:
+                    table.free.append(slot)
+                entries.append(_entry(backend, "suspend", "the run waits for input", action))
         for backend, shared in self.shared.items():
             if run_id in shared.keeping:
                 self.kept.discard((run_id, backend))
@@ -298,13 +355,15 @@ class MemoryManager:
         """Drop everything the run still holds: slots, saved slots, kept contexts."""
         entries = []
         for backend, table in self.tables.items():
-            table.last_used.pop(run_id, None)
-            if table.saved.pop(run_id, None) is not None:
-                entries.append(_entry(backend, "flush", "end of workflow",
-                                      "drop the saved slot"))
-            if run_id in table.held:
-                entries.append(_entry(backend, "flush", "end of workflow",
-                                      await self._release(table, run_id)))
+            for holder in table.of_run(run_id):
+                table.last_used.pop(holder, None)
+                table.keys.pop(holder, None)
+                if table.saved.pop(holder, None) is not None:
+                    entries.append(_entry(backend, "flush", "end of workflow",
+                                          "drop the saved slot"))
+                if holder in table.held:
+                    entries.append(_entry(backend, "flush", "end of workflow",
+                                          await self._release(table, holder)))
         for backend, shared in self.shared.items():
             if run_id in shared.keeping:
                 entries.append(_entry(backend, "flush", "end of workflow",
@@ -314,8 +373,8 @@ class MemoryManager:
             self.kept.discard((run_id, backend))
         return entries
 
-    async def _release(self, table: SlotTable, run_id: str) -> str:
-        slot = table.held.pop(run_id, None)
+    async def _release(self, table: SlotTable, holder: Holder) -> str:
+        slot = table.held.pop(holder, None)
         if slot is None:
             return "none: no slot held"
         try:
@@ -329,11 +388,18 @@ class MemoryManager:
         self._logs.setdefault(run_id, []).append(_entry(backend, decision, reason, action))
 
 
-def _slot_file(run_id: str) -> str:
-    """A file name for the run's saved slot that llama.cpp accepts (letters, digits, dot,
-    dash, underscore), unique per run even where the run id had other characters."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:64]
-    return f"orla-{safe}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}-slot.bin"
+def _slot_file(holder: Holder) -> str:
+    """A file name for the holder's saved slot that llama.cpp accepts (letters, digits,
+    dot, dash, underscore), unique per holder even where its names had other characters."""
+    run_id, agent = holder
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{run_id}-{agent}" if agent else run_id)[:64]
+    digest = hashlib.sha1(f"{run_id}\x00{agent}".encode() if agent else run_id.encode())
+    return f"orla-{safe}-{digest.hexdigest()[:8]}-slot.bin"
+
+
+def _name(holder: Holder) -> str:
+    run_id, agent = holder
+    return f"agent {agent} of run {run_id}" if agent else f"run {run_id}"
 
 
 def _any_other(runs: Iterable[str], run_id: str) -> bool:

@@ -7,6 +7,12 @@ it, registers its cache controls with the memory manager and makes its calls.
 ``clients`` supplies ready-made ``Backend`` objects by name (a test double, an engine
 built elsewhere).
 
+The pool is where the agent layer meets the engines: each call is observed (queued,
+started, finished with its tokens) under its agent key, the layer's policies choose the
+slot to lend, and after a call the contexts of the agents predicted next are warmed: a
+saved llama.cpp slot restored into a free slot, or on a shared prefix cache (vLLM,
+SGLang, the simulator) a warm-up request of one token with that agent's last prompt.
+
 The pool also owns the threads that plain ``def`` stage bodies and tools run in, one
 pool of each: a body waits in its thread for its model calls, and a tool it calls must
 never queue behind such waiting bodies.
@@ -22,6 +28,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from orla_sdk.agents import AgentEvent, AgentKey, AgentLayer, AgentPolicy, policies_from
+from orla_sdk.agents.baselines import LeastRecentlyUsed
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
 from orla_sdk.backends.connect import Connection, Connector
 from orla_sdk.errors import BackendError
@@ -57,7 +65,7 @@ class BackendPool:
     def __init__(self, specs: Sequence[BackendSpec], *, slots: int = 4,
                  timeout: float = 120.0, memory_policies: Sequence[MemoryPolicy] = (),
                  clients: Mapping[str, Backend] | None = None, body_threads: int = 64,
-                 tool_threads: int = 8) -> None:
+                 tool_threads: int = 8, policies: Sequence[AgentPolicy | str] = ()) -> None:
         self.specs = list(specs)
         self.slots = slots
         self.timeout = timeout
@@ -65,7 +73,10 @@ class BackendPool:
         self.clients = self.connector.clients
         self.backends: dict[str, LiveBackend] = {}
         self.connections: dict[str, Connection] = {}
-        self.memory = MemoryManager(memory_policies)
+        self.agents = AgentLayer(policies_from(policies) or [LeastRecentlyUsed()])
+        self.memory = MemoryManager(memory_policies, agents=self.agents)
+        self._last_requests: dict[tuple[str, str, str], ChatRequest] = {}  # for warm-ups
+        self._warmups: set[asyncio.Task[Any]] = set()
         self.started = False
         self.body_threads, self.tool_threads = body_threads, tool_threads
         self.body_executor, self.tool_executor = self._executors()
@@ -98,10 +109,24 @@ class BackendPool:
             spec.name, spec.scheduling, connection.limit))
 
     async def call(self, backend: str, request: ChatRequest, *, run_id: str, stage: str = "",
-                   priority: int = 50, critical_path: int = 0) -> Served:
-        """One model call of ``run_id``: a turn in the backend's queue, the run's cache slot
-        pinned, the engine called. Transient failures are tried again after a backoff,
-        unless text has already streamed to ``request.on_token``."""
+                   priority: int = 50, critical_path: int = 0, own_slot: bool = False) -> Served:
+        """One model call of ``run_id``: a turn in the backend's queue, the run's (or with
+        ``own_slot``, its agent's) cache slot pinned, the engine called. Transient failures
+        are tried again after a backoff, unless text has already streamed to
+        ``request.on_token``."""
+        agent = request.agent or AgentKey("", stage, run_id)
+        self._observe("call_queued", agent, backend)
+        served = await self._call(backend, request, run_id, stage, priority, critical_path,
+                                  own_slot)
+        result = served.result
+        self._observe("call_finished", agent, backend, prompt_tokens=result.prompt_tokens,
+                      cached_tokens=result.cached_tokens, ttft_s=result.ttft_s,
+                      completion_tokens=result.completion_tokens, slot=served.slot)
+        await self._prefetch(backend, agent, request)
+        return served
+
+    async def _call(self, backend: str, request: ChatRequest, run_id: str, stage: str,
+                    priority: int, critical_path: int, own_slot: bool) -> Served:
         live = self[backend]
         length = sum(len(str(m.get("content") or "")) for m in request.messages
                      if isinstance(m, dict))
@@ -117,7 +142,10 @@ class BackendPool:
             try:
                 async with (live.queue.turn(priority, critical_path, stage=stage,
                                             run_id=run_id, prompt_length=length) as waited,
-                            self.memory.pin(run_id, backend) as slot):
+                            self.memory.pin(run_id, backend, request.agent,
+                                            own_slot=own_slot) as slot):
+                    if request.agent is not None and attempt == 0:
+                        self._observe("call_started", request.agent, backend, slot=slot)
                     result = await live.client.chat(replace(
                         request, slot=slot, on_token=on_token if sink else None))
                 return Served(result, waited, slot)
@@ -127,6 +155,41 @@ class BackendPool:
             await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
         raise AssertionError("unreachable")
 
+    def _observe(self, kind: str, key: AgentKey, backend: str, **data: Any) -> None:
+        self.agents.observe(AgentEvent(kind, key, backend, data))  # type: ignore[arg-type]
+
+    async def _prefetch(self, backend: str, key: AgentKey, request: ChatRequest) -> None:
+        """Warm the contexts of the agents the layer predicts after ``key``'s call."""
+        if not key.known or not self.agents:
+            return
+        self._last_requests[(backend, key.run, key.agent)] = request
+        if backend in self.memory.tables:
+            await self.memory.prefetch(backend, key)
+            return
+        if backend not in self.memory.shared:
+            return
+        for agent in self.agents.prefetch(key):
+            last = self._last_requests.get((backend, key.run, agent))
+            if last is not None:
+                self._warm(backend, last)
+
+    def _warm(self, backend: str, last: ChatRequest) -> None:
+        """A warm-up of one token with ``last``'s prompt, in the background, never
+        counted as the agent's turn; its failure only costs the prefetch."""
+        warmup = replace(last, params={**last.params, "max_tokens": 1, "stream": False},
+                         on_token=None, json_schema=None, tools=[])
+        assert last.agent is not None
+        self._observe("prefetch", last.agent, backend, warmup=True)
+        task = asyncio.ensure_future(self[backend].client.chat(warmup))
+        self._warmups.add(task)
+        task.add_done_callback(_forget_warmup(self._warmups))
+
+    def end_run(self, run_id: str) -> None:
+        """Forget what the agent layer kept of a finished run."""
+        for key in [k for k in self._last_requests if k[1] == run_id]:
+            del self._last_requests[key]
+        self._observe("turn", AgentKey("", "", run_id), "", ended=True)
+
     def __getitem__(self, name: str) -> LiveBackend:
         try:
             return self.backends[name]
@@ -135,6 +198,8 @@ class BackendPool:
                                "orla.compile(backends=...)", retryable=False) from None
 
     async def aclose(self) -> None:
+        for task in list(self._warmups):
+            task.cancel()
         for live in self.backends.values():
             await live.client.aclose()
         for connection in self.connections.values():
@@ -153,6 +218,14 @@ class BackendPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _forget_warmup(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def forget(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed warm-up is not an error of anyone's run
+    return forget
 
 
 async def in_thread(executor: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -45,6 +45,7 @@ class StageRecord:
     node: str
     stage: str
     status: StageStatus = "done"
+    agent: str = ""  # the declared agent that made its calls ("": the stage itself)
     item: int | None = None  # the item's index, for stages inside a map
     calls: list[CallRecord] = field(default_factory=list)
     duration_s: float = 0.0

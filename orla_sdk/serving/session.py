@@ -200,6 +200,7 @@ class ServingSession:
             with self._lock:
                 self._runs.pop(run_id, None)
             entries += await memory.end_run(run_id)
+            self.pool.end_run(run_id)
         return entries
 
 

@@ -7,8 +7,9 @@ import hashlib
 import itertools
 import json
 from collections import OrderedDict
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass
@@ -16,6 +17,53 @@ class _Block:
     refs: int
     slot: int | None
     computed: bool  # False until the step that prefills it ends
+    owner: Hashable = None  # the agent whose request last used it (None: unknown)
+
+
+class IdleOrder(Protocol):
+    """The order unreferenced cached blocks are evicted in (``LruOrder`` by default; the
+    agent layer's ``ScoredOrder`` for CacheSage and its baselines)."""
+
+    def add(self, key: bytes, owner: Hashable) -> None:
+        """``key`` is unreferenced now; it is the most recent."""
+
+    def remove(self, key: bytes) -> None:
+        """``key`` is referenced again or dropped."""
+
+    def victim(self) -> bytes:
+        """The next block to evict."""
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+
+class LruOrder:
+    """Least recently used first (vLLM's free-block queue)."""
+
+    def __init__(self) -> None:
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
+
+    def add(self, key: bytes, owner: Hashable) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+
+    def remove(self, key: bytes) -> None:
+        self._keys.pop(key, None)
+
+    def victim(self) -> bytes:
+        return next(iter(self._keys))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._keys)
 
 
 class PrefixCache:
@@ -24,15 +72,17 @@ class PrefixCache:
     A full block is keyed by a hash chain over the tokens up to and including it (vLLM's
     prefix caching), so equal keys mean equal prefixes. Blocks of running requests are
     referenced; a finished request's blocks stay cached, unreferenced, until evicted least
-    recently used first. Requests pinned to a slot key their blocks under that slot, so a
-    slot sees only its own prefixes (llama.cpp's slots) and can be erased on its own.
+    recently used first, or in the order ``idle_order`` gives. Requests pinned to a slot
+    key their blocks under that slot, so a slot sees only its own prefixes (llama.cpp's
+    slots) and can be erased on its own.
     """
 
-    def __init__(self, capacity_tokens: int, block_tokens: int) -> None:
+    def __init__(self, capacity_tokens: int, block_tokens: int,
+                 idle_order: IdleOrder | None = None) -> None:
         self.block_tokens = block_tokens
         self.capacity = capacity_tokens // block_tokens
         self._blocks: dict[bytes, _Block] = {}
-        self._idle: OrderedDict[bytes, None] = OrderedDict()  # unreferenced, oldest first
+        self._idle: IdleOrder = LruOrder() if idle_order is None else idle_order
         self._private = 0  # blocks of running requests that hold no full, keyed block
         self._by_slot: dict[int, set[bytes]] = {}  # slot -> keys of its blocks
 
@@ -61,7 +111,8 @@ class PrefixCache:
         for key in keys:
             self._blocks[key].computed = True
 
-    def acquire(self, keys: list[bytes], blocks: int, slot: int | None) -> bool:
+    def acquire(self, keys: list[bytes], blocks: int, slot: int | None,
+                owner: Hashable = None) -> bool:
         """Reference the prompt's blocks and reserve ``blocks`` in all; False if they do not
         fit even after evicting every unreferenced block."""
         missing = sum(key not in self._blocks for key in keys)
@@ -71,22 +122,22 @@ class PrefixCache:
             return False
         for key in keys:
             if key in self._blocks:
-                self._reference(key)
+                self._reference(key, owner)
         self._make_room(needed)
         for key in keys:
             if key not in self._blocks:
-                self._add(key, _Block(refs=1, slot=slot, computed=False))
+                self._add(key, _Block(refs=1, slot=slot, computed=False, owner=owner))
         self._private += blocks - len(keys)
         return True
 
     def release(self, keys: list[bytes], sequence_keys: list[bytes], blocks: int,
-                slot: int | None) -> None:
+                slot: int | None, owner: Hashable = None) -> None:
         """Give back a request's blocks; the full blocks of its reply join the cache."""
         private = blocks - len(keys)
         held = list(keys)
         for key in sequence_keys[len(keys):]:
             if private and key not in self._blocks:
-                self._add(key, _Block(refs=1, slot=slot, computed=True))
+                self._add(key, _Block(refs=1, slot=slot, computed=True, owner=owner))
                 held.append(key)
                 private -= 1
                 self._private -= 1
@@ -95,11 +146,11 @@ class PrefixCache:
             block = self._blocks[key]
             block.refs -= 1
             if block.refs == 0:
-                self._idle[key] = None
+                self._idle.add(key, block.owner)
 
     def drop_idle(self, slot: int | None = None, everything: bool = True) -> int:
         """Drop unreferenced blocks (all, or those of ``slot``); returns tokens dropped."""
-        doomed = [key for key in (self._idle if everything else self._slot_keys(slot))
+        doomed = [key for key in (list(self._idle) if everything else self._slot_keys(slot))
                   if key in self._idle]
         for key in doomed:
             self._drop(key)
@@ -113,7 +164,7 @@ class PrefixCache:
         for key in doomed:
             self._drop(key)
 
-    def insert_idle(self, keys: list[bytes], slot: int) -> int:
+    def insert_idle(self, keys: list[bytes], slot: int | None, owner: Hashable = None) -> int:
         """Cache blocks computed elsewhere (a restored slot file), unreferenced and most
         recently used, the deepest first to go; stops where no room is left. Returns the
         blocks now cached."""
@@ -123,12 +174,13 @@ class PrefixCache:
                 if self.free() < 1 and not self._idle:
                     break
                 self._make_room(1)
-                self._add(key, _Block(refs=0, slot=slot, computed=True))
-                self._idle[key] = None
+                self._add(key, _Block(refs=0, slot=slot, computed=True, owner=owner))
+                self._idle.add(key, owner)
             inserted.append(key)
         for key in reversed(inserted):
             if key in self._idle:
-                self._idle.move_to_end(key)
+                self._idle.remove(key)
+                self._idle.add(key, self._blocks[key].owner)
         return len(inserted)
 
     def free(self) -> int:
@@ -147,7 +199,7 @@ class PrefixCache:
 
     def _drop(self, key: bytes) -> None:
         """Forget an unreferenced block."""
-        del self._idle[key]
+        self._idle.remove(key)
         block = self._blocks.pop(key)
         if block.slot is not None:
             self._by_slot[block.slot].discard(key)
@@ -155,13 +207,16 @@ class PrefixCache:
     def _slot_keys(self, slot: int | None) -> set[bytes]:
         return self._by_slot.get(slot, set()) if slot is not None else set()
 
-    def _reference(self, key: bytes) -> None:
-        self._blocks[key].refs += 1
-        self._idle.pop(key, None)
+    def _reference(self, key: bytes, owner: Hashable) -> None:
+        block = self._blocks[key]
+        block.refs += 1
+        if owner is not None:
+            block.owner = owner
+        self._idle.remove(key)
 
     def _make_room(self, blocks: int) -> None:
         while self.free() < blocks:
-            self._drop(next(iter(self._idle)))
+            self._drop(self._idle.victim())
 
 
 SLOT_SIMILARITY = 0.1  # llama.cpp's --slot-prompt-similarity default

@@ -16,9 +16,12 @@ import asyncio
 import heapq
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from orla_sdk.agents import AgentEvent, AgentKey, AgentLayer, AgentPolicy, fingerprint
+from orla_sdk.agents.blocks import ScoredOrder
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.declare import simulator
 from orla_sdk.backends.sim.cache import PrefixCache, SlotAssigner
@@ -41,6 +44,7 @@ class SimCall:
     arrival: float
     first_token: asyncio.Future[None]
     done: asyncio.Future[ChatResult]
+    owner: AgentKey
     blocks: int = 0
     slot: int | None = None  # the slot it runs in: the one it named, or one assigned to it
     content_keys: list[bytes] = field(default_factory=list)  # its prompt's slot-free keys
@@ -81,12 +85,19 @@ class SimEngine:
     With ``assign_slots`` it imitates llama.cpp's server: ``max_batch`` slots, each
     holding one sequence, and a request that names no slot is given one as llama.cpp
     gives it (``SlotAssigner``); without, such requests share one cache, as on vLLM.
+
+    With ``agent_policies`` the prefix cache evicts in the order the agent layer scores
+    (CacheSage and its baselines, as the CacheSage authors' engine patch does): each
+    request's blocks belong to its agent (``ChatRequest.agent``, else a fingerprint of its
+    prompt), and each request that is not a warm-up (``max_tokens`` <= 1) is an agent's
+    turn the policies observe.
     """
 
     def __init__(self, profile: str | SimProfile = "qwen3-8b", *, name: str = "sim",
                  seed: int = 0, clock: Literal["virtual", "real"] | SimClock = "virtual",
                  capacity_tokens: int | None = None, block_tokens: int = 16,
-                 max_batch: int | None = None, assign_slots: bool = False) -> None:
+                 max_batch: int | None = None, assign_slots: bool = False,
+                 agent_policies: Sequence[AgentPolicy] = ()) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.seed = seed
         self.clock: SimClock = (VirtualClock() if clock == "virtual" else
@@ -95,7 +106,9 @@ class SimEngine:
                               clock="virtual" if isinstance(self.clock, VirtualClock) else "real")
         self.max_batch = max_batch or self.profile.max_batch
         self.max_step_tokens: float = self.profile.max_step_tokens or math.inf
-        self.cache = PrefixCache(capacity_tokens or self.profile.capacity_tokens, block_tokens)
+        self.agents = AgentLayer(agent_policies)
+        self.cache = PrefixCache(capacity_tokens or self.profile.capacity_tokens, block_tokens,
+                                 ScoredOrder(self.agents) if self.agents else None)
         # llama.cpp: each of max_batch slots keeps its own prefixes, and a request without
         # a slot is given one; otherwise such requests share one cache, as on vLLM
         self.assigner = SlotAssigner(self.max_batch, block_tokens) if assign_slots else None
@@ -131,11 +144,22 @@ class SimEngine:
                                retryable=False)
         call = SimCall(request, prompt, self.cache.keys(prompt, request.slot), reply,
                        next(self._orders), self.clock.now(), loop.create_future(),
-                       loop.create_future(), blocks, slot=request.slot)
+                       loop.create_future(), self._owner(request), blocks, slot=request.slot)
+        if self.agents:
+            step = request.agent.step if request.agent is not None else 0
+            self.agents.observe(AgentEvent("call_started", call.owner.at_step(step),
+                                           self.spec.name, {"warmup": _is_warmup(request)}))
         heapq.heappush(self._waiting, (-(request.priority or 0), call.order, call))
         if self._serving is None or self._serving.done():
             self._serving = loop.create_task(self._serve())
         return call
+
+    def _owner(self, request: ChatRequest) -> AgentKey:
+        """The agent whose blocks the request's are: the declared one, else a fingerprint."""
+        key = request.agent
+        if key is not None and key.known:
+            return AgentKey(key.workload, key.agent, key.run)
+        return AgentKey(self.spec.name, fingerprint(request.messages))
 
     async def _serve(self) -> None:
         try:
@@ -187,7 +211,7 @@ class SimEngine:
         hits = self.cache.cached_prefix(call.keys)
         # at least one prompt token is computed, to produce the first token's logits
         hits = min(hits, (len(call.prompt) - 1) // self.cache.block_tokens)
-        if not self.cache.acquire(call.keys, call.blocks, call.slot):
+        if not self.cache.acquire(call.keys, call.blocks, call.slot, call.owner):
             return False
         call.cached_tokens = hits * self.cache.block_tokens
         call.prefill_left = len(call.prompt) - call.cached_tokens
@@ -238,7 +262,8 @@ class SimEngine:
             self.cache.release(call.keys, call.keys, call.blocks, slot)
             return
         tokens = call.prompt + call.reply.tokens
-        self.cache.release(call.keys, self.cache.keys(tokens, slot), call.blocks, slot)
+        self.cache.release(call.keys, self.cache.keys(tokens, slot), call.blocks, slot,
+                           call.owner)
         if slot is not None:
             self._hold(slot, tokens)
         call.finished_at = now
@@ -342,3 +367,9 @@ class SimEngine:
 
     async def health(self) -> bool:
         return True
+
+
+def _is_warmup(request: ChatRequest) -> bool:
+    """A prefetcher's warm-up: at most one token asked for."""
+    limit = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
+    return limit is not None and int(limit) <= 1

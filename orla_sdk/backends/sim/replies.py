@@ -41,6 +41,8 @@ def plan_reply(request: ChatRequest, prompt: list[str], seed: int, median: int) 
         text = json.dumps(fake_json(request.json_schema, rng))
     else:
         length = max(1, round(rng.lognormvariate(math.log(median), 0.6)))
+        if cap is not None and request.params.get("ignore_eos"):  # vLLM's: exactly the cap
+            length = cap
         text = filler(rng, length if cap is None else min(length, cap + 1))
     tokens = tokenize(text)
     if cap is not None and len(tokens) > cap:

@@ -1,0 +1,35 @@
+"""What the agent layer observes, from both seams (orla's runtime and the engines),
+each event tagged with the agent it concerns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orla_sdk.agents.identity import AgentKey
+
+AgentEventKind = Literal[
+    "call_queued", "call_started", "first_token", "call_finished",  # model calls
+    "tool_started", "tool_ended",                                    # tools
+    "turn",                                                          # an agent takes a turn
+    "kv_usage", "slot_saved", "slot_restored", "slot_erased",       # engine state
+    "prefetch",                                                      # a warm-up was sent
+]
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    """``kind`` happened to ``key``'s agent on ``backend``. ``data`` carries what the kind
+    has: ``prompt_tokens``, ``cached_tokens``, ``completion_tokens``, ``ttft_s`` for a
+    finished call; ``tool``, ``duration_s`` for a tool; ``slot``, ``tokens`` for slot
+    actions; ``usage`` for KV usage. A warm-up request (``warmup=True``) is never an
+    agent's turn."""
+
+    kind: AgentEventKind
+    key: AgentKey
+    backend: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def warmup(self) -> bool:
+        return bool(self.data.get("warmup"))

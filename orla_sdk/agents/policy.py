@@ -1,0 +1,122 @@
+"""The policy protocol of the agent layer, and the layer that runs policies.
+
+A policy is a small class that implements the primitives it needs:
+
+- ``observe(event)``: every ``AgentEvent`` from both seams;
+- ``keep_scores(candidates)``: at an eviction decision, a score for each cached context
+  (higher is kept longer); ``None`` leaves the decision to the next policy;
+- ``predict_next(key)``: the next agent of ``key.run``, as probabilities;
+- ``prefetch(key)``: after ``key``'s call, the agents whose contexts to warm now.
+
+The backends act on the answers with what each engine really supports (``docs/agents.md``).
+``AgentLayer`` asks its policies in order; a policy that raises is switched off with a
+warning and the run goes on with the others, then with least-recently-used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from orla_sdk.agents.events import AgentEvent
+from orla_sdk.agents.identity import AgentKey
+
+log = logging.getLogger("orla_sdk.agents")
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Cached:
+    """A cached context at an eviction decision: the agent it belongs to (``None``: an
+    unknown one), the cache events since it was last used, and what to act on."""
+
+    key: AgentKey | None
+    age: int
+    ref: Hashable = None
+
+
+class AgentPolicy:
+    """Implements no primitive; subclasses implement those they need."""
+
+    name = "policy"
+
+    def observe(self, event: AgentEvent) -> None:
+        return None
+
+    def keep_scores(self, candidates: Sequence[Cached]) -> Sequence[float] | None:
+        return None
+
+    def predict_next(self, key: AgentKey) -> dict[str, float]:
+        return {}
+
+    def prefetch(self, key: AgentKey) -> list[str]:
+        return []
+
+
+class AgentLayer:
+    """Policies in order of precedence, with the failures of each kept apart."""
+
+    def __init__(self, policies: Sequence[AgentPolicy] = ()) -> None:
+        self.policies = list(policies)
+        self.disabled: dict[str, str] = {}  # policy name -> why it was switched off
+
+    def observe(self, event: AgentEvent) -> None:
+        for policy in list(self.policies):
+            self._guarded(policy, policy.observe, event)
+
+    def victim(self, candidates: Sequence[Cached]) -> Cached:
+        """The context to evict: lowest score of the first policy that scores, the oldest
+        among equal scores; the oldest of all where no policy scores."""
+        if not candidates:
+            raise ValueError("no cached context to choose a victim from")
+        scores = self.keep_scores(candidates)
+        if scores is None:
+            return max(candidates, key=lambda c: c.age)
+        best = min(range(len(candidates)), key=lambda i: (scores[i], -candidates[i].age))
+        return candidates[best]
+
+    def keep_scores(self, candidates: Sequence[Cached]) -> Sequence[float] | None:
+        for policy in list(self.policies):
+            scores = self._guarded(policy, policy.keep_scores, candidates)
+            if scores is not None:
+                if len(scores) != len(candidates):
+                    self._disable(policy, f"scored {len(scores)} of {len(candidates)} "
+                                  "candidates")
+                    continue
+                return scores
+        return None
+
+    def predict_next(self, key: AgentKey) -> dict[str, float]:
+        for policy in list(self.policies):
+            prediction = self._guarded(policy, policy.predict_next, key)
+            if prediction:
+                return dict(prediction)
+        return {}
+
+    def prefetch(self, key: AgentKey) -> list[str]:
+        wanted: list[str] = []
+        for policy in list(self.policies):
+            for agent in self._guarded(policy, policy.prefetch, key) or []:
+                if agent not in wanted:
+                    wanted.append(agent)
+        return wanted
+
+    def _guarded(self, policy: AgentPolicy, method: Callable[[A], R], argument: A) -> R | None:
+        try:
+            return method(argument)
+        except Exception as exc:
+            self._disable(policy, f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _disable(self, policy: AgentPolicy, why: str) -> None:
+        if policy in self.policies:
+            self.policies.remove(policy)
+            self.disabled[policy.name] = why
+            log.warning("agent policy %r raised and is switched off (%s); the run goes on "
+                        "without it", policy.name, why)
+
+    def __bool__(self) -> bool:
+        return bool(self.policies)
