@@ -80,7 +80,7 @@ class AgentLayer:
 
     def keep_scores(self, candidates: Sequence[Cached]) -> Sequence[float] | None:
         for policy in list(self.policies):
-            scores = self._guarded(policy, policy.keep_scores, candidates)
+            scores = self._guarded(policy, _listed_scores(policy), candidates)
             if scores is not None:
                 if len(scores) != len(candidates):
                     self._disable(policy, f"scored {len(scores)} of {len(candidates)} "
@@ -120,3 +120,11 @@ class AgentLayer:
 
     def __bool__(self) -> bool:
         return bool(self.policies)
+
+
+def _listed_scores(policy: AgentPolicy) -> Callable[[Sequence[Cached]], list[float] | None]:
+    """``policy.keep_scores`` as a list, so that a malformed answer fails in the guard."""
+    def scores(candidates: Sequence[Cached]) -> list[float] | None:
+        answer = policy.keep_scores(candidates)
+        return None if answer is None else [float(score) for score in answer]
+    return scores

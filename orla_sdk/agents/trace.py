@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from orla_sdk.errors import OrlaError
 
@@ -106,7 +106,7 @@ def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _open(path: str | Path, mode: str) -> TextIO:
+def _open(path: str | Path, mode: Literal["r", "w"]) -> TextIO:
     if str(path).endswith(".gz"):
         return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
     return open(path, mode, encoding="utf-8")

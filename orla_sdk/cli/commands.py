@@ -305,7 +305,8 @@ def serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("ORLA_PROXY_TOKEN") or None
     specs, mapping = serve_config(args)
     proxy = ProxyServer(specs, mapping, host=args.host, port=args.port, token=token,
-                        max_body=args.max_body, workflow_idle_s=args.workflow_idle_s)
+                        max_body=args.max_body, workflow_idle_s=args.workflow_idle_s,
+                        policies=args.policy)
     try:
         url = proxy.start()
     except OSError as exc:
@@ -346,6 +347,9 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
                      help="what the --light/--heavy/--backend URLs are (default: %(default)s)")
     cmd.add_argument("--map", action="append", default=[], metavar="NAME=BACKEND/MODEL",
                      help="serve logical model NAME on BACKEND's MODEL (repeatable)")
+    cmd.add_argument("--policy", action="append", default=[], metavar="NAME",
+                     help="an agent policy: cachesage, lru or module:Class (repeatable, in "
+                     "order of precedence; default: lru)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,6 @@ class CacheEvent:
     cached_tokens: int    # of those, found in the engine's cache
     kept_before: bool     # the run already kept a context on this backend
     slot: int | None = None  # the slot the stage's last call ran on, where slots exist
-    agent: str = ""       # the declared agent whose slot it is ("": the run's own)
 
     @property
     def new_tokens(self) -> int:

@@ -10,9 +10,12 @@ over as it is (the borrower's prompt reuses the prefix they share, a common syst
 prompt). A second stage of a run that arrives while the run's slot is busy borrows
 another slot for that one call.
 Slots are held by a run, or, for calls of a declared agent (a LangGraph node, an AutoGen
-agent, ``@stage(agent=...)``, the proxy's ``X-Orla-Agent``), by the agent within its
-run: agents with their own system prompts then keep their own contexts instead of
-evicting each other's. Between calls, the saved context of the agent the layer predicts
+agent, ``@stage(agent=...)``, the proxy's ``X-Orla-Agent``), by a context of the run: the
+call joins the run's context whose last prompt shares the most with its prompt, at least
+half of the shorter of the two (as llama.cpp picks a slot by prompt similarity), else the
+agent's own context. Agents with their own system prompts then keep their own
+slots instead of evicting each other's, while nodes that continue one conversation share
+its slot. Between calls, the saved context of the agent the layer predicts
 next is restored into an idle slot (prefetch).
 A run that waits for a person (a LangGraph interrupt) is suspended: its slots are saved
 and freed at once, and restored when it calls again.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import re
 import time
 from collections import Counter
@@ -66,11 +70,8 @@ class ResetControl(Protocol):
     async def usage(self) -> float | None: ...
 
 
-Holder = tuple[str, str]  # (run, declared agent or "")
-
-
-def holder_of(run_id: str, agent: AgentKey | None) -> Holder:
-    return (run_id, agent.agent if agent is not None and agent.known else "")
+Holder = tuple[str, str]  # (run, a context of the run, or "": the run's own slot)
+SIMILAR = 0.5  # share of the shorter prompt two prompts must have in common to be one context
 
 
 @dataclass
@@ -86,6 +87,7 @@ class SlotTable:
     busy: Counter[int] = field(default_factory=Counter)
     last_used: dict[Holder, int] = field(default_factory=dict)  # in slot events
     keys: dict[Holder, AgentKey] = field(default_factory=dict)  # whose context it is
+    prompts: dict[Holder, str] = field(default_factory=dict)  # a context's last prompt
     events: int = 0
     can_save: bool = True  # until a save fails
 
@@ -101,7 +103,19 @@ class SlotTable:
         return chosen
 
     def of_run(self, run_id: str) -> list[Holder]:
-        return [holder for holder in {*self.held, *self.saved} if holder[0] == run_id]
+        return [h for h in {*self.held, *self.saved, *self.prompts} if h[0] == run_id]
+
+    def context_for(self, run_id: str, agent: str, prompt: str) -> Holder:
+        """The run's context that ``prompt`` continues, else ``agent``'s own."""
+        best, similarity = None, 0.0
+        for holder, last in self.prompts.items():
+            if holder[0] == run_id:
+                shared = len(os.path.commonprefix([last, prompt]))
+                if shared / max(min(len(last), len(prompt)), 1) > similarity:
+                    best, similarity = holder, shared / max(min(len(last), len(prompt)), 1)
+        if best is not None and similarity >= SIMILAR:
+            return best
+        return (run_id, agent)
 
 
 @dataclass
@@ -139,12 +153,16 @@ class MemoryManager:
     # ---- requests ---------------------------------------------------------------------
     @asynccontextmanager
     async def pin(self, run_id: str, backend: str, agent: AgentKey | None = None, *,
-                  own_slot: bool = False) -> AsyncIterator[int | None]:
+                  prompt: str | None = None) -> AsyncIterator[int | None]:
         """The slot one request of ``run_id`` (made by ``agent``) is pinned to (None: no
-        slots here); with ``own_slot`` the agent holds a slot of its own within the run.
-        Call it while holding a queue turn, so that a slot that is not busy exists."""
+        slots here): the run's, or given the request's ``prompt`` text, the slot of the
+        run's context it continues. Call it while holding a queue turn, so that a slot
+        that is not busy exists."""
         table, shared = self.tables.get(backend), self.shared.get(backend)
-        holder = holder_of(run_id, agent if own_slot else None)
+        holder = (run_id, "")
+        if table is not None and prompt is not None:
+            holder = table.context_for(run_id, agent.agent if agent else "agent", prompt)
+            table.prompts[holder] = prompt
         slot = await self._slot_for(table, holder, agent) if table else None
         borrowed = table is not None and slot is not None and table.held.get(holder) != slot
         if table and slot is not None:
@@ -230,7 +248,8 @@ class MemoryManager:
         if table is None or not table.free:
             return
         for agent in self.agents.prefetch(key):
-            holder = (key.run, agent)
+            holder = next((h for h, k in table.keys.items()
+                           if h[0] == key.run and k.agent == agent), None)
             if holder in table.saved and holder not in table.held and table.free:
                 slot = table.free.pop(0)
                 table.held[holder] = slot
@@ -257,7 +276,7 @@ class MemoryManager:
         if choice.decision == "deferred":
             return choice, "none: decided at the end of the run"
         self.kept.discard(key)
-        return choice, await self._flush(event.run_id, event.backend, event.agent)
+        return choice, await self._flush(event.run_id, event.backend, event.slot)
 
     async def stage_done(self, run_id: str, node: Node, record: StageRecord, *,
                          hinted: bool) -> CacheLogEntry | None:
@@ -273,8 +292,7 @@ class MemoryManager:
             run_id=run_id, node=node.id, stage=record.stage, backend=backend,
             decision=cache.decision, reason=cache.reason, hinted=hinted,
             prompt_tokens=first.prompt_tokens, cached_tokens=first.cached_tokens,
-            kept_before=self.keeps(run_id, backend), slot=record.calls[-1].slot,
-            agent=record.agent)
+            kept_before=self.keeps(run_id, backend), slot=record.calls[-1].slot)
         choice, record.cache_action = await self.after_stage(event)
         return {"node": node.id, "item": record.item, "backend": backend,
                 "decision": choice.decision, "reason": choice.reason,
@@ -283,7 +301,7 @@ class MemoryManager:
     async def _keep(self, event: CacheEvent) -> str:
         table, shared = self.tables.get(event.backend), self.shared.get(event.backend)
         if table is not None:
-            slot = table.held.get((event.run_id, event.agent))
+            slot = table.held.get(_holder_on(table, event.run_id, event.slot))
             if slot is None:
                 return "keep (no slot held)"
             if event.slot is not None and event.slot != slot:
@@ -295,10 +313,10 @@ class MemoryManager:
             return await self._relieve_pressure(event.backend, shared) or "keep"
         return "keep"
 
-    async def _flush(self, run_id: str, backend: str, agent: str = "") -> str:
+    async def _flush(self, run_id: str, backend: str, slot: int | None = None) -> str:
         table, shared = self.tables.get(backend), self.shared.get(backend)
         if table is not None:
-            return await self._release(table, (run_id, agent))
+            return await self._release(table, _holder_on(table, run_id, slot))
         if shared is not None:
             shared.keeping.discard(run_id)
             if _any_other(shared.keeping, run_id) or _any_other(shared.in_flight, run_id):
@@ -358,6 +376,7 @@ class MemoryManager:
             for holder in table.of_run(run_id):
                 table.last_used.pop(holder, None)
                 table.keys.pop(holder, None)
+                table.prompts.pop(holder, None)
                 if table.saved.pop(holder, None) is not None:
                     entries.append(_entry(backend, "flush", "end of workflow",
                                           "drop the saved slot"))
@@ -398,8 +417,16 @@ def _slot_file(holder: Holder) -> str:
 
 
 def _name(holder: Holder) -> str:
-    run_id, agent = holder
-    return f"agent {agent} of run {run_id}" if agent else f"run {run_id}"
+    run_id, context = holder
+    return f"context {context} of run {run_id}" if context else f"run {run_id}"
+
+
+def _holder_on(table: SlotTable, run_id: str, slot: int | None) -> Holder:
+    """The holder of ``run_id`` whose slot is ``slot``; the run's own where none is."""
+    for holder, held in table.held.items():
+        if held == slot and holder[0] == run_id:
+            return holder
+    return (run_id, "")
 
 
 def _any_other(runs: Iterable[str], run_id: str) -> bool:

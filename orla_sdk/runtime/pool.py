@@ -22,13 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from orla_sdk.agents import AgentEvent, AgentKey, AgentLayer, AgentPolicy, policies_from
+from orla_sdk.agents import (
+    AgentEvent,
+    AgentKey,
+    AgentLayer,
+    AgentPolicy,
+    policies_from,
+)
 from orla_sdk.agents.baselines import LeastRecentlyUsed
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
 from orla_sdk.backends.connect import Connection, Connector
@@ -128,6 +135,7 @@ class BackendPool:
     async def _call(self, backend: str, request: ChatRequest, run_id: str, stage: str,
                     priority: int, critical_path: int, own_slot: bool) -> Served:
         live = self[backend]
+        prompt = json.dumps(request.messages, default=str) if own_slot else None
         length = sum(len(str(m.get("content") or "")) for m in request.messages
                      if isinstance(m, dict))
         sink, streamed = request.on_token, False
@@ -143,7 +151,7 @@ class BackendPool:
                 async with (live.queue.turn(priority, critical_path, stage=stage,
                                             run_id=run_id, prompt_length=length) as waited,
                             self.memory.pin(run_id, backend, request.agent,
-                                            own_slot=own_slot) as slot):
+                                            prompt=prompt) as slot):
                     if request.agent is not None and attempt == 0:
                         self._observe("call_started", request.agent, backend, slot=slot)
                     result = await live.client.chat(replace(

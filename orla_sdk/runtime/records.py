@@ -45,7 +45,6 @@ class StageRecord:
     node: str
     stage: str
     status: StageStatus = "done"
-    agent: str = ""  # the declared agent that made its calls ("": the stage itself)
     item: int | None = None  # the item's index, for stages inside a map
     calls: list[CallRecord] = field(default_factory=list)
     duration_s: float = 0.0
@@ -53,6 +52,7 @@ class StageRecord:
     routed_to: str | None = None  # the logical model a mapper picked
     rerouted_to: str | None = None  # the alternative taken because a queue was full
     error: str | None = None
+    agent: str = ""  # the declared agent that made its calls ("": the stage itself)
 
     @property
     def backend(self) -> str | None:

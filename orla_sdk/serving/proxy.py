@@ -48,6 +48,7 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from orla_sdk.agents import AgentPolicy
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
 from orla_sdk.backends.wire import Chunks, completion_json, error_json, error_status
 from orla_sdk.errors import BackendError, MissingExtra, OrlaError
@@ -174,7 +175,8 @@ class ProxyServer:
     def __init__(self, backends: Sequence[BackendSpec], mapping: Mapping[str, str | Target],
                  host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  max_body: int = 1 << 20, *, clients: Mapping[str, Backend] | None = None,
-                 slots: int = 4, workflow_idle_s: float = DEFAULT_WORKFLOW_IDLE_S) -> None:
+                 slots: int = 4, workflow_idle_s: float = DEFAULT_WORKFLOW_IDLE_S,
+                 policies: Sequence[AgentPolicy | str] = ()) -> None:
         if not token and not is_loopback(host):
             raise OrlaError(f"refusing to serve on {host} without a token: give --token or "
                             "ORLA_PROXY_TOKEN, or listen on 127.0.0.1")
@@ -186,7 +188,8 @@ class ProxyServer:
         self.plan = Plan(name="orla-proxy", backends=list(backends), mapping=dict(self.targets),
                          runnable=False)
         self.session = ServingSession(
-            self.plan, pool=BackendPool(backends, clients=clients, slots=slots),
+            self.plan, pool=BackendPool(backends, clients=clients, slots=slots,
+                                        policies=policies),
             report=Report(groups=REPORT_GROUPS))
         self.workflows: dict[str, Activity] = {}  # known workflows; touched on the loop only
         self._swept_at = time.monotonic()

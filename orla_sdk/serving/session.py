@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from orla_sdk.agents import AgentPolicy
+from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Node, Plan, PriorityNote, StageSpec, priority_of
 from orla_sdk.loop_thread import LoopThread
 from orla_sdk.runtime.context import RunState, StageContext
@@ -48,9 +50,13 @@ class ServingSession:
     """The runtime one served app uses. ``close()`` stops its engines and its loop."""
 
     def __init__(self, plan: Plan, *, pool: BackendPool | None = None,
-                 models: Mapping[str, str] | None = None, report: Report | None = None) -> None:
+                 models: Mapping[str, str] | None = None, report: Report | None = None,
+                 policies: Sequence[AgentPolicy | str] = ()) -> None:
         self.plan = plan
-        self.pool = pool or BackendPool(plan.backends)
+        if pool is not None and policies:
+            raise OrlaError("give the agent policies to your BackendPool(policies=...), not "
+                            "beside a pool of your own")
+        self.pool = pool or BackendPool(plan.backends, policies=policies)
         self.models = dict(models or {})  # logical models of units the plan has no node for
         self.report = report or Report()
         self._nodes = {node.id: node for node in plan.nodes}
@@ -142,7 +148,9 @@ class ServingSession:
         if node is None or node.stage is None:
             name = node_id.rsplit(":", 1)[-1]
             node = Node(id=node_id, kind="stage", label=name)
-            spec = StageSpec(name=name, ref=AD_HOC_REF, model=self.models.get(name))
+            agent = labels.get("agent")
+            spec = StageSpec(name=name, ref=AD_HOC_REF, model=self.models.get(name),
+                             agent=agent if isinstance(agent, str) and agent else None)
         else:
             spec = self.plan.stage_of(node)
         record = StageRecord(node.id, spec.name)

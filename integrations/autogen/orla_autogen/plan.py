@@ -184,7 +184,7 @@ def team_plan(team: BaseGroupChat, name: str, seats: list[Seat], models: Mapping
 
 def _add_stage(plan: Plan, seat: Seat, model: str | None, priority: int | None) -> None:
     plan.stages[f"autogen:{seat.agent}"] = StageSpec(
-        name=seat.agent, ref=NOT_RUNNABLE_REF, model=model, priority=priority,
+        name=seat.agent, ref=NOT_RUNNABLE_REF, model=model, priority=priority, agent=seat.agent,
         params=[Param(name="inputs", kind="var_positional", required=False,
                       type=TypeSpec(kind="any"))],
         doc=f"AutoGen {type(seat.owner).__name__} {seat.agent!r}")

@@ -35,6 +35,7 @@ from orla_autogen.plan import (
 )
 from orla_autogen.runs import TeamRuns
 from orla_sdk import BackendPool, OrlaError, Plan, Price, Report
+from orla_sdk.agents import AgentPolicy
 from orla_sdk.ir import BackendSpec
 from orla_sdk.passes import Pass
 from orla_sdk.serving import ServingSession
@@ -145,7 +146,8 @@ def serve_team(team: Any, *, backends: Sequence[BackendSpec] | None = None,
                tracer: Any = None, pool: BackendPool | None = None, name: str | None = None,
                passes: Sequence[Pass] | None = None,
                selector_model: str | None = None,
-               selector_priority: int = SELECTOR_PRIORITY) -> ServedTeam:
+               selector_priority: int = SELECTOR_PRIORITY,
+               policies: Sequence[AgentPolicy | str] = ()) -> ServedTeam:
     """An AgentChat team (``SelectorGroupChat``, ``RoundRobinGroupChat``, ...) served by
     orla; see the module's docstring. ``selector_model`` is the logical model of the
     manager's calls (the selector's), ``selector_priority`` their queue priority."""
@@ -160,7 +162,7 @@ def serve_team(team: Any, *, backends: Sequence[BackendSpec] | None = None,
     chosen = chosen_models(group, models, selector_model)
     unit_models = {s.agent: m for s in seats if (m := model_of(s, chosen)) is not None}
     session = ServingSession(plan, pool=pool, models=unit_models,
-                             report=Report(prices, groups=("agent",)))
+                             report=Report(prices, groups=("agent",)), policies=policies)
     nodes = {seat.agent: seat.node for seat in seats if seat.node is not None}
     runs = TeamRuns(session, plan.name, agent_types(group), nodes)
     for seat in seats:

@@ -152,8 +152,13 @@ def test_a_turn_is_one_unit_and_the_report_adds_up() -> None:
                                                  "selector", "critic"]
     assert [len(r.record.calls) for r in rows] == [2, 1, 2, 1, 2, 1]
     assert len({r.labels["run"] for r in rows}) == 1
-    light_calls = [c for r in rows for c in r.record.calls if c.backend == "light"]
-    assert len({c.slot for c in light_calls}) == 1  # the run's one slot, call after call
+    # each agent holds a slot of its own in the run, call after call: the selector's and
+    # the critic's contexts (their own system prompts) do not evict each other
+    light_slots = {agent: {c.slot for r in rows if r.labels["agent"] == agent
+                           for c in r.record.calls if c.backend == "light"}
+                   for agent in ("selector", "critic")}
+    assert all(len(slots) == 1 for slots in light_slots.values())
+    assert light_slots["selector"] != light_slots["critic"]
     assert all(r.labels["team"] == served.plan.name for r in rows)
     report = served.report.to_json()
     for agent, totals in report["by_agent"].items():
@@ -207,8 +212,9 @@ def test_each_run_is_an_orla_run_with_its_spans() -> None:
     served_run(served, twice)
     runs = {r.labels["run"] for r in served.report.rows()}
     assert len(runs) == 2
-    # each run ended "over": its slot on the light engine erased when the team stopped
-    assert sorted(e["run"] for e in served.cache_log) == sorted(runs)
+    # each run ended "over": the slots of its agents on the light engine erased when the
+    # team stopped (the selector's and each light agent's own)
+    assert {e["run"] for e in served.cache_log} == runs
     assert all(e["action"].startswith("erase slot") for e in served.cache_log)
     assert tracer.names.count("orla.unit manager:selector") == 2
     assert tracer.names.count("chat smollm2-135m") == served.report.to_json()["total"]["calls"]

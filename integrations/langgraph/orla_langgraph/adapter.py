@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from orla_sdk import BackendPool, OrlaError, Plan, Price, Report
+from orla_sdk.agents import AgentPolicy
 from orla_sdk.ir import BackendSpec
 from orla_sdk.passes import Pass
 from orla_sdk.serving import ServingSession
@@ -31,14 +32,16 @@ class LangGraphAdapter:
               mapping: Mapping[str, Any] | None = None, models: Mapping[str, str] | None = None,
               default_model: str | None = None, prices: Mapping[str, Price] | None = None,
               tracer: Any = None, pool: BackendPool | None = None, name: str | None = None,
-              passes: Sequence[Pass] | None = None) -> ServedGraph:
+              passes: Sequence[Pass] | None = None,
+              policies: Sequence[AgentPolicy | str] = ()) -> ServedGraph:
         from orla_langgraph.plan import plan_from_graph
         from orla_langgraph.served import ServedGraph
 
         graph = _compiled(app)
         plan = plan_from_graph(graph, name=name, models=models, backends=backends,
                                mapping=mapping, default_model=default_model, passes=passes)
-        session = ServingSession(plan, pool=pool, models=models, report=Report(prices))
+        session = ServingSession(plan, pool=pool, models=models, report=Report(prices),
+                                 policies=policies)
         return ServedGraph(graph, session, name=plan.name, tracer=tracer)
 
 

@@ -250,6 +250,7 @@ def _stage_node(plan: Plan, nid: str, drawn: Any, models: Mapping[str, str],
     key = f"langgraph:{nid}"
     plan.stages[key] = StageSpec(
         name=drawn.name, ref=NOT_RUNNABLE_REF, model=model, cache=settings.get("cache"),
+        agent=drawn.name,
         priority=settings.get("priority"), site=site,
         params=[Param(name="inputs", kind="var_positional", required=False,
                       type=TypeSpec(kind="any"))],

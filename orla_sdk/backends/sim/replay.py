@@ -33,9 +33,7 @@ from orla_sdk.agents import (
     AgentKey,
     AgentLayer,
     AgentPolicy,
-    Belady,
     CacheSage,
-    Cached,
     LeastRecentlyUsed,
     StepsToNext,
     TraceCall,
@@ -75,7 +73,7 @@ class Workload:
     agent_steps: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, calls: Sequence[TraceCall], block_tokens: int = BLOCK_TOKENS) -> Workload:
+    def of(cls, calls: Sequence[TraceCall]) -> Workload:
         calls = list(calls)
         by_session: dict[str, list[int]] = {}
         for i, call in enumerate(calls):
@@ -88,7 +86,7 @@ class Workload:
                 call = calls[i]
                 keys[i] = AgentKey(call.workload, call.agent, call.session, position)
                 agent_steps.setdefault((call.session, call.agent), []).append(position)
-        cache = PrefixCache(block_tokens, block_tokens)
+        cache = PrefixCache(BLOCK_TOKENS, BLOCK_TOKENS)
         tokens = [render_prompt(messages_of(call)) for call in calls]
         return cls(calls, sessions, keys, [cache.keys(t, None) for t in tokens],
                    [len(t) for t in tokens], agent_steps)
