@@ -107,15 +107,10 @@ class SlotTable:
 
     def context_for(self, run_id: str, agent: str, prompt: str) -> Holder:
         """The run's context that ``prompt`` continues, else ``agent``'s own."""
-        best, similarity = None, 0.0
-        for holder, last in self.prompts.items():
-            if holder[0] == run_id:
-                shared = len(os.path.commonprefix([last, prompt]))
-                if shared / max(min(len(last), len(prompt)), 1) > similarity:
-                    best, similarity = holder, shared / max(min(len(last), len(prompt)), 1)
-        if best is not None and similarity >= SIMILAR:
-            return best
-        return (run_id, agent)
+        mine = [(similarity(last, prompt), holder) for holder, last in self.prompts.items()
+                if holder[0] == run_id]
+        best = max(mine, default=None)
+        return best[1] if best is not None and best[0] >= SIMILAR else (run_id, agent)
 
 
 @dataclass
@@ -419,6 +414,12 @@ def _slot_file(holder: Holder) -> str:
 def _name(holder: Holder) -> str:
     run_id, context = holder
     return f"context {context} of run {run_id}" if context else f"run {run_id}"
+
+
+def similarity(a: str, b: str) -> float:
+    """The share of the shorter text that begins both."""
+    shared = len(os.path.commonprefix([a, b]))  # noqa: RUF071 (characters are what count)
+    return shared / max(min(len(a), len(b)), 1)
 
 
 def _holder_on(table: SlotTable, run_id: str, slot: int | None) -> Holder:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import functools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace

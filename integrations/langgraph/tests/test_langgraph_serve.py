@@ -402,3 +402,73 @@ def test_customer_support_langgraph_example_on_llama_cpp(llama_engine: LocalEngi
     for totals in report["by_node"].values():
         assert totals["calls"] == 1 and totals["prompt_tokens"] > 0
     assert report["by_thread_id"]["ticket"]["calls"] == 4
+
+
+WRITER = "You are the writer of a support team. " + "Write short, plain replies. " * 12
+CRITIC = "You are the critic of a support team. " + "Point out one flaw in the reply. " * 12
+
+
+class Turns(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+    turn: int
+
+
+def two_agent_thread(llm: Any, rounds: int = 3) -> Any:
+    """A writer and a critic with system prompts of their own, taking turns on one
+    conversation: each agent's next prompt extends its own last one, not the other's."""
+    def agent(system: str) -> Any:
+        def speak(state: Turns) -> dict[str, Any]:
+            reply = llm.invoke([("system", system), *state["messages"]])
+            return {"messages": [("user", str(reply.content))], "turn": state["turn"] + 1}
+        return speak
+
+    graph = StateGraph(Turns)
+    graph.add_node("writer", agent(WRITER))
+    graph.add_node("critic", agent(CRITIC))
+    graph.add_edge(START, "writer")
+    graph.add_edge("writer", "critic")
+    graph.add_conditional_edges("critic", lambda s: END if s["turn"] >= 2 * rounds else "writer")
+    return graph.compile()
+
+
+def test_agents_own_their_cache_so_a_served_thread_caches_as_much_as_bare(
+        llama_engine: LocalEngine) -> None:
+    """Two agents on one thread: served, each holds a slot of its own (by its context),
+    so neither evicts the other's prefix; llama.cpp alone picks slots by similarity."""
+    start = {"messages": [("user", "A customer was charged twice.")], "turn": 0}
+    engine_llm = ChatOpenAI(model="any", api_key="unused", base_url=f"{llama_engine.url}/v1",
+                            max_retries=0, max_tokens=8, temperature=0)
+    bare_cached: list[int] = []
+
+    class Recorded:  # the bare app's model, noting what llama.cpp found cached
+        def invoke(self, messages: Any) -> Any:
+            reply = engine_llm.invoke(messages)
+            details = (reply.usage_metadata or {}).get("input_token_details") or {}
+            bare_cached.append(int(details.get("cache_read") or 0))
+            return reply
+
+    erase_slots(llama_engine)
+    two_agent_thread(Recorded()).invoke(start)
+    erase_slots(llama_engine)
+    local = orla.backends.llamacpp("local", url=llama_engine.url)
+    target = orla.Target(backend="local", model=orla.backends.DEFAULT_LOCAL_MODEL,
+                         params={"max_tokens": 8, "temperature": 0})
+    app_llm = ChatOpenAI(model="any", api_key="unused", base_url=NOWHERE, max_retries=0,
+                         max_tokens=8, temperature=0)
+    with orla.serve(two_agent_thread(app_llm), backends=[local], mapping={"agent": target},
+                    default_model="agent") as app:
+        app.invoke(start, thread("two-agents"))
+        calls = [c for row in app.report.rows() for c in row.record.calls]
+        slots = {row.labels["node"]: {c.slot for c in row.record.calls}
+                 for row in app.report.rows()}
+    served_cached = [c.cached_tokens for c in calls]
+    assert len(served_cached) == len(bare_cached) == 6
+    assert slots["writer"].isdisjoint(slots["critic"])  # a slot each, call after call
+    assert sum(served_cached[2:]) >= sum(bare_cached[2:]) > 0
+
+
+def erase_slots(engine: LocalEngine) -> None:
+    import httpx
+
+    for slot in range(2):
+        httpx.post(f"{engine.url}/slots/{slot}", params={"action": "erase"}, timeout=10)
