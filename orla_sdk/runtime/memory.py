@@ -41,7 +41,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from orla_sdk.agents import AgentEvent, AgentKey, AgentLayer, Cached, LeastRecentlyUsed
+from orla_sdk.agents import (
+    AgentEvent,
+    AgentEventKind,
+    AgentKey,
+    AgentLayer,
+    Cached,
+    LeastRecentlyUsed,
+)
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Node, cache_of
 from orla_sdk.runtime.cache_policy import (
@@ -251,9 +258,10 @@ class MemoryManager:
                 table.last_used[holder] = table.events
                 await self._restore(table, holder, slot, f"prefetch: {agent} predicted next")
 
-    def _observe(self, kind: str, table: SlotTable, holder: Holder, **data: object) -> None:
+    def _observe(self, kind: AgentEventKind, table: SlotTable, holder: Holder,
+                 **data: object) -> None:
         key = table.keys.get(holder) or AgentKey("", holder[1], holder[0])
-        self.agents.observe(AgentEvent(kind, key, table.name, dict(data)))  # type: ignore[arg-type]
+        self.agents.observe(AgentEvent(kind, key, table.name, dict(data)))
 
     def keeps(self, run_id: str, backend: str) -> bool:
         """Whether the run kept a context on ``backend`` after an earlier stage."""

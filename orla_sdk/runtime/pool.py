@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from orla_sdk.agents import (
     AgentEvent,
+    AgentEventKind,
     AgentKey,
     AgentLayer,
     AgentPolicy,
@@ -135,7 +136,9 @@ class BackendPool:
     async def _call(self, backend: str, request: ChatRequest, run_id: str, stage: str,
                     priority: int, critical_path: int, own_slot: bool) -> Served:
         live = self[backend]
-        prompt = json.dumps(request.messages, default=str) if own_slot else None
+        # a declared agent's slot is found by its prompt, on engines with slots only
+        prompt = (json.dumps(request.messages, default=str)
+                  if own_slot and backend in self.memory.tables else None)
         length = sum(len(str(m.get("content") or "")) for m in request.messages
                      if isinstance(m, dict))
         sink, streamed = request.on_token, False
@@ -163,19 +166,19 @@ class BackendPool:
             await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
         raise AssertionError("unreachable")
 
-    def _observe(self, kind: str, key: AgentKey, backend: str, **data: Any) -> None:
-        self.agents.observe(AgentEvent(kind, key, backend, data))  # type: ignore[arg-type]
+    def _observe(self, kind: AgentEventKind, key: AgentKey, backend: str, **data: Any) -> None:
+        self.agents.observe(AgentEvent(kind, key, backend, data))
 
     async def _prefetch(self, backend: str, key: AgentKey, request: ChatRequest) -> None:
         """Warm the contexts of the agents the layer predicts after ``key``'s call."""
-        if not key.known or not self.agents:
+        if not key.known:
             return
-        self._last_requests[(backend, key.run, key.agent)] = request
         if backend in self.memory.tables:
             await self.memory.prefetch(backend, key)
             return
         if backend not in self.memory.shared:
-            return
+            return  # no cache orla can warm
+        self._last_requests[(backend, key.run, key.agent)] = request
         for agent in self.agents.prefetch(key):
             last = self._last_requests.get((backend, key.run, agent))
             if last is not None:

@@ -27,7 +27,7 @@ from orla_sdk.backends.declare import simulator
 from orla_sdk.backends.sim.cache import PrefixCache, SlotAssigner
 from orla_sdk.backends.sim.clock import RealClock, SimClock, VirtualClock
 from orla_sdk.backends.sim.profiles import SimProfile, get_profile
-from orla_sdk.backends.sim.replies import Reply, plan_reply
+from orla_sdk.backends.sim.replies import Reply, plan_reply, token_limit
 from orla_sdk.backends.sim.tokens import render_prompt
 from orla_sdk.errors import BackendError
 
@@ -371,5 +371,5 @@ class SimEngine:
 
 def _is_warmup(request: ChatRequest) -> bool:
     """A prefetcher's warm-up: at most one token asked for."""
-    limit = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
-    return limit is not None and int(limit) <= 1
+    limit = token_limit(request)
+    return limit is not None and limit <= 1

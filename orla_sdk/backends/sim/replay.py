@@ -33,10 +33,9 @@ from orla_sdk.agents import (
     AgentKey,
     AgentLayer,
     AgentPolicy,
-    CacheSage,
-    LeastRecentlyUsed,
     StepsToNext,
     TraceCall,
+    policy_by_name,
 )
 from orla_sdk.agents.blocks import ScoredOrder
 from orla_sdk.backends.base import ChatRequest
@@ -71,6 +70,11 @@ class Workload:
     blocks: list[list[bytes]]
     prompt_tokens: list[int]
     agent_steps: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    run_agents: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for run, agent in self.agent_steps:
+            self.run_agents.setdefault(run, []).append(agent)
 
     @classmethod
     def of(cls, calls: Sequence[TraceCall]) -> Workload:
@@ -98,7 +102,7 @@ class Workload:
         return steps[later] - position if later < len(steps) else None
 
     def agents_of(self, run: str) -> list[str]:
-        return [agent for session, agent in self.agent_steps if session == run]
+        return self.run_agents.get(run, [])
 
     def working_set(self, concurrency: int) -> int:
         """Tokens: ``concurrency`` times a mean session's distinct prompt blocks."""
@@ -137,14 +141,12 @@ class Progress:
 
 
 def make_policy(name: str, workload: Workload, progress: Progress) -> AgentPolicy:
-    if name == "lru":
-        return LeastRecentlyUsed()
-    if name == "cachesage":
-        return CacheSage()
-    if name == "kvflow":
+    if name == "kvflow":  # told the future by the trace
         return StepsToNext(lambda key: workload.steps_to_next(key, progress.at(key.run)),
                            agents=lambda key: workload.agents_of(key.run))
-    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    if name not in POLICIES or name == "min":
+        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    return policy_by_name(name)
 
 
 class FutureOrder:

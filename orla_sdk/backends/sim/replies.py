@@ -32,8 +32,8 @@ class Reply:
 def plan_reply(request: ChatRequest, prompt: list[str], seed: int, median: int) -> Reply:
     rng = random.Random(stable_seed(seed, request.params.get("seed"), request.model, prompt,
                                     request.json_schema))
-    limit = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
-    cap = max(1, int(limit)) if limit else None
+    limit = token_limit(request)
+    cap = max(1, limit) if limit else None
     call = _tool_call(request, rng)
     if call is not None:
         text = tool_call_text(call.name, call.arguments)
@@ -51,6 +51,12 @@ def plan_reply(request: ChatRequest, prompt: list[str], seed: int, median: int) 
     if call is not None:
         return Reply("", [call], tokens, "tool_calls")
     return Reply(text, [], tokens, "stop")
+
+
+def token_limit(request: ChatRequest) -> int | None:
+    """The request's cap on reply tokens, under either of its OpenAI names."""
+    limit = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
+    return None if limit is None else int(limit)
 
 
 def stable_seed(*parts: Any) -> int:
