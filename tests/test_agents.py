@@ -24,6 +24,7 @@ from orla_sdk.agents import (
     Cached,
     CacheSage,
     LeastRecentlyUsed,
+    SmallIncrement,
     StepsToNext,
     TraceCall,
     TransitionModel,
@@ -828,6 +829,35 @@ def test_stages_without_a_declared_agent_share_the_runs_slot() -> None:
     assert slots[0] == slots[1] is not None
 
 
+def test_reports_and_spans_group_a_runs_calls_by_agent() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    result, _, _ = run_on_slots(trio, slots=2)
+    mixed, _, _ = run_on_slots(undeclared, slots=2)
+    report = orla.Report.of_runs([result, mixed])
+    by_agent = report.by("agent")
+    # declared agents by their names; undeclared stages by their own
+    assert set(by_agent) == {"planner", "coder", "reviewer", "first_part", "second_part"}
+    assert all(totals["calls"] == 1 for totals in by_agent.values())
+    assert by_agent["coder"]["prompt_tokens"] == result.stage("write_code").prompt_tokens
+    assert report.to_json(workflow="trio")["by_agent"].keys() == {"planner", "coder",
+                                                                  "reviewer"}
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    assert report.export_spans(provider.get_tracer("test"), run_id=result.run_id) == 3
+    spans = exporter.get_finished_spans()
+    units = {s.attributes["orla.stage"]: s.attributes for s in spans if s.name.startswith(
+        "orla.unit")}
+    assert {stage: a["gen_ai.agent.name"] for stage, a in units.items()} == {
+        "plan_work": "planner", "write_code": "coder", "review_code": "reviewer"}
+    calls = [s for s in spans if s.name.startswith("chat")]
+    assert sorted(s.attributes["orla.agent"] for s in calls) == ["coder", "planner",
+                                                                  "reviewer"]
+
+
 def test_a_policy_that_raises_does_not_fail_the_run(caplog: pytest.LogCaptureFixture) -> None:
     raising = Raising()
     with caplog.at_level(logging.WARNING, logger="orla_sdk.agents"):
@@ -835,7 +865,7 @@ def test_a_policy_that_raises_does_not_fail_the_run(caplog: pytest.LogCaptureFix
         result, pool, held = run_on_slots(trio, slots=2, policies=[raising, "lru"])
     assert result.ok, result.error
     assert raising.calls == 1 and "raising" in pool.agents.disabled
-    assert [p.name for p in pool.agents.policies] == ["lru"]
+    assert [p.name for p in pool.agents.policies] == ["lru", "small-increment"]
     # the oldest, the planner's, was lent to the reviewer
     assert set(agents_held(held[-1], result.run_id)) == {"reviewer", "coder"}
     assert any(e["decision"] == "lend" for e in result.cache_log)
@@ -844,9 +874,10 @@ def test_a_policy_that_raises_does_not_fail_the_run(caplog: pytest.LogCaptureFix
 
 def test_a_policy_given_by_name_reaches_the_pools_layer() -> None:
     pool = orla.BackendPool([], policies=["cachesage"])
-    assert [type(p) for p in pool.agents.policies] == [CacheSage]
+    assert [type(p) for p in pool.agents.policies] == [CacheSage, SmallIncrement]
     assert pool.memory.agents is pool.agents
-    assert [type(p) for p in orla.BackendPool([]).agents.policies] == [LeastRecentlyUsed]
+    assert [type(p) for p in orla.BackendPool([]).agents.policies] == [LeastRecentlyUsed,
+                                                                        SmallIncrement]
     with pytest.raises(OrlaError):
         orla.BackendPool([], policies=["kvflow"])
 
@@ -938,7 +969,9 @@ def test_prefetch_restores_the_predicted_agents_saved_slot_into_a_free_one() -> 
     log = memory.take_log("r")
     assert [e["decision"] for e in log] == ["lend", "restore"]
     assert "prefetch: coder predicted next" in log[1]["reason"]
-    assert [(e.kind, e.key) for e in events] == [("slot_saved", coder), ("slot_restored", coder)]
+    assert [(e.kind, e.key) for e in events] == [
+        ("slot_saved", coder), ("slot_erased", AgentKey("", "", "other")),
+        ("slot_restored", coder)]
 
 
 def test_pool_end_run_ends_the_run_for_every_workload() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,22 @@ def test_engine_command_starts_reports_and_stops(tmp_path: Path) -> None:
     assert orla("stop") == "engine stopped"
     assert not is_healthy(url)
     assert orla("stop") == "no engine was running"
+
+
+def test_an_embedded_engine_stops_when_the_process_that_started_it_is_killed() -> None:
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "from orla_sdk.backends.engine import EngineConfig, LocalEngine\n"
+         "engine = LocalEngine(EngineConfig(slots=1, ctx_per_slot=512))\n"
+         "print(engine.start(), flush=True)\n"
+         "import time; time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout is not None
+        url = starter.stdout.readline().strip()
+        assert is_healthy(url)
+    finally:
+        starter.kill()  # SIGKILL: no finally, no atexit runs in the starter
+        starter.wait()
+    deadline = time.monotonic() + 30
+    while is_healthy(url) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not is_healthy(url)

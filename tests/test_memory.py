@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 
 import orla_sdk as orla
+from orla_sdk.agents import AgentLayer, CacheEvent, SmallIncrement
+from orla_sdk.agents.memory_policy import decide
 from orla_sdk.backends.base import ChatRequest
 from orla_sdk.backends.engine import EngineConfig, LocalEngine, free_port
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
 from orla_sdk.backends.sim.engine import SimEngine
-from orla_sdk.runtime.cache_policy import CacheEvent, SmallIncrement, decide
 from orla_sdk.runtime.memory import MemoryManager
 
 MODEL = orla.backends.DEFAULT_LOCAL_MODEL
@@ -53,7 +54,7 @@ class FlushReplies(orla.MemoryPolicy):
 
 
 def test_hints_win_then_user_policies_then_the_plan() -> None:
-    policies = [FlushReplies(), SmallIncrement()]
+    policies = AgentLayer([FlushReplies(), SmallIncrement()])
     assert decide(event(stage="reply"), policies).reason == "replies are never followed up"
     assert decide(event(stage="reply", hinted=True), policies).decision == "preserve"
     assert decide(event(stage="other"), policies).reason == "plan"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel, field_validator
 
 import orla_sdk as orla
+from orla_sdk.agents import AgentEvent, AgentPolicy
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.backends.engine import LocalEngine, free_port
 from orla_sdk.errors import EngineError
@@ -245,13 +247,15 @@ def tool_flow(question: str) -> str:
     return agent(question)
 
 
-def run_scripted(replies: list[str]) -> tuple[orla.RunResult, Scripted]:
+def run_scripted(replies: list[str], policies: Sequence[AgentPolicy] = ()
+                 ) -> tuple[orla.RunResult, Scripted]:
     backend = Scripted(replies)
     plan = orla.compile(tool_flow, backends=[backend.spec],
                         mapping={"light": "scripted/any-model"})
 
     async def go() -> orla.RunResult:
-        async with orla.BackendPool(plan.backends, clients={"scripted": backend}) as pool:
+        async with orla.BackendPool(plan.backends, clients={"scripted": backend},
+                                    policies=policies) as pool:
             return await orla.arun(plan, pool=pool, question="Where is order 7?")
 
     return asyncio.run(go()), backend
@@ -276,6 +280,28 @@ def test_emulated_tool_calls_run_and_feed_results_back() -> None:
     last = backend.requests[-1].json_schema or {}
     assert [c["required"] for c in last["anyOf"]] == [["answer"]]  # no tools offered any more
     assert len(result.stage("agent").calls) == 4
+
+
+def test_the_agent_layer_observes_each_call_and_tool_of_the_stages_agent() -> None:
+    events: list[AgentEvent] = []
+
+    class Recorder(AgentPolicy):
+        def observe(self, event: AgentEvent) -> None:
+            events.append(event)
+
+    result, _ = run_scripted([
+        json.dumps({"tool": "lookup_order", "arguments": {"order_id": "7"}}),
+        json.dumps({"answer": "It shipped."})], policies=[Recorder()])
+    assert result.ok, result.error
+    assert [e.kind for e in events] == [
+        "call_queued", "call_started", "call_finished", "tool_started", "tool_ended",
+        "call_queued", "call_started", "call_finished", "turn"]
+    assert {(e.key.workload, e.key.agent, e.key.run) for e in events[:-1]} == {
+        ("tool_flow", "agent", result.run_id)}
+    assert [e.key.step for e in events if e.kind == "call_started"] == [0, 1]
+    assert events[3].data == {"tool": "lookup_order"}
+    assert events[4].data["duration_s"] >= 0
+    assert events[2].data["prompt_tokens"] > 0 and events[-1].data == {"ended": True}
 
 
 def test_a_malformed_tool_reply_is_retried() -> None:

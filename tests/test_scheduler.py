@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import orla_sdk as orla
+from orla_sdk.agents import AgentKey, AgentLayer, AgentPolicy, Queued
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.engine import LocalEngine
 from orla_sdk.ir import BackendSpec, Capabilities, Scheduling
@@ -74,6 +75,27 @@ def test_a_stage_can_have_its_own_request_policy_and_a_custom_one_loads_by_refer
     requests = [*REQUESTS, {"name": "a-mid", "stage": "a", "prompt_length": 500}]
     assert asyncio.run(served_order(queue, requests)) == [
         "a-long", "b-short", "b-mid", "a-mid", "a-short"]
+
+
+class ReviewerFirst(AgentPolicy):
+    """Orders the calls of one agent, the reviewer, before all others; leaves the rest."""
+
+    name = "reviewer-first"
+
+    def queue_key(self, waiting: Queued) -> Any:
+        agent = waiting.agent.agent if waiting.agent else ""
+        return (waiting.seq,) if agent == "reviewer" else None
+
+
+def test_an_agent_policy_orders_the_calls_it_keys_before_the_backends_policies() -> None:
+    layer = AgentLayer([ReviewerFirst()])
+    queue = BackendQueue("b", 1, stage_policy=load_policy("priority"),
+                         request_policy=load_policy("priority"), agents=layer)
+    requests = [{**r, "agent": AgentKey("w", "reviewer" if r["name"].endswith("mid") else
+                                        "coder", "r")} for r in REQUESTS]
+    # the reviewer's b-mid first; the others by priority, as without the layer
+    assert asyncio.run(served_order(queue, requests)) == [
+        "b-mid", "a-short", "b-short", "a-long"]
 
 
 def test_unknown_policies_are_named() -> None:

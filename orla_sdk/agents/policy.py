@@ -6,7 +6,11 @@ A policy is a small class that implements the primitives it needs:
 - ``keep_scores(candidates)``: at an eviction decision, a score for each cached context
   (higher is kept longer); ``None`` leaves the decision to the next policy;
 - ``predict_next(key)``: the next agent of ``key.run``, as probabilities;
-- ``prefetch(key)``: after ``key``'s call, the agents whose contexts to warm now.
+- ``prefetch(key)``: after ``key``'s call, the agents whose contexts to warm now;
+- ``cache_choice(event)``: when a stage finishes, keep or drop its context
+  (``memory_policy``); ``None`` leaves it to the next policy, then the plan;
+- ``queue_key(waiting)``: a sort key for a call waiting at a backend (smallest first);
+  ``None`` leaves the order to the next policy, then the backend's own scheduling.
 
 The backends act on the answers with what each engine really supports (``docs/agents.md``).
 ``AgentLayer`` asks its policies in order; a policy that raises is switched off with a
@@ -18,10 +22,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from orla_sdk.agents.events import AgentEvent
 from orla_sdk.agents.identity import AgentKey
+
+if TYPE_CHECKING:
+    from orla_sdk.agents.memory_policy import CacheChoice, CacheEvent
 
 log = logging.getLogger("orla_sdk.agents")
 A = TypeVar("A")
@@ -36,6 +43,18 @@ class Cached:
     key: AgentKey | None
     age: int
     ref: Hashable = None
+
+
+class Queued(Protocol):
+    """A call waiting for a turn at a backend, as a policy may order it."""
+
+    agent: AgentKey | None
+    stage: str
+    run_id: str
+    priority: int
+    critical_path: int
+    prompt_length: int
+    seq: int
 
 
 class AgentPolicy:
@@ -54,6 +73,12 @@ class AgentPolicy:
 
     def prefetch(self, key: AgentKey) -> list[str]:
         return []
+
+    def cache_choice(self, event: CacheEvent) -> CacheChoice | None:
+        return None
+
+    def queue_key(self, waiting: Queued) -> Any:
+        return None
 
 
 class AgentLayer:
@@ -103,6 +128,21 @@ class AgentLayer:
                 if agent not in wanted:
                     wanted.append(agent)
         return wanted
+
+    def cache_choice(self, event: CacheEvent) -> CacheChoice | None:
+        for policy in list(self.policies):
+            choice = self._guarded(policy, policy.cache_choice, event)
+            if choice is not None:
+                return choice
+        return None
+
+    def queue_key(self, waiting: Queued) -> Any:
+        """The first policy's sort key for ``waiting``; None where no policy orders."""
+        for policy in list(self.policies):
+            key = self._guarded(policy, policy.queue_key, waiting)
+            if key is not None:
+                return key
+        return None
 
     def _guarded(self, policy: AgentPolicy, method: Callable[[A], R], argument: A) -> R | None:
         try:

@@ -67,6 +67,7 @@ class EngineConfig:
     slot_dir: str = ""
     alias: str = DEFAULT_LOCAL_MODEL
     extra: dict[str, Any] = field(default_factory=dict)
+    parent_pid: int = 0  # the engine stops when this process is gone (0: it outlives it)
 
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
@@ -88,9 +89,13 @@ class LocalEngine:
     def url(self) -> str:
         return self.config.url()
 
-    def start(self, timeout: float = 60.0, log_dir: Path | None = None) -> str:
-        """Start the server and wait until it answers ``/health``; return its URL."""
+    def start(self, timeout: float = 60.0, log_dir: Path | None = None, *,
+              outlive: bool = False) -> str:
+        """Start the server and wait until it answers ``/health``; return its URL. The
+        server stops by itself when this process ends, however it ends, unless
+        ``outlive``."""
         require_extra("xllamacpp", "engine", "the embedded llama.cpp engine")
+        self.config.parent_pid = 0 if outlive else os.getpid()
         if self.config.port == 0:
             self.config.port = free_port(self.config.host)
         if not self.config.slot_dir:
@@ -157,7 +162,7 @@ def start_background(config: EngineConfig | None = None) -> dict[str, Any]:
     if running["running"]:
         return running
     engine = LocalEngine(config)
-    engine.start()
+    engine.start(outlive=True)
     assert engine.process is not None
     state = {"pid": engine.process.pid, "url": engine.url, "slots": engine.config.slots,
              "model": engine.config.alias, "log": str(engine.log_path)}
@@ -248,8 +253,13 @@ def serve(config: EngineConfig) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    while not stop:
+    while not stop and not _orphaned(config.parent_pid):
         time.sleep(0.2)
+
+
+def _orphaned(parent_pid: int) -> bool:
+    """Whether the process that started this engine, and should outlast it, is gone."""
+    return bool(parent_pid) and os.getppid() != parent_pid
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,7 @@ sessions and adapters build on: the stage context a model call is made in, the r
 model call, and the structured-output helpers for engines that cannot call tools.
 """
 
-from orla_sdk.runtime.cache_policy import CacheChoice, CacheEvent, MemoryPolicy, SmallIncrement
+from orla_sdk.agents import CacheChoice, CacheEvent, MemoryPolicy, SmallIncrement
 from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import RunEvent

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from orla_sdk.agents import AgentKey
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.ir import Target
 from orla_sdk.runtime.context import StageContext
@@ -25,8 +24,7 @@ async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
         await ctx.run.before_call()
     sink = _token_sink(ctx, on_token or request.on_token)
     started_at = time.time()
-    agent = AgentKey(ctx.run.plan.name, ctx.spec.agent or ctx.spec.name, ctx.run.run_id,
-                     next(ctx.run.steps))
+    agent = ctx.agent_key(next(ctx.run.steps))
     ctx.record.agent = ctx.spec.agent or ""
     served = await ctx.run.pool.call(
         target.backend, replace(request, on_token=sink, agent=agent), run_id=ctx.run.run_id,

@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from orla_sdk.agents import AgentKey
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import MapperSpec, Node, Plan, StageSpec, Target
 from orla_sdk.runtime.events import Emitter
@@ -40,6 +41,11 @@ class StageContext:
     critical_path: int
     tools: dict[str, Callable[..., Any]] = field(default_factory=dict)
     routed_to: str | None = None  # the logical name a mapper picked, once it has
+
+    def agent_key(self, step: int = 0) -> AgentKey:
+        """The key of the agent this stage calls as: declared, else the stage's name."""
+        return AgentKey(self.run.plan.name, self.spec.agent or self.spec.name,
+                        self.run.run_id, step)
 
     def logical_model(self) -> str:
         name = self.spec.model or self.run.plan.default_model

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any, TypeVar, overload
@@ -211,8 +212,13 @@ def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], o
 async def _tool_messages(ctx: StageContext, result: ChatResult, calls: list[ToolCall],
                          emulate: bool) -> list[dict[str, Any]]:
     outputs = []
+    pool = ctx.run.pool
+    agent = ctx.agent_key()
     for call in calls:
-        outputs.append(await run_tool(ctx.tools, call, ctx.run.pool.tool_executor))
+        pool.observe_tool(agent, call.name)
+        started = time.perf_counter()
+        outputs.append(await run_tool(ctx.tools, call, pool.tool_executor))
+        pool.observe_tool(agent, call.name, time.perf_counter() - started)
         ctx.run.emit("tool_call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item,
                      tool=call.name, arguments=call.arguments, result=outputs[-1])
     if not emulate:

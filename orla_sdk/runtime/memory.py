@@ -36,7 +36,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -46,18 +46,15 @@ from orla_sdk.agents import (
     AgentEventKind,
     AgentKey,
     AgentLayer,
+    CacheChoice,
     Cached,
+    CacheEvent,
     LeastRecentlyUsed,
+    SmallIncrement,
 )
+from orla_sdk.agents.memory_policy import decide
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Node, cache_of
-from orla_sdk.runtime.cache_policy import (
-    CacheChoice,
-    CacheEvent,
-    MemoryPolicy,
-    SmallIncrement,
-    decide,
-)
 from orla_sdk.runtime.records import CacheLogEntry, StageRecord
 
 
@@ -131,10 +128,10 @@ class SharedCache:
 
 
 class MemoryManager:
-    def __init__(self, policies: Sequence[MemoryPolicy] = (), *, pressure: float = 0.9,
-                 pressure_check_s: float = 1.0, agents: AgentLayer | None = None) -> None:
-        self.policies = [*policies, SmallIncrement()]
-        self.agents = agents if agents is not None else AgentLayer([LeastRecentlyUsed()])
+    def __init__(self, *, pressure: float = 0.9, pressure_check_s: float = 1.0,
+                 agents: AgentLayer | None = None) -> None:
+        self.agents = agents if agents is not None else AgentLayer([LeastRecentlyUsed(),
+                                                                    SmallIncrement()])
         self.pressure = pressure
         self.pressure_check_s = pressure_check_s
         self.tables: dict[str, SlotTable] = {}
@@ -272,7 +269,7 @@ class MemoryManager:
         """Decide a finished stage's cache and carry it out; returns the choice and what
         was done."""
         key = (event.run_id, event.backend)
-        choice = decide(event, self.policies)
+        choice = decide(event, self.agents)
         if choice.decision == "preserve":
             self.kept.add(key)
             return choice, await self._keep(event)
@@ -335,6 +332,9 @@ class MemoryManager:
             return None
         shared.checked_at = now
         usage = await shared.control.usage()
+        if usage is not None:
+            self.agents.observe(AgentEvent("kv_usage", AgentKey("", ""), backend,
+                                           {"usage": usage}))
         if usage is None or usage < self.pressure:
             return None
         if shared.in_flight:
@@ -403,6 +403,7 @@ class MemoryManager:
             erased = await table.control.erase(slot)
         finally:
             table.free.append(slot)
+        self._observe("slot_erased", table, holder, slot=slot, tokens=erased)
         return f"erase slot {slot} ({erased} tokens)"
 
     def _log(self, run_id: str, decision: str, reason: str, action: str,

@@ -8,10 +8,12 @@ it, registers its cache controls with the memory manager and makes its calls.
 built elsewhere).
 
 The pool is where the agent layer meets the engines: each call is observed (queued,
-started, finished with its tokens) under its agent key, the layer's policies choose the
-slot to lend, and after a call the contexts of the agents predicted next are warmed: a
-saved llama.cpp slot restored into a free slot, or on a shared prefix cache (vLLM,
-SGLang, the simulator) a warm-up request of one token with that agent's last prompt.
+started, first token, finished with its tokens) under its agent key, and so are tools;
+the layer's policies order the queues, choose the slot to lend and keep or drop each
+stage's context (the user's memory policies, then ``SmallIncrement``); after a call the
+contexts of the agents predicted next are warmed: a saved llama.cpp slot restored into a
+free slot, or on a shared prefix cache (vLLM, SGLang, the simulator) a warm-up request of
+one token with that agent's last prompt.
 
 The pool also owns the threads that plain ``def`` stage bodies and tools run in, one
 pool of each: a body waits in its thread for its model calls, and a tool it calls must
@@ -35,14 +37,15 @@ from orla_sdk.agents import (
     AgentKey,
     AgentLayer,
     AgentPolicy,
+    LeastRecentlyUsed,
+    MemoryPolicy,
+    SmallIncrement,
     policies_from,
 )
-from orla_sdk.agents.baselines import LeastRecentlyUsed
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
 from orla_sdk.backends.connect import Connection, Connector
 from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
-from orla_sdk.runtime.cache_policy import MemoryPolicy
 from orla_sdk.runtime.memory import MemoryManager
 from orla_sdk.runtime.scheduler import BackendQueue
 
@@ -81,8 +84,9 @@ class BackendPool:
         self.clients = self.connector.clients
         self.backends: dict[str, LiveBackend] = {}
         self.connections: dict[str, Connection] = {}
-        self.agents = AgentLayer(policies_from(policies) or [LeastRecentlyUsed()])
-        self.memory = MemoryManager(memory_policies, agents=self.agents)
+        self.agents = AgentLayer([*(policies_from(policies) or [LeastRecentlyUsed()]),
+                                  *memory_policies, SmallIncrement()])
+        self.memory = MemoryManager(agents=self.agents)
         self._last_requests: dict[tuple[str, str, str], ChatRequest] = {}  # for warm-ups
         self._warmups: set[asyncio.Task[Any]] = set()
         self.started = False
@@ -114,7 +118,7 @@ class BackendPool:
         if connection.shared_cache is not None:
             self.memory.add_shared(spec.name, connection.shared_cache)
         return LiveBackend(connection.spec, connection.client, BackendQueue.from_scheduling(
-            spec.name, spec.scheduling, connection.limit))
+            spec.name, spec.scheduling, connection.limit, self.agents))
 
     async def call(self, backend: str, request: ChatRequest, *, run_id: str, stage: str = "",
                    priority: int = 50, critical_path: int = 0, own_slot: bool = False) -> Served:
@@ -145,6 +149,8 @@ class BackendPool:
 
         def on_token(text: str) -> None:
             nonlocal streamed
+            if not streamed and request.agent is not None:
+                self._observe("first_token", request.agent, backend)
             streamed = True
             if sink is not None:
                 sink(text)
@@ -152,7 +158,8 @@ class BackendPool:
         for attempt in range(BACKEND_RETRIES + 1):
             try:
                 async with (live.queue.turn(priority, critical_path, stage=stage,
-                                            run_id=run_id, prompt_length=length) as waited,
+                                            run_id=run_id, prompt_length=length,
+                                            agent=request.agent) as waited,
                             self.memory.pin(run_id, backend, request.agent,
                                             prompt=prompt) as slot):
                     if request.agent is not None and attempt == 0:
@@ -168,6 +175,13 @@ class BackendPool:
 
     def _observe(self, kind: AgentEventKind, key: AgentKey, backend: str, **data: Any) -> None:
         self.agents.observe(AgentEvent(kind, key, backend, data))
+
+    def observe_tool(self, key: AgentKey, tool: str, duration_s: float | None = None) -> None:
+        """A tool of ``key``'s agent started (no duration) or ended."""
+        if duration_s is None:
+            self._observe("tool_started", key, "", tool=tool)
+        else:
+            self._observe("tool_ended", key, "", tool=tool, duration_s=duration_s)
 
     async def _prefetch(self, backend: str, key: AgentKey, request: ChatRequest) -> None:
         """Warm the contexts of the agents the layer predicts after ``key``'s call."""

@@ -10,7 +10,9 @@ smallest key first:
             return (waiting.prompt_length, waiting.seq)
 
 A stage holds a turn only for one model call, so a stage busy running a tool lets
-other work in.
+other work in. The agent layer orders first: where one of its policies gives a call a
+``queue_key`` (an agent-aware order), that key decides, at both levels; the backend's
+own policies order the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from orla_sdk.agents import AgentKey, AgentLayer
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Scheduling
 from orla_sdk.refs import load_ref
@@ -39,6 +42,7 @@ class Waiting:
     critical_path: int   # stages that still depend on this one
     prompt_length: int   # characters of the prompt
     seq: int             # arrival order at this backend
+    agent: AgentKey | None = None  # who makes the call
     arrived: float = field(default_factory=time.perf_counter)
     granted: asyncio.Future[None] | None = None
     withdrawn: bool = False
@@ -92,7 +96,7 @@ class BackendQueue:
     def __init__(self, name: str, limit: int, *, stage_policy: Policy | None = None,
                  request_policy: Policy | None = None,
                  stage_policies: Mapping[str, Policy] | None = None,
-                 bound: int | None = None) -> None:
+                 bound: int | None = None, agents: AgentLayer | None = None) -> None:
         if limit < 1:
             raise ValueError(f"backend {name!r}: a queue needs a limit of at least 1")
         self.name = name
@@ -101,20 +105,21 @@ class BackendQueue:
         self.stage_policy = stage_policy or ByPriority()
         self.request_policy = request_policy or ByPriority()
         self.stage_policies = dict(stage_policies or {})
+        self.agents = agents or AgentLayer()
         self.running = 0
         self.waiting = 0
         self._queues: dict[str, list[tuple[Any, int, Waiting]]] = {}
         self._arrivals = itertools.count()
 
     @classmethod
-    def from_scheduling(cls, name: str, scheduling: Scheduling, default_limit: int
-                        ) -> BackendQueue:
+    def from_scheduling(cls, name: str, scheduling: Scheduling, default_limit: int,
+                        agents: AgentLayer | None = None) -> BackendQueue:
         return cls(name, scheduling.limit or default_limit,
                    stage_policy=load_policy(scheduling.stage_policy),
                    request_policy=load_policy(scheduling.request_policy),
                    stage_policies={stage: load_policy(p)
                                    for stage, p in scheduling.stage_policies.items()},
-                   bound=scheduling.queue_bound)
+                   bound=scheduling.queue_bound, agents=agents)
 
     def over_bound(self) -> bool:
         """Whether stages that name alternatives should go elsewhere."""
@@ -122,10 +127,11 @@ class BackendQueue:
 
     @asynccontextmanager
     async def turn(self, priority: int = 50, critical_path: int = 0, *, stage: str = "",
-                   run_id: str = "", prompt_length: int = 0) -> AsyncIterator[float]:
+                   run_id: str = "", prompt_length: int = 0,
+                   agent: AgentKey | None = None) -> AsyncIterator[float]:
         """Wait for a turn at the engine; yields the seconds spent waiting."""
         entry = Waiting(stage, run_id, priority, critical_path, prompt_length,
-                        next(self._arrivals))
+                        next(self._arrivals), agent)
         if self.running < self.limit and not self.waiting:
             self.running += 1
         else:
@@ -139,7 +145,7 @@ class BackendQueue:
         entry.granted = asyncio.get_running_loop().create_future()
         policy = self.stage_policies.get(entry.stage, self.request_policy)
         heapq.heappush(self._queues.setdefault(entry.stage, []),
-                       (policy.key(entry), entry.seq, entry))
+                       (self._key(entry, policy), entry.seq, entry))
         self.waiting += 1
         try:
             await entry.granted
@@ -172,9 +178,14 @@ class BackendQueue:
                 del self._queues[stage]
         if not heads:
             return None
-        chosen = min(heads, key=self.stage_policy.key)
+        chosen = min(heads, key=lambda head: self._key(head, self.stage_policy))
         heapq.heappop(self._queues[chosen.stage])
         return chosen
+
+    def _key(self, waiting: Waiting, policy: Policy) -> tuple[int, Any]:
+        """The agent layer's key where it gives one, before the backend policy's keys."""
+        ordered = self.agents.queue_key(waiting) if self.agents else None
+        return (0, ordered) if ordered is not None else (1, policy.key(waiting))
 
 
 def _gone(waiting: Waiting) -> bool:

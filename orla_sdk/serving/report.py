@@ -2,9 +2,12 @@
 
 Each unit of work (a graph task, an agent's turn) adds its ``StageRecord`` with labels
 (``graph``, ``thread_id``, ``node``, ``step``; or ``team``, ``agent``). ``by("node")``
-sums the records per label value; ``to_json()`` gives the groups a report is read by;
-``export_spans(tracer)`` writes them as OpenTelemetry spans, one per unit with a child
-span per model call, named and attributed after OpenTelemetry's GenAI conventions.
+sums the records per label value; ``by("agent")`` groups by the agent that made the
+calls (its label, else the record's declared agent, else its stage); ``to_json()`` gives
+the groups a report is read by; ``export_spans(tracer)`` writes them as OpenTelemetry
+spans, one per unit with a child span per model call, named and attributed after
+OpenTelemetry's GenAI conventions (``gen_ai.agent.name`` for the agent).
+``Report.of_runs(results)`` reads the runs of a compiled plan (``orla.run``) the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orla_sdk.errors import require_extra
-from orla_sdk.runtime.records import CallRecord, StageRecord
+from orla_sdk.runtime.records import CallRecord, RunResult, StageRecord
 
 Labels = Mapping[str, Any]
 NS = 1_000_000_000
@@ -48,11 +51,24 @@ class Report:
     """The records of a served app, kept until ``clear()``."""
 
     def __init__(self, prices: Mapping[str, Price] | None = None,
-                 groups: Sequence[str] = ("node", "thread_id")) -> None:
+                 groups: Sequence[str] = ("node", "thread_id", "agent")) -> None:
         self.prices = dict(prices or {})  # by backend name; backends not named are free
         self.groups = tuple(groups)
         self._rows: list[Row] = []
         self._lock = threading.Lock()
+
+    @classmethod
+    def of_runs(cls, results: Iterable[RunResult], prices: Mapping[str, Price] | None = None
+                ) -> Report:
+        """The stages of plan runs, labelled ``workflow``, ``run_id``, ``node``, ``stage``
+        and ``agent``."""
+        report = cls(prices, groups=("stage", "agent"))
+        for result in results:
+            for record in result.stages:
+                report.add(record, {"workflow": result.workflow, "run_id": result.run_id,
+                                    "node": record.node, "stage": record.stage,
+                                    "agent": agent_of(record)})
+        return report
 
     def add(self, record: StageRecord, labels: Labels) -> None:
         with self._lock:
@@ -77,8 +93,10 @@ class Report:
         """Totals per value of ``label`` (rows without it are left out)."""
         groups: dict[str, list[CallRecord]] = {}
         for row in self.rows(**match):
-            if row.labels.get(label) is not None:
-                groups.setdefault(str(row.labels[label]), []).extend(row.record.calls)
+            value = agent_of(row.record) if label == "agent" else None
+            value = row.labels.get(label, value)
+            if value is not None:
+                groups.setdefault(str(value), []).extend(row.record.calls)
         return {key: self.totals(calls) for key, calls in groups.items()}
 
     def totals(self, calls: Iterable[CallRecord]) -> dict[str, Any]:
@@ -126,10 +144,11 @@ class Report:
                 f"orla.unit {row.record.node}", start_time=int(start * NS),
                 attributes=self._unit_attributes(row))
             context = trace.set_span_in_context(unit)
+            agent = {"gen_ai.agent.name": self._agent(row), "orla.agent": self._agent(row)}
             for call in calls:
                 span = tracer.start_span(f"chat {call.model}", context=context,
                                          start_time=int(call.started_at * NS),
-                                         attributes=self._call_attributes(call))
+                                         attributes={**self._call_attributes(call), **agent})
                 span.end(end_time=int(_end(call) * NS))
             unit.end(end_time=int(end * NS))
             written += 1
@@ -141,7 +160,12 @@ class Report:
         totals = self.totals(row.record.calls)
         attributes.update({f"orla.{k}": v for k, v in totals.items() if v is not None})
         attributes["orla.stage"] = row.record.stage
+        attributes["orla.agent"] = attributes["gen_ai.agent.name"] = self._agent(row)
         return attributes
+
+    @staticmethod
+    def _agent(row: Row) -> str:
+        return str(row.labels.get("agent") or agent_of(row.record))
 
     def _call_attributes(self, call: CallRecord) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -159,6 +183,11 @@ class Report:
         if call.slot is not None:
             attributes["orla.slot"] = call.slot
         return attributes
+
+
+def agent_of(record: StageRecord) -> str:
+    """The agent whose calls ``record`` holds: the declared one, else the stage."""
+    return record.agent or record.stage
 
 
 def _matches(row: Row, match: Mapping[str, Any]) -> bool:

@@ -126,6 +126,9 @@ def test_report_totals_per_node_and_thread(served: ServedGraph) -> None:
     assert report["total"]["calls"] == len(calls) == 6
     assert report["by_thread_id"]["a"]["calls"] == 2
     assert report["by_thread_id"]["b"]["calls"] == 4
+    # each node is an agent of its own
+    assert {a: t["calls"] for a, t in report["by_agent"].items()} == {
+        n: t["calls"] for n, t in report["by_node"].items()}
     assert report["by_node"]["classify"]["cost_usd"] == 0.0  # no price for "light"
     heavy = report["by_node"]["answer"]
     fresh = heavy["prompt_tokens"] - heavy["cached_tokens"]

@@ -1,9 +1,11 @@
 """Memory policies: whether a stage's KV cache is kept for the stages after it.
 
 The cache-span pass decides from the plan alone. At run time the memory manager asks
-again with what the engine reported: a stage hint always wins; then each user policy
-may decide; then ``SmallIncrement`` reads the real token delta; what nobody decided
-keeps the plan's decision. A policy is a small class:
+again with what the engine reported: a stage hint always wins; then the agent layer's
+policies, in order, may decide (``AgentPolicy.cache_choice``): the user's memory
+policies, then ``SmallIncrement``, which reads the real token delta; what nobody decided
+keeps the plan's decision. A memory policy is an agent policy that implements only that
+primitive, as ``decide``:
 
     class KeepBilling(orla.MemoryPolicy):
         def decide(self, event: orla.runtime.CacheEvent) -> orla.runtime.CacheChoice | None:
@@ -14,8 +16,13 @@ keeps the plan's decision. A policy is a small class:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from orla_sdk.agents.policy import AgentPolicy
+
+if TYPE_CHECKING:
+    from orla_sdk.agents.policy import AgentLayer
 
 
 @dataclass(frozen=True)
@@ -46,11 +53,16 @@ class CacheChoice:
     reason: str
 
 
-class MemoryPolicy:
+class MemoryPolicy(AgentPolicy):
     """Decide nothing; subclasses return a ``CacheChoice`` for the events they care about."""
+
+    name = "memory"
 
     def decide(self, event: CacheEvent) -> CacheChoice | None:
         return None
+
+    def cache_choice(self, event: CacheEvent) -> CacheChoice | None:
+        return self.decide(event)
 
 
 @dataclass
@@ -65,6 +77,7 @@ class SmallIncrement(MemoryPolicy):
 
     max_new_tokens: int = 1024
     min_reuse: float = 0.5
+    name = "small-increment"
 
     def decide(self, event: CacheEvent) -> CacheChoice | None:
         small = event.new_tokens <= self.max_new_tokens
@@ -80,12 +93,8 @@ class SmallIncrement(MemoryPolicy):
         return None
 
 
-def decide(event: CacheEvent, policies: Sequence[MemoryPolicy]) -> CacheChoice:
-    """The decision for ``event``: the stage hint, else the first policy that decides,
-    else the plan's."""
-    if not event.hinted:
-        for policy in policies:
-            choice = policy.decide(event)
-            if choice is not None:
-                return choice
-    return CacheChoice(event.decision, event.reason)
+def decide(event: CacheEvent, layer: AgentLayer) -> CacheChoice:
+    """The decision for ``event``: the stage hint, else the first of the layer's policies
+    that decides, else the plan's."""
+    choice = None if event.hinted else layer.cache_choice(event)
+    return choice or CacheChoice(event.decision, event.reason)
