@@ -974,6 +974,36 @@ def test_prefetch_restores_the_predicted_agents_saved_slot_into_a_free_one() -> 
         ("slot_restored", coder)]
 
 
+def test_an_agents_next_run_starts_from_its_context_in_the_last_one() -> None:
+    async def scenario() -> tuple[FakeSavingSlots, list[Any], list[Any]]:
+        control = FakeSavingSlots()
+        memory = MemoryManager()
+        memory.add_slots("b", control, 2)
+        coder = AgentKey(W, "coder", "r1")
+        async with memory.pin("r1", "b", coder, **own_slot_options(coder)):
+            pass
+        async with memory.pin("r1", "b"):  # the run's own slot: no agent, no template
+            pass
+        ended = await memory.end_run("r1")
+        again = AgentKey(W, "coder", "r2")
+        async with memory.pin("r2", "b", again, **own_slot_options(again)) as slot:
+            assert slot is not None
+        async with memory.pin("r2", "b", AgentKey(W, "tester", "r2"),
+                              **own_slot_options(AgentKey(W, "tester", "r2"))):
+            pass  # an agent without a template starts cold
+        return control, ended, memory.take_log("r2")
+
+    control, ended, log = asyncio.run(scenario())
+    (template,) = control.files
+    assert "template" in template and sorted(control.erased) == [0, 1]
+    assert sorted((e["decision"], e["action"].split(" (")[0]) for e in ended) == [
+        ("flush", "erase slot 0"), ("flush", "erase slot 1"),
+        ("keep", "save slot 0 as coder's template")]
+    assert [file for _, file in control.restored] == [template]
+    assert [e["decision"] for e in log] == ["restore"]
+    assert "starts from its last run's" in log[0]["reason"]
+
+
 def test_pool_end_run_ends_the_run_for_every_workload() -> None:
     sage = CacheSage()
     pool = orla.BackendPool([], policies=[sage])

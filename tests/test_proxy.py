@@ -157,6 +157,22 @@ def test_sglang_hints_are_honoured_and_stripped(proxy: ProxyServer, backend: Scr
     assert report["by_agent"]["planner"]["calls"] == 1
 
 
+def test_calls_that_name_no_agent_are_one_agent_per_system_prompt(proxy: ProxyServer) -> None:
+    def ask_as(system: str, question: str) -> None:
+        client(proxy).chat.completions.create(
+            model="light", messages=[{"role": "system", "content": system},
+                                     {"role": "user", "content": question}],
+            extra_headers={"X-Orla-Workflow": "wf-fp"})
+
+    ask_as("You write code.", "first")
+    ask_as("You review code.", "second")
+    ask_as("You write code.", "third")
+    report = httpx.get(proxy.url + "/v1/orla/workflows/wf-fp").json()
+    assert sorted(t["calls"] for t in report["by_agent"].values()) == [1, 2]
+    assert all(agent.startswith("fp-") for agent in report["by_agent"])
+    assert list(report["by_stage"]) == ["default"]
+
+
 def test_untagged_calls_are_not_kept(proxy: ProxyServer) -> None:
     raw = client(proxy).chat.completions.with_raw_response.create(
         model="light", messages=[{"role": "user", "content": "hi"}])

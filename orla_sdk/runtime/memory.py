@@ -16,7 +16,9 @@ half of the shorter of the two (as llama.cpp picks a slot by prompt similarity),
 agent's own context. Agents with their own system prompts then keep their own
 slots instead of evicting each other's, while nodes that continue one conversation share
 its slot. Between calls, the saved context of the agent the layer predicts
-next is restored into an idle slot (prefetch).
+next is restored into an idle slot (prefetch). When a run ends, each declared agent's
+context is kept in one saved file per agent (a template), and that agent's first context
+in a later run starts from it, so what their prompts share (a system prompt) is cached.
 A run that waits for a person (a LangGraph interrupt) is suspended: its slots are saved
 and freed at once, and restored when it calls again.
 
@@ -92,6 +94,8 @@ class SlotTable:
     last_used: dict[Holder, int] = field(default_factory=dict)  # in slot events
     keys: dict[Holder, AgentKey] = field(default_factory=dict)  # whose context it is
     prompts: dict[Holder, str] = field(default_factory=dict)  # a context's last prompt
+    # (workload, agent) -> the saved file of that agent's context in a run that ended
+    templates: dict[tuple[str, str], str] = field(default_factory=dict)
     events: int = 0
     can_save: bool = True  # until a save fails
 
@@ -194,8 +198,20 @@ class MemoryManager:
             return None
         table.held[holder] = slot
         if holder in table.saved:
-            await self._restore(table, holder, slot, "the holder came back to its saved slot")
+            await self._restore(table, holder, slot, table.saved.pop(holder),
+                                "the holder came back to its saved slot")
+        elif holder[1]:
+            await self._start_from_template(table, holder, slot)
         return slot
+
+    async def _start_from_template(self, table: SlotTable, holder: Holder, slot: int) -> None:
+        """A new context of a declared agent starts from that agent's context in a run that
+        ended, where one was kept: what they share (its system prompt, mostly) is cached."""
+        key = table.keys.get(holder)
+        filename = table.templates.get((key.workload, key.agent)) if key else None
+        if key is not None and filename is not None:
+            await self._restore(table, holder, slot, filename,
+                                f"a new context of {key.agent} starts from its last run's")
 
     async def _spare_slot(self, table: SlotTable, for_holder: Holder) -> int | None:
         """A free slot, or one the agent layer takes from an idle holder; None if every
@@ -228,8 +244,8 @@ class MemoryManager:
             return f"save slot {slot} to {filename} ({saved} tokens)"
         return f"hand over slot {slot} unsaved (this engine cannot save slots)"
 
-    async def _restore(self, table: SlotTable, holder: Holder, slot: int, why: str) -> None:
-        filename = table.saved.pop(holder)
+    async def _restore(self, table: SlotTable, holder: Holder, slot: int, filename: str,
+                       why: str) -> None:
         control = table.control
         assert hasattr(control, "restore")
         try:
@@ -253,7 +269,8 @@ class MemoryManager:
                 slot = table.free.pop(0)
                 table.held[holder] = slot
                 table.last_used[holder] = table.events
-                await self._restore(table, holder, slot, f"prefetch: {agent} predicted next")
+                await self._restore(table, holder, slot, table.saved.pop(holder),
+                                    f"prefetch: {agent} predicted next")
 
     def _observe(self, kind: AgentEventKind, table: SlotTable, holder: Holder,
                  **data: object) -> None:
@@ -378,11 +395,15 @@ class MemoryManager:
         for backend, table in self.tables.items():
             for holder in table.of_run(run_id):
                 table.last_used.pop(holder, None)
-                table.keys.pop(holder, None)
+                key = table.keys.pop(holder, None)
                 table.prompts.pop(holder, None)
+                kept = (await self._keep_template(table, holder, key)
+                        if holder[1] and key is not None else "")
                 if table.saved.pop(holder, None) is not None:
                     entries.append(_entry(backend, "flush", "end of workflow",
-                                          "drop the saved slot"))
+                                          kept or "drop the saved slot"))
+                elif kept:
+                    entries.append(_entry(backend, "keep", "end of workflow", kept))
                 if holder in table.held:
                     entries.append(_entry(backend, "flush", "end of workflow",
                                           await self._release(table, holder)))
@@ -394,6 +415,25 @@ class MemoryManager:
         for backend in [*self.tables, *self.shared]:
             self.kept.discard((run_id, backend))
         return entries
+
+    async def _keep_template(self, table: SlotTable, holder: Holder, key: AgentKey) -> str:
+        """Keep an ending context of a declared agent as where that agent's next contexts
+        start: its saved file, or its slot saved now (one file per agent, overwritten).
+        Returns what was done ("": nothing)."""
+        agent = (key.workload, key.agent)
+        if holder in table.saved:
+            table.templates[agent] = table.saved[holder]
+            return f"keep the saved slot as {key.agent}'s template"
+        slot = table.held.get(holder)
+        if slot is None or not table.can_save or not hasattr(table.control, "save"):
+            return ""
+        filename = _slot_file((f"template-{key.workload}", key.agent))
+        try:
+            saved = await table.control.save(slot, filename)
+        except OrlaError:
+            return ""  # the next contexts of this agent start cold, as without a template
+        table.templates[agent] = filename
+        return f"save slot {slot} as {key.agent}'s template ({saved} tokens)"
 
     async def _release(self, table: SlotTable, holder: Holder) -> str:
         slot = table.held.pop(holder, None)

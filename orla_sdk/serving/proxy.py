@@ -11,17 +11,20 @@ Any framework or language reaches orla by changing its base URL. The request's
 Each call is tagged with a workflow, a stage and an agent: the headers
 ``X-Orla-Workflow``, ``X-Orla-Stage``, ``X-Orla-Agent`` and ``X-Orla-Priority``, or the
 body fields of SGLang's proposed agent hints (``workflow_id``, ``agent_id``, ``step_id``,
-``parent_step_id``), which are stripped before the request goes on. A call without a
-workflow is a workflow of its own, forgotten (and its cache dropped) when it ends.
+``parent_step_id``), which are stripped before the request goes on. A call that names no
+agent is given one: a fingerprint of its first message (``fp-...``), so that the calls
+of one system prompt are one agent. A call without a workflow is a workflow of its own,
+forgotten (and its cache dropped) when it ends.
 
 The proxy is a ``ServingSession`` behind HTTP: a workflow is one of the session's runs
-(its queue run and cache slot: a workflow's calls on llama.cpp stay on one slot, so its
-prefix is cached), a (stage, agent) of it one unit of work, whose ``StageRecord`` goes to
-the session's ``Report`` (``proxy.report``) labelled ``workflow``, ``stage`` and
-``agent``. ``GET /v1/orla/workflows/{id}`` reads a workflow's part of it;
-``POST /v1/orla/workflows/{id}/complete`` settles the run (its cache is dropped) and
-returns the cache log and the report, then forgets the workflow. A workflow idle for
-``workflow_idle_s`` (an hour unless told) is completed by the proxy itself.
+(its queue run and cache slots: on llama.cpp the calls of one of its conversations stay
+on one slot, so their prefix is cached), a (stage, agent) of it one unit of work, whose
+``StageRecord`` goes to the session's ``Report`` (``proxy.report``) labelled
+``workflow``, ``stage`` and ``agent``. ``GET /v1/orla/workflows/{id}`` reads a
+workflow's part of it; ``POST /v1/orla/workflows/{id}/complete`` settles the run (its
+cache is dropped) and returns the cache log and the report, then forgets the workflow. A
+workflow idle for ``workflow_idle_s`` (an hour unless told) is completed by the proxy
+itself.
 
 Other endpoints: ``GET /v1/models`` (the logical names), ``GET /v1/orla/report`` (every
 known workflow), ``GET /openapi.json`` and ``GET /health``. Bearer-token auth is required
@@ -48,7 +51,7 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from orla_sdk.agents import AgentPolicy
+from orla_sdk.agents import AgentPolicy, fingerprint
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
 from orla_sdk.backends.wire import Chunks, completion_json, error_json, error_status
 from orla_sdk.errors import BackendError, MissingExtra, OrlaError
@@ -107,6 +110,8 @@ def read_tags(headers: Mapping[str, str], body: dict[str, Any]) -> Tags:
     workflow = headers.get("X-Orla-Workflow") or _text(hints.get("workflow_id"))
     agent = headers.get("X-Orla-Agent") or _text(hints.get("agent_id"))
     stage = headers.get("X-Orla-Stage") or agent or "default"
+    if not agent and isinstance(body.get("messages"), list):
+        agent = fingerprint(body["messages"])  # undeclared: named by its first message
     priority = _priority(headers.get("X-Orla-Priority"), body.get("priority"))
     return Tags(workflow or f"anon-{uuid.uuid4().hex[:12]}", stage, agent, priority,
                 tagged=bool(workflow))

@@ -213,9 +213,16 @@ def test_each_run_is_an_orla_run_with_its_spans() -> None:
     runs = {r.labels["run"] for r in served.report.rows()}
     assert len(runs) == 2
     # each run ended "over": the slots of its agents on the light engine erased when the
-    # team stopped (the selector's and each light agent's own)
+    # team stopped (the selector's and each light agent's own), each agent's context kept
+    # as its template, from which the second run's contexts of that agent start
     assert {e["run"] for e in served.cache_log} == runs
-    assert all(e["action"].startswith("erase slot") for e in served.cache_log)
+    actions: dict[str, list[str]] = {}
+    for entry in served.cache_log:
+        actions.setdefault(entry["decision"], []).append(entry["action"])
+    assert set(actions) == {"flush", "keep", "restore"}
+    assert all(action.startswith("erase slot") for action in actions["flush"])
+    assert all("template" in action for action in actions["keep"])
+    assert all(action.startswith("restore slot") for action in actions["restore"])
     assert tracer.names.count("orla.unit manager:selector") == 2
     assert tracer.names.count("chat smollm2-135m") == served.report.to_json()["total"]["calls"]
 

@@ -146,7 +146,8 @@ def test_a_thread_keeps_its_slot_between_turns_and_finds_its_context_cached(
     first, second = (row.record.calls[0] for row in served.report.rows(node="classify"))
     assert first.slot == second.slot is not None
     assert first.cached_tokens == 0 and second.cached_tokens > 0
-    assert served.end_thread("t1")[0]["decision"] == "flush"
+    # the thread's slot is erased; the node's context is kept as its template
+    assert sorted(e["decision"] for e in served.end_thread("t1")) == ["flush", "keep"]
 
 
 def test_a_node_hinted_to_flush_drops_the_threads_context_once_its_step_is_over() -> None:
