@@ -889,6 +889,7 @@ class FakeSavingSlots:
         self.erased: list[int] = []
         self.files: dict[str, int] = {}
         self.restored: list[tuple[int, str]] = []
+        self.saves: list[str] = []
 
     async def erase(self, slot: int) -> int:
         self.erased.append(slot)
@@ -896,6 +897,7 @@ class FakeSavingSlots:
 
     async def save(self, slot: int, filename: str) -> int:
         self.files[filename] = slot
+        self.saves.append(filename)
         return 100
 
     async def restore(self, slot: int, filename: str) -> int:
@@ -991,11 +993,16 @@ def test_an_agents_next_run_starts_from_its_context_in_the_last_one() -> None:
         async with memory.pin("r2", "b", AgentKey(W, "tester", "r2"),
                               **own_slot_options(AgentKey(W, "tester", "r2"))):
             pass  # an agent without a template starts cold
-        return control, ended, memory.take_log("r2")
+        log = memory.take_log("r2")
+        await memory.end_run("r2")  # the coder's template is not saved again
+        return control, ended, log
 
     control, ended, log = asyncio.run(scenario())
-    (template,) = control.files
-    assert "template" in template and sorted(control.erased) == [0, 1]
+    template = next(name for name in control.files if "coder" in name)
+    # the coder's template saved when r1 ended, not again when r2 did; the tester's then
+    assert "template" in template and len(control.saves) == 2
+    assert control.saves[0] == template and "tester" in control.saves[1]
+    assert sorted(control.erased[:2]) == [0, 1]
     assert sorted((e["decision"], e["action"].split(" (")[0]) for e in ended) == [
         ("flush", "erase slot 0"), ("flush", "erase slot 1"),
         ("keep", "save slot 0 as coder's template")]

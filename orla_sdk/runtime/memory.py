@@ -17,8 +17,9 @@ agent's own context. Agents with their own system prompts then keep their own
 slots instead of evicting each other's, while nodes that continue one conversation share
 its slot. Between calls, the saved context of the agent the layer predicts
 next is restored into an idle slot (prefetch). When a run ends, each declared agent's
-context is kept in one saved file per agent (a template), and that agent's first context
-in a later run starts from it, so what their prompts share (a system prompt) is cached.
+context is kept in one saved file per agent (a template, saved anew every 16th run), and
+that agent's first context in a later run starts from it, so what their prompts share (a
+system prompt) is cached.
 A run that waits for a person (a LangGraph interrupt) is suspended: its slots are saved
 and freed at once, and restored when it calls again.
 
@@ -78,6 +79,7 @@ class ResetControl(Protocol):
 
 Holder = tuple[str, str]  # (run, a context of the run, or "": the run's own slot)
 SIMILAR = 0.5  # share of the shorter prompt two prompts must have in common to be one context
+TEMPLATE_EVERY = 16  # an agent's template is saved anew at the end of every 16th of its runs
 
 
 @dataclass
@@ -96,6 +98,7 @@ class SlotTable:
     prompts: dict[Holder, str] = field(default_factory=dict)  # a context's last prompt
     # (workload, agent) -> the saved file of that agent's context in a run that ended
     templates: dict[tuple[str, str], str] = field(default_factory=dict)
+    ended: Counter[tuple[str, str]] = field(default_factory=Counter)  # runs, by agent
     events: int = 0
     can_save: bool = True  # until a save fails
 
@@ -418,14 +421,17 @@ class MemoryManager:
 
     async def _keep_template(self, table: SlotTable, holder: Holder, key: AgentKey) -> str:
         """Keep an ending context of a declared agent as where that agent's next contexts
-        start: its saved file, or its slot saved now (one file per agent, overwritten).
-        Returns what was done ("": nothing)."""
+        start: its saved file, or its slot saved now (one file per agent, overwritten;
+        saved for the agent's first run and every ``TEMPLATE_EVERY``-th after, as what
+        runs share, a system prompt, seldom changes). Returns what was done ("": nothing)."""
         agent = (key.workload, key.agent)
+        table.ended[agent] += 1
         if holder in table.saved:
             table.templates[agent] = table.saved[holder]
             return f"keep the saved slot as {key.agent}'s template"
         slot = table.held.get(holder)
-        if slot is None or not table.can_save or not hasattr(table.control, "save"):
+        due = agent not in table.templates or table.ended[agent] % TEMPLATE_EVERY == 1
+        if slot is None or not due or not table.can_save or not hasattr(table.control, "save"):
             return ""
         filename = _slot_file((f"template-{key.workload}", key.agent))
         try:

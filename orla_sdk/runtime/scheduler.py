@@ -105,7 +105,7 @@ class BackendQueue:
         self.stage_policy = stage_policy or ByPriority()
         self.request_policy = request_policy or ByPriority()
         self.stage_policies = dict(stage_policies or {})
-        self.agents = agents or AgentLayer()
+        self.agents = agents if agents is not None else AgentLayer()
         self.running = 0
         self.waiting = 0
         self._queues: dict[str, list[tuple[Any, int, Waiting]]] = {}
