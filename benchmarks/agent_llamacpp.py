@@ -51,12 +51,13 @@ from benchmarks.agent_traces import selector
 from benchmarks.compile_speed import describe_machine
 from orla_sdk.agents import AgentKey, TraceCall
 from orla_sdk.agents.trace import sessions as by_session
-from orla_sdk.backends import llamacpp
+from orla_sdk.backends import DEFAULT_LOCAL_MODEL, llamacpp
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
 from orla_sdk.backends.sim.replay import messages_of
+from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime.pool import BackendPool
 
 DEFAULT_OUT = Path("benchmarks") / "results" / "agent_llamacpp"
@@ -117,7 +118,7 @@ class Run:
                 "wall_s": round(self.wall_s, 1)}
 
 
-Send = Callable[[ChatRequest, str, str], Awaitable[ChatResult]]
+Send = Callable[[ChatRequest], Awaitable[ChatResult]]
 
 
 def scaled(call: TraceCall, scale: float) -> TraceCall:
@@ -129,7 +130,7 @@ def scaled(call: TraceCall, scale: float) -> TraceCall:
 
 def request_of(call: TraceCall, max_tokens: int) -> ChatRequest:
     return ChatRequest(
-        model="smollm2-135m-instruct", messages=messages_of(call),
+        model=DEFAULT_LOCAL_MODEL, messages=messages_of(call),
         params={"max_tokens": max_tokens, "temperature": 0.0},
         agent=AgentKey(call.workload, call.agent, call.session, call.step))
 
@@ -157,7 +158,7 @@ async def timed_call(call: TraceCall, send: Send, run: Run, max_tokens: int) -> 
 
     request = request_of(call, max_tokens)
     started = time.perf_counter()
-    result = await send(replace(request, on_token=on_token), call.session, call.agent)
+    result = await send(replace(request, on_token=on_token))
     run.calls += 1
     run.prompt_tokens += result.prompt_tokens
     run.cached_tokens += result.cached_tokens
@@ -182,35 +183,33 @@ async def measure(setting: Setting, slots: int, round_: int,
     return run
 
 
-async def measure_bare(spec: Any, control: LlamaCppControl,
+async def measure_bare(spec: BackendSpec, control: LlamaCppControl,
                        sessions: Sequence[Sequence[TraceCall]], run: Run,
                        args: argparse.Namespace) -> None:
     client = OpenAICompatibleBackend(spec, timeout=600)
     try:
         await warm_up(client.chat, control)
 
-        async def send(request: ChatRequest, session: str, agent: str) -> ChatResult:
-            return await client.chat(request)
-
         async def ended(session: str) -> None:
             return None
 
-        await counted(control, run, run_sessions(sessions, send, run, args.concurrency,
-                                                 args.max_tokens, ended))
+        await counted(control, run, run_sessions(sessions, client.chat, run,
+                                                 args.concurrency, args.max_tokens, ended))
     finally:
         await client.aclose()
 
 
-async def measure_orla(setting: Setting, spec: Any, control: LlamaCppControl,
+async def measure_orla(setting: Setting, spec: BackendSpec, control: LlamaCppControl,
                        sessions: Sequence[Sequence[TraceCall]], run: Run,
                        args: argparse.Namespace) -> None:
     async with BackendPool([spec], slots=run.slots, timeout=600,
                            policies=[setting.policy]) as pool:
         await warm_up(lambda request: pool["light"].client.chat(request), control)
 
-        async def send(request: ChatRequest, session: str, agent: str) -> ChatResult:
-            served = await pool.call("light", request, run_id=session, stage=agent,
-                                     own_slot=setting.own_slot)
+        async def send(request: ChatRequest) -> ChatResult:
+            assert request.agent is not None
+            served = await pool.call("light", request, run_id=request.agent.run,
+                                     stage=request.agent.agent, own_slot=setting.own_slot)
             return served.result
 
         async def ended(session: str) -> None:
@@ -225,7 +224,7 @@ async def warm_up(chat: Callable[[ChatRequest], Awaitable[ChatResult]],
                   control: LlamaCppControl) -> None:
     """One short call, so that no setting's first call pays for the engine's first
     allocations; its slot is erased after."""
-    await chat(ChatRequest(model="smollm2-135m-instruct", params={"max_tokens": 1},
+    await chat(ChatRequest(model=DEFAULT_LOCAL_MODEL, params={"max_tokens": 1},
                            messages=[{"role": "user", "content": "hello"}], slot=0))
     await control.erase(0)
 
