@@ -130,18 +130,19 @@ class AgentLayer:
         return wanted
 
     def cache_choice(self, event: CacheEvent) -> CacheChoice | None:
-        for policy in list(self.policies):
-            choice = self._guarded(policy, policy.cache_choice, event)
-            if choice is not None:
-                return choice
-        return None
+        return self._first_answer(lambda policy: policy.cache_choice, event)
 
     def queue_key(self, waiting: Queued) -> Any:
         """The first policy's sort key for ``waiting``; None where no policy orders."""
+        return self._first_answer(lambda policy: policy.queue_key, waiting)
+
+    def _first_answer(self, primitive: Callable[[AgentPolicy], Callable[[A], R | None]],
+                      argument: A) -> R | None:
+        """The first answer that is not None, asking the policies in order."""
         for policy in list(self.policies):
-            key = self._guarded(policy, policy.queue_key, waiting)
-            if key is not None:
-                return key
+            answer = self._guarded(policy, primitive(policy), argument)
+            if answer is not None:
+                return answer
         return None
 
     def _guarded(self, policy: AgentPolicy, method: Callable[[A], R], argument: A) -> R | None:

@@ -43,6 +43,7 @@ class Waiting:
     prompt_length: int   # characters of the prompt
     seq: int             # arrival order at this backend
     agent: AgentKey | None = None  # who makes the call
+    ordered: Any = None  # the agent layer's sort key, where one of its policies gives one
     arrived: float = field(default_factory=time.perf_counter)
     granted: asyncio.Future[None] | None = None
     withdrawn: bool = False
@@ -143,6 +144,7 @@ class BackendQueue:
 
     async def _wait(self, entry: Waiting) -> None:
         entry.granted = asyncio.get_running_loop().create_future()
+        entry.ordered = self.agents.queue_key(entry) if self.agents else None
         policy = self.stage_policies.get(entry.stage, self.request_policy)
         heapq.heappush(self._queues.setdefault(entry.stage, []),
                        (self._key(entry, policy), entry.seq, entry))
@@ -182,10 +184,13 @@ class BackendQueue:
         heapq.heappop(self._queues[chosen.stage])
         return chosen
 
-    def _key(self, waiting: Waiting, policy: Policy) -> tuple[int, Any]:
-        """The agent layer's key where it gives one, before the backend policy's keys."""
-        ordered = self.agents.queue_key(waiting) if self.agents else None
-        return (0, ordered) if ordered is not None else (1, policy.key(waiting))
+    @staticmethod
+    def _key(waiting: Waiting, policy: Policy) -> tuple[int, Any]:
+        """The agent layer's key (asked once, on arrival) where it gave one, before the
+        backend policy's keys."""
+        if waiting.ordered is not None:
+            return (0, waiting.ordered)
+        return (1, policy.key(waiting))
 
 
 def _gone(waiting: Waiting) -> bool:

@@ -93,8 +93,7 @@ class Report:
         """Totals per value of ``label`` (rows without it are left out)."""
         groups: dict[str, list[CallRecord]] = {}
         for row in self.rows(**match):
-            value = agent_of(row.record) if label == "agent" else None
-            value = row.labels.get(label, value)
+            value = _label(row, label)
             if value is not None:
                 groups.setdefault(str(value), []).extend(row.record.calls)
         return {key: self.totals(calls) for key, calls in groups.items()}
@@ -144,7 +143,8 @@ class Report:
                 f"orla.unit {row.record.node}", start_time=int(start * NS),
                 attributes=self._unit_attributes(row))
             context = trace.set_span_in_context(unit)
-            agent = {"gen_ai.agent.name": self._agent(row), "orla.agent": self._agent(row)}
+            name = str(_label(row, "agent"))
+            agent = {"gen_ai.agent.name": name, "orla.agent": name}
             for call in calls:
                 span = tracer.start_span(f"chat {call.model}", context=context,
                                          start_time=int(call.started_at * NS),
@@ -160,12 +160,8 @@ class Report:
         totals = self.totals(row.record.calls)
         attributes.update({f"orla.{k}": v for k, v in totals.items() if v is not None})
         attributes["orla.stage"] = row.record.stage
-        attributes["orla.agent"] = attributes["gen_ai.agent.name"] = self._agent(row)
+        attributes["orla.agent"] = attributes["gen_ai.agent.name"] = str(_label(row, "agent"))
         return attributes
-
-    @staticmethod
-    def _agent(row: Row) -> str:
-        return str(row.labels.get("agent") or agent_of(row.record))
 
     def _call_attributes(self, call: CallRecord) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -188,6 +184,13 @@ class Report:
 def agent_of(record: StageRecord) -> str:
     """The agent whose calls ``record`` holds: the declared one, else the stage."""
     return record.agent or record.stage
+
+
+def _label(row: Row, label: str) -> Any:
+    """The row's value of ``label``; for ``agent``, the record's agent where no label
+    names one."""
+    value = row.labels.get(label)
+    return agent_of(row.record) if value is None and label == "agent" else value
 
 
 def _matches(row: Row, match: Mapping[str, Any]) -> bool:
