@@ -36,19 +36,22 @@ from orla_sdk.runtime import (
     StageRecord,
     achat,
     agenerate,
+    aresume,
     arun,
     astream,
     async_openai_client,
     chat,
     generate,
     openai_client,
+    resume,
     run,
     stream,
     wrap,
 )
 from orla_sdk.serving import Price, Report, serve
 from orla_sdk.stage import priority_by, stage
-from orla_sdk.trace import cond, switch
+from orla_sdk.tools import tool
+from orla_sdk.trace import cond, is_none, switch
 from orla_sdk.workflow import workflow
 
 __version__ = "0.2.0"
@@ -56,8 +59,9 @@ __version__ = "0.2.0"
 __all__ = [
     "BackendError", "BackendPool", "MemoryPolicy", "OneBitStageMapper", "OrlaError",
     "OutputError", "Plan", "PlanValidationError", "Policy", "Price", "Report", "RunError",
-    "RunResult", "Scheduling", "StageMapper", "StageRecord", "Target", "ThresholdStageMapper",
-    "TraceError", "achat", "agenerate", "arun", "astream", "async_openai_client", "backends",
-    "chat", "compile", "cond", "generate", "openai_client", "passes", "priority_by", "render",
-    "run", "serve", "stage", "stream", "switch", "workflow", "wrap",
+    "RunResult", "Scheduling", "StageMapper", "StageRecord", "Target",
+    "ThresholdStageMapper", "TraceError", "achat", "agenerate", "aresume", "arun",
+    "astream", "async_openai_client", "backends", "chat", "compile", "cond", "generate",
+    "is_none", "openai_client", "passes", "priority_by", "render", "resume", "run",
+    "serve", "stage", "stream", "switch", "tool", "workflow", "wrap",
 ]

@@ -11,7 +11,7 @@ from orla_sdk.adapters import adapter_for, find_adapter
 from orla_sdk.backends.declare import DEFAULT_LOCAL_MODEL, llamacpp
 from orla_sdk.context import active_tracer
 from orla_sdk.errors import TraceError
-from orla_sdk.ir import BackendSpec, Plan, Target
+from orla_sdk.ir import RUN_KEYWORDS, BackendSpec, Plan, Target
 from orla_sdk.mapping import StageMapper, normalize_mapping
 from orla_sdk.merge import merge_paths
 from orla_sdk.passes import Pass, run_passes
@@ -39,6 +39,11 @@ def trace(workflow: Workflow[..., Any] | Callable[..., Any], *,
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise TraceError(f"workflow {name!r} takes *{p.name}; declare each input as a "
                              "named parameter so the plan can name it.")
+        if p.name in RUN_KEYWORDS:
+            raise TraceError(
+                f"{fn.__code__.co_filename}:{fn.__code__.co_firstlineno}: workflow {name!r} "
+                f"has an input named {p.name!r}, which orla.run takes as its own keyword. "
+                f"Fix: rename the parameter (none of {sorted(RUN_KEYWORDS)}).")
     tracer = Tracer(name, fn.__code__)
     tracer.run_all(fn, params, max_paths)
     return merge_paths(tracer, name, ref_of(fn))

@@ -7,6 +7,7 @@
     ├── AdapterNotFound       no installed adapter takes an app object
     ├── MissingExtra          an optional dependency is not installed
     ├── BackendError          an engine could not serve a request
+    │   └── BackendDown       its engine refused the connection or answered 502-504
     ├── EngineError           the embedded engine cannot be found, started or reached
     ├── OutputError           a model kept answering in a shape the output type forbids
     ├── StageFailed           one stage of a run failed
@@ -85,7 +86,16 @@ class BackendError(OrlaError):
         self.backend = backend
         self.retryable = retryable
         self.status = status  # the engine's HTTP status, when it answered with an error
+        self.detail = message  # the message without the backend's name
         super().__init__(f"backend {backend!r}: {message}")
+
+
+class BackendDown(BackendError):
+    """A backend's engine refused the connection or answered 502, 503 or 504: it may be
+    starting or restarting, so the pool waits for it (``BackendPool(engine_down_s=...)``)."""
+
+    def __init__(self, backend: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(backend, message, retryable=True, status=status)
 
 
 class EngineError(OrlaError):

@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from orla_sdk.errors import TraceError
 from orla_sdk.ir import Condition, Guard, Node, Plan, PriorityRule
 from orla_sdk.trace import Draft, PathRecord, Tracer, Visit
 from orla_sdk.typespec import type_spec
@@ -37,7 +38,14 @@ def merge_paths(tracer: Tracer, name: str, workflow_ref: str) -> Plan:
     nodes.sort(key=lambda n: n.kind == "output")  # stable: discovery order, output last
     plan = Plan(name=name, workflow=workflow_ref, nodes=nodes, stages=stages,
                 paths=len(tracer.paths))
-    plan.nodes = plan.topological_order()
+    ordered = plan.topological_order()
+    if len(ordered) < len(nodes):
+        cyclic = sorted({n.id for n in nodes} - {n.id for n in ordered})
+        raise TraceError(
+            f"workflow {name!r} could not be merged into one plan: the guards of "
+            f"{', '.join(cyclic)} depend on each other. Fix: test each value once, before "
+            "the branches that use it, and report this workflow to orla's maintainers.")
+    plan.nodes = ordered
     plan.attach(objects)
     return plan
 

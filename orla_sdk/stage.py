@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from orla_sdk.context import active_tracer
+from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Param, PriorityRule, StageSpec
 from orla_sdk.refs import ref_of
 from orla_sdk.tools import tool_spec
@@ -31,7 +32,12 @@ class Stage(Generic[P, R]):
                  tools: Sequence[Callable[..., Any]], priority: PriorityHint,
                  name: str | None, alternatives: Sequence[str] = (),
                  agent: str | None = None) -> None:
-        self.fn = fn
+        if not inspect.isfunction(fn):
+            raise OrlaError(
+                f"@orla.stage decorates functions, not {type(fn).__name__} objects. Fix: "
+                "decorate a function that calls it, e.g. `@orla.stage(...) def ask(x): "
+                "return obj(x)`; for a staticmethod, put @staticmethod above @orla.stage.")
+        self.fn: Callable[P, R] = fn
         self.name = name or fn.__name__
         self.model = model
         self.cache = cache
@@ -47,6 +53,22 @@ class Stage(Generic[P, R]):
         if tracer is None:
             return self.fn(*args, **kwargs)
         return tracer.record_stage(self, args, kwargs)  # type: ignore[return-value]
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        """A stage defined in a class: plain calls get ``self``; a plan cannot carry it."""
+        if instance is None:
+            return self
+        return functools.partial(self._call_method, instance)
+
+    def _call_method(self, instance: object, *args: Any, **kwargs: Any) -> Any:
+        tracer = active_tracer.get()
+        if tracer is not None:
+            raise tracer.refuse(
+                f"stage {self.name!r} is a method of {type(instance).__name__}, and a plan "
+                "cannot carry `self`. Fix: define the stage as a function (or a "
+                "@staticmethod above @orla.stage) and pass what it needs from the object "
+                "as arguments.")
+        return self.fn(instance, *args, **kwargs)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"<orla stage {self.name} model={self.model!r}>"

@@ -3,31 +3,53 @@
 from __future__ import annotations
 
 import inspect
-import typing
 from collections.abc import Callable
-from typing import Any
-
-from pydantic import BaseModel, create_model
+from typing import Any, TypeVar, overload
 
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import ToolSpec
 from orla_sdk.refs import ref_of
+from orla_sdk.signatures import arguments_model
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@overload
+def tool(fn: F, /) -> F: ...
+
+
+@overload
+def tool(*, effect: bool = False) -> Callable[[F], F]: ...
+
+
+def tool(fn: F | None = None, /, *, effect: bool = False) -> F | Callable[[F], F]:
+    """Mark a function as a tool; it stays a plain function.
+
+    effect=True: calling it changes the world (charges a card, sends an e-mail). Each call
+    a model makes gets a key from (run, stage, model call, turn, call index); in a run with
+    a checkpoint store its result is recorded before the model sees it, and a resumed or
+    retried run gets the recorded result instead of calling it again. A tool that declares
+    a parameter ``idempotency_key`` receives the key (to pass on to a payment API, say).
+    """
+
+    def mark(f: F) -> F:
+        f.__orla_effect__ = effect  # type: ignore[attr-defined]
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def has_effect(fn: Callable[..., Any]) -> bool:
+    return bool(getattr(fn, "__orla_effect__", False))
 
 
 def tool_spec(fn: Callable[..., Any]) -> ToolSpec:
     """A tool's name, first docstring paragraph and JSON schema of its parameters."""
     if not callable(fn):
         raise OrlaError(f"tool {fn!r} is not callable; pass the function itself.")
-    hints = typing.get_type_hints(fn)
-    fields: dict[str, Any] = {}
-    for name, param in inspect.signature(fn).parameters.items():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        default = ... if param.default is param.empty else param.default
-        fields[name] = (hints.get(name, str), default)
-    args_model: type[BaseModel] = create_model(f"{fn.__name__}_args", **fields)
-    schema = args_model.model_json_schema()
+    schema = arguments_model(fn).model_json_schema()
     schema.pop("title", None)
+    schema.pop("additionalProperties", None)
     doc = inspect.getdoc(fn) or ""
     return ToolSpec(name=fn.__name__, ref=ref_of(fn), description=doc.split("\n\n")[0],
-                    parameters=schema)
+                    parameters=schema, effect=has_effect(fn))

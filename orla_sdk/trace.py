@@ -10,9 +10,9 @@ site, and each node is guarded by the branch choices that lead to it.
 from __future__ import annotations
 
 import asyncio
+import dis
 import enum
 import inspect
-import linecache
 import os
 import sys
 import typing
@@ -27,6 +27,7 @@ from orla_sdk.context import active_tracer
 from orla_sdk.errors import OrlaError, TraceError
 from orla_sdk.ir import BranchTest
 from orla_sdk.refs import ref_of
+from orla_sdk.trace_checks import facts_of, line_of, none_tests_refused, try_refusal
 from orla_sdk.typespec import (
     enumerate_values,
     field_annotation,
@@ -46,6 +47,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _EXAMPLES_DIR = _PACKAGE_DIR + "examples" + os.sep  # workflows shipped with orla: user code
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
 
+_GET_ITER = dis.opmap["GET_ITER"]  # the opcode of `for x in ...` and comprehensions
 PathKey = tuple[Any, ...]
 Decision = tuple[str, Any]  # (branch id, JSON choice)
 
@@ -121,6 +123,12 @@ class Proxy:
         return hash(self._orla_tracer.concrete(self, "is hashed (used as a key)"))
 
     def __iter__(self) -> Iterator[Proxy]:
+        caller = sys._getframe(1)
+        if caller.f_code.co_code[caller.f_lasti] != _GET_ITER:
+            raise self._orla_tracer.misuse(
+                self, "is passed to a function that iterates it (enumerate, zip, list(), "
+                "unpacking)", "iterate over the list itself, `for item in items:`, to fan "
+                "out; to number or pair items, do it inside a stage that returns the list")
         return self._orla_tracer.record_map(self)
 
     def __len__(self) -> int:
@@ -221,6 +229,7 @@ class Tracer:
         self.objects: dict[str, Any] = {}
         self.input_types: dict[str, Any] = {}
         self.suffixes: dict[str, int] = {}
+        self.refusals: list[TraceError] = []
         self._reset_path([])
 
     def _reset_path(self, forced: list[tuple[str, int]]) -> None:
@@ -230,6 +239,7 @@ class Tracer:
         self.values: dict[str, Any] = {}
         self.occurrences: dict[PathKey, int] = {}
         self.loop_decisions: dict[PathKey, int] = {}
+        self.value_branches: dict[tuple[str, tuple[str | int, ...]], str] = {}
         self.tests_at_site: dict[PathKey, int] = {}
         self.scope: tuple[str, ...] = ()
         self.round = 0
@@ -252,9 +262,10 @@ class Tracer:
         inputs = {p.name: self._input_proxy(p) for p in params}
         token = active_tracer.set(self)
         try:
-            result = fn(**inputs)
-            if inspect.iscoroutine(result):
-                result = _drive(result, self.workflow_name)
+            with none_tests_refused(self.workflow_code, _is_traced_value):
+                result = fn(**inputs)
+                if inspect.iscoroutine(result):
+                    result = _drive(result, self.workflow_name)
         except OrlaError:
             raise
         except Exception as exc:
@@ -265,6 +276,8 @@ class Tracer:
                 "real outputs, and keep other work inside stages.") from exc
         finally:
             active_tracer.reset(token)
+        if self.refusals:
+            raise self.refusals[0]
         if self.scope:
             loop = self.drafts[self.scope[-1]]
             raise TraceError(
@@ -294,8 +307,8 @@ class Tracer:
         prefix = tuple((b, json_choice(self.values[b])) for b, _, _ in self.frontier.taken)
         self.path.visits[node_id] = Visit(prefix, args, kwargs)
         if len(self.path.visits) > MAX_NODES_PER_PATH:
-            raise TraceError(
-                f"{self._where()}: workflow {self.workflow_name!r} makes more than "
+            raise self.refuse(
+                f"workflow {self.workflow_name!r} makes more than "
                 f"{MAX_NODES_PER_PATH} calls on one path. Fix: iterate over a list output to "
                 "fan out (one map node) instead of unrolling a long loop in Python.")
         return node_id
@@ -317,8 +330,13 @@ class Tracer:
 
     def record_stage(self, stage: Stage[Any, Any], args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Proxy:
+        for frame in self._user_frames():
+            if frame.f_lineno in facts_of(frame.f_code).guarded_lines:
+                raise self.refuse(try_refusal(stage.name), at=frame)
         site, where = self._call_site()
-        key = self._occurrence_key("stage", site)
+        # one node per (call site, stage): `HANDLERS[kind](x)` calls different stages
+        # from one site, each under its own guard
+        key = self._occurrence_key("stage", (*site, stage.spec().ref))
         what = f"an argument of stage {stage.name!r}"
         arg_templates = [self.template(a, what) for a in args]
         kwarg_templates = {k: self.template(v, what) for k, v in kwargs.items()}
@@ -377,7 +395,7 @@ class Tracer:
         choices = enumerate_values(proxy._orla_type)
         if choices is None:
             raise self.misuse(proxy, what, _BRANCH_FIX)
-        branch_id = self._value_branch(proxy, choices, where)
+        branch_id = self._value_branch(proxy, choices, site, where)
         return self._decide(branch_id, site)
 
     def equals(self, proxy: Proxy, other: object, what: str) -> bool:
@@ -397,18 +415,25 @@ class Tracer:
             return source.py_choices
         return enumerate_values(proxy._orla_type) or []
 
-    def _value_branch(self, proxy: Proxy, choices: list[Any], where: str | None) -> str:
-        """The branch node that switches on this proxy's value (one per value, per path)."""
+    def _value_branch(self, proxy: Proxy, choices: list[Any], site: PathKey,
+                      where: str | None) -> str:
+        """The branch node that switches on this proxy's value: one per site where the
+        value is first tested on a path; later tests on the path reuse that decision.
+        (One node for every site would be decided in a different order on different
+        paths, and guards on it could then form a cycle.)"""
+        value = (proxy._orla_node, proxy._orla_path)
+        decided = self.value_branches.get(value)
+        if decided is not None:
+            return decided
         label = proxy._orla_node + "".join(f".{p}" for p in proxy._orla_path)
-        key: PathKey = ("branch", proxy._orla_node, proxy._orla_path)
-        node_id = self.key_to_id.get(key)
-        if node_id is not None and node_id in self.path.visits:
-            return node_id
         draft = Draft("branch", label, where, self._scope_id(), annotation=proxy._orla_type,
                       test=BranchTest(op="value"), choices=[json_choice(c) for c in choices],
                       py_choices=choices)
-        return self._visit(key, draft, [self.template(proxy, "a branch")], {},
-                           preferred=f"branch:{label}")
+        key = self._occurrence_key("branch", (*site, value))
+        node_id = self._visit(key, draft, [self.template(proxy, "a branch")], {},
+                              preferred=f"branch:{label}")
+        self.value_branches[value] = node_id
+        return node_id
 
     def _decide(self, branch_id: str, site: PathKey) -> Any:
         if branch_id in self.values:
@@ -454,8 +479,8 @@ class Tracer:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             encoded = {k: self.template(v, what) for k, v in value.items()}
             return {"$dict": encoded} if any(k.startswith("$") for k in value) else encoded
-        raise TraceError(
-            f"{self._where()}: {what} is a {type(value).__name__}, which a plan cannot carry. "
+        raise self.refuse(
+            f"{what} is a {type(value).__name__}, which a plan cannot carry. "
             "Fix: pass JSON-like values (str, numbers, lists, dicts), enums, pydantic models "
             "or stage outputs; build other objects inside the stage.")
 
@@ -518,15 +543,20 @@ class Tracer:
 
     def _where(self) -> str:
         for frame in self._user_frames():
-            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
-            return f"{frame.f_code.co_filename}:{frame.f_lineno}: `{line}`"
+            return line_of(frame)
         return f"workflow {self.workflow_name!r}"
+
+    def refuse(self, why_and_fix: str, at: FrameType | None = None) -> TraceError:
+        """An error at the workflow's current line (or ``at``'s). It is also kept, and
+        raised when the path ends, in case the workflow's own `except` swallows it."""
+        error = TraceError(f"{line_of(at) if at else self._where()}: {why_and_fix}")
+        self.refusals.append(error)
+        return error
 
     def misuse(self, proxy: Proxy, what: str, fix: str,
                why: str = "it has no value until the plan runs") -> TraceError:
-        return TraceError(
-            f"{self._where()}: the value {proxy._orla_describe()} {what} while workflow "
-            f"{self.workflow_name!r} is traced, but {why}. Fix: {fix}.")
+        return self.refuse(f"the value {proxy._orla_describe()} {what} while workflow "
+                           f"{self.workflow_name!r} is traced, but {why}. Fix: {fix}.")
 
     def _too_many_paths(self, max_paths: int) -> TraceError:
         branches = sorted({b for p in self.paths for b in p.choices})
@@ -536,15 +566,15 @@ class Tracer:
             "fold related tests into one orla.switch(...), or bound loops with range(N).")
 
     def _nondeterministic(self, expected: str, found: str) -> TraceError:
-        return TraceError(
-            f"{self._where()}: workflow {self.workflow_name!r} took a different route on a "
+        return self.refuse(
+            f"workflow {self.workflow_name!r} took a different route on a "
             f"re-run with the same choices (expected to decide {expected!r}, reached "
             f"{found!r}). Fix: keep randomness, clocks and I/O out of the workflow function; "
             "do such work inside stages.")
 
     def _unbounded_loop(self) -> TraceError:
-        return TraceError(
-            f"{self._where()}: a loop in workflow {self.workflow_name!r} keeps testing stage "
+        return self.refuse(
+            f"a loop in workflow {self.workflow_name!r} keeps testing stage "
             "outputs with no bound. Fix: loop over `range(N)` and `break` on the model's "
             "answer, so the plan has at most N rounds.")
 
@@ -553,6 +583,13 @@ _BRANCH_FIX = (
     "branch only on a bool, Literal or Enum output (or such a field of a pydantic output); "
     "for other predicates use orla.cond(predicate, value) or orla.switch(selector, value, "
     "cases=[...])")
+
+
+def _is_traced_value(value: Any) -> bool:
+    """A proxy, or a stage (whose call returns one)."""
+    from orla_sdk.stage import Stage
+
+    return isinstance(value, (Proxy, Stage))
 
 
 def _raised_at(exc: BaseException) -> str:
@@ -601,6 +638,19 @@ def cond(predicate: Callable[..., bool], *args: Any, **kwargs: Any) -> bool:
     if tracer is None:
         return bool(predicate(*args, **kwargs))
     return tracer.record_cond(predicate, args, kwargs, [True, False], bool)  # type: ignore[return-value]
+
+
+def is_none(value: Any) -> bool:
+    """``value is None``, as a branch the plan tests when it runs (``is`` itself cannot be
+    traced): ``if orla.is_none(order.coupon): ...``."""
+    tracer = active_tracer.get()
+    if tracer is None or not isinstance(value, Proxy):
+        return value is None
+    return tracer.record_cond(value_is_none, (value,), {}, [True, False], bool)  # type: ignore[return-value]
+
+
+def value_is_none(value: Any) -> bool:
+    return value is None
 
 
 def switch(selector: Callable[..., Any], *args: Any, cases: Sequence[Any],

@@ -136,6 +136,7 @@ def test_demo_on_a_bad_or_dead_endpoint_ends_with_one_line_and_exit_1(
         url: str, says: str, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys.modules["orla_sdk.runtime.pool"], "RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr(sys.modules["orla_sdk.runtime.pool"], "ENGINE_DOWN_S", 0.0)
     argv = ["demo", "--backend", "sim", "--ticket", "t",
             "--light", url.format(port=closed_port())]
     assert cli.main(argv) == 1

@@ -226,6 +226,7 @@ def test_an_unknown_model_is_404_naming_the_known(proxy: ProxyServer) -> None:
 
 
 def test_a_down_backend_is_5xx_and_the_proxy_keeps_serving(proxy: ProxyServer) -> None:
+    proxy.pool.engine_down_s = 0.0  # fail at once rather than wait for it to come up
     with pytest.raises(openai.APIStatusError) as failed:
         ask(proxy, "broken", extra_headers={"X-Orla-Workflow": "wf-down"})
     assert failed.value.status_code == 503

@@ -280,7 +280,10 @@ def test_nested_branch_needs_both_conditions() -> None:
         return "done"
 
     plan = compile_(wf)
-    assert guards(plan, "write") == [[("branch:review.urgent", [True]), ("branch:check", [True])]]
+    # `ok` is tested at two sites, on different paths: a branch node for each
+    assert guards(plan, "write") == [[("branch:check", [True])]]
+    assert guards(plan, "branch:check") == [[("branch:review.urgent", [True])]]
+    assert guards(plan, "branch:check_2") == [[("branch:review.urgent", [False])]]
 
 
 def test_or_condition_gives_two_guards() -> None:

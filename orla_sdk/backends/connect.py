@@ -116,7 +116,7 @@ class Connector:
         if spec.url is None:
             engine = LocalEngine(EngineConfig(slots=self.slots, alias=_alias(spec),
                                               threads=self.threads))
-            await asyncio.to_thread(engine.start)
+            await engine.astart()
             spec = spec.model_copy(update={"url": engine.url})
         # a slot action waits until the slot is idle, so it gets a request's timeout
         control = LlamaCppControl(spec.url or "", timeout=self.timeout)

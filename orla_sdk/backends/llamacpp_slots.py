@@ -5,24 +5,33 @@ its last prompt. A request pinned to a slot (``"id_slot"`` in the request body) 
 that cache for a shared prefix, and the response's ``usage.prompt_tokens_details.
 cached_tokens`` says how many prompt tokens came from it. These calls are what the
 memory manager turns its keep/flush decisions into.
+
+Saved slots are files in the server's slot folder (``--slot-save-path``). llama.cpp has no
+call that deletes one, so ``forget`` deletes the file itself where the folder is known: one
+given here, or that of an engine orla started (``orla_sdk.backends.engine.slot_folder``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from orla_sdk.backends.engine import slot_folder
 from orla_sdk.errors import EngineError
 
 
 class LlamaCppControl:
-    """Slot and metrics endpoints of one llama.cpp server (``url`` without ``/v1``)."""
+    """Slot and metrics endpoints of one llama.cpp server (``url`` without ``/v1``);
+    ``slot_dir`` is its slot folder, where this process can reach it (else looked up)."""
 
     def __init__(self, url: str, *, timeout: float = 30.0,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: httpx.AsyncClient | None = None,
+                 slot_dir: str | Path | None = None) -> None:
         self.url = url.rstrip("/").removesuffix("/v1")
         self._client = client or httpx.AsyncClient(timeout=timeout)
+        self.slot_dir = Path(slot_dir) if slot_dir else None
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -54,6 +63,25 @@ class LlamaCppControl:
         result = await self._call("POST", f"/slots/{slot}", params={"action": "restore"},
                                   json={"filename": filename})
         return int(result.get("n_restored", 0))
+
+    async def forget(self, filename: str) -> bool:
+        """Delete the saved slot ``filename`` from the server's slot folder; False where
+        there is no such file, or the folder is unknown (a server orla did not start)."""
+        folder = self.slot_dir or slot_folder(self.url)
+        if folder is None:
+            return False
+        self.slot_dir = folder
+        if Path(filename).name != filename:
+            raise EngineError(f"{filename!r} is not a file name; slot files live directly in "
+                              f"the slot folder {folder}")
+        try:
+            (folder / filename).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise EngineError(f"cannot delete the saved slot {folder / filename}: {exc}; "
+                              "delete it by hand, and check the folder's permissions") from exc
+        return True
 
     async def metrics(self) -> dict[str, float]:
         """The server's Prometheus counters, without the ``llamacpp:`` prefix."""

@@ -5,6 +5,10 @@ the last chunk carries the usage, including ``cached_tokens`` where the engine r
 them. The server-sent events are read as plain JSON with ``httpx``: the ``openai``
 client would build a typed object per chunk, which doubled the cost of a short call on
 a local engine. The bodies out and the chunks back are ``orla_sdk.backends.wire``'s.
+A stream that breaks (a line that is not JSON, an end with neither a finish reason nor
+``[DONE]``, a lost connection) is a retryable ``BackendError``, unless its text has already
+reached the caller; a refused connection or a 502-504 answer is a ``BackendDown``, which
+the pool waits for (``ready`` polls the engine).
 Engine flavours add their own fields:
 
 - llama.cpp: ``id_slot`` pins the request to a slot, ``cache_prompt`` keeps its prefix;
@@ -20,15 +24,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.wire import StreamedReply, error_message, request_json
-from orla_sdk.errors import BackendError
+from orla_sdk.errors import BackendDown, BackendError
 from orla_sdk.ir import BackendSpec
+
+ENGINE_DOWN_STATUSES = (502, 503, 504)  # an engine loading, restarting, or gone behind a proxy
+POLL_TIMEOUT_S = 2.0  # how long one poll of an engine that is down waits for its answer
 
 
 class OpenAICompatibleBackend:
@@ -47,32 +53,48 @@ class OpenAICompatibleBackend:
         await self._http.aclose()
 
     async def chat(self, request: ChatRequest) -> ChatResult:
+        reply = StreamedReply(request.on_token)
         try:
             try:
-                return await self._chat_once(request)
-            except httpx.TimeoutException:
+                return await self._chat_once(request, reply)
+            except (httpx.TimeoutException, httpx.ConnectError):
                 raise
             except httpx.TransportError:
+                if reply.delivered:
+                    raise
                 # A pooled keep-alive connection the server has closed fails once; a fresh
                 # connection tells that apart from a real outage.
-                return await self._chat_once(request)
+                reply = StreamedReply(request.on_token)
+                return await self._chat_once(request, reply)
         except httpx.TimeoutException as exc:
             raise BackendError(self.spec.name, f"timed out at {self.spec.url}: {exc!r}",
                                retryable=True) from exc
+        except httpx.ConnectError as exc:
+            raise BackendDown(self.spec.name, f"cannot reach {self.spec.url} ({exc!r}); is "
+                              "the engine running?") from exc
         except httpx.TransportError as exc:
-            raise BackendError(self.spec.name, f"cannot reach {self.spec.url} ({exc!r}); is "
-                               "the engine running?", retryable=True) from exc
+            raise self._lost(exc, reply) from exc
 
-    async def _chat_once(self, request: ChatRequest) -> ChatResult:
+    async def ready(self) -> bool:
+        """Whether the engine answers now, with anything below 500 (a server without
+        ``/models`` answers 404, and is up): the pool polls an engine that is down with
+        this before it sends the request again."""
+        try:
+            response = await self._http.get("/models", timeout=POLL_TIMEOUT_S)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
+
+    async def _chat_once(self, request: ChatRequest, reply: StreamedReply) -> ChatResult:
         started = time.perf_counter()
         async with self._http.stream("POST", "/chat/completions",
                                      json=self.body(request)) as response:
             if response.status_code >= 400:
                 await response.aread()
-                raise BackendError(
-                    self.spec.name, f"answered {response.status_code}: {_message(response)}",
-                    retryable=response.status_code >= 500, status=response.status_code)
-            return await _collect(self._events(response), started, request.on_token)
+                raise self._error_answer(response)
+            first = await self._read(response, reply, started)
+        duration = time.perf_counter() - started
+        return reply.result(ttft_s=first if first is not None else duration, duration_s=duration)
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completions request body; ``extra_body`` in the request's parameters
@@ -80,23 +102,55 @@ class OpenAICompatibleBackend:
         return request_json(request, fields=engine_fields(self.spec.kind, request,
                                                           self.spec.options))
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-        """The JSON of each server-sent event, up to ``[DONE]``. The body is read to its
-        end even so: a connection whose response was left unread is closed, not pooled,
-        and the next call would pay for a new one."""
+    async def _read(self, response: httpx.Response, reply: StreamedReply,
+                    started: float) -> float | None:
+        """Read the server-sent events into ``reply``, up to ``[DONE]``; the seconds to its
+        first output. The body is read to its end even so: a connection whose response was
+        left unread is closed, not pooled, and the next call would pay for a new one."""
+        first: float | None = None
         done = False
         async for line in response.aiter_lines():
             if done or not line.startswith("data:"):
                 continue
             data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                continue
+            done = data == "[DONE]"
+            if not done and reply.add(self._event(data)) and first is None:
+                first = time.perf_counter() - started
+        if not (done or reply.finish):
+            raise BackendError(self.spec.name, f"the stream from {self.spec.url} ended without "
+                               "a finish_reason or [DONE]: the engine (or a proxy in front of "
+                               "it) cut the reply short", retryable=True)
+        return first
+
+    def _event(self, data: str) -> dict[str, Any]:
+        """One server-sent event's JSON."""
+        try:
             event = json.loads(data)
-            if isinstance(event, dict) and "error" in event:  # a failure after streaming began
-                raise BackendError(self.spec.name, f"failed while streaming: "
-                                   f"{error_message(event['error'])}", retryable=False)
-            yield event
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            raise BackendError(self.spec.name, f"sent a malformed stream line (not a JSON "
+                               f"object): {data[:200]!r}", retryable=True)
+        if "error" in event:  # a failure after streaming began
+            raise BackendError(self.spec.name, f"failed while streaming: "
+                               f"{error_message(event['error'])}", retryable=False)
+        return event
+
+    def _error_answer(self, response: httpx.Response) -> BackendError:
+        status = response.status_code
+        message = f"answered {status}: {_message(response)}"
+        if status in ENGINE_DOWN_STATUSES:
+            return BackendDown(self.spec.name, message, status=status)
+        return BackendError(self.spec.name, message, retryable=status >= 500, status=status)
+
+    def _lost(self, exc: httpx.TransportError, reply: StreamedReply) -> BackendError:
+        """The error for a connection lost while the reply was being read."""
+        if reply.delivered:
+            return BackendError(self.spec.name, f"lost the connection to {self.spec.url} after "
+                                f"part of the reply had streamed to the caller ({exc!r}); not "
+                                "retried, so that no text arrives twice", retryable=False)
+        return BackendError(self.spec.name, f"lost the connection to {self.spec.url} ({exc!r});"
+                            " is the engine running?", retryable=True)
 
 
 def api_base(url: str) -> str:
@@ -118,18 +172,6 @@ def engine_fields(kind: str, request: ChatRequest,
     if kind == "sglang" and request.priority is not None:
         fields["priority"] = request.priority
     return fields
-
-
-async def _collect(events: AsyncIterator[dict[str, Any]], started: float,
-                   on_token: Callable[[str], None] | None = None) -> ChatResult:
-    """Read a streamed reply: its text, tool calls, usage and timings."""
-    reply = StreamedReply(on_token)
-    first: float | None = None
-    async for chunk in events:
-        if reply.add(chunk) and first is None:
-            first = time.perf_counter() - started
-    duration = time.perf_counter() - started
-    return reply.result(ttft_s=first if first is not None else duration, duration_s=duration)
 
 
 def _message(response: httpx.Response) -> str:

@@ -192,6 +192,12 @@ class StreamedReply:
             self.finish = choice.get("finish_reason") or self.finish
         return output
 
+    @property
+    def delivered(self) -> bool:
+        """Whether text has reached ``on_token``: a reply that fails after that must not be
+        asked for again, or the caller would see its beginning twice."""
+        return bool(self.parts) and self.on_token is not None
+
     def result(self, *, ttft_s: float, duration_s: float) -> ChatResult:
         details = self.usage.get("prompt_tokens_details") or {}
         return ChatResult(

@@ -3,6 +3,8 @@
     orla plan MODULE:WORKFLOW [--summary]    print the compiled plan (JSON, or a table)
     orla render MODULE:WORKFLOW -o FILE      draw it (.svg, .png, .pdf or .dot)
     orla run MODULE:WORKFLOW [NAME=VALUE ...] run it on its engines and report each stage
+    orla run ... --run-id ID --checkpoint FILE a durable run (see orla runs)
+    orla runs list|show|resume               the durable runs of a checkpoint store
     orla engine start|stop|status            the embedded llama.cpp engine
     orla demo [--ticket TEXT] [--backend llamacpp|sim] [--light URL] [--heavy URL]
                                              the customer-support workflow, live
@@ -37,6 +39,7 @@ from orla_sdk.backends import (
     openai_compatible,
     simulator,
 )
+from orla_sdk.cli.runs import add_runs_parser, runs_command
 from orla_sdk.compile import compile
 from orla_sdk.errors import OrlaError, require_extra
 from orla_sdk.ir import BackendSpec, Plan, Target, cache_of, mapping_of, priority_of
@@ -94,14 +97,31 @@ def _plan_factory(obj: object) -> bool:
 
 def engine_command(action: str, port: int, slots: int) -> str:
     if action == "start":
-        state = engine.start_background(engine.EngineConfig(port=port, slots=slots))
+        state = _start_engine(engine.EngineConfig(port=port, slots=slots))
         return f"engine running at {state['url']} ({state['slots']} slots, pid {state['pid']})"
     if action == "stop":
         return "engine stopped" if engine.stop_background() else "no engine was running"
     state = engine.status()
+    if state.get("alive"):
+        return (f"engine starting at {state['url']} (pid {state['pid']}), not answering yet; "
+                f"its log: {state['log']}; `orla engine stop` stops it")
     if not state["running"]:
         return "engine not running" + (f" (last seen at {state['url']})" if "url" in state else "")
     return f"engine running at {state['url']} ({state['slots']} slots, pid {state['pid']})"
+
+
+def _start_engine(config: engine.EngineConfig) -> dict[str, Any]:
+    """``orla engine start``: Ctrl-C, or a SIGTERM (``timeout``, ``kill``), while the engine
+    starts stops it; nothing is left running, or recorded."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        return engine.start_background(config)
+    except KeyboardInterrupt:
+        raise OrlaError("interrupted while the engine was starting; it was stopped") from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def parse_inputs(pairs: list[str]) -> dict[str, str]:
@@ -364,12 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd = commands.add_parser("run", help="run a workflow and report each stage")
     run_cmd.add_argument("target", help="MODULE:WORKFLOW")
     run_cmd.add_argument("inputs", nargs="*", help="NAME=VALUE workflow inputs")
+    run_cmd.add_argument("--run-id", help="the run's id (needed to resume it)")
+    run_cmd.add_argument("--checkpoint", metavar="FILE",
+                         help="a SQLite file: the run is durable, `orla runs resume` continues it")
     engine_cmd = commands.add_parser("engine", help="the embedded llama.cpp engine")
     engine_cmd.add_argument("action", choices=["start", "stop", "status"])
     engine_cmd.add_argument("--port", type=int, default=0, help="default: a free port")
     engine_cmd.add_argument("--slots", type=int, default=4, help="parallel requests")
     _add_demo_parser(commands)
     _add_serve_parser(commands)
+    add_runs_parser(commands)
     return parser
 
 
@@ -380,13 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo(args)
         if args.command == "serve":
             return serve(args)
+        if args.command == "runs":
+            return runs_command(args, load_plan, run_report)
         if args.command == "engine":
             print(engine_command(args.action, args.port, args.slots))
             return 0
         plan = load_plan(args.target)
         if args.command == "run":
             inputs: dict[str, Any] = parse_inputs(args.inputs)
-            result = run(plan, **inputs)
+            result = run(plan, run_id=args.run_id, checkpoint=args.checkpoint, **inputs)
             print(run_report(result))
             return 0 if result.ok else 1
         if args.command == "plan":

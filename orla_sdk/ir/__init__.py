@@ -19,6 +19,7 @@ from orla_sdk.ir.notes import (
 from orla_sdk.ir.plan import (
     PLAN_FORMAT,
     PRIORITY_RANGE,
+    RUN_KEYWORDS,
     BackendSpec,
     BranchTest,
     Capabilities,
@@ -42,9 +43,9 @@ from orla_sdk.ir.plan import (
 )
 
 __all__ = [
-    "NEUTRAL_PRIORITY", "PLAN_FORMAT", "PRIORITY_RANGE", "BackendSpec", "BranchTest",
-    "CacheDecision", "CacheNote", "Candidate", "Capabilities", "Condition", "Edge", "Guard",
-    "MapperSpec", "MappingNote", "Node", "Param", "Plan", "PriorityNote", "PriorityRule",
+    "NEUTRAL_PRIORITY", "PLAN_FORMAT", "PRIORITY_RANGE", "RUN_KEYWORDS", "BackendSpec",
+    "BranchTest", "CacheDecision", "CacheNote", "Candidate", "Capabilities", "Condition", "Edge",
+    "Guard", "MapperSpec", "MappingNote", "Node", "Param", "Plan", "PriorityNote", "PriorityRule",
     "Scheduling", "StageSpec", "Target", "ToolSpec", "TypeSpec", "cache_of", "chooser_branches",
     "control_parents", "dependencies", "iter_refs", "mapping_of", "priority_of", "write",
 ]

@@ -41,6 +41,8 @@ PLAN_FORMAT: Literal["orla.plan/1"] = "orla.plan/1"
 NodeKind = Literal["input", "stage", "branch", "map", "output"]
 CacheControl = Literal["slots", "global_reset", "keep_alive", "prompt_key", "none"]
 PRIORITY_RANGE = (0, 100)
+# orla.run's own keywords: a plan's inputs cannot have these names
+RUN_KEYWORDS = frozenset({"pool", "run_id", "checkpoint", "on_event"})
 
 
 class _Model(BaseModel):
@@ -86,6 +88,7 @@ class ToolSpec(_Model):
     ref: str
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
+    effect: bool = False  # changes the world: called at most once per call key
 
 
 class Param(_Model):

@@ -7,9 +7,10 @@ model call, and the structured-output helpers for engines that cannot call tools
 
 from orla_sdk.agents import CacheChoice, CacheEvent, MemoryPolicy, SmallIncrement
 from orla_sdk.runtime.call import call_model
+from orla_sdk.runtime.checkpoint import CheckpointStore, SQLiteCheckpoints
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import RunEvent
-from orla_sdk.runtime.executor import arun, run
+from orla_sdk.runtime.executor import aresume, arun, resume, run
 from orla_sdk.runtime.generate import achat, agenerate, astream, chat, generate, stream
 from orla_sdk.runtime.openai_shim import async_openai_client, openai_client, wrap
 from orla_sdk.runtime.pool import BackendPool
@@ -25,9 +26,9 @@ from orla_sdk.runtime.structured import close_cut_json, emulated_tools_schema, r
 
 __all__ = [
     "BackendPool", "ByPriority", "CacheChoice", "CacheEvent", "CacheLogEntry", "CallRecord",
-    "MemoryPolicy", "Policy", "RunEvent", "RunResult", "RunState", "ShortestFirst",
-    "SmallIncrement", "StageContext", "StageRecord", "Waiting", "achat", "agenerate", "arun",
-    "astream", "async_openai_client", "call_model", "chat", "close_cut_json", "current_stage",
-    "emulated_tools_schema", "generate", "openai_client", "read_reply", "run", "stage_target",
-    "stream", "wrap",
+    "CheckpointStore", "MemoryPolicy", "Policy", "RunEvent", "RunResult", "RunState",
+    "SQLiteCheckpoints", "ShortestFirst", "SmallIncrement", "StageContext", "StageRecord",
+    "Waiting", "achat", "agenerate", "aresume", "arun", "astream", "async_openai_client",
+    "call_model", "chat", "close_cut_json", "current_stage", "emulated_tools_schema", "generate",
+    "openai_client", "read_reply", "resume", "run", "stage_target", "stream", "wrap",
 ]

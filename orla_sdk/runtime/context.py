@@ -13,6 +13,7 @@ from typing import Any
 from orla_sdk.agents import AgentKey
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import MapperSpec, Node, Plan, StageSpec, Target
+from orla_sdk.runtime.checkpoint import Durable
 from orla_sdk.runtime.events import Emitter
 from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.runtime.records import StageRecord
@@ -29,6 +30,7 @@ class RunState:
     # session carries out the cache decisions of the units that have finished
     before_call: Callable[[], Awaitable[None]] | None = None
     steps: Iterator[int] = field(default_factory=itertools.count)  # the run's model calls
+    durable: Durable | None = None  # the run's checkpoints, when it has a store
 
 
 @dataclass
@@ -41,6 +43,8 @@ class StageContext:
     critical_path: int
     tools: dict[str, Callable[..., Any]] = field(default_factory=dict)
     routed_to: str | None = None  # the logical name a mapper picked, once it has
+    key: str = ""  # the stage's checkpoint key: its node id and item indices
+    conversations: Iterator[int] = field(default_factory=itertools.count)  # orla.generate calls
 
     def agent_key(self, step: int = 0) -> AgentKey:
         """The key of the agent this stage calls as: declared, else the stage's name."""

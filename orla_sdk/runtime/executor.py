@@ -16,16 +16,19 @@ import inspect
 import time
 import uuid
 from collections import ChainMap
+from pathlib import Path
 from typing import Any
 
 from orla_sdk.errors import OrlaError, StageFailed
 from orla_sdk.ir import Node, Plan, PriorityNote, PriorityRule, dependencies, priority_of
+from orla_sdk.runtime.checkpoint import CheckpointStore, Durable, inputs_of, open_store
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import Emitter, Listener
 from orla_sdk.runtime.pool import BackendPool, in_thread
 from orla_sdk.runtime.records import RunResult, StageRecord
 
 Env = ChainMap[str, Any]
+Checkpoint = str | Path | CheckpointStore
 
 
 class _Skipped:
@@ -36,25 +39,58 @@ class _Skipped:
 SKIPPED = _Skipped()
 
 
-def run(plan: Plan, *, pool: BackendPool | None = None, **inputs: Any) -> RunResult:
+def run(plan: Plan, /, *, pool: BackendPool | None = None, run_id: str | None = None,
+        checkpoint: Checkpoint | None = None, on_event: Listener | None = None,
+        **inputs: Any) -> RunResult:
     """Run a plan to completion and return its result (see ``arun``)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(arun(plan, pool=pool, **inputs))
+        return asyncio.run(arun(plan, pool=pool, run_id=run_id, checkpoint=checkpoint,
+                                on_event=on_event, **inputs))
     raise OrlaError("orla.run was called inside a running event loop; use `await orla.arun(...)`.")
 
 
-async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | None = None,
-               on_event: Listener | None = None, **inputs: Any) -> RunResult:
+def resume(plan: Plan, run_id: str, /, *, checkpoint: Checkpoint,
+           pool: BackendPool | None = None, on_event: Listener | None = None) -> RunResult:
+    """Continue run ``run_id`` from its checkpoints (see ``aresume``)."""
+    inputs = inputs_of(open_store(checkpoint), run_id)
+    return run(plan, pool=pool, run_id=run_id, checkpoint=checkpoint, on_event=on_event,
+               **inputs)
+
+
+async def aresume(plan: Plan, run_id: str, /, *, checkpoint: Checkpoint,
+                  pool: BackendPool | None = None,
+                  on_event: Listener | None = None) -> RunResult:
+    """Continue run ``run_id`` from its checkpoints, with the inputs it started with: no
+    stage it completed runs again (a finished run gives its result again)."""
+    inputs = inputs_of(open_store(checkpoint), run_id)
+    return await arun(plan, pool=pool, run_id=run_id, checkpoint=checkpoint,
+                      on_event=on_event, **inputs)
+
+
+async def arun(plan: Plan, /, *, pool: BackendPool | None = None, run_id: str | None = None,
+               checkpoint: Checkpoint | None = None, on_event: Listener | None = None,
+               **inputs: Any) -> RunResult:
     """Run a plan once with ``inputs``. Backends come from ``pool`` (shared between runs),
     or from a pool started and closed for this run. ``on_event`` receives the run's
-    events as they happen (see ``orla_sdk.runtime.events``)."""
+    events as they happen (see ``orla_sdk.runtime.events``).
+
+    ``checkpoint`` (a SQLite file path, or a ``CheckpointStore``) makes the run durable:
+    each completed stage's value is stored as it completes, and a later call with the same
+    ``run_id`` (or ``orla.resume``) continues the run without running those stages again.
+    """
     if not plan.runnable:
         raise OrlaError(f"plan {plan.name!r} was read from another framework's app, for "
                         "passes and diagrams; orla.run cannot run it: run the app itself, "
                         "served by orla with orla.serve(app).")
     values = _bind_inputs(plan, inputs)
+    if checkpoint is not None and run_id is None:
+        raise OrlaError("a durable run needs a run_id to be resumed by; pass "
+                        "orla.run(plan, run_id=..., checkpoint=...).")
+    run_id = run_id or uuid.uuid4().hex[:12]
+    durable = (Durable.begin(open_store(checkpoint), plan, run_id, inputs)
+               if checkpoint is not None else None)
     own_pool = pool is None
     if pool is not None and not pool.started:
         raise OrlaError("the pool passed to orla.arun is not started; open it with "
@@ -66,11 +102,11 @@ async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | Non
         except BaseException:
             await pool.aclose()  # engines it already started must not outlive the error
             raise
-    run_id = run_id or uuid.uuid4().hex[:12]
     result = RunResult(run_id=run_id, workflow=plan.name)
-    state = RunState(run_id, plan, pool, asyncio.get_running_loop(), Emitter(run_id, on_event))
+    state = RunState(run_id, plan, pool, asyncio.get_running_loop(), Emitter(run_id, on_event),
+                     durable=durable)
     try:
-        env = await _Executor(plan, state, result).run_scope(None, ChainMap(values), None)
+        env = await _Executor(plan, state, result).run_scope(None, ChainMap(values), ())
         result.output = env.get("output")
     except StageFailed as exc:
         result.error = str(exc)
@@ -84,6 +120,8 @@ async def arun(plan: Plan, *, pool: BackendPool | None = None, run_id: str | Non
         finally:
             if own_pool:
                 await pool.aclose()
+    if durable is not None:
+        durable.finish(result.output, result.error)
     state.emit("run_end", result=result)
     if state.emit.error:
         result.warnings.append(state.emit.error)
@@ -137,15 +175,16 @@ class _Executor:
                 deps |= self._all_dependencies(inner)
         return deps
 
-    async def run_scope(self, scope: str | None, env: Env, item: int | None) -> Env:
-        """Run the nodes of one scope (the top level, or one item of a map)."""
+    async def run_scope(self, scope: str | None, env: Env, items: tuple[int, ...]) -> Env:
+        """Run the nodes of one scope (the top level, or one item of a map: ``items`` are
+        its indices in the maps around it, outermost first)."""
         done = {n.id: asyncio.Event() for n in self.scopes.get(scope, [])}
 
         async def run_node(node: Node) -> None:
             for dep in self._waits_for(node, scope):
                 await done[dep].wait()
             try:
-                env.maps[0][node.id] = await self._node(node, env, item)
+                env.maps[0][node.id] = await self._node(node, env, items)
             except StageFailed:
                 raise
             except Exception as exc:
@@ -163,7 +202,8 @@ class _Executor:
             raise _first_failure(group) from None
         return env
 
-    async def _node(self, node: Node, env: Env, item: int | None) -> Any:
+    async def _node(self, node: Node, env: Env, items: tuple[int, ...]) -> Any:
+        item = items[-1] if items else None
         if not self._guard_holds(node, env):
             if node.kind == "stage":
                 record = StageRecord(node.id, node.label, "skipped", item)
@@ -173,10 +213,10 @@ class _Executor:
         if node.kind == "branch":
             return self._branch(node, env, item)
         if node.kind == "map":
-            return await self._map(node, env)
+            return await self._map(node, env, items)
         if node.kind == "output":
             return resolve(node.args[0], env, self.plan) if node.args else None
-        return await self._stage(node, env, item)
+        return await self._stage(node, env, items)
 
     def _guard_holds(self, node: Node, env: Env) -> bool:
         return not node.guards or any(guard_holds(guard, env) for guard in node.guards)
@@ -197,30 +237,34 @@ class _Executor:
         self.state.emit("branch", node.id, item=item, choice=choice)
         return choice
 
-    async def _map(self, node: Node, env: Env) -> list[Env]:
-        items = resolve(node.args[0], env, self.plan)
-        if not isinstance(items, (list, tuple)):
+    async def _map(self, node: Node, env: Env, items: tuple[int, ...]) -> list[Env]:
+        values = resolve(node.args[0], env, self.plan)
+        if not isinstance(values, (list, tuple)):
             raise StageFailed(node.id, OrlaError(f"expected a list to map over, got "
-                                                 f"{type(items).__name__}"))
-        scopes = [env.new_child({node.id: value}) for value in items]
+                                                 f"{type(values).__name__}"))
+        scopes = [env.new_child({node.id: value}) for value in values]
         return list(await asyncio.gather(
-            *(self.run_scope(node.id, scope, i) for i, scope in enumerate(scopes))))
+            *(self.run_scope(node.id, scope, (*items, i)) for i, scope in enumerate(scopes))))
 
     # ---- stages -------------------------------------------------------------------------
-    async def _stage(self, node: Node, env: Env, item: int | None) -> Any:
+    async def _stage(self, node: Node, env: Env, items: tuple[int, ...]) -> Any:
+        key = node.id + "".join(f"[{i}]" for i in items)
         spec = self.plan.stage_of(node)
-        record = StageRecord(node.id, spec.name, item=item)
+        stage = self.plan.resolve(spec.ref)
+        saved = self.state.durable.stage(key, _annotation(stage)) if self.state.durable else None
+        if saved is not None:
+            return self._restored(node, *saved)
+        record = StageRecord(node.id, spec.name, item=items[-1] if items else None)
         self.result.stages.append(record)
-        self.state.emit("stage_start", node.id, stage=spec.name, item=item)
+        self.state.emit("stage_start", node.id, stage=spec.name, item=record.item)
         started = time.perf_counter()
         try:
             args = [resolve(a, env, self.plan) for a in node.args]
             kwargs = {k: resolve(v, env, self.plan) for k, v in node.kwargs.items()}
-            stage = self.plan.resolve(spec.ref)
             fn = getattr(stage, "fn", stage)  # the function under @stage
             ctx = StageContext(
                 self.state, node, spec, record, *self._priority(node, fn, args, kwargs),
-                tools={t.name: self.plan.resolve(t.ref) for t in spec.tools})
+                tools={t.name: self.plan.resolve(t.ref) for t in spec.tools}, key=key)
             value = await _call_body(ctx, fn, args, kwargs)
         except asyncio.CancelledError:
             record.status, record.error = "failed", "cancelled: another stage of the run failed"
@@ -232,7 +276,15 @@ class _Executor:
             record.duration_s = time.perf_counter() - started
             if record.status == "failed":
                 self.state.emit("stage_end", node.id, record=record)
+        if self.state.durable:
+            self.state.durable.save_stage(key, value, record, _annotation(stage))
         await self._cache_action(node, record)
+        self.state.emit("stage_end", node.id, record=record, output=value)
+        return value
+
+    def _restored(self, node: Node, value: Any, record: StageRecord) -> Any:
+        """A stage an earlier attempt of this run completed: its value and record."""
+        self.result.stages.append(record)
         self.state.emit("stage_end", node.id, record=record, output=value)
         return value
 
@@ -253,6 +305,10 @@ class _Executor:
         if entry is not None:
             self.result.cache_log.append(entry)
             self.state.emit("cache", node.id, **entry)
+
+
+def _annotation(stage: Any) -> Any:
+    return getattr(stage, "output_annotation", Any)
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:

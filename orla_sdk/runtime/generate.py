@@ -17,11 +17,9 @@ calls; ``routing`` picks the target, ``call`` makes and records each call, and
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Executor
 from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
@@ -31,7 +29,6 @@ from orla_sdk.errors import OrlaError, OutputError
 from orla_sdk.ir import Target
 from orla_sdk.runtime.call import call_model, in_loop_thread
 from orla_sdk.runtime.context import StageContext, stage_context
-from orla_sdk.runtime.pool import in_thread
 from orla_sdk.runtime.routing import stage_target
 from orla_sdk.runtime.structured import (
     answer_schema,
@@ -39,6 +36,7 @@ from orla_sdk.runtime.structured import (
     emulated_tools_schema,
     read_reply,
 )
+from orla_sdk.runtime.tool_calls import run_tool
 
 T = TypeVar("T")
 
@@ -160,6 +158,7 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
     history = list(messages)
     tool_first = params.pop("tool_choice", "auto") == "required"
     tool_turns = retries = 0
+    conversation = next(ctx.conversations)
     while True:
         offer_tools = bool(ctx.tools) and tool_turns < max_turns
         emulate = bool(ctx.tools) and not native
@@ -181,8 +180,9 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
             continue
         if not calls:
             return answer
+        history += await _tool_messages(ctx, result, calls, emulate,
+                                        f"{ctx.key}/g{conversation}/t{tool_turns}")
         tool_turns += 1
-        history += await _tool_messages(ctx, result, calls, emulate)
 
 
 def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], output: Any,
@@ -210,14 +210,19 @@ def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], o
 
 # ---- tools --------------------------------------------------------------------------
 async def _tool_messages(ctx: StageContext, result: ChatResult, calls: list[ToolCall],
-                         emulate: bool) -> list[dict[str, Any]]:
+                         emulate: bool, turn_key: str) -> list[dict[str, Any]]:
+    """Run the tool calls of one turn; ``turn_key`` names the turn for tools with effects."""
     outputs = []
     pool = ctx.run.pool
     agent = ctx.agent_key()
-    for call in calls:
+    effects = {t.name for t in ctx.spec.tools if t.effect}
+    for index, call in enumerate(calls):
         pool.observe_tool(agent, call.name)
         started = time.perf_counter()
-        outputs.append(await run_tool(ctx.tools, call, pool.tool_executor))
+        outputs.append(await run_tool(ctx.tools, call, limit=pool.tool_limit,
+                                      timeout=pool.tool_timeout, effect=call.name in effects,
+                                      durable=ctx.run.durable, run_id=ctx.run.run_id,
+                                      key=f"{turn_key}/c{index}/{call.name}"))
         pool.observe_tool(agent, call.name, time.perf_counter() - started)
         ctx.run.emit("tool_call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item,
                      tool=call.name, arguments=call.arguments, result=outputs[-1])
@@ -230,29 +235,6 @@ async def _tool_messages(ctx: StageContext, result: ChatResult, calls: list[Tool
     return [{"role": "assistant", "content": result.content},
             *[{"role": "user", "content": f"Result of {c.name}: {out}"}
               for c, out in zip(calls, outputs, strict=True)]]
-
-
-async def run_tool(tools: dict[str, Callable[..., Any]], call: ToolCall,
-                   executor: Executor | None = None) -> str:
-    """Run one tool call; every failure becomes a message the model can read."""
-    fn = tools.get(call.name)
-    if fn is None:
-        return f"error: there is no tool named {call.name!r}; the tools are {sorted(tools)}"
-    try:
-        arguments = json.loads(call.arguments or "{}")
-        if not isinstance(arguments, dict):
-            raise ValueError("arguments must be a JSON object")
-    except ValueError as exc:
-        return f"error: the arguments of {call.name} are not a JSON object ({exc})"
-    try:
-        if asyncio.iscoroutinefunction(fn):
-            value = await fn(**arguments)
-        else:  # a plain function may block: keep it off the event loop
-            value = await (in_thread(executor, fn, **arguments) if executor
-                           else asyncio.to_thread(fn, **arguments))
-    except Exception as exc:
-        return f"error: {call.name} raised {type(exc).__name__}: {exc}"
-    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def _messages(prompt: str, system: str | None) -> list[dict[str, Any]]:

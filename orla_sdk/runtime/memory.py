@@ -28,13 +28,20 @@ other run holds a kept context or has a request in flight there; otherwise the f
 recorded as soft. Under memory pressure (KV usage from the engine's metrics at or above
 ``pressure``) the kept contexts of idle runs are dropped the same way.
 
-Every decision and action lands in the run's cache log.
+Every decision and action lands in the run's cache log. A cache action that fails (an
+erase, save, restore, reset, or deleting a saved file) is logged there and as a warning of
+the ``orla_sdk.memory`` logger, and never fails the stage or run it followed: the end of a
+run tries every backend and every slot whatever fails before. Slot saving is turned off
+for a backend only after ``SAVE_ATTEMPTS`` saves fail in a row. A saved slot is deleted
+(``forget``, where the engine can) once nothing will restore it: when its holder comes
+back, or its run ends; agents' templates stay.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 import re
 import time
@@ -56,7 +63,6 @@ from orla_sdk.agents import (
     SmallIncrement,
 )
 from orla_sdk.agents.memory_policy import decide
-from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Node, cache_of
 from orla_sdk.runtime.records import CacheLogEntry, StageRecord
 
@@ -71,6 +77,12 @@ class SavingSlotControl(SlotControl, Protocol):
     async def restore(self, slot: int, filename: str) -> int: ...
 
 
+class ForgettingSlotControl(SavingSlotControl, Protocol):
+    async def forget(self, filename: str) -> bool:
+        """Delete a saved slot that nothing will restore again; whether one was deleted."""
+        ...
+
+
 class ResetControl(Protocol):
     async def reset(self) -> int | None: ...
 
@@ -80,6 +92,9 @@ class ResetControl(Protocol):
 Holder = tuple[str, str]  # (run, a context of the run, or "": the run's own slot)
 SIMILAR = 0.5  # share of the shorter prompt two prompts must have in common to be one context
 TEMPLATE_EVERY = 16  # an agent's template is saved anew at the end of every 16th of its runs
+SAVE_ATTEMPTS = 3  # saves that fail in a row before a backend's slot saving is turned off
+
+log = logging.getLogger("orla_sdk.memory")
 
 
 @dataclass
@@ -100,7 +115,11 @@ class SlotTable:
     templates: dict[tuple[str, str], str] = field(default_factory=dict)
     ended: Counter[tuple[str, str]] = field(default_factory=Counter)  # runs, by agent
     events: int = 0
-    can_save: bool = True  # until a save fails
+    save_failures: int = 0  # saves that failed in a row; SAVE_ATTEMPTS of them turn saving off
+
+    @property
+    def can_save(self) -> bool:
+        return self.save_failures < SAVE_ATTEMPTS
 
     def idle_holder(self, layer: AgentLayer) -> Holder | None:
         """The holder of an idle slot that the agent layer gives up first."""
@@ -202,7 +221,7 @@ class MemoryManager:
         table.held[holder] = slot
         if holder in table.saved:
             await self._restore(table, holder, slot, table.saved.pop(holder),
-                                "the holder came back to its saved slot")
+                                "the holder came back to its saved slot", lent=True)
         elif holder[1]:
             await self._start_from_template(table, holder, slot)
         return slot
@@ -214,7 +233,8 @@ class MemoryManager:
         filename = table.templates.get((key.workload, key.agent)) if key else None
         if key is not None and filename is not None:
             await self._restore(table, holder, slot, filename,
-                                f"a new context of {key.agent} starts from its last run's")
+                                f"a new context of {key.agent} starts from its last run's",
+                                lent=False)
 
     async def _spare_slot(self, table: SlotTable, for_holder: Holder) -> int | None:
         """A free slot, or one the agent layer takes from an idle holder; None if every
@@ -234,30 +254,71 @@ class MemoryManager:
         """Free the slot of idle ``holder`` for another. Its context is saved where the
         engine can save, and restored when the holder comes back; elsewhere the slot is
         handed over as it is, not erased: the next prompt reuses whatever prefix it shares."""
+        if not hasattr(table.control, "save"):
+            return f"hand over slot {slot} unsaved (this engine cannot save slots)"
+        if not table.can_save:
+            return (f"hand over slot {slot} unsaved (slot saving is off after "
+                    f"{SAVE_ATTEMPTS} failed saves in a row)")
+        filename = _slot_file(holder)
+        saved, failure = await self._save(table, slot, filename)
+        if saved is None:
+            return f"hand over slot {slot} unsaved ({failure})"
+        table.saved[holder] = filename
+        self._observe("slot_saved", table, holder, slot=slot, tokens=saved)
+        return f"save slot {slot} to {filename} ({saved} tokens)"
+
+    async def _save(self, table: SlotTable, slot: int, filename: str) -> tuple[int | None, str]:
+        """Save ``slot`` to ``filename``: (tokens saved, "") or (None, what failed). Saving
+        is turned off for the backend after ``SAVE_ATTEMPTS`` failures in a row."""
         control = table.control
-        if table.can_save and hasattr(control, "save"):
-            filename = _slot_file(holder)
-            try:
-                saved = await control.save(slot, filename)
-            except OrlaError as exc:
-                table.can_save = False  # no slot folder, or none that works: not tried again
-                return f"hand over slot {slot} unsaved (save failed: {exc})"
-            table.saved[holder] = filename
-            self._observe("slot_saved", table, holder, slot=slot, tokens=saved)
-            return f"save slot {slot} to {filename} ({saved} tokens)"
-        return f"hand over slot {slot} unsaved (this engine cannot save slots)"
+        assert hasattr(control, "save")
+        try:
+            saved: int = await control.save(slot, filename)
+        except Exception as exc:
+            table.save_failures += 1
+            return None, self._save_failed(table, slot, filename, exc)
+        table.save_failures = 0
+        return saved, ""
+
+    def _save_failed(self, table: SlotTable, slot: int, filename: str, exc: Exception) -> str:
+        what = _failed(table.name, f"save slot {slot} to {filename}", exc)
+        if table.can_save:
+            return f"{what}; {table.save_failures} of {SAVE_ATTEMPTS} failures in a row"
+        log.warning("backend %r: slot saving is off after %d failed saves in a row; lent slots "
+                    "are handed over unsaved from now on. Check that the llama.cpp server has "
+                    "a writable slot folder (--slot-save-path; orla's embedded engine makes "
+                    "one).", table.name, SAVE_ATTEMPTS)
+        return f"{what}; slot saving is now off for {table.name}"
 
     async def _restore(self, table: SlotTable, holder: Holder, slot: int, filename: str,
-                       why: str) -> None:
+                       why: str, *, lent: bool) -> None:
+        """Restore ``filename`` into ``slot`` for ``holder``; a ``lent`` slot's file is
+        deleted afterwards (nothing restores it again), an agent's template stays."""
         control = table.control
         assert hasattr(control, "restore")
         try:
             restored = await control.restore(slot, filename)
+        except Exception as exc:
+            action = (_failed(table.name, f"restore slot {slot} from {filename}", exc)
+                      + "; the context is recomputed")
+        else:
             action = f"restore slot {slot} from {filename} ({restored} tokens)"
             self._observe("slot_restored", table, holder, slot=slot, tokens=restored)
-        except OrlaError as exc:
-            action = f"restore failed, the context is recomputed: {exc}"
+        if lent:
+            action += await self._forget(table, filename)
         self._log(holder[0], "restore", why, action, table.name)
+
+    async def _forget(self, table: SlotTable, filename: str) -> str:
+        """Delete the saved slot ``filename`` where the engine can; returns what to add to
+        the cache action ("" unless the deletion failed)."""
+        control = table.control
+        if not hasattr(control, "forget"):
+            return ""
+        try:
+            await control.forget(filename)
+        except Exception as exc:
+            return "; " + _failed(table.name, f"delete the saved slot {filename}", exc)
+        return ""
 
     async def prefetch(self, backend: str, key: AgentKey) -> None:
         """After ``key``'s call: restore the saved contexts of the agents the layer
@@ -273,7 +334,7 @@ class MemoryManager:
                 table.held[holder] = slot
                 table.last_used[holder] = table.events
                 await self._restore(table, holder, slot, table.saved.pop(holder),
-                                    f"prefetch: {agent} predicted next")
+                                    f"prefetch: {agent} predicted next", lent=True)
 
     def _observe(self, kind: AgentEventKind, table: SlotTable, holder: Holder,
                  **data: object) -> None:
@@ -341,7 +402,10 @@ class MemoryManager:
             shared.keeping.discard(run_id)
             if _any_other(shared.keeping, run_id) or _any_other(shared.in_flight, run_id):
                 return "soft flush: other runs would lose cached work"
-            await shared.control.reset()
+            try:
+                await shared.control.reset()
+            except Exception as exc:
+                return _failed(backend, "reset the engine's prefix cache", exc)
             return "reset the engine's prefix cache"
         return "soft flush: this engine has no per-workflow cache control"
 
@@ -351,7 +415,11 @@ class MemoryManager:
         if now - shared.checked_at < self.pressure_check_s:
             return None
         shared.checked_at = now
-        usage = await shared.control.usage()
+        try:
+            usage = await shared.control.usage()
+        except Exception as exc:
+            _failed(backend, "read the engine's KV usage", exc)
+            return None
         if usage is not None:
             self.agents.observe(AgentEvent("kv_usage", AgentKey("", ""), backend,
                                            {"usage": usage}))
@@ -359,7 +427,10 @@ class MemoryManager:
             return None
         if shared.in_flight:
             return f"keep (KV usage {usage:.0%}, but runs have requests in flight)"
-        await shared.control.reset()
+        try:
+            await shared.control.reset()
+        except Exception as exc:
+            return "keep (" + _failed(backend, f"reset at KV usage {usage:.0%}", exc) + ")"
         for run in shared.keeping:
             self.kept.discard((run, backend))
             self._log(run, "flush", f"memory pressure: KV usage {usage:.0%}", "reset the "
@@ -393,23 +464,17 @@ class MemoryManager:
 
     # ---- the end of a run ---------------------------------------------------------------
     async def end_run(self, run_id: str) -> list[CacheLogEntry]:
-        """Drop everything the run still holds: slots, saved slots, kept contexts."""
-        entries = []
-        for backend, table in self.tables.items():
+        """Drop everything the run still holds: slots, saved slots, kept contexts. Every
+        backend and every slot is tried, whatever fails: a failed action is an entry (and
+        a warning), never an exception."""
+        entries: list[CacheLogEntry] = []
+        for table in self.tables.values():
             for holder in table.of_run(run_id):
-                table.last_used.pop(holder, None)
-                key = table.keys.pop(holder, None)
-                table.prompts.pop(holder, None)
-                kept = (await self._keep_template(table, holder, key)
-                        if holder[1] and key is not None else "")
-                if table.saved.pop(holder, None) is not None:
-                    entries.append(_entry(backend, "flush", "end of workflow",
-                                          kept or "drop the saved slot"))
-                elif kept:
-                    entries.append(_entry(backend, "keep", "end of workflow", kept))
-                if holder in table.held:
-                    entries.append(_entry(backend, "flush", "end of workflow",
-                                          await self._release(table, holder)))
+                try:
+                    entries += await self._end_context(table, holder)
+                except Exception as exc:  # not a cache action: the agent layer, a bug
+                    entries.append(_entry(table.name, "flush", "end of workflow", _failed(
+                        table.name, f"drop {_name(holder)}", exc)))
         for backend, shared in self.shared.items():
             if run_id in shared.keeping:
                 entries.append(_entry(backend, "flush", "end of workflow",
@@ -417,6 +482,27 @@ class MemoryManager:
             shared.in_flight.pop(run_id, None)
         for backend in [*self.tables, *self.shared]:
             self.kept.discard((run_id, backend))
+        return entries
+
+    async def _end_context(self, table: SlotTable, holder: Holder) -> list[CacheLogEntry]:
+        """Drop one context of an ending run: its saved slot (deleted, unless it becomes its
+        agent's template) and its slot (erased)."""
+        table.last_used.pop(holder, None)
+        key = table.keys.pop(holder, None)
+        table.prompts.pop(holder, None)
+        kept = (await self._keep_template(table, holder, key)
+                if holder[1] and key is not None else "")
+        entries = []
+        saved = table.saved.pop(holder, None)
+        if saved is not None:
+            if not kept:
+                kept = "drop the saved slot" + await self._forget(table, saved)
+            entries.append(_entry(table.name, "flush", "end of workflow", kept))
+        elif kept:
+            entries.append(_entry(table.name, "keep", "end of workflow", kept))
+        if holder in table.held:
+            entries.append(_entry(table.name, "flush", "end of workflow",
+                                  await self._release(table, holder)))
         return entries
 
     async def _keep_template(self, table: SlotTable, holder: Holder, key: AgentKey) -> str:
@@ -427,19 +513,24 @@ class MemoryManager:
         agent = (key.workload, key.agent)
         table.ended[agent] += 1
         if holder in table.saved:
-            table.templates[agent] = table.saved[holder]
-            return f"keep the saved slot as {key.agent}'s template"
+            return (f"keep the saved slot as {key.agent}'s template"
+                    + await self._set_template(table, agent, table.saved[holder]))
         slot = table.held.get(holder)
         due = agent not in table.templates or table.ended[agent] % TEMPLATE_EVERY == 1
         if slot is None or not due or not table.can_save or not hasattr(table.control, "save"):
             return ""
         filename = _slot_file((f"template-{key.workload}", key.agent))
-        try:
-            saved = await table.control.save(slot, filename)
-        except OrlaError:
-            return ""  # the next contexts of this agent start cold, as without a template
-        table.templates[agent] = filename
-        return f"save slot {slot} as {key.agent}'s template ({saved} tokens)"
+        saved, failure = await self._save(table, slot, filename)
+        if saved is None:  # the next contexts of this agent start cold, as without one
+            return f"no template for {key.agent} ({failure})"
+        return (f"save slot {slot} as {key.agent}'s template ({saved} tokens)"
+                + await self._set_template(table, agent, filename))
+
+    async def _set_template(self, table: SlotTable, agent: tuple[str, str],
+                            filename: str) -> str:
+        """Make ``filename`` the agent's template; the file it replaces is deleted."""
+        old, table.templates[agent] = table.templates.get(agent), filename
+        return await self._forget(table, old) if old not in (None, filename) else ""
 
     async def _release(self, table: SlotTable, holder: Holder) -> str:
         slot = table.held.pop(holder, None)
@@ -447,6 +538,9 @@ class MemoryManager:
             return "none: no slot held"
         try:
             erased = await table.control.erase(slot)
+        except Exception as exc:
+            return (_failed(table.name, f"erase slot {slot}", exc)
+                    + "; the slot is free again and its next prompt may reuse what it holds")
         finally:
             table.free.append(slot)
         self._observe("slot_erased", table, holder, slot=slot, tokens=erased)
@@ -464,6 +558,13 @@ def _slot_file(holder: Holder) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{run_id}-{agent}" if agent else run_id)[:64]
     digest = hashlib.sha1(f"{run_id}\x00{agent}".encode() if agent else run_id.encode())
     return f"orla-{safe}-{digest.hexdigest()[:8]}-slot.bin"
+
+
+def _failed(backend: str, what: str, exc: Exception) -> str:
+    """Log a cache action that failed as a warning; returns its cache-log action."""
+    action = f"{what} failed ({type(exc).__name__}: {exc})"
+    log.warning("cache action on backend %r: %s; the run goes on without it", backend, action)
+    return action
 
 
 def _name(holder: Holder) -> str:

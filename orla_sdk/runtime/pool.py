@@ -29,7 +29,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from orla_sdk.agents import (
     AgentEvent,
@@ -44,14 +44,18 @@ from orla_sdk.agents import (
 )
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
 from orla_sdk.backends.connect import Connection, Connector
-from orla_sdk.errors import BackendError
+from orla_sdk.errors import BackendDown, BackendError
 from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime.memory import MemoryManager
 from orla_sdk.runtime.scheduler import BackendQueue
+from orla_sdk.runtime.tool_calls import TOOL_TIMEOUT_S
 
 T = TypeVar("T")
-BACKEND_RETRIES = 2  # transient failures (timeouts, lost connections, 5xx) tried again
+BACKEND_RETRIES = 2  # other transient failures (timeouts, lost connections, 500) tried again
 RETRY_BACKOFF_S = 0.5  # seconds before the first retry, doubled for each next one
+ENGINE_DOWN_S = 30.0  # how long a call waits for an engine that is down (a llama.cpp restart)
+ENGINE_POLL_S = 0.25  # seconds before the first poll of an engine that is down, doubled...
+ENGINE_POLL_MAX_S = 2.0  # ...up to this
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Served:
     result: ChatResult
     queue_wait_s: float
     slot: int | None
+    attempts: int = 1  # the engine was asked this many times (the last one answered)
 
 
 @dataclass
@@ -70,16 +75,69 @@ class LiveBackend:
     queue: BackendQueue
 
 
+@runtime_checkable
+class Pollable(Protocol):
+    """A backend that can say whether its engine is up (``OpenAICompatibleBackend``)."""
+
+    async def ready(self) -> bool: ...
+
+
+@dataclass
+class Retries:
+    """The attempts of one call and the wait before the next: a transient failure is tried
+    again ``BACKEND_RETRIES`` times, an engine that is down (``BackendDown``) polled and
+    tried again for as long as ``engine_down_s`` lasts."""
+
+    backend: str
+    engine_down_s: float
+    attempts: int = 0
+    failures: int = 0  # the transient failures other than the engine being down
+    poll_s: float = ENGINE_POLL_S
+    down_until: float | None = None
+
+    async def wait(self, exc: BackendError, client: Backend) -> None:
+        """Wait for the next attempt after ``exc``; raise when it is not worth one."""
+        if not exc.retryable:
+            raise exc
+        if isinstance(exc, BackendDown):
+            await self._wait_until_up(exc, client)
+            return
+        if self.failures == BACKEND_RETRIES:
+            raise exc
+        await asyncio.sleep(RETRY_BACKOFF_S * 2 ** self.failures)
+        self.failures += 1
+
+    async def _wait_until_up(self, exc: BackendDown, client: Backend) -> None:
+        loop = asyncio.get_running_loop()
+        if self.down_until is None:
+            self.down_until = loop.time() + self.engine_down_s
+        while (left := self.down_until - loop.time()) > 0:
+            await asyncio.sleep(min(self.poll_s, left))
+            self.poll_s = min(self.poll_s * 2, ENGINE_POLL_MAX_S)
+            if not isinstance(client, Pollable) or await client.ready():
+                return
+        raise BackendDown(self.backend, f"{exc.detail} (still down after {self.engine_down_s:g}"
+                          " s of waiting; BackendPool(engine_down_s=...) waits longer)",
+                          status=exc.status) from exc
+
+
 class BackendPool:
-    """Backends by name. Use ``async with BackendPool(plan.backends) as pool``."""
+    """Backends by name. Use ``async with BackendPool(plan.backends) as pool``.
+
+    ``timeout`` is the deadline of each attempt of a model call, in seconds, however the
+    engine spends it; ``engine_down_s`` how long a call waits for an engine that is down
+    (``ENGINE_DOWN_S`` when not given)."""
 
     def __init__(self, specs: Sequence[BackendSpec], *, slots: int = 4,
                  timeout: float = 120.0, memory_policies: Sequence[MemoryPolicy] = (),
                  clients: Mapping[str, Backend] | None = None, body_threads: int = 64,
-                 tool_threads: int = 8, policies: Sequence[AgentPolicy | str] = ()) -> None:
+                 tool_threads: int = 8, policies: Sequence[AgentPolicy | str] = (),
+                 engine_down_s: float | None = None,
+                 tool_timeout: float = TOOL_TIMEOUT_S) -> None:
         self.specs = list(specs)
         self.slots = slots
         self.timeout = timeout
+        self.engine_down_s = ENGINE_DOWN_S if engine_down_s is None else engine_down_s
         self.connector = Connector(clients=clients, slots=slots, timeout=timeout)
         self.clients = self.connector.clients
         self.backends: dict[str, LiveBackend] = {}
@@ -90,18 +148,19 @@ class BackendPool:
         self._last_requests: dict[tuple[str, str, str], ChatRequest] = {}  # for warm-ups
         self._warmups: set[asyncio.Task[Any]] = set()
         self.started = False
-        self.body_threads, self.tool_threads = body_threads, tool_threads
-        self.body_executor, self.tool_executor = self._executors()
+        self.body_threads = body_threads
+        self.body_executor = self._body_executor()
+        # tool calls at once, and each one's deadline (see runtime.tool_calls)
+        self.tool_limit, self.tool_timeout = asyncio.Semaphore(tool_threads), tool_timeout
         self.clock = self.connector.clock  # for the simulators declared with clock="virtual"
         self._closed = False
 
-    def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
-        return (ThreadPoolExecutor(self.body_threads, thread_name_prefix="orla-body"),
-                ThreadPoolExecutor(self.tool_threads, thread_name_prefix="orla-tool"))
+    def _body_executor(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.body_threads, thread_name_prefix="orla-body")
 
     async def start(self) -> BackendPool:
         if self._closed:  # a pool opened again gets fresh threads
-            self.body_executor, self.tool_executor = self._executors()
+            self.body_executor = self._body_executor()
             self._closed = False
         self.connector.share_cores(self.specs)
         for spec in self.specs:
@@ -123,9 +182,9 @@ class BackendPool:
     async def call(self, backend: str, request: ChatRequest, *, run_id: str, stage: str = "",
                    priority: int = 50, critical_path: int = 0, own_slot: bool = False) -> Served:
         """One model call of ``run_id``: a turn in the backend's queue, the run's (or with
-        ``own_slot``, its agent's) cache slot pinned, the engine called. Transient failures
-        are tried again after a backoff, unless text has already streamed to
-        ``request.on_token``."""
+        ``own_slot``, its agent's) cache slot pinned, the engine called within the pool's
+        ``timeout``. Transient failures are tried again after a backoff, and an engine that
+        is down is waited for, unless text has already streamed to ``request.on_token``."""
         agent = request.agent or AgentKey("", stage, run_id)
         self._observe("call_queued", agent, backend)
         served = await self._call(backend, request, run_id, stage, priority, critical_path,
@@ -155,23 +214,37 @@ class BackendPool:
             if sink is not None:
                 sink(text)
 
-        for attempt in range(BACKEND_RETRIES + 1):
+        retries = Retries(backend, self.engine_down_s)
+        while True:
+            retries.attempts += 1
             try:
                 async with (live.queue.turn(priority, critical_path, stage=stage,
                                             run_id=run_id, prompt_length=length,
                                             agent=request.agent) as waited,
                             self.memory.pin(run_id, backend, request.agent,
                                             prompt=prompt) as slot):
-                    if request.agent is not None and attempt == 0:
+                    if request.agent is not None and retries.attempts == 1:
                         self._observe("call_started", request.agent, backend, slot=slot)
-                    result = await live.client.chat(replace(
+                    result = await self._chat(live, replace(
                         request, slot=slot, on_token=on_token if sink else None))
-                return Served(result, waited, slot)
+                return Served(result, waited, slot, retries.attempts)
             except BackendError as exc:
-                if not exc.retryable or streamed or attempt == BACKEND_RETRIES:
+                if streamed:  # the caller has text: asking again would send it twice
                     raise
-            await asyncio.sleep(RETRY_BACKOFF_S * 2 ** attempt)
-        raise AssertionError("unreachable")
+                await retries.wait(exc, live.client)
+
+    async def _chat(self, live: LiveBackend, request: ChatRequest) -> ChatResult:
+        """One attempt of a call, within the pool's deadline (``timeout``)."""
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                return await live.client.chat(request)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            raise BackendError(live.spec.name, f"did not finish the call within its deadline "
+                               f"of {self.timeout:g} s; give BackendPool(timeout=...) more "
+                               "for longer answers", retryable=True) from exc
 
     def _observe(self, kind: AgentEventKind, key: AgentKey, backend: str, **data: Any) -> None:
         self.agents.observe(AgentEvent(kind, key, backend, data))
@@ -232,7 +305,6 @@ class BackendPool:
         for connection in self.connections.values():
             await connection.stop_engine()
         self.body_executor.shutdown(wait=False, cancel_futures=True)
-        self.tool_executor.shutdown(wait=False, cancel_futures=True)
         self._closed = True
         self.backends.clear()
         self.connections.clear()

@@ -38,6 +38,7 @@ class CallRecord:
     duration_s: float
     slot: int | None = None
     started_at: float = 0.0  # wall-clock seconds (time.time()) when the call was made
+    attempts: int = 1  # the engine was asked this many times (the pool's retries)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class StageRecord:
     rerouted_to: str | None = None  # the alternative taken because a queue was full
     error: str | None = None
     agent: str = ""  # the declared agent that made its calls ("": the stage itself)
+    restored: bool = False  # completed by an earlier attempt of the run (a checkpoint)
 
     @property
     def backend(self) -> str | None:

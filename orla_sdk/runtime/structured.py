@@ -21,6 +21,9 @@ def read_reply(result: ChatResult, output: Any, offer_tools: bool,
     """Tool calls to run, or the final answer parsed into ``output``."""
     if offer_tools and not emulate and result.tool_calls:
         return result.tool_calls, None
+    if result.tool_calls and not result.content.strip():
+        raise ValueError("you called a tool, but no more tool calls are allowed; give your "
+                         "final answer now")
     text = result.content
     if emulate:
         reply = json.loads(close_cut_json(text) if result.finish_reason == "length" else text)

@@ -10,13 +10,19 @@ calls. The session owns what that takes:
 - one ``StageContext`` per unit of work (a graph task, an agent's turn), so that a call
   made there is queued with the unit's priority and recorded in its ``StageRecord``;
 - the ``Report`` those records go to.
+
+``close()`` settles every run and stops the engines and the loop. A session dropped, or
+left open when the interpreter exits, is closed by a finalizer as far as that can be done
+safely there: its engines and its loop stop (the runs' caches go with the engines).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -34,6 +40,8 @@ from orla_sdk.serving.report import Labels, Report
 T = TypeVar("T")
 Outcome = Literal["idle", "paused", "over"]
 AD_HOC_REF = "orla_sdk.serving.session:ad_hoc"
+
+log = logging.getLogger("orla_sdk.serving")
 
 
 @dataclass
@@ -64,11 +72,14 @@ class ServingSession:
         self._lock = threading.Lock()
         self._ending: set[Future[list[CacheLogEntry]]] = set()
         self._thread = LoopThread(f"orla-serve-{plan.name}")
+        self._finalizer = weakref.finalize(self, _abandoned, self._thread, self.pool)
 
     # ---- the loop ----------------------------------------------------------------------
     def start(self) -> None:
         """Start the loop thread and the pool (its engines) once; safe from any thread."""
         with self._lock:
+            if not self._finalizer.alive:  # opened again after close()
+                self._finalizer = weakref.finalize(self, _abandoned, self._thread, self.pool)
             self._thread.start()
             if not self.pool.started:
                 self.call(self.pool.start())
@@ -104,17 +115,31 @@ class ServingSession:
         future.add_done_callback(done)
 
     def close(self) -> None:
-        """End every run (their slots are erased), stop the engines, then the loop."""
+        """End every run (their slots are erased), stop the engines, then the loop. A run
+        that fails to end is logged; the engines and the loop stop whatever happens."""
+        self._finalizer.detach()
         if not self._thread.running:
             return
+        try:
+            self._settle_all()
+        finally:
+            try:
+                self.call(self.pool.aclose())
+            finally:
+                self._thread.stop()
+
+    def _settle_all(self) -> None:
         with self._lock:
             ending = list(self._ending)
         for future in ending:
             future.exception()  # waits; a failure was logged already
         for run_id in list(self._runs):
-            self.call(self.settle(run_id, "over"))
-        self.call(self.pool.aclose())
-        self._thread.stop()
+            try:
+                self.call(self.settle(run_id, "over"))
+            except Exception as exc:
+                log.warning("closing the serving session of %r: run %s did not end cleanly "
+                            "(%s: %s); its engines stop anyway", self.plan.name, run_id,
+                            type(exc).__name__, exc)
 
     # ---- runs and units of work --------------------------------------------------------
     def unit(self, run_id: str, key: str, node_id: str, labels: Labels,
@@ -210,6 +235,24 @@ class ServingSession:
             entries += await memory.end_run(run_id)
             self.pool.end_run(run_id)
         return entries
+
+
+def _abandoned(thread: LoopThread, pool: BackendPool) -> None:
+    """A session dropped, or left open at exit, without ``close()``: stop the engines its
+    pool started and its loop. Runs are not settled: their caches die with the engines."""
+    for connection in list(pool.connections.values()):
+        if connection.engine is not None:
+            connection.engine.stop()
+    if not thread.running:
+        return
+    if thread.in_loop():  # dropped by code running on the loop itself: it cannot wait
+        thread.loop.call_soon(thread.loop.stop)
+        return
+    try:
+        thread.stop()
+    except Exception as exc:  # at exit, or in the garbage collector: nobody to raise to
+        log.warning("an abandoned serving session's loop did not stop: %s: %s",
+                    type(exc).__name__, exc)
 
 
 def _finish_steps_before(run: _Run, step: int) -> None:

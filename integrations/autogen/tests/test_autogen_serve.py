@@ -312,7 +312,8 @@ def test_model_info_follows_the_backend() -> None:
 
 
 # ---- failures ----------------------------------------------------------------------------
-def test_a_backend_that_is_down_is_a_clear_error() -> None:
+def test_a_backend_that_is_down_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orla_sdk.runtime.pool.ENGINE_DOWN_S", 0.0)  # no wait for it to be up
     down = orla.backends.openai_compatible("down", f"http://127.0.0.1:{free_port()}/v1")
     served = orla.serve(selector_team(), backends=[down], mapping={"m": "down/gone"},
                         default_model="m")

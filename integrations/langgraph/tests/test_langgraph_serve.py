@@ -342,6 +342,7 @@ def test_an_engine_that_is_down_fails_the_call_with_its_name_and_the_app_goes_on
     with orla.serve(support_graph(checkpointer=InMemorySaver()),
                     backends=[*BACKENDS, down], mapping=mapping) as app:
         app.session.pool.timeout = 2.0
+        app.session.pool.engine_down_s = 0.0  # fail at once rather than wait for it to be up
         with pytest.raises(openai.APIStatusError, match="down"):
             app.invoke({"ticket": "hi"}, thread("x"))
         assert backends_of(app, "classify") == {"light"}  # the light node was served

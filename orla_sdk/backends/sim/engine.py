@@ -354,6 +354,15 @@ class SimEngine:
         self._hold(slot, tokens[:blocks * self.cache.block_tokens])
         return len(self._sequences[slot])
 
+    async def forget(self, filename: str) -> bool:
+        """Drop the saved slot ``filename`` (as deleting llama.cpp's file would): the memory
+        manager calls it once nothing will restore it. Whether there was one."""
+        return self._slot_files.pop(filename, None) is not None
+
+    def saved_slots(self) -> list[str]:
+        """The names of the slots saved and not forgotten."""
+        return sorted(self._slot_files)
+
     def _hold(self, slot: int, tokens: list[str]) -> None:
         """``slot`` now holds ``tokens``: what a save writes, what assignment compares."""
         self._sequences[slot] = tokens

@@ -1,0 +1,126 @@
+"""Tool calls a model makes: checked arguments, deadlines that hung tools cannot turn
+into a stalled pool, a tool's exit contained to its call, long results cut."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+
+import orla_sdk as orla
+from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
+from orla_sdk.ir import BackendSpec, Capabilities
+from orla_sdk.runtime.tool_calls import MAX_RESULT_CHARS, run_tool
+
+RELEASE = threading.Event()
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def hang() -> str:
+    RELEASE.wait(30)
+    return "late"
+
+
+def leave() -> str:
+    sys.exit(3)
+
+
+def flood() -> str:
+    return "x" * (MAX_RESULT_CHARS * 2)
+
+
+async def slow_async() -> str:
+    await asyncio.sleep(30)
+    return "late"
+
+
+TOOLS = {f.__name__: f for f in (add, hang, leave, flood, slow_async)}
+
+
+def call(name: str, arguments: str = "{}", **options: object) -> str:
+    return asyncio.run(run_tool(TOOLS, ToolCall(id="1", name=name, arguments=arguments),
+                                **options))  # type: ignore[arg-type]
+
+
+def test_arguments_are_checked_and_coerced_by_the_signature() -> None:
+    assert call("add", '{"a": "2", "b": "3"}') == "5"  # not "23"
+    assert "not valid: a: Input should be a valid integer" in call("add", '{"a": "two", "b": 1}')
+    assert "b: Field required" in call("add", '{"a": 1}')
+    assert "c: Extra inputs are not permitted" in call("add", '{"a": 1, "b": 2, "c": 3}')
+    assert "not JSON" in call("add", "{oops")
+
+
+def test_a_hung_tool_is_abandoned_and_frees_its_place() -> None:
+    async def scenario() -> list[str]:
+        limit = asyncio.Semaphore(1)
+        options = {"limit": limit, "timeout": 0.3}
+        hung = [run_tool(TOOLS, ToolCall(id=str(i), name=name, arguments="{}"), **options)
+                for i, name in enumerate(["hang", "slow_async", "hang"])]
+        add_call = ToolCall(id="9", name="add", arguments='{"a": 1, "b": 1}')
+        return list(await asyncio.gather(*hung, run_tool(TOOLS, add_call, **options)))
+
+    started = time.monotonic()
+    *abandoned, added = asyncio.run(scenario())
+    RELEASE.set()
+    assert added == "2"
+    assert all("did not return within 0.3 s and was abandoned" in a for a in abandoned)
+    assert time.monotonic() - started < 10
+
+
+def test_a_tool_that_exits_the_process_only_fails_its_call() -> None:
+    assert "leave tried to stop the process (SystemExit)" in call("leave")
+
+
+def test_long_results_are_cut_with_a_note_to_the_model() -> None:
+    result = call("flood")
+    assert len(result) < MAX_RESULT_CHARS + 200
+    assert result.endswith(f"cut this tool result at {MAX_RESULT_CHARS} of "
+                           f"{MAX_RESULT_CHARS * 2} characters]")
+
+
+class Insistent:
+    """A model that calls a tool on every turn, even after its tools are withdrawn."""
+
+    def __init__(self) -> None:
+        self.spec = BackendSpec(name="insistent", kind="openai", url="http://127.0.0.1:9/v1",
+                                capabilities=Capabilities(tool_calling=True))
+        self.requests = 0
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        self.requests += 1
+        return ChatResult(content="", tool_calls=[ToolCall(id="t", name="add",
+                                                           arguments='{"a": 1, "b": 2}')],
+                          finish_reason="tool_calls", prompt_tokens=5, completion_tokens=5,
+                          cached_tokens=0, ttft_s=0.0, duration_s=0.0)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@orla.stage(model="m", tools=[add])
+def sums(question: str) -> str:
+    return orla.generate(question, max_turns=1, max_retries=1)
+
+
+@orla.workflow
+def ask(question: str) -> str:
+    return sums(question)
+
+
+def test_a_model_that_keeps_calling_withdrawn_tools_fails_the_stage_clearly() -> None:
+    model = Insistent()
+    plan = orla.compile(ask, backends=[model.spec], mapping={"m": "insistent/m"})
+
+    async def go() -> orla.RunResult:
+        async with orla.BackendPool(plan.backends, clients={"insistent": model}) as pool:
+            return await orla.arun(plan, pool=pool, question="1+2?")
+
+    result = asyncio.run(go())
+    assert not result.ok and model.requests == 3  # one tool turn, then two refusals
+    assert "stage 'sums': the model's answer is still not valid after 1 retries" in str(
+        result.error)
+    assert "no more tool calls are allowed" in str(result.error)
