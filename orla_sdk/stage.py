@@ -55,8 +55,9 @@ class Stage(Generic[P, R]):
         return tracer.record_stage(self, args, kwargs)  # type: ignore[return-value]
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
-        """A stage defined in a class: plain calls get ``self``; a plan cannot carry it."""
-        if instance is None:
+        """A stage defined as a method (its first parameter is ``self``): plain calls get
+        the instance; a plan cannot carry it. A stage merely stored on a class stays as is."""
+        if instance is None or next(iter(inspect.signature(self.fn).parameters), "") != "self":
             return self
         return functools.partial(self._call_method, instance)
 

@@ -26,10 +26,11 @@ def tool(fn: F | None = None, /, *, effect: bool = False) -> F | Callable[[F], F
     """Mark a function as a tool; it stays a plain function.
 
     effect=True: calling it changes the world (charges a card, sends an e-mail). Each call
-    a model makes gets a key from (run, stage, model call, turn, call index); in a run with
-    a checkpoint store its result is recorded before the model sees it, and a resumed or
-    retried run gets the recorded result instead of calling it again. A tool that declares
-    a parameter ``idempotency_key`` receives the key (to pass on to a payment API, say).
+    a model makes gets a key from (run, stage, model conversation, turn, call index, tool);
+    in a durable run (``checkpoint=``) its result is recorded before the model sees it, and
+    the resumed run gets the recorded result instead of calling it again. A call past its
+    deadline is not made again with the same arguments. A tool that declares a parameter
+    ``idempotency_key`` receives the key (to pass on to a payment API, say).
     """
 
     def mark(f: F) -> F:

@@ -230,6 +230,7 @@ class Tracer:
         self.input_types: dict[str, Any] = {}
         self.suffixes: dict[str, int] = {}
         self.refusals: list[TraceError] = []
+        self.stages_by_ref: dict[str, Stage[Any, Any]] = {}
         self._reset_path([])
 
     def _reset_path(self, forced: list[tuple[str, int]]) -> None:
@@ -262,7 +263,7 @@ class Tracer:
         inputs = {p.name: self._input_proxy(p) for p in params}
         token = active_tracer.set(self)
         try:
-            with none_tests_refused(self.workflow_code, _is_traced_value):
+            with none_tests_refused(_is_user_code, _is_traced_value):
                 result = fn(**inputs)
                 if inspect.iscoroutine(result):
                     result = _drive(result, self.workflow_name)
@@ -331,8 +332,9 @@ class Tracer:
     def record_stage(self, stage: Stage[Any, Any], args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Proxy:
         for frame in self._user_frames():
-            if frame.f_lineno in facts_of(frame.f_code).guarded_lines:
+            if frame.f_lineno in facts_of(frame.f_code.co_filename).guarded_lines:
                 raise self.refuse(try_refusal(stage.name), at=frame)
+        self._check_one_stage_per_function(stage)
         site, where = self._call_site()
         # one node per (call site, stage): `HANDLERS[kind](x)` calls different stages
         # from one site, each under its own guard
@@ -345,6 +347,18 @@ class Tracer:
                       stage=stage)
         node_id = self._visit(key, draft, arg_templates, kwarg_templates)
         return Proxy(self, node_id, (), annotation, self.scope)
+
+    def _check_one_stage_per_function(self, stage: Stage[Any, Any]) -> None:
+        """A plan names a stage by its function: two @orla.stage wrappers of one
+        function would become one stage, with the settings of the first."""
+        ref = stage.spec().ref
+        seen = self.stages_by_ref.setdefault(ref, stage)
+        if seen is not stage and seen.spec() != stage.spec():
+            raise self.refuse(
+                f"function {ref} is wrapped by two @orla.stage declarations with different "
+                f"settings (models {seen.model!r} and {stage.model!r}), and a plan names "
+                "stages by their function. Fix: give each declaration a function of its own "
+                "(a thin wrapper that calls the shared one).")
 
     def record_cond(self, fn: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any], choices: list[Any], annotation: Any) -> Proxy:
@@ -361,6 +375,16 @@ class Tracer:
         node_id = self._visit(key, draft, arg_templates, kwarg_templates,
                               preferred=f"branch:{fn.__name__}")
         return Proxy(self, node_id, (), annotation, self.scope)
+
+    def record_is_none(self, value: Proxy) -> Proxy:
+        """``orla.is_none(value)``: a branch, decided once per path like a value test."""
+        tested = (f"is_none {value._orla_node}", value._orla_path)
+        node_id = self.value_branches.get(tested)
+        if node_id is not None:
+            return Proxy(self, node_id, (), bool, self.scope)
+        proxy = self.record_cond(value_is_none, (value,), {}, [True, False], bool)
+        self.value_branches[tested] = proxy._orla_node
+        return proxy
 
     def record_map(self, items: Proxy) -> Iterator[Proxy]:
         item = item_annotation(items._orla_type)
@@ -585,11 +609,11 @@ _BRANCH_FIX = (
     "cases=[...])")
 
 
-def _is_traced_value(value: Any) -> bool:
-    """A proxy, or a stage (whose call returns one)."""
+def _is_traced_value(value: Any, called: bool) -> bool:
+    """A proxy, or a stage that is called (the call returns a proxy)."""
     from orla_sdk.stage import Stage
 
-    return isinstance(value, (Proxy, Stage))
+    return isinstance(value, Proxy) or (called and isinstance(value, Stage))
 
 
 def _raised_at(exc: BaseException) -> str:
@@ -646,7 +670,7 @@ def is_none(value: Any) -> bool:
     tracer = active_tracer.get()
     if tracer is None or not isinstance(value, Proxy):
         return value is None
-    return tracer.record_cond(value_is_none, (value,), {}, [True, False], bool)  # type: ignore[return-value]
+    return tracer.record_is_none(value)  # type: ignore[return-value]
 
 
 def value_is_none(value: Any) -> bool:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import ast
 import functools
-import inspect
 import itertools
 import linecache
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import CodeType, FrameType
+from types import FrameType
 from typing import Any
 
 from orla_sdk.errors import TraceError
@@ -31,9 +29,10 @@ from orla_sdk.errors import TraceError
 
 @dataclass(frozen=True)
 class SourceFacts:
-    """Where a function's source has the two constructs (absolute line numbers)."""
+    """Where a source file has the two constructs, by line."""
 
-    guarded_lines: frozenset[int]  # lines inside the body of a `try` that has `except`
+    guarded_lines: frozenset[int]  # lines in the body of a `try` with `except`, or of a
+    #                                `with suppress(...)`
     none_tests: dict[int, list[ast.expr]]  # line -> operands compared with `is None`
 
 
@@ -41,21 +40,28 @@ NO_FACTS = SourceFacts(frozenset(), {})
 
 
 @functools.cache
-def facts_of(code: CodeType) -> SourceFacts:
+def facts_of(filename: str) -> SourceFacts:
+    """The facts of a file (a whole module: comprehensions and helpers included)."""
     try:
-        lines, start = inspect.getsourcelines(code)
-        tree = ast.parse(textwrap.dedent("".join(lines)))
-    except (OSError, TypeError, SyntaxError):
-        return NO_FACTS  # no source (a REPL, exec): nothing to check
-    ast.increment_lineno(tree, max(start, 1) - 1)
-    return SourceFacts(frozenset(_try_body_lines(tree)), _none_tests(tree))
+        tree = ast.parse("".join(linecache.getlines(filename)))
+    except (SyntaxError, ValueError):
+        return NO_FACTS
+    return SourceFacts(frozenset(_guarded_lines(tree)), _none_tests(tree))
 
 
-def _try_body_lines(tree: ast.AST) -> Iterator[int]:
+def _guarded_lines(tree: ast.AST) -> Iterator[int]:
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Try, ast.TryStar)) and node.handlers:
+        if ((isinstance(node, (ast.Try, ast.TryStar)) and node.handlers)
+                or (isinstance(node, ast.With) and _suppresses(node))):
             for statement in node.body:
                 yield from range(statement.lineno, (statement.end_lineno or 0) + 1)
+
+
+def _suppresses(node: ast.With) -> bool:
+    """`with suppress(...)` / `with contextlib.suppress(...)`: an `except` in disguise."""
+    return any(isinstance(item.context_expr, ast.Call)
+               and ast.unparse(item.context_expr.func).split(".")[-1] == "suppress"
+               for item in node.items)
 
 
 def _none_tests(tree: ast.AST) -> dict[int, list[ast.expr]]:
@@ -77,38 +83,44 @@ def _is_none(expr: ast.expr) -> bool:
 
 
 def try_refusal(stage: str) -> str:
-    return (f"stage {stage!r} is called inside `try:` with an `except` clause, but stages "
-            "do not run while the workflow is traced, so the plan would never take the "
-            "handler. Fix: catch the failure inside a stage (a stage may call orla.generate "
-            "again, or another model, as its fallback), or let the run fail and retry it.")
+    return (f"stage {stage!r} is called inside `try:` with an `except` clause (or `with "
+            "suppress(...)`), but stages do not run while the workflow is traced, so the "
+            "plan would never take the handler. Fix: catch the failure inside a stage (a "
+            "stage may call orla.generate again, or another model, as its fallback), or let "
+            "the run fail and retry or resume it.")
+
+
+Peeked = tuple[Any, bool]  # (the value an operand starts from, whether through a call)
 
 
 @contextmanager
-def none_tests_refused(code: CodeType, is_output: Callable[[Any], bool]) -> Iterator[None]:
-    """While the block runs, refuse `x is None` in ``code`` where ``x`` is a stage output
-    or a workflow input (``is_output`` tells)."""
-    tests = facts_of(code).none_tests
-    if not tests:
+def none_tests_refused(is_user_file: Callable[[str], bool],
+                       is_output: Callable[[Any, bool], bool]) -> Iterator[None]:
+    """While the block runs, refuse `x is None` in user code (``is_user_file``) where
+    ``x`` is a stage output or a workflow input (``is_output`` tells, from ``_peek``).
+    Skipped under a debugger or coverage tool, whose tracing it would replace."""
+    if sys.gettrace() is not None:
         yield
         return
     found: list[TraceError] = []
 
     def on_line(frame: FrameType, event: str, arg: Any) -> Any:
         if event == "line" and not found:
+            tests = facts_of(frame.f_code.co_filename).none_tests
             for operand in tests.get(frame.f_lineno, []):
-                if is_output(_peek(operand, frame)):
+                if is_output(*_peek(operand, frame)):
                     found.append(_none_test_error(frame, operand))
         return on_line
 
     def on_call(frame: FrameType, event: str, arg: Any) -> Any:
-        return on_line if frame.f_code is code else None
+        filename = frame.f_code.co_filename
+        return on_line if is_user_file(filename) and facts_of(filename).none_tests else None
 
-    previous = sys.gettrace()
     sys.settrace(on_call)
     try:
         yield
     finally:
-        sys.settrace(previous)
+        sys.settrace(None)
     if found:
         raise found[0]
 
@@ -116,19 +128,20 @@ def none_tests_refused(code: CodeType, is_output: Callable[[Any], bool]) -> Iter
 _UNKNOWN = object()
 
 
-def _peek(expr: ast.expr, frame: FrameType) -> Any:
+def _peek(expr: ast.expr, frame: FrameType) -> Peeked:
     """The value of a name, or of the object an attribute/item/call chain starts from,
-    read without running anything (``_UNKNOWN`` when it cannot be)."""
+    read without running anything (``_UNKNOWN`` when it cannot be), and whether the chain
+    calls it."""
     if isinstance(expr, ast.Name):
         for scope in (frame.f_locals, frame.f_globals, frame.f_builtins):
             if expr.id in scope:
-                return scope[expr.id]
-        return _UNKNOWN
-    if isinstance(expr, (ast.Attribute, ast.Subscript, ast.Await)):
+                return scope[expr.id], False
+        return _UNKNOWN, False
+    if isinstance(expr, (ast.Attribute, ast.Subscript, ast.Await, ast.NamedExpr)):
         return _peek(expr.value, frame)
     if isinstance(expr, ast.Call):
-        return _peek(expr.func, frame)
-    return _UNKNOWN
+        return _peek(expr.func, frame)[0], True
+    return _UNKNOWN, False
 
 
 def _none_test_error(frame: FrameType, operand: ast.expr) -> TraceError:

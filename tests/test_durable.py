@@ -3,6 +3,7 @@ stage runs again, and a tool with effects is called at most once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -127,3 +128,29 @@ def test_misused_run_ids_get_clear_errors(tmp_path: Path) -> None:
         orla.run(PLAN, checkpoint=db, topics=["x"])
     with pytest.raises(orla.OrlaError, match="no run 'nope'"):
         orla.resume(PLAN, "nope", checkpoint=db)
+
+
+def test_a_recorded_effect_called_again_with_other_arguments_is_not_made(
+        tmp_path: Path) -> None:
+    from orla_sdk.backends.base import ToolCall
+    from orla_sdk.runtime.checkpoint import Durable
+    from orla_sdk.runtime.tool_calls import ToolRunner
+
+    made: list[int] = []
+
+    def pay(amount: int) -> str:
+        made.append(amount)
+        return f"paid {amount}"
+
+    def runner() -> ToolRunner:
+        durable = Durable.begin(SQLiteCheckpoints(tmp_path / "runs.db"), PLAN, "r4",
+                                {"topics": ["x"]})
+        return ToolRunner({"pay": pay}, effects=frozenset({"pay"}), durable=durable)
+
+    key = "draft/g0/t0/c0/pay"
+    first = asyncio.run(runner().run(ToolCall("1", "pay", '{"amount": 10}'), key))
+    same = asyncio.run(runner().run(ToolCall("1", "pay", '{"amount": 10}'), key))
+    other = asyncio.run(runner().run(ToolCall("1", "pay", '{"amount": 20}'), key))
+    assert made == [10] and first == same == "paid 10"
+    assert 'already made in an earlier attempt of this run, with the arguments {"amount": ' \
+           '10}, and returned: paid 10. It is not made again.' in other

@@ -11,7 +11,7 @@ import time
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.ir import BackendSpec, Capabilities
-from orla_sdk.runtime.tool_calls import MAX_RESULT_CHARS, run_tool
+from orla_sdk.runtime.tool_calls import MAX_RESULT_CHARS, ToolRunner
 
 RELEASE = threading.Event()
 
@@ -38,12 +38,15 @@ async def slow_async() -> str:
     return "late"
 
 
-TOOLS = {f.__name__: f for f in (add, hang, leave, flood, slow_async)}
+async def leave_async() -> str:
+    sys.exit(4)
 
 
-def call(name: str, arguments: str = "{}", **options: object) -> str:
-    return asyncio.run(run_tool(TOOLS, ToolCall(id="1", name=name, arguments=arguments),
-                                **options))  # type: ignore[arg-type]
+TOOLS = {f.__name__: f for f in (add, hang, leave, leave_async, flood, slow_async)}
+
+
+def call(name: str, arguments: str = "{}") -> str:
+    return asyncio.run(ToolRunner(TOOLS).run(ToolCall(id="1", name=name, arguments=arguments)))
 
 
 def test_arguments_are_checked_and_coerced_by_the_signature() -> None:
@@ -56,12 +59,11 @@ def test_arguments_are_checked_and_coerced_by_the_signature() -> None:
 
 def test_a_hung_tool_is_abandoned_and_frees_its_place() -> None:
     async def scenario() -> list[str]:
-        limit = asyncio.Semaphore(1)
-        options = {"limit": limit, "timeout": 0.3}
-        hung = [run_tool(TOOLS, ToolCall(id=str(i), name=name, arguments="{}"), **options)
+        runner = ToolRunner(TOOLS, limit=asyncio.Semaphore(1), timeout=0.3)
+        hung = [runner.run(ToolCall(id=str(i), name=name, arguments="{}"))
                 for i, name in enumerate(["hang", "slow_async", "hang"])]
         add_call = ToolCall(id="9", name="add", arguments='{"a": 1, "b": 1}')
-        return list(await asyncio.gather(*hung, run_tool(TOOLS, add_call, **options)))
+        return list(await asyncio.gather(*hung, runner.run(add_call)))
 
     started = time.monotonic()
     *abandoned, added = asyncio.run(scenario())
@@ -73,6 +75,32 @@ def test_a_hung_tool_is_abandoned_and_frees_its_place() -> None:
 
 def test_a_tool_that_exits_the_process_only_fails_its_call() -> None:
     assert "leave tried to stop the process (SystemExit)" in call("leave")
+    assert "leave_async tried to stop the process (SystemExit)" in call("leave_async")
+
+
+CHARGES: list[str] = []
+CARD_ANSWERS = threading.Event()
+
+
+def charge(amount: int, idempotency_key: str = "") -> str:
+    CHARGES.append(idempotency_key)
+    if amount > 100:
+        CARD_ANSWERS.wait(30)
+    return f"charged {amount}"
+
+
+def test_a_tool_with_effects_past_its_deadline_is_not_called_again() -> None:
+    async def scenario() -> list[str]:
+        runner = ToolRunner({"charge": charge}, effects=frozenset({"charge"}), timeout=0.3,
+                            run_id="r")
+        big = ToolCall(id="1", name="charge", arguments='{"amount": 500}')
+        return [await runner.run(big, "s/g0/t0/c0/charge"),
+                await runner.run(big, "s/g0/t1/c0/charge")]
+
+    first, again = asyncio.run(scenario())
+    CARD_ANSWERS.set()
+    assert CHARGES == ["r:s/g0/t0/c0/charge"]  # one call, with its idempotency key
+    assert "may still take effect" in first and again == first
 
 
 def test_long_results_are_cut_with_a_note_to_the_model() -> None:

@@ -227,3 +227,76 @@ def _write_module(name: str, source: str) -> Path:
     path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(source)
     return path
+
+
+def test_is_none_forms_a_user_writes_are_refused_and_plain_ones_are_not() -> None:
+    refused = {
+        "walrus": "    if (a := classify(text)) is None:\n        return 'none'\n"
+                  "    return refund(a)\n",
+        "comprehension": "    t = classify(text)\n"
+                         "    return [refund(x) for x in [t] if x is not None][0]\n",
+        "helper": "    return pick(classify(text))\n",
+    }
+    helper = "def pick(t):\n    if t is None:\n        return 'none'\n    return refund(t)\n\n\n"
+    for name, body in refused.items():
+        source = f"{helper}def wf(text: str) -> str:\n{body}"
+        path = _write_module(f"none_{name}", source)
+        namespace: dict[str, Any] = {"classify": classify, "refund": refund}
+        exec(compile(source, str(path), "exec"), namespace)
+        with pytest.raises(orla.TraceError, match="compared with None by `is`"):
+            orla.compile(namespace["wf"])
+
+    @orla.workflow
+    def plain(text: str) -> str:
+        handler = HANDLERS.get("shipping")
+        if handler is None:
+            return refund(classify(text))
+        return handler(classify(text))
+
+    assert compile_and_run(plain, TICKETS) == [plain(t) for t in TICKETS]
+
+
+def test_a_stage_inside_suppress_is_refused() -> None:
+    import contextlib
+
+    @orla.workflow
+    def wf(text: str) -> str:
+        answer = "sorry"
+        with contextlib.suppress(ValueError):
+            answer = refund(classify(text))
+        return answer
+
+    with pytest.raises(orla.TraceError, match=r"inside `try:`.*suppress"):
+        orla.compile(wf)
+
+
+def test_two_stage_declarations_of_one_function_are_refused() -> None:
+    def answer(t: Ticket) -> str:
+        return t.category
+
+    light, heavy = orla.stage(model="light")(answer), orla.stage(model="heavy")(answer)
+    table = {"billing": light, "technical": heavy}
+
+    @orla.workflow
+    def wf(text: str) -> str:
+        t = classify(text)
+        return table[t.category](t)
+
+    with pytest.raises(orla.TraceError, match=r"wrapped by two @orla.stage declarations.*"
+                                              r"'light' and 'heavy'"):
+        orla.compile(wf)
+
+
+class Registry:
+    shout = shout  # a stage stored on a class, not a method
+
+
+def test_a_stage_stored_on_a_class_is_called_as_it_is() -> None:
+    registry = Registry()
+
+    @orla.workflow
+    def wf(text: str) -> str:
+        return registry.shout(text)
+
+    assert wf("hi") == "HI"
+    assert compile_and_run(wf, ["hi"]) == ["HI"]

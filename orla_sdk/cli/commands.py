@@ -139,7 +139,8 @@ def run_report(result: RunResult) -> str:
     rows = [("stage", "status", "backend", "calls", "prompt", "cached", "completion", "wait s",
              "ttft s", "total s", "cache action")]
     for r in result.stages:
-        rows.append((r.node if r.item is None else f"{r.node}[{r.item}]", r.status,
+        rows.append((r.node if r.item is None else f"{r.node}[{r.item}]",
+                     "restored" if r.restored else r.status,
                      r.backend or "", str(len(r.calls)), str(r.prompt_tokens), str(r.cached_tokens),
                      str(r.completion_tokens), f"{r.queue_wait_s:.2f}",
                      f"{r.ttft_s:.2f}" if r.ttft_s is not None else "", f"{r.duration_s:.2f}",

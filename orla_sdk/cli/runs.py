@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +34,7 @@ def add_runs_parser(commands: Any) -> None:
 
 def runs_command(args: argparse.Namespace, load_plan: Callable[[str], Plan],
                  report: Callable[[RunResult], str]) -> int:
-    store = SQLiteCheckpoints(args.checkpoint)
+    store = SQLiteCheckpoints(args.checkpoint, create=False)
     if args.action == "list":
         print("\n".join(_line(r) for r in store.runs()) or "no runs")
         return 0
@@ -45,7 +46,7 @@ def runs_command(args: argparse.Namespace, load_plan: Callable[[str], Plan],
                         "shows the runs it has.")
     if args.action == "show":
         print(_line(stored))
-        for key, (value, record) in sorted(store.stages(args.run_id).items()):
+        for key, (value, record) in sorted(store.stages(args.run_id).items(), key=_natural):
             seconds = decode_record(record).duration_s
             print(f"  {key:<28} {seconds:7.2f} s  {_short(value)}")
         return 0
@@ -63,6 +64,14 @@ def _line(run: StoredRun) -> str:
     return f"{run.run_id:<20} {run.workflow:<20} {run.status:<8} {started}  {outcome}"
 
 
+def _natural(item: tuple[str, Any]) -> list[Any]:
+    """``answer[2]`` before ``answer[10]``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", item[0])]
+
+
 def _short(text: str, width: int = 60) -> str:
-    flat = json.dumps(json.loads(text)) if text.startswith(("{", "[", '"')) else text
+    data = json.loads(text)
+    if isinstance(data, dict) and set(data) == {"$pickle"}:
+        return "(a pickled value)"
+    flat = json.dumps(data)
     return flat if len(flat) <= width else flat[: width - 3] + "..."

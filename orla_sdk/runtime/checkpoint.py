@@ -4,7 +4,8 @@ continues without doing completed work again.
 
 Keys: a stage's node id, with its item indices inside maps (``answer[2]``); a tool call
 with effects: the stage's key, the model call, the tool turn and the call's index
-(``answer[2]/g0/t1/c0``), which is also the idempotency key the tool may receive.
+(``answer[2]/g0/t1/c0/refund``), which, after the run id, is also the idempotency key
+the tool may receive.
 
 ``CheckpointStore`` is the protocol a store implements (a Postgres store can follow);
 ``SQLiteCheckpoints`` is the one orla ships (``checkpoint="runs.db"``).
@@ -22,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import TypeAdapter
 
@@ -30,7 +31,7 @@ from orla_sdk.errors import OrlaError
 from orla_sdk.ir import Plan
 from orla_sdk.runtime.records import CallRecord, StageRecord
 
-RunStatus = str  # "running", "done" or "failed"
+RunStatus = Literal["running", "done", "failed"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,11 @@ class CheckpointStore(Protocol):
 
     def save_stage(self, run_id: str, key: str, value: str, record: str) -> None: ...
 
-    def effect(self, run_id: str, key: str) -> str | None: ...
+    def effect(self, run_id: str, key: str) -> tuple[str, str] | None:
+        """The (arguments, result) recorded for a call of a tool with effects."""
+        ...
 
-    def save_effect(self, run_id: str, key: str, result: str) -> None: ...
+    def save_effect(self, run_id: str, key: str, arguments: str, result: str) -> None: ...
 
 
 _SCHEMA = """
@@ -79,7 +82,7 @@ CREATE TABLE IF NOT EXISTS stages (
     run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, record TEXT NOT NULL,
     PRIMARY KEY (run_id, key));
 CREATE TABLE IF NOT EXISTS effects (
-    run_id TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL,
+    run_id TEXT NOT NULL, key TEXT NOT NULL, arguments TEXT NOT NULL, result TEXT NOT NULL,
     PRIMARY KEY (run_id, key));
 """
 
@@ -88,8 +91,11 @@ class SQLiteCheckpoints:
     """A checkpoint store in one SQLite file; every write is committed before it returns,
     so what a killed process completed is on disk."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path)
+        if not create and not self.path.exists():
+            raise OrlaError(f"there is no checkpoint store at {self.path}; pass the file "
+                            "that durable runs were given (--checkpoint FILE).")
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -108,6 +114,8 @@ class SQLiteCheckpoints:
         now = time.time()
         self._write("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, 'running', NULL, NULL, ?, ?)",
                     run_id, workflow, plan_hash, inputs, now, now)
+        self._write("UPDATE runs SET status = 'running', updated_at = ? WHERE run_id = ?",
+                    now, run_id)
         stored = self.run(run_id)
         assert stored is not None
         return stored
@@ -133,22 +141,33 @@ class SQLiteCheckpoints:
         self._write("INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?)", run_id, key, value,
                     record)
 
-    def effect(self, run_id: str, key: str) -> str | None:
-        rows = self._rows("SELECT result FROM effects WHERE run_id = ? AND key = ?",
+    def effect(self, run_id: str, key: str) -> tuple[str, str] | None:
+        rows = self._rows("SELECT arguments, result FROM effects WHERE run_id = ? AND key = ?",
                           run_id, key)
-        return str(rows[0][0]) if rows else None
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
-    def save_effect(self, run_id: str, key: str, result: str) -> None:
-        self._write("INSERT OR REPLACE INTO effects VALUES (?, ?, ?)", run_id, key, result)
+    def save_effect(self, run_id: str, key: str, arguments: str, result: str) -> None:
+        self._write("INSERT OR REPLACE INTO effects VALUES (?, ?, ?, ?)", run_id, key,
+                    arguments, result)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
+_open_stores: dict[Path, SQLiteCheckpoints] = {}
+_open_lock = threading.Lock()
+
+
 def open_store(checkpoint: str | Path | CheckpointStore) -> CheckpointStore:
+    """The store a run's ``checkpoint=`` names: one open SQLite store per file in a
+    process (its connection shared by the runs), or the store object itself."""
     if isinstance(checkpoint, (str, Path)):
-        return SQLiteCheckpoints(checkpoint)
+        path = Path(checkpoint).resolve()
+        with _open_lock:
+            if path not in _open_stores:
+                _open_stores[path] = SQLiteCheckpoints(path)
+            return _open_stores[path]
     if isinstance(checkpoint, CheckpointStore):
         return checkpoint
     raise OrlaError(f"checkpoint={checkpoint!r} is neither a file path nor a CheckpointStore; "
@@ -157,15 +176,23 @@ def open_store(checkpoint: str | Path | CheckpointStore) -> CheckpointStore:
 
 # ---- values --------------------------------------------------------------------------------
 def encode(value: Any, annotation: Any = Any) -> str:
-    """JSON by the value's declared type where it has one, else a pickle (tagged)."""
+    """JSON by the value's declared type where that gives the value back exactly (same
+    type, equal), else a pickle (tagged). Raises ``ValueError`` when neither works."""
     try:
-        if annotation is not Any:
-            return TypeAdapter(annotation).dump_json(value).decode()
-        if _plain_json(value):
-            return json.dumps(value)
+        text = (TypeAdapter(annotation).dump_json(value, warnings="error").decode()
+                if annotation is not Any else json.dumps(value) if _plain_json(value) else None)
+        if text is not None and _same(decode(text, annotation), value):
+            return text
     except Exception:
         pass  # not JSON by its type: pickled below
-    return json.dumps({"$pickle": base64.b64encode(pickle.dumps(value)).decode()})
+    try:
+        return json.dumps({"$pickle": base64.b64encode(pickle.dumps(value)).decode()})
+    except Exception as exc:
+        raise ValueError(f"it is neither JSON by its type nor picklable ({exc})") from exc
+
+
+def _same(decoded: Any, value: Any) -> bool:
+    return type(decoded) is type(value) and bool(decoded == value)
 
 
 def _plain_json(value: Any) -> bool:
@@ -197,10 +224,11 @@ def decode_record(text: str) -> StageRecord:
 
 
 def plan_hash(plan: Plan) -> str:
-    """What decides which keys a run writes: its nodes, arguments and guards (not the
-    passes' notes, so a resumed run may be served by other backends)."""
-    shape = [(n.id, n.kind, n.stage, n.args, n.kwargs, [[c.model_dump() for c in g]
-                                                         for g in n.guards])
+    """What decides which keys a run writes and what they hold: its nodes, arguments,
+    guards and output types (not the passes' notes, so a resumed run may be served by
+    other backends)."""
+    shape = [(n.id, n.kind, n.stage, n.args, n.kwargs, n.output.model_dump(),
+              [[c.model_dump() for c in g] for g in n.guards])
              for n in plan.nodes]
     return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -225,15 +253,15 @@ class Durable:
     @classmethod
     def begin(cls, store: CheckpointStore, plan: Plan, run_id: str,
               inputs: dict[str, Any]) -> Durable:
-        shape, encoded = plan_hash(plan), encode(inputs)
-        stored = store.begin(run_id, plan.name, shape, encoded)
+        shape = plan_hash(plan)
+        stored = store.begin(run_id, plan.name, shape, encode(inputs))
         if stored.plan_hash != shape:
             raise OrlaError(
                 f"run {run_id!r} in the checkpoint store was started by another version of "
-                f"workflow {stored.workflow!r} (its nodes differ), so its saved stages may not "
-                "fit this plan. Fix: resume it with the plan that started it, or give this "
-                "run a new run_id.")
-        if stored.inputs != encoded:
+                f"workflow {stored.workflow!r} (its nodes or output types differ), so its "
+                "saved stages may not fit this plan. Fix: resume it with the plan that "
+                "started it, or give this run a new run_id.")
+        if not _same(decode(stored.inputs), inputs):
             raise OrlaError(
                 f"run {run_id!r} in the checkpoint store was started with other inputs. Fix: "
                 "resume it with orla.resume(plan, run_id, checkpoint=...), which reads its "
@@ -244,18 +272,36 @@ class Durable:
         saved = self.saved.get(key)
         if saved is None:
             return None
-        return decode(saved[0], annotation), decode_record(saved[1])
+        try:
+            return decode(saved[0], annotation), decode_record(saved[1])
+        except Exception as exc:
+            raise OrlaError(
+                f"the checkpoint of {key!r} in run {self.run_id!r} cannot be read back "
+                f"({type(exc).__name__}: {exc}). Fix: resume it with the code that started "
+                "it, or give the run a new run_id.") from exc
 
     def save_stage(self, key: str, value: Any, record: StageRecord, annotation: Any) -> None:
-        self.store.save_stage(self.run_id, key, encode(value, annotation),
-                              encode_record(record))
+        try:
+            encoded = encode(value, annotation)
+        except ValueError as exc:
+            raise OrlaError(
+                f"the value of {key!r} cannot be checkpointed: {exc}. Fix: return JSON-like "
+                "values, pydantic models or picklable objects from stages of durable runs."
+            ) from exc
+        self.store.save_stage(self.run_id, key, encoded, encode_record(record))
 
-    def effect(self, key: str) -> str | None:
+    def effect(self, key: str) -> tuple[str, str] | None:
         return self.store.effect(self.run_id, key)
 
-    def save_effect(self, key: str, result: str) -> None:
-        self.store.save_effect(self.run_id, key, result)
+    def save_effect(self, key: str, arguments: str, result: str) -> None:
+        self.store.save_effect(self.run_id, key, arguments, result)
 
-    def finish(self, output: Any, error: str | None) -> None:
-        self.store.finish(self.run_id, "failed" if error else "done",
-                          None if error else encode(output), error)
+    def finish(self, output: Any, error: str | None) -> str | None:
+        """Record how the run ended; a warning when its output cannot be stored."""
+        warning = None
+        try:
+            encoded = None if error else encode(output)
+        except ValueError as exc:
+            encoded, warning = None, f"the run's output was not checkpointed: {exc}"
+        self.store.finish(self.run_id, "failed" if error else "done", encoded, error)
+        return warning

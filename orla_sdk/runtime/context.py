@@ -4,6 +4,7 @@ belongs to. The executor sets it around each stage body; ``orla.generate`` reads
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
@@ -17,6 +18,7 @@ from orla_sdk.runtime.checkpoint import Durable
 from orla_sdk.runtime.events import Emitter
 from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.runtime.records import StageRecord
+from orla_sdk.runtime.tool_calls import ToolRunner
 
 
 @dataclass
@@ -50,6 +52,15 @@ class StageContext:
         """The key of the agent this stage calls as: declared, else the stage's name."""
         return AgentKey(self.run.plan.name, self.spec.agent or self.spec.name,
                         self.run.run_id, step)
+
+    @functools.cached_property
+    def tool_runner(self) -> ToolRunner:
+        """Runs the tools the stage's model calls (one per stage: calls of tools with
+        effects that passed their deadline stay refused for the stage's life)."""
+        pool = self.run.pool
+        return ToolRunner(self.tools, frozenset(t.name for t in self.spec.tools if t.effect),
+                          pool.tool_limit, pool.tool_timeout, self.run.durable,
+                          self.run.run_id)
 
     def logical_model(self) -> str:
         name = self.spec.model or self.run.plan.default_model

@@ -85,12 +85,8 @@ async def arun(plan: Plan, /, *, pool: BackendPool | None = None, run_id: str | 
                         "passes and diagrams; orla.run cannot run it: run the app itself, "
                         "served by orla with orla.serve(app).")
     values = _bind_inputs(plan, inputs)
-    if checkpoint is not None and run_id is None:
-        raise OrlaError("a durable run needs a run_id to be resumed by; pass "
-                        "orla.run(plan, run_id=..., checkpoint=...).")
+    durable = _durable(checkpoint, plan, run_id, inputs) if checkpoint is not None else None
     run_id = run_id or uuid.uuid4().hex[:12]
-    durable = (Durable.begin(open_store(checkpoint), plan, run_id, inputs)
-               if checkpoint is not None else None)
     own_pool = pool is None
     if pool is not None and not pool.started:
         raise OrlaError("the pool passed to orla.arun is not started; open it with "
@@ -120,12 +116,21 @@ async def arun(plan: Plan, /, *, pool: BackendPool | None = None, run_id: str | 
         finally:
             if own_pool:
                 await pool.aclose()
-    if durable is not None:
-        durable.finish(result.output, result.error)
+    if durable is not None and (warning := durable.finish(result.output, result.error)):
+        result.warnings.append(warning)
     state.emit("run_end", result=result)
     if state.emit.error:
         result.warnings.append(state.emit.error)
     return result
+
+
+def _durable(checkpoint: Checkpoint, plan: Plan, run_id: str | None,
+             inputs: dict[str, Any]) -> Durable:
+    if run_id is None:
+        raise OrlaError("a durable run needs a run_id to be resumed by; pass "
+                        "orla.run(plan, run_id=..., checkpoint=...) (`orla run ... --run-id "
+                        "ID --checkpoint FILE` on the command line).")
+    return Durable.begin(open_store(checkpoint), plan, run_id, inputs)
 
 
 def _bind_inputs(plan: Plan, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +216,7 @@ class _Executor:
                 self.state.emit("stage_end", node.id, record=record)
             return SKIPPED
         if node.kind == "branch":
-            return self._branch(node, env, item)
+            return self._branch(node, env, items)
         if node.kind == "map":
             return await self._map(node, env, items)
         if node.kind == "output":
@@ -222,7 +227,7 @@ class _Executor:
         return not node.guards or any(guard_holds(guard, env) for guard in node.guards)
 
     # ---- branches and maps ------------------------------------------------------------
-    def _branch(self, node: Node, env: Env, item: int | None) -> Any:
+    def _branch(self, node: Node, env: Env, items: tuple[int, ...]) -> Any:
         args = [resolve(a, env, self.plan) for a in node.args]
         kwargs = {k: resolve(v, env, self.plan) for k, v in node.kwargs.items()}
         if node.test is not None and node.test.op == "call" and node.test.fn:
@@ -233,8 +238,8 @@ class _Executor:
         if choice not in node.choices:
             raise StageFailed(node.id, OrlaError(
                 f"branch got {choice!r}, which is not one of its choices {node.choices}"))
-        self.result.branches[node.id if item is None else f"{node.id}[{item}]"] = choice
-        self.state.emit("branch", node.id, item=item, choice=choice)
+        self.result.branches[_key(node, items)] = choice
+        self.state.emit("branch", node.id, item=items[-1] if items else None, choice=choice)
         return choice
 
     async def _map(self, node: Node, env: Env, items: tuple[int, ...]) -> list[Env]:
@@ -248,7 +253,7 @@ class _Executor:
 
     # ---- stages -------------------------------------------------------------------------
     async def _stage(self, node: Node, env: Env, items: tuple[int, ...]) -> Any:
-        key = node.id + "".join(f"[{i}]" for i in items)
+        key = _key(node, items)
         spec = self.plan.stage_of(node)
         stage = self.plan.resolve(spec.ref)
         saved = self.state.durable.stage(key, _annotation(stage)) if self.state.durable else None
@@ -266,6 +271,9 @@ class _Executor:
                 self.state, node, spec, record, *self._priority(node, fn, args, kwargs),
                 tools={t.name: self.plan.resolve(t.ref) for t in spec.tools}, key=key)
             value = await _call_body(ctx, fn, args, kwargs)
+            if self.state.durable:
+                record.duration_s = time.perf_counter() - started
+                self.state.durable.save_stage(key, value, record, _annotation(stage))
         except asyncio.CancelledError:
             record.status, record.error = "failed", "cancelled: another stage of the run failed"
             raise
@@ -276,8 +284,6 @@ class _Executor:
             record.duration_s = time.perf_counter() - started
             if record.status == "failed":
                 self.state.emit("stage_end", node.id, record=record)
-        if self.state.durable:
-            self.state.durable.save_stage(key, value, record, _annotation(stage))
         await self._cache_action(node, record)
         self.state.emit("stage_end", node.id, record=record, output=value)
         return value
@@ -305,6 +311,11 @@ class _Executor:
         if entry is not None:
             self.result.cache_log.append(entry)
             self.state.emit("cache", node.id, **entry)
+
+
+def _key(node: Node, items: tuple[int, ...]) -> str:
+    """A node's run inside maps: its id and item indices, outermost first (``answer[2]``)."""
+    return node.id + "".join(f"[{i}]" for i in items)
 
 
 def _annotation(stage: Any) -> Any:

@@ -36,7 +36,6 @@ from orla_sdk.runtime.structured import (
     emulated_tools_schema,
     read_reply,
 )
-from orla_sdk.runtime.tool_calls import run_tool
 
 T = TypeVar("T")
 
@@ -215,14 +214,10 @@ async def _tool_messages(ctx: StageContext, result: ChatResult, calls: list[Tool
     outputs = []
     pool = ctx.run.pool
     agent = ctx.agent_key()
-    effects = {t.name for t in ctx.spec.tools if t.effect}
     for index, call in enumerate(calls):
         pool.observe_tool(agent, call.name)
         started = time.perf_counter()
-        outputs.append(await run_tool(ctx.tools, call, limit=pool.tool_limit,
-                                      timeout=pool.tool_timeout, effect=call.name in effects,
-                                      durable=ctx.run.durable, run_id=ctx.run.run_id,
-                                      key=f"{turn_key}/c{index}/{call.name}"))
+        outputs.append(await ctx.tool_runner.run(call, f"{turn_key}/c{index}/{call.name}"))
         pool.observe_tool(agent, call.name, time.perf_counter() - started)
         ctx.run.emit("tool_call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item,
                      tool=call.name, arguments=call.arguments, result=outputs[-1])

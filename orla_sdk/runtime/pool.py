@@ -126,7 +126,9 @@ class BackendPool:
 
     ``timeout`` is the deadline of each attempt of a model call, in seconds, however the
     engine spends it; ``engine_down_s`` how long a call waits for an engine that is down
-    (``ENGINE_DOWN_S`` when not given)."""
+    (``ENGINE_DOWN_S`` when not given). Plain ``def`` stage bodies run on ``body_threads``
+    threads; at most ``tool_threads`` tool calls run at once, each within
+    ``tool_timeout`` seconds (see ``orla_sdk.runtime.tool_calls``)."""
 
     def __init__(self, specs: Sequence[BackendSpec], *, slots: int = 4,
                  timeout: float = 120.0, memory_policies: Sequence[MemoryPolicy] = (),
@@ -150,8 +152,8 @@ class BackendPool:
         self.started = False
         self.body_threads = body_threads
         self.body_executor = self._body_executor()
-        # tool calls at once, and each one's deadline (see runtime.tool_calls)
-        self.tool_limit, self.tool_timeout = asyncio.Semaphore(tool_threads), tool_timeout
+        self.tool_threads, self.tool_timeout = tool_threads, tool_timeout
+        self.tool_limit = asyncio.Semaphore(tool_threads)  # made anew at each start
         self.clock = self.connector.clock  # for the simulators declared with clock="virtual"
         self._closed = False
 
@@ -162,6 +164,7 @@ class BackendPool:
         if self._closed:  # a pool opened again gets fresh threads
             self.body_executor = self._body_executor()
             self._closed = False
+        self.tool_limit = asyncio.Semaphore(self.tool_threads)
         self.connector.share_cores(self.specs)
         for spec in self.specs:
             if spec.name not in self.backends:

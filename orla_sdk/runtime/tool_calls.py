@@ -5,6 +5,8 @@ read, long results cut, and tools with effects called at most once per call key.
 A plain (blocking) tool runs on a thread of its own. A call past its deadline is
 abandoned: its thread finishes in the background, and its place among the pool's
 ``tool_threads`` concurrent calls is given back, so hung tools never starve the others.
+A tool with effects that passes its deadline may still take effect: that is recorded as
+its result, and it is not called again with the same arguments.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import contextvars
 import inspect
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,75 +31,117 @@ TOOL_TIMEOUT_S = 60.0
 MAX_RESULT_CHARS = 16_000
 
 
-async def run_tool(tools: dict[str, Callable[..., Any]], call: ToolCall, *,
-                   limit: asyncio.Semaphore | None = None, timeout: float = TOOL_TIMEOUT_S,
-                   effect: bool = False, durable: Durable | None = None,
-                   run_id: str = "", key: str = "") -> str:
-    """Run one tool call; every failure becomes a message the model can read.
+@dataclass
+class ToolRunner:
+    """The tools of one stage, run as its model calls them. ``limit`` bounds the tool calls
+    in flight (the pool's), ``effects`` names the tools with effects."""
 
-    A tool with ``effect`` (``@orla.tool(effect=True)``) whose ``key`` the run's checkpoint
-    store already holds is not called again: the recorded result is returned.
-    """
-    fn = tools.get(call.name)
-    if fn is None:
-        return f"error: there is no tool named {call.name!r}; the tools are {sorted(tools)}"
+    tools: dict[str, Callable[..., Any]]
+    effects: frozenset[str] = frozenset()
+    limit: asyncio.Semaphore | None = None
+    timeout: float = TOOL_TIMEOUT_S
+    durable: Durable | None = None
+    run_id: str = ""
+    # calls of tools with effects that passed their deadline, by (tool, arguments): they
+    # may still take effect, so they are not made again
+    in_doubt: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    async def run(self, call: ToolCall, key: str = "") -> str:
+        """Run one tool call; every failure becomes a message the model can read. ``key``
+        names the call of a tool with effects (see ``orla_sdk.runtime.checkpoint``)."""
+        fn = self.tools.get(call.name)
+        if fn is None:
+            return (f"error: there is no tool named {call.name!r}; the tools are "
+                    f"{sorted(self.tools)}")
+        try:
+            arguments = _checked_arguments(fn, call)
+        except ValueError as exc:
+            return f"error: the arguments of {call.name} are not valid: {exc}"
+        if call.name in self.effects:
+            return await self._run_once(fn, call.name, arguments, key)
+        return (await self._outcome(fn, call.name, arguments))[0]
+
+    async def _run_once(self, fn: Callable[..., Any], name: str, arguments: dict[str, Any],
+                        key: str) -> str:
+        """A call of a tool with effects: at most once per key, recorded before the model
+        sees its result."""
+        canonical = json.dumps(arguments, sort_keys=True, default=str)
+        if (doubt := self.in_doubt.get((name, canonical))) is not None:
+            return doubt
+        if self.durable is not None and (recorded := self.durable.effect(key)) is not None:
+            return _replayed(name, canonical, *recorded)
+        if IDEMPOTENCY_KEY in inspect.signature(fn).parameters:
+            arguments = {**arguments, IDEMPOTENCY_KEY: f"{self.run_id}:{key}"}
+        result, timed_out = await self._outcome(fn, name, arguments)
+        if timed_out:
+            result = (f"error: {name} did not return within {self.timeout:g} s; it may still "
+                      "take effect, so it is not called again with these arguments")
+            self.in_doubt[(name, canonical)] = result
+        if self.durable is not None:
+            self.durable.save_effect(key, canonical, result)
+        return result
+
+    async def _outcome(self, fn: Callable[..., Any], name: str,
+                       arguments: dict[str, Any]) -> tuple[str, bool]:
+        """What to tell the model, and whether the call passed its deadline."""
+        async with self.limit or contextlib.nullcontext():
+            try:
+                work = (_caught(fn(**arguments)) if inspect.iscoroutinefunction(fn)
+                        else _in_own_thread(fn, arguments))
+                value, error = await asyncio.wait_for(work, self.timeout)
+            except TimeoutError:
+                return (f"error: {name} did not return within {self.timeout:g} s and was "
+                        "abandoned; try another way, or answer without it"), True
+        if isinstance(error, (SystemExit, KeyboardInterrupt)):
+            return (f"error: {name} tried to stop the process ({type(error).__name__}); "
+                    "it did not"), False
+        if error is not None:
+            return f"error: {name} raised {type(error).__name__}: {error}", False
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        return _capped(text), False
+
+
+def _replayed(name: str, arguments: str, recorded_arguments: str, result: str) -> str:
+    if recorded_arguments == arguments:
+        return result
+    return (f"error: this call of {name} was already made in an earlier attempt of this run, "
+            f"with the arguments {recorded_arguments}, and returned: {result}. It is not made "
+            "again.")
+
+
+async def _caught(work: Awaitable[Any]) -> tuple[Any, BaseException | None]:
+    """An async tool's value, or what it raised: even ``SystemExit`` stays with its call."""
     try:
-        arguments = _checked_arguments(fn, call)
-    except ValueError as exc:
-        return f"error: the arguments of {call.name} are not valid: {exc}"
-    if effect and durable is not None and (done := durable.effect(key)) is not None:
-        return done
-    if effect and IDEMPOTENCY_KEY in inspect.signature(fn).parameters:
-        arguments[IDEMPOTENCY_KEY] = f"{run_id}:{key}"
-    async with limit or contextlib.nullcontext():
-        result = _capped(await _outcome(fn, arguments, call.name, timeout))
-    if effect and durable is not None:
-        durable.save_effect(key, result)  # recorded before the model sees it
-    return result
+        return await work, None
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        return None, exc
 
 
-async def _outcome(fn: Callable[..., Any], arguments: dict[str, Any], name: str,
-                   timeout: float) -> str:
-    try:
-        if inspect.iscoroutinefunction(fn):
-            value = await asyncio.wait_for(fn(**arguments), timeout)
-        else:
-            value = await asyncio.wait_for(_in_own_thread(fn, arguments), timeout)
-    except TimeoutError:
-        return (f"error: {name} did not return within {timeout:g} s and was abandoned; "
-                "try another way, or answer without it")
-    except (SystemExit, KeyboardInterrupt) as exc:
-        return f"error: {name} tried to stop the process ({type(exc).__name__}); it did not"
-    except Exception as exc:
-        return f"error: {name} raised {type(exc).__name__}: {exc}"
-    return value if isinstance(value, str) else json.dumps(value, default=str)
-
-
-def _in_own_thread(fn: Callable[..., Any], arguments: dict[str, Any]) -> asyncio.Future[Any]:
-    """``fn(**arguments)`` on a daemon thread (with the caller's context variables)."""
+def _in_own_thread(fn: Callable[..., Any], arguments: dict[str, Any]
+                   ) -> asyncio.Future[tuple[Any, BaseException | None]]:
+    """``fn(**arguments)`` on a daemon thread (with the caller's context variables): its
+    value, or what it raised (``SystemExit`` too: it belongs to the call, not the thread)."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
+    future: asyncio.Future[tuple[Any, BaseException | None]] = loop.create_future()
     context = contextvars.copy_context()
 
     def work() -> None:
         try:
             outcome: tuple[Any, BaseException | None] = (context.run(fn, **arguments), None)
-        except BaseException as exc:  # SystemExit too: it belongs to the call, not the thread
+        except BaseException as exc:
             outcome = (None, exc)
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-            loop.call_soon_threadsafe(_settle, future, *outcome)
+            loop.call_soon_threadsafe(_settle, future, outcome)
 
     threading.Thread(target=work, daemon=True, name=f"orla-tool-{fn.__name__}").start()
     return future
 
 
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(value)
-    else:
-        future.set_exception(error)
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if not future.done():
+        future.set_result(outcome)
 
 
 def _checked_arguments(fn: Callable[..., Any], call: ToolCall) -> dict[str, Any]:
