@@ -10,6 +10,7 @@
     │   └── BackendDown       its engine refused the connection or answered 502-504
     ├── EngineError           the embedded engine cannot be found, started or reached
     ├── OutputError           a model kept answering in a shape the output type forbids
+    ├── Refused               an agent policy refused a model call (a budget, a permission)
     ├── StageFailed           one stage of a run failed
     └── RunError              a workflow run failed (``result`` holds its records)
 """
@@ -104,6 +105,11 @@ class EngineError(OrlaError):
 
 class OutputError(OrlaError):
     """A stage's model kept answering in a shape its output type does not allow."""
+
+
+class Refused(OrlaError):
+    """An agent policy refused a model call: the message names the agent, the rule and its
+    limit."""
 
 
 class StageFailed(OrlaError):

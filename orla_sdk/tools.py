@@ -19,11 +19,17 @@ def tool(fn: F, /) -> F: ...
 
 
 @overload
-def tool(*, effect: bool = False) -> Callable[[F], F]: ...
+def tool(*, effect: bool = False, pure: bool = False,
+         ttl: float | None = None) -> Callable[[F], F]: ...
 
 
-def tool(fn: F | None = None, /, *, effect: bool = False) -> F | Callable[[F], F]:
+def tool(fn: F | None = None, /, *, effect: bool = False, pure: bool = False,
+         ttl: float | None = None) -> F | Callable[[F], F]:
     """Mark a function as a tool; it stays a plain function.
+
+    pure=True: equal arguments give an equal result, so the agent layer's memoization
+    (``orla_sdk.agents.MemoizeTools``) may give an earlier call's result again; ``ttl``
+    (seconds) also makes it pure, for that long (a price, a stock level).
 
     effect=True: calling it changes the world (charges a card, sends an e-mail). Each call
     a model makes gets a key from (run, stage, model conversation, turn, call index, tool);
@@ -33,8 +39,15 @@ def tool(fn: F | None = None, /, *, effect: bool = False) -> F | Callable[[F], F
     ``idempotency_key`` receives the key (to pass on to a payment API, say).
     """
 
+    if effect and (pure or ttl is not None):
+        raise OrlaError("a tool with effects cannot be pure: its calls change the world, so "
+                        "an earlier result is no answer to a new call. Fix: drop pure/ttl, or "
+                        "effect=True.")
+
     def mark(f: F) -> F:
         f.__orla_effect__ = effect  # type: ignore[attr-defined]
+        f.__orla_pure__ = pure or ttl is not None  # type: ignore[attr-defined]
+        f.__orla_ttl__ = ttl  # type: ignore[attr-defined]
         return f
 
     return mark(fn) if fn is not None else mark
@@ -53,4 +66,6 @@ def tool_spec(fn: Callable[..., Any]) -> ToolSpec:
     schema.pop("additionalProperties", None)
     doc = inspect.getdoc(fn) or ""
     return ToolSpec(name=fn.__name__, ref=ref_of(fn), description=doc.split("\n\n")[0],
-                    parameters=schema, effect=has_effect(fn))
+                    parameters=schema, effect=has_effect(fn),
+                    pure=bool(getattr(fn, "__orla_pure__", False)),
+                    ttl_s=getattr(fn, "__orla_ttl__", None))

@@ -393,7 +393,7 @@ def test_policies_by_name() -> None:
         policy_by_name("kvflow")
     with pytest.raises(OrlaError, match="Belady"):
         policy_by_name("min")
-    with pytest.raises(OrlaError, match="cachesage, lru") as unknown:
+    with pytest.raises(OrlaError, match="cachesage, fair, lru, memo, pin") as unknown:
         policy_by_name("nope")
     assert "'nope'" in str(unknown.value)
     with pytest.raises(OrlaError, match="not an AgentPolicy subclass"):

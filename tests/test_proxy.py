@@ -196,6 +196,27 @@ def test_a_token_is_required_when_set(backend: Scripted) -> None:
         assert httpx.get(server.url + "/health").status_code == 200
 
 
+def test_each_tenant_token_has_its_own_budget(backend: Scripted) -> None:
+    from orla_sdk.agents.budgets import budget_from_text
+
+    budget = budget_from_text("per=tenant,tenants=alice,tokens=35")
+    with scripted_proxy(backend, tokens={"alice": "a-key", "bob": "b-key"},
+                        policies=[budget]) as server:
+        def hi(key: str) -> Any:
+            return client(server, key).chat.completions.create(
+                model="light", messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+
+        hi("a-key"), hi("a-key")  # 15 tokens served each; each asks for up to 10 more
+        with pytest.raises(openai.RateLimitError) as spent:
+            hi("a-key")
+        assert spent.value.status_code == 429
+        assert "token budget" in str(spent.value) and "at most 35 per tenant" in str(spent.value)
+        assert all(hi("b-key").choices for _ in range(4))  # bob has no budget
+        assert budget.used_tokens == {("alice",): 30}
+        with pytest.raises(openai.AuthenticationError):
+            hi("unknown")
+
+
 def test_a_body_over_the_limit_is_413(proxy: ProxyServer, backend: Scripted) -> None:
     with pytest.raises(openai.APIStatusError) as refused:
         client(proxy).chat.completions.create(

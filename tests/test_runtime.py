@@ -299,9 +299,10 @@ def test_the_agent_layer_observes_each_call_and_tool_of_the_stages_agent() -> No
     assert {(e.key.workload, e.key.agent, e.key.run) for e in events[:-1]} == {
         ("tool_flow", "agent", result.run_id)}
     assert [e.key.step for e in events if e.kind == "call_started"] == [0, 1]
-    assert events[3].data == {"tool": "lookup_order"}
-    assert events[4].data["duration_s"] >= 0
-    assert events[2].data["prompt_tokens"] > 0 and events[-1].data == {"ended": True}
+    assert events[3].data["tool"] == "lookup_order" and events[3].data["at"] > 0
+    assert events[4].data["duration_s"] >= 0 and events[4].data["failed"] is False
+    assert events[4].data["result"] == "order 7: shipped"
+    assert events[2].data["prompt_tokens"] > 0 and events[-1].data["ended"] is True
 
 
 def test_a_malformed_tool_reply_is_retried() -> None:

@@ -10,7 +10,8 @@ from orla_sdk.agents.identity import AgentKey
 
 AgentEventKind = Literal[
     "call_queued", "call_started", "first_token", "call_finished",  # model calls
-    "tool_started", "tool_ended",                                    # tools
+    "tool_started", "tool_ended", "tool_reused",                     # tools
+    "refused",                                                       # a policy said no
     "turn",                                                          # an agent takes a turn
     "kv_usage", "slot_saved", "slot_restored", "slot_erased",       # engine state
     "prefetch",                                                      # a warm-up was sent
@@ -21,9 +22,11 @@ AgentEventKind = Literal[
 class AgentEvent:
     """``kind`` happened to ``key``'s agent on ``backend``. ``data`` carries what the kind
     has: ``prompt_tokens``, ``cached_tokens``, ``completion_tokens``, ``ttft_s`` for a
-    finished call; ``tool``, ``duration_s`` for a tool; ``slot``, ``tokens`` for slot
-    actions; ``usage`` for KV usage. A warm-up request (``warmup=True``) is never an
-    agent's turn."""
+    finished call; ``tool``, and when it ended ``duration_s``, ``arguments`` (canonical
+    JSON), ``result`` and ``failed``, for a tool (``tool_reused``: a result given again);
+    ``rule`` for a refusal; ``slot``, ``tokens`` for slot actions; ``usage`` for KV usage.
+    Events from the runtime carry ``at``, the pool's clock in seconds. A warm-up request
+    (``warmup=True``) is never an agent's turn."""
 
     kind: AgentEventKind
     key: AgentKey

@@ -20,19 +20,21 @@ FINGERPRINT_CHARS = 512  # of the first message's text: an agent's system prompt
 
 @dataclass(frozen=True)
 class AgentKey:
-    """Who makes a model call: ``agent`` of ``workload``, in ``run``, at its ``step``."""
+    """Who makes a model call: ``agent`` of ``workload``, in ``run``, at its ``step``, for
+    ``tenant`` (the proxy's API token it came with; "" in code)."""
 
     workload: str
     agent: str
     run: str = ""
     step: int = 0
+    tenant: str = ""
 
     @property
     def known(self) -> bool:
         return bool(self.agent)
 
     def at_step(self, step: int) -> AgentKey:
-        return AgentKey(self.workload, self.agent, self.run, step)
+        return AgentKey(self.workload, self.agent, self.run, step, self.tenant)
 
 
 def fingerprint(messages: Sequence[dict[str, Any]], *, skip_chars: int = 0,

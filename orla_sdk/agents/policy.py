@@ -10,7 +10,11 @@ A policy is a small class that implements the primitives it needs:
 - ``cache_choice(event)``: when a stage finishes, keep or drop its context
   (``memory_policy``); ``None`` leaves it to the next policy, then the plan;
 - ``queue_key(waiting)``: a sort key for a call waiting at a backend (smallest first);
-  ``None`` leaves the order to the next policy, then the backend's own scheduling.
+  ``None`` leaves the order to the next policy, then the backend's own scheduling;
+- ``admit(request)``: before a model call is queued or a tool runs, a refusal (what rule
+  it breaks, and its limit) or ``None``; the first refusal wins;
+- ``tool_result(use)``: before a tool runs, a result to give the model instead (an equal
+  earlier call's), or ``None``.
 
 The backends act on the answers with what each engine really supports (``docs/agents.md``).
 ``AgentLayer`` asks its policies in order; a policy that raises is switched off with a
@@ -22,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from orla_sdk.agents.events import AgentEvent
 from orla_sdk.agents.identity import AgentKey
@@ -48,6 +52,7 @@ class Cached:
 class Queued(Protocol):
     """A call waiting for a turn at a backend, as a policy may order it."""
 
+    backend: str
     agent: AgentKey | None
     stage: str
     run_id: str
@@ -55,6 +60,32 @@ class Queued(Protocol):
     critical_path: int
     prompt_length: int
     seq: int
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A model call (``kind="call"``: ``backend``, ``tokens`` it may use at most, prompt
+    and reply) or a tool call (``kind="tool"``: ``tool``) about to start."""
+
+    kind: Literal["call", "tool"]
+    key: AgentKey
+    backend: str | None = None
+    tokens: int = 0
+    tool: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """A tool call about to run: its ``arguments`` as canonical JSON, and what its
+    declaration allows (``pure``: equal arguments give equal results, for ``ttl_s``
+    seconds where given; ``effect``: it changes the world)."""
+
+    key: AgentKey
+    tool: str
+    arguments: str
+    pure: bool = False
+    ttl_s: float | None = None
+    effect: bool = False
 
 
 class AgentPolicy:
@@ -78,6 +109,12 @@ class AgentPolicy:
         return None
 
     def queue_key(self, waiting: Queued) -> Any:
+        return None
+
+    def admit(self, request: Admission) -> str | None:
+        return None
+
+    def tool_result(self, use: ToolUse) -> str | None:
         return None
 
 
@@ -135,6 +172,14 @@ class AgentLayer:
     def queue_key(self, waiting: Queued) -> Any:
         """The first policy's sort key for ``waiting``; None where no policy orders."""
         return self._first_answer(lambda policy: policy.queue_key, waiting)
+
+    def admit(self, request: Admission) -> str | None:
+        """The first policy's refusal of ``request``; None where every policy admits it."""
+        return self._first_answer(lambda policy: policy.admit, request)
+
+    def tool_result(self, use: ToolUse) -> str | None:
+        """A result to give instead of running the tool; None to run it."""
+        return self._first_answer(lambda policy: policy.tool_result, use)
 
     def _first_answer(self, primitive: Callable[[AgentPolicy], Callable[[A], R | None]],
                       argument: A) -> R | None:

@@ -8,7 +8,7 @@
     orla engine start|stop|status            the embedded llama.cpp engine
     orla demo [--ticket TEXT] [--backend llamacpp|sim] [--light URL] [--heavy URL]
                                              the customer-support workflow, live
-    orla serve [--host H] [--port P] [--token T] [--light URL] [--heavy URL]
+    orla serve [--host H] [--port P] [--token [NAME=]T] [--budget FIELDS] [--light URL] ...
                [--backend NAME=URL --map NAME=BACKEND/MODEL ...]
                                              an OpenAI-compatible proxy (docs/proxy.md)
 
@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 if typing.TYPE_CHECKING:
     from rich.console import Console
 
+from orla_sdk.agents.budgets import budget_from_text
 from orla_sdk.backends import (
     DEFAULT_LOCAL_MODEL,
     engine,
@@ -323,11 +324,13 @@ def serve_config(args: argparse.Namespace) -> tuple[list[BackendSpec], dict[str,
 
 def serve(args: argparse.Namespace) -> int:
     """Serve until interrupted (Ctrl-C or SIGTERM)."""
-    token = args.token or os.environ.get("ORLA_PROXY_TOKEN") or None
+    token, tokens = serve_tokens(args.token)
     specs, mapping = serve_config(args)
+    budgets = [budget_from_text(text) for text in args.budget]
     proxy = ProxyServer(specs, mapping, host=args.host, port=args.port, token=token,
-                        max_body=args.max_body, workflow_idle_s=args.workflow_idle_s,
-                        policies=args.policy)
+                        tokens=tokens, max_body=args.max_body,
+                        workflow_idle_s=args.workflow_idle_s,
+                        policies=[*budgets, *args.policy])
     try:
         url = proxy.start()
     except OSError as exc:
@@ -344,6 +347,16 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_tokens(given: list[str]) -> tuple[str | None, dict[str, str]]:
+    """``--token SECRET`` (one token, or $ORLA_PROXY_TOKEN), and ``--token NAME=SECRET``
+    (a tenant's; budgets may name it)."""
+    named = dict(t.split("=", 1) for t in given if "=" in t)
+    plain = [t for t in given if "=" not in t]
+    if len(plain) > 1:
+        raise OrlaError("give one --token SECRET; name more tokens as --token NAME=SECRET")
+    return (plain[0] if plain else os.environ.get("ORLA_PROXY_TOKEN") or None), named
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -353,8 +366,14 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
                               "backends (default: the embedded llama.cpp engine)")
     cmd.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     cmd.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0: free")
-    cmd.add_argument("--token", help="bearer token clients must send (default: "
-                     "$ORLA_PROXY_TOKEN); required off loopback")
+    cmd.add_argument("--token", action="append", default=[], metavar="[NAME=]SECRET",
+                     help="bearer token clients must send (default: $ORLA_PROXY_TOKEN); "
+                     "required off loopback; NAME=SECRET names a tenant's token "
+                     "(repeatable)")
+    cmd.add_argument("--budget", action="append", default=[], metavar="FIELDS",
+                     help="a budget, e.g. 'per=tenant,tenants=alice,tokens=50000,"
+                     "tool_calls=20' (fields: per, tokens, cost, price_per_mtok, tool_calls, "
+                     "tools, agents, tenants; lists a|b; repeatable)")
     cmd.add_argument("--max-body", type=int, default=1 << 20, help="bytes (default: 1 MiB)")
     cmd.add_argument("--workflow-idle-s", type=float, default=3600.0, metavar="SECONDS",
                      help="complete a workflow (dropping its cache) after this long without "

@@ -89,6 +89,8 @@ class ToolSpec(_Model):
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
     effect: bool = False  # changes the world: called at most once per call key
+    pure: bool = False  # equal arguments give an equal result (for ttl_s seconds, if given)
+    ttl_s: float | None = None
 
 
 class Param(_Model):

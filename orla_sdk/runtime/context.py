@@ -46,21 +46,22 @@ class StageContext:
     tools: dict[str, Callable[..., Any]] = field(default_factory=dict)
     routed_to: str | None = None  # the logical name a mapper picked, once it has
     key: str = ""  # the stage's checkpoint key: its node id and item indices
+    tenant: str = ""  # whose API token the calls came with (the proxy's)
     conversations: Iterator[int] = field(default_factory=itertools.count)  # orla.generate calls
 
     def agent_key(self, step: int = 0) -> AgentKey:
         """The key of the agent this stage calls as: declared, else the stage's name."""
         return AgentKey(self.run.plan.name, self.spec.agent or self.spec.name,
-                        self.run.run_id, step)
+                        self.run.run_id, step, self.tenant)
 
     @functools.cached_property
     def tool_runner(self) -> ToolRunner:
         """Runs the tools the stage's model calls (one per stage: calls of tools with
         effects that passed their deadline stay refused for the stage's life)."""
         pool = self.run.pool
-        return ToolRunner(self.tools, frozenset(t.name for t in self.spec.tools if t.effect),
-                          pool.tool_limit, pool.tool_timeout, self.run.durable,
-                          self.run.run_id)
+        return ToolRunner(self.tools, {t.name: t for t in self.spec.tools}, pool.tool_limit,
+                          pool.tool_timeout, self.run.durable, self.run.run_id, pool.agents,
+                          self.agent_key(), self.record, pool.now)
 
     def logical_model(self) -> str:
         name = self.spec.model or self.run.plan.default_model

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar, overload
 
@@ -212,13 +211,8 @@ async def _tool_messages(ctx: StageContext, result: ChatResult, calls: list[Tool
                          emulate: bool, turn_key: str) -> list[dict[str, Any]]:
     """Run the tool calls of one turn; ``turn_key`` names the turn for tools with effects."""
     outputs = []
-    pool = ctx.run.pool
-    agent = ctx.agent_key()
     for index, call in enumerate(calls):
-        pool.observe_tool(agent, call.name)
-        started = time.perf_counter()
         outputs.append(await ctx.tool_runner.run(call, f"{turn_key}/c{index}/{call.name}"))
-        pool.observe_tool(agent, call.name, time.perf_counter() - started)
         ctx.run.emit("tool_call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item,
                      tool=call.name, arguments=call.arguments, result=outputs[-1])
     if not emulate:

@@ -26,12 +26,14 @@ import asyncio
 import contextvars
 import functools
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from orla_sdk.agents import (
+    Admission,
     AgentEvent,
     AgentEventKind,
     AgentKey,
@@ -44,7 +46,8 @@ from orla_sdk.agents import (
 )
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
 from orla_sdk.backends.connect import Connection, Connector
-from orla_sdk.errors import BackendDown, BackendError
+from orla_sdk.backends.sim.replies import token_limit
+from orla_sdk.errors import BackendDown, BackendError, Refused
 from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime.memory import MemoryManager
 from orla_sdk.runtime.scheduler import BackendQueue
@@ -56,6 +59,7 @@ RETRY_BACKOFF_S = 0.5  # seconds before the first retry, doubled for each next o
 ENGINE_DOWN_S = 30.0  # how long a call waits for an engine that is down (a llama.cpp restart)
 ENGINE_POLL_S = 0.25  # seconds before the first poll of an engine that is down, doubled...
 ENGINE_POLL_MAX_S = 2.0  # ...up to this
+CHARS_PER_TOKEN = 4  # to estimate a prompt's tokens before the engine counts them
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,8 @@ class BackendPool:
         self.tool_threads, self.tool_timeout = tool_threads, tool_timeout
         self.tool_limit = asyncio.Semaphore(tool_threads)  # made anew at each start
         self.clock = self.connector.clock  # for the simulators declared with clock="virtual"
+        self._virtual = any(s.kind == "sim" and s.options.get("clock") == "virtual"
+                            for s in self.specs)
         self._closed = False
 
     def _body_executor(self) -> ThreadPoolExecutor:
@@ -189,6 +195,7 @@ class BackendPool:
         ``timeout``. Transient failures are tried again after a backoff, and an engine that
         is down is waited for, unless text has already streamed to ``request.on_token``."""
         agent = request.agent or AgentKey("", stage, run_id)
+        self._admit(agent, backend, request)
         self._observe("call_queued", agent, backend)
         served = await self._call(backend, request, run_id, stage, priority, critical_path,
                                   own_slot)
@@ -205,8 +212,7 @@ class BackendPool:
         # a declared agent's slot is found by its prompt, on engines with slots only
         prompt = (json.dumps(request.messages, default=str)
                   if own_slot and backend in self.memory.tables else None)
-        length = sum(len(str(m.get("content") or "")) for m in request.messages
-                     if isinstance(m, dict))
+        length = _prompt_chars(request)
         sink, streamed = request.on_token, False
 
         def on_token(text: str) -> None:
@@ -249,15 +255,22 @@ class BackendPool:
                                f"of {self.timeout:g} s; give BackendPool(timeout=...) more "
                                "for longer answers", retryable=True) from exc
 
-    def _observe(self, kind: AgentEventKind, key: AgentKey, backend: str, **data: Any) -> None:
-        self.agents.observe(AgentEvent(kind, key, backend, data))
+    def _admit(self, agent: AgentKey, backend: str, request: ChatRequest) -> None:
+        """Raise ``Refused`` where an agent policy refuses the call (a budget, say)."""
+        tokens = _prompt_chars(request) // CHARS_PER_TOKEN + (token_limit(request) or 0)
+        refusal = self.agents.admit(Admission("call", agent, backend, tokens))
+        if refusal is not None:
+            self._observe("refused", agent, backend, rule=refusal)
+            raise Refused(f"agent {agent.agent!r} (run {agent.run}) may not call "
+                          f"{backend!r}: {refusal}")
 
-    def observe_tool(self, key: AgentKey, tool: str, duration_s: float | None = None) -> None:
-        """A tool of ``key``'s agent started (no duration) or ended."""
-        if duration_s is None:
-            self._observe("tool_started", key, "", tool=tool)
-        else:
-            self._observe("tool_ended", key, "", tool=tool, duration_s=duration_s)
+    def _observe(self, kind: AgentEventKind, key: AgentKey, backend: str, **data: Any) -> None:
+        self.agents.observe(AgentEvent(kind, key, backend, {**data, "at": self.now()}))
+
+    def now(self) -> float:
+        """Seconds on the pool's clock: simulated ones where its simulators run on the
+        virtual clock, else the machine's."""
+        return self.clock.now() if self._virtual else time.monotonic()
 
     async def _prefetch(self, backend: str, key: AgentKey, request: ChatRequest) -> None:
         """Warm the contexts of the agents the layer predicts after ``key``'s call."""
@@ -318,6 +331,11 @@ class BackendPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _prompt_chars(request: ChatRequest) -> int:
+    return sum(len(str(m.get("content") or "")) for m in request.messages
+               if isinstance(m, dict))
 
 
 def _forget_warmup(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:

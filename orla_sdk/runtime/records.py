@@ -55,6 +55,9 @@ class StageRecord:
     error: str | None = None
     agent: str = ""  # the declared agent that made its calls ("": the stage itself)
     restored: bool = False  # completed by an earlier attempt of the run (a checkpoint)
+    tool_calls: int = 0  # tools its model called that ran
+    tools_reused: int = 0  # tool calls answered with an equal earlier call's result
+    refused: int = 0  # tool calls an agent policy refused (budgets, permissions)
 
     @property
     def backend(self) -> str | None:

@@ -43,6 +43,7 @@ class Waiting:
     prompt_length: int   # characters of the prompt
     seq: int             # arrival order at this backend
     agent: AgentKey | None = None  # who makes the call
+    backend: str = ""  # where it waits
     ordered: Any = None  # the agent layer's sort key, where one of its policies gives one
     arrived: float = field(default_factory=time.perf_counter)
     granted: asyncio.Future[None] | None = None
@@ -132,7 +133,7 @@ class BackendQueue:
                    agent: AgentKey | None = None) -> AsyncIterator[float]:
         """Wait for a turn at the engine; yields the seconds spent waiting."""
         entry = Waiting(stage, run_id, priority, critical_path, prompt_length,
-                        next(self._arrivals), agent)
+                        next(self._arrivals), agent, self.name)
         if self.running < self.limit and not self.waiting:
             self.running += 1
         else:

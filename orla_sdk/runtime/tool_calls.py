@@ -17,31 +17,48 @@ import contextvars
 import inspect
 import json
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from orla_sdk.agents import AgentEvent, AgentEventKind, AgentKey, AgentLayer
+from orla_sdk.agents.policy import Admission, ToolUse
 from orla_sdk.backends.base import ToolCall
+from orla_sdk.ir import ToolSpec
 from orla_sdk.runtime.checkpoint import Durable
+from orla_sdk.runtime.records import StageRecord
 from orla_sdk.signatures import IDEMPOTENCY_KEY, arguments_model
 
 TOOL_TIMEOUT_S = 60.0
 MAX_RESULT_CHARS = 16_000
 
 
+Status = Literal["ok", "failed", "timeout"]
+
+
 @dataclass
 class ToolRunner:
-    """The tools of one stage, run as its model calls them. ``limit`` bounds the tool calls
-    in flight (the pool's), ``effects`` names the tools with effects."""
+    """The tools of one stage, run as its model calls them.
+
+    ``specs`` declares each tool (effects, purity); ``limit`` bounds the tool calls in
+    flight (the pool's). With an agent ``layer``, each call is first offered to its
+    policies (``admit`` may refuse it, ``tool_result`` may answer it from an equal earlier
+    call), and its start and end are observed, timed by ``now``; ``record`` counts them.
+    """
 
     tools: dict[str, Callable[..., Any]]
-    effects: frozenset[str] = frozenset()
+    specs: dict[str, ToolSpec] = field(default_factory=dict)
     limit: asyncio.Semaphore | None = None
     timeout: float = TOOL_TIMEOUT_S
     durable: Durable | None = None
     run_id: str = ""
+    layer: AgentLayer | None = None
+    agent: AgentKey = field(default_factory=lambda: AgentKey("", ""))
+    record: StageRecord | None = None
+    now: Callable[[], float] = time.monotonic
     # calls of tools with effects that passed their deadline, by (tool, arguments): they
     # may still take effect, so they are not made again
     in_doubt: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -57,33 +74,72 @@ class ToolRunner:
             arguments = _checked_arguments(fn, call)
         except ValueError as exc:
             return f"error: the arguments of {call.name} are not valid: {exc}"
-        if call.name in self.effects:
-            return await self._run_once(fn, call.name, arguments, key)
-        return (await self._outcome(fn, call.name, arguments))[0]
+        canonical = json.dumps(arguments, sort_keys=True, default=str)
+        answered = self._answered_by_policies(call.name, canonical)
+        if answered is not None:
+            return answered
+        self._observe("tool_started", tool=call.name)
+        started = self.now()
+        if self._spec(call.name).effect:
+            result, status = await self._run_once(fn, call.name, arguments, canonical, key)
+        else:
+            result, status = await self._outcome(fn, call.name, arguments)
+        self._observe("tool_ended", tool=call.name, duration_s=self.now() - started,
+                      arguments=canonical, result=result, failed=status != "ok")
+        self._count("tool_calls")
+        return result
+
+    def _answered_by_policies(self, name: str, arguments: str) -> str | None:
+        """A refusal, or an equal earlier call's result, from the agent layer."""
+        if self.layer is None:
+            return None
+        refusal = self.layer.admit(Admission("tool", self.agent, tool=name))
+        if refusal is not None:
+            self._observe("refused", tool=name, rule=refusal)
+            self._count("refused")
+            return f"error: the call of {name} was refused: {refusal}"
+        spec = self._spec(name)
+        reused = self.layer.tool_result(ToolUse(self.agent, name, arguments, spec.pure,
+                                                spec.ttl_s, spec.effect))
+        if reused is not None and not spec.effect:
+            self._observe("tool_reused", tool=name, arguments=arguments)
+            self._count("tools_reused")
+            return reused
+        return None
+
+    def _spec(self, name: str) -> ToolSpec:
+        return self.specs.get(name) or ToolSpec(name=name, ref="")
+
+    def _observe(self, kind: AgentEventKind, **data: Any) -> None:
+        if self.layer is not None:
+            self.layer.observe(AgentEvent(kind, self.agent, "", {**data, "at": self.now()}))
+
+    def _count(self, what: Literal["tool_calls", "tools_reused", "refused"]) -> None:
+        if self.record is not None:
+            setattr(self.record, what, getattr(self.record, what) + 1)
 
     async def _run_once(self, fn: Callable[..., Any], name: str, arguments: dict[str, Any],
-                        key: str) -> str:
+                        canonical: str, key: str) -> tuple[str, Status]:
         """A call of a tool with effects: at most once per key, recorded before the model
         sees its result."""
-        canonical = json.dumps(arguments, sort_keys=True, default=str)
         if (doubt := self.in_doubt.get((name, canonical))) is not None:
-            return doubt
+            return doubt, "failed"
         if self.durable is not None and (recorded := self.durable.effect(key)) is not None:
-            return _replayed(name, canonical, *recorded)
+            return _replayed(name, canonical, *recorded), "ok"
         if IDEMPOTENCY_KEY in inspect.signature(fn).parameters:
             arguments = {**arguments, IDEMPOTENCY_KEY: f"{self.run_id}:{key}"}
-        result, timed_out = await self._outcome(fn, name, arguments)
-        if timed_out:
+        result, status = await self._outcome(fn, name, arguments)
+        if status == "timeout":
             result = (f"error: {name} did not return within {self.timeout:g} s; it may still "
                       "take effect, so it is not called again with these arguments")
             self.in_doubt[(name, canonical)] = result
         if self.durable is not None:
-            self.durable.save_effect(key, canonical, result)
-        return result
+            self.durable.save_effect(key, canonical, result)  # before the model sees it
+        return result, status
 
     async def _outcome(self, fn: Callable[..., Any], name: str,
-                       arguments: dict[str, Any]) -> tuple[str, bool]:
-        """What to tell the model, and whether the call passed its deadline."""
+                       arguments: dict[str, Any]) -> tuple[str, Status]:
+        """What to tell the model, and how the call went."""
         async with self.limit or contextlib.nullcontext():
             try:
                 work = (_caught(fn(**arguments)) if inspect.iscoroutinefunction(fn)
@@ -91,14 +147,14 @@ class ToolRunner:
                 value, error = await asyncio.wait_for(work, self.timeout)
             except TimeoutError:
                 return (f"error: {name} did not return within {self.timeout:g} s and was "
-                        "abandoned; try another way, or answer without it"), True
+                        "abandoned; try another way, or answer without it"), "timeout"
         if isinstance(error, (SystemExit, KeyboardInterrupt)):
             return (f"error: {name} tried to stop the process ({type(error).__name__}); "
-                    "it did not"), False
+                    "it did not"), "failed"
         if error is not None:
-            return f"error: {name} raised {type(error).__name__}: {error}", False
+            return f"error: {name} raised {type(error).__name__}: {error}", "failed"
         text = value if isinstance(value, str) else json.dumps(value, default=str)
-        return _capped(text), False
+        return _capped(text), "ok"
 
 
 def _replayed(name: str, arguments: str, recorded_arguments: str, result: str) -> str:

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from orla_sdk.agents import AgentPolicy, fingerprint
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
 from orla_sdk.backends.wire import Chunks, completion_json, error_json, error_status
-from orla_sdk.errors import BackendError, MissingExtra, OrlaError
+from orla_sdk.errors import BackendError, MissingExtra, OrlaError, Refused
 from orla_sdk.ir import BackendSpec, Plan, Target
 from orla_sdk.mapping import normalize_mapping
 from orla_sdk.runtime.call import call_model
@@ -96,6 +96,7 @@ class Tags:
     agent: str
     priority: int
     tagged: bool
+    tenant: str = ""  # the name of the API token the call came with
 
     def labels(self) -> dict[str, Any]:
         """The report labels of the call's unit (``priority`` is the unit's own)."""
@@ -181,14 +182,17 @@ class ProxyServer:
                  host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  max_body: int = 1 << 20, *, clients: Mapping[str, Backend] | None = None,
                  slots: int = 4, workflow_idle_s: float = DEFAULT_WORKFLOW_IDLE_S,
-                 policies: Sequence[AgentPolicy | str] = ()) -> None:
-        if not token and not is_loopback(host):
+                 policies: Sequence[AgentPolicy | str] = (),
+                 tokens: Mapping[str, str] | None = None) -> None:
+        tokens = {**({"": token} if token else {}), **(tokens or {})}
+        if not tokens and not is_loopback(host):
             raise OrlaError(f"refusing to serve on {host} without a token: give --token or "
                             "ORLA_PROXY_TOKEN, or listen on 127.0.0.1")
         if max_body < 1:
             raise OrlaError(f"max_body must be positive, not {max_body}")
         self.targets = serving_targets(backends, mapping)
-        self.host, self.port, self.token, self.max_body = host, port, token, max_body
+        self.host, self.port, self.max_body = host, port, max_body
+        self.tokens = tokens  # tenant name -> bearer token ("" for the one --token)
         self.workflow_idle_s = workflow_idle_s
         self.plan = Plan(name="orla-proxy", backends=list(backends), mapping=dict(self.targets),
                          runnable=False)
@@ -294,7 +298,7 @@ class ProxyServer:
         if activity is not None:
             activity.in_flight += 1
         try:
-            return await call_model(replace(unit, priority=tags.priority),
+            return await call_model(replace(unit, priority=tags.priority, tenant=tags.tenant),
                                     self.pool[target.backend], target, request)
         except BackendError as exc:
             unit.record.status, unit.record.error = "failed", str(exc)
@@ -329,7 +333,7 @@ class ProxyServer:
         rows = report.rows(workflow=workflow)
         return {
             "workflow": workflow,
-            "total": report.totals(call for row in rows for call in row.record.calls),
+            "total": report.row_totals(rows),
             "by_stage": report.by("stage", workflow=workflow),
             "by_agent": report.by("agent", workflow=workflow),
             "errors": [{"stage": row.labels["stage"], "agent": row.labels["agent"],
@@ -389,13 +393,16 @@ def app(proxy: ProxyServer) -> Starlette:
     def error(status: int, message: str, code: str | None = None) -> Response:
         return answer(status, error_json(status, message, code))
 
-    def authorize(request: Request) -> None:
-        if proxy.token is None:
-            return
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {proxy.token}".encode()):
-            raise HttpError(401, "missing or wrong bearer token (Authorization: Bearer ...)",
-                            code="invalid_api_key")
+    def authorize(request: Request) -> str:
+        """The name of the tenant whose token the request carries ("" without tokens)."""
+        if not proxy.tokens:
+            return ""
+        given = request.headers.get("Authorization", "").encode()
+        for tenant, token in proxy.tokens.items():
+            if hmac.compare_digest(given, f"Bearer {token}".encode()):
+                return tenant
+        raise HttpError(401, "missing or wrong bearer token (Authorization: Bearer ...)",
+                        code="invalid_api_key")
 
     def endpoint(handler: Callable[[Request], Coroutine[Any, Any, Response]],
                  public: bool = False) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -403,10 +410,12 @@ def app(proxy: ProxyServer) -> Starlette:
         async def guarded(request: Request) -> Response:
             try:
                 if not public:
-                    authorize(request)
+                    request.state.tenant = authorize(request)
                 return await handler(request)
             except HttpError as exc:
                 return error(exc.status, exc.message, exc.code)
+            except Refused as exc:  # an agent policy: a budget is spent
+                return error(429, str(exc), "insufficient_quota")
             except BackendError as exc:
                 return error(error_status(exc), str(exc))
             except ClientDisconnect:
@@ -466,7 +475,7 @@ def app(proxy: ProxyServer) -> Starlette:
     async def chat(request: Request) -> Response:
         data = await body(request)
         target = proxy.target(data.get("model"))
-        tags = read_tags(request.headers, data)
+        tags = replace(read_tags(request.headers, data), tenant=request.state.tenant)
         if not data.get("stream"):
             result = await proxy.chat(tags, target, _request(data, target, tags))
             return answer(200, completion_json(data, result), workflow=tags.workflow)
@@ -589,7 +598,7 @@ def openapi_schema(proxy: ProxyServer) -> dict[str, Any]:
                 "code": {"type": ["string", "integer", "null"]}}}}},
         }},
     }
-    if proxy.token is not None:
+    if proxy.tokens:
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http",
                                                               "scheme": "bearer"}}
         schema["security"] = [{"bearer": []}]

@@ -91,12 +91,20 @@ class Report:
 
     def by(self, label: str, **match: Any) -> dict[str, dict[str, Any]]:
         """Totals per value of ``label`` (rows without it are left out)."""
-        groups: dict[str, list[CallRecord]] = {}
+        groups: dict[str, list[Row]] = {}
         for row in self.rows(**match):
             value = _label(row, label)
             if value is not None:
-                groups.setdefault(str(value), []).extend(row.record.calls)
-        return {key: self.totals(calls) for key, calls in groups.items()}
+                groups.setdefault(str(value), []).append(row)
+        return {key: self.row_totals(rows) for key, rows in groups.items()}
+
+    def row_totals(self, rows: list[Row]) -> dict[str, Any]:
+        """The calls' totals, and the tool calls: run, answered from memory, refused."""
+        records = [row.record for row in rows]
+        return {**self.totals(c for r in records for c in r.calls),
+                "tool_calls": sum(r.tool_calls for r in records),
+                "tools_reused": sum(r.tools_reused for r in records),
+                "tools_refused": sum(r.refused for r in records)}
 
     def totals(self, calls: Iterable[CallRecord]) -> dict[str, Any]:
         calls = list(calls)
@@ -119,8 +127,7 @@ class Report:
     def to_json(self, **match: Any) -> dict[str, Any]:
         """``{"total": ..., "by_<group>": {value: totals}}`` for each of the report's
         groups, over the rows matching ``match``."""
-        rows = self.rows(**match)
-        data: dict[str, Any] = {"total": self.totals(c for r in rows for c in r.record.calls)}
+        data: dict[str, Any] = {"total": self.row_totals(self.rows(**match))}
         for group in self.groups:
             data[f"by_{group}"] = self.by(group, **match)
         return data
