@@ -1,17 +1,19 @@
 """The agent layer's other policies, each against no policy, on the simulator's virtual
 clock (simulated seconds; the figures do not depend on this machine's speed).
 
-    python -m benchmarks.agent_policies                 # all three, about a minute
+    python -m benchmarks.agent_policies                 # all three, about 20 s
     python -m benchmarks.agent_policies --only memo     # or fair, pin
 
-- ``memo``: 1,000 support tickets, 64 in flight. Each looks up its category's policy and
-  the team directory (pure tools, 0.3 s and 0.5 s each), then answers. With
-  ``MemoizeTools("workload")`` against without: tool calls run, mean time per ticket and
-  the makespan.
+- ``memo``: 1,000 support tickets, 64 in flight. Each looks up its category's policy
+  (3 categories), the team directory (one answer) and its order's status (an order id the
+  simulated model picks among about a hundred), pure tools of 0.3, 0.5 and 0.4 s, with enough tool
+  threads that no tool call waits, then answers. With ``MemoizeTools("workload")``
+  against without: tool calls run, mean time per ticket and the makespan.
 - ``fair``: one agent floods a backend that serves 4 calls at once (200 calls of 600
   tokens) while 5 agents make 20 ordinary calls each (40 tokens). FCFS against
-  ``FairShare("agent")``: Jain's fairness index over the tokens each agent was served
-  while the light agents were active, and the light agents' p50 and p99 latency.
+  ``FairShare("agent")``: Jain's fairness index over the tokens each agent was served in
+  one window for both (until fair share's light agents are done), the light agents' p50
+  and p99 latency, and when the flood is done.
 - ``pin``: agents that alternate a model call and a tool call (durations lognormal,
   median 8 s, as test suites and builds take), 6 turns each, with a growing context and,
   after half the turns, a person's review (20 to 60 s, no tool: not a wait to pin), on
@@ -71,20 +73,32 @@ async def check_policy(ticket: str) -> str:
     return await orla.agenerate(f"Which policy applies? {ticket}", max_tokens=80)
 
 
+@orla.tool(pure=True)
+async def order_status(order_id: int) -> str:
+    """Where an order is."""
+    await simulated_wait(0.4)
+    return f"order {order_id}: shipped"
+
+
 @orla.stage(model="m", tools=[team_directory])
 async def route(ticket: str) -> str:
     return await orla.agenerate(f"Which team owns this? {ticket}", max_tokens=80)
 
 
+@orla.stage(model="m", tools=[order_status])
+async def track(ticket: str) -> str:
+    return await orla.agenerate(f"Where is the order of {ticket}?", max_tokens=80)
+
+
 @orla.stage(model="m")
-async def answer(ticket: str, policy: str, team: str) -> str:
-    return await orla.agenerate(f"Answer {ticket} under {policy}, from {team}.",
+async def answer(ticket: str, policy: str, team: str, order: str) -> str:
+    return await orla.agenerate(f"Answer {ticket} under {policy}, from {team}: {order}.",
                                 max_tokens=60)
 
 
 @orla.workflow
 async def ticket_flow(ticket: str) -> str:
-    return answer(ticket, check_policy(ticket), route(ticket))
+    return answer(ticket, check_policy(ticket), route(ticket), track(ticket))
 
 
 async def run_tickets(policies: list[AgentPolicy | str], tickets: int,
@@ -92,7 +106,8 @@ async def run_tickets(policies: list[AgentPolicy | str], tickets: int,
     spec = orla.backends.simulator("sim", clock="virtual")
     plan = orla.compile(ticket_flow, backends=[spec], mapping={"m": "sim/qwen3-8b"})
     gate = asyncio.Semaphore(in_flight)
-    async with orla.BackendPool(plan.backends, policies=policies) as pool:
+    async with orla.BackendPool(plan.backends, policies=policies,
+                                tool_threads=3 * in_flight) as pool:  # tools never queue
         CLOCK.append(pool.clock)
 
         async def one(i: int) -> tuple[orla.RunResult, float]:
@@ -149,11 +164,16 @@ async def flood(policies: list[AgentPolicy | str]) -> dict[str, Any]:
 
         await asyncio.gather(*(ask("flood", i, 600) for i in range(200)),
                              *(light(f"light{j}") for j in range(5)))
-    window = max(at for agent, at, _ in served if agent != "flood")
-    shares = [sum(t for a, at, t in served if a == agent and at <= window)
-              for agent in ["flood", *(f"light{j}" for j in range(5))]]
-    return {"jain": jain(shares), "light_p50_s": percentile(light_latency, 50),
-            "light_p99_s": percentile(light_latency, 99), "window_s": window}
+    return {"served": served, "light_p50_s": percentile(light_latency, 50),
+            "light_p99_s": percentile(light_latency, 99),
+            "light_done_s": max(at for agent, at, _ in served if agent != "flood"),
+            "flood_done_s": max(at for agent, at, _ in served if agent == "flood")}
+
+
+def shares_until(served: list[tuple[str, float, int]], window: float) -> list[float]:
+    """The tokens each agent was served by ``window`` seconds."""
+    return [float(sum(t for a, at, t in served if a == agent and at <= window))
+            for agent in ["flood", *(f"light{j}" for j in range(5))]]
 
 
 def jain(values: list[float]) -> float:
@@ -168,14 +188,18 @@ def percentile(values: list[float], q: float) -> float:
 def fair(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     fcfs = asyncio.run(flood([]))
     shared = asyncio.run(flood([FairShare("agent")]))
-    text = ("fair: 1 agent floods (200 calls of 600 tokens), 5 make 20 calls of 40, "
-            "4 at once\n" + "\n".join(
-                f"  {name}: Jain {r['jain']:.2f} over tokens served while the light agents "
-                f"ran ({r['window_s']:.0f} s); light agents p50 {r['light_p50_s']:.2f} s, "
-                f"p99 {r['light_p99_s']:.2f} s"
-                for name, r in (("FCFS", fcfs), ("FairShare(agent)", shared)))
-            + f"\n  p99 ratio {shared['light_p99_s'] / fcfs['light_p99_s']:.2f}x")
-    return text, {"fcfs": fcfs, "fair_share": shared}
+    window = shared["light_done_s"]  # one window for both: while fair share's light ran
+    lines = ["fair: 1 agent floods (200 calls of 600 tokens), 5 make 20 calls of 40, "
+             f"4 at once; Jain's index over the tokens served in the first {window:.0f} s"]
+    for name, r in (("FCFS", fcfs), ("FairShare(agent)", shared)):
+        r["jain"] = jain(shares_until(r.pop("served"), window))
+        lines.append(f"  {name}: Jain {r['jain']:.2f}; light agents p50 {r['light_p50_s']:.2f}"
+                     f" s, p99 {r['light_p99_s']:.2f} s, done at {r['light_done_s']:.0f} s; "
+                     f"the flood done at {r['flood_done_s']:.0f} s")
+    lines.append(f"  light p99 ratio {shared['light_p99_s'] / fcfs['light_p99_s']:.3f}x, "
+                 f"p50 ratio {shared['light_p50_s'] / fcfs['light_p50_s']:.2f}x, flood "
+                 f"{shared['flood_done_s'] / fcfs['flood_done_s']:.2f}x")
+    return "\n".join(lines), {"window_s": window, "fcfs": fcfs, "fair_share": shared}
 
 
 # ---------------------------------------------------------------------------------
@@ -217,19 +241,19 @@ class WithoutSlotFiles(SimEngine):
         raise EngineError("this server has no slot folder")
 
 
-async def run_sessions(policies: list[AgentPolicy | str], agents: int,
-                       slot_files: bool) -> dict[str, Any]:
+async def run_sessions(policies: list[AgentPolicy | str], agents: int, slot_files: bool,
+                       seed: int) -> dict[str, Any]:
     spec = orla.backends.simulator("sim", "smollm2-135m", clock="virtual")
     plan = orla.compile(session, backends=[spec], mapping={"m": "sim/smollm2-135m"})
     pool = orla.BackendPool(plan.backends, slots=4, policies=policies)
     engine = (SimEngine if slot_files else WithoutSlotFiles)(
         "smollm2-135m", name="sim", clock=pool.clock, max_batch=4, assign_slots=True)
     pool.clients["sim"] = engine
-    TOOL_TIMES.seed(7)
+    TOOL_TIMES.seed(seed)
     async with pool:
         CLOCK.append(pool.clock)
         results = await asyncio.gather(*(_timed(pool, orla.arun(
-            plan, pool=pool, task=f"task {i}: " + "context " * 300, seed=i))
+            plan, pool=pool, task=f"task {i}: " + "context " * 300, seed=seed * 1000 + i))
             for i in range(agents)))
     calls = [c for r, _ in results for s in r.stages for c in s.calls]
     prompt = sum(c.prompt_tokens for c in calls)
@@ -244,20 +268,33 @@ async def _timed(pool: orla.BackendPool,
     return result, pool.clock.now() - started
 
 
+SEEDS = (1, 2, 3)
+
+
 def pin(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    lines, data = [f"pin: {TURNS} turns an agent, 4 slots (SmolLM2 on llama.cpp's CPU profile)"], {}
+    lines = [f"pin: {TURNS} turns an agent, 4 slots (SmolLM2 on llama.cpp's CPU profile); "
+             f"means over seeds {SEEDS}, ratios' range in brackets"]
+    data: dict[str, Any] = {}
     for slot_files in (False, True):
         lines.append("  with slot files (lent slots saved and restored)" if slot_files else
                      "  without slot files (a lent slot's context is lost)")
         for agents in (4, 8, 16):
-            lru = asyncio.run(run_sessions(["lru"], agents, slot_files))
-            pinned = asyncio.run(run_sessions([PinAcrossTools()], agents, slot_files))
-            data[f"{agents}{'-files' if slot_files else ''}"] = {"lru": lru, "pin": pinned}
-            lines.append(
-                f"    {agents:>2} agents: LRU JCT {lru['jct_s']:.1f} s, cached "
-                f"{lru['cached']:.1%}; PinAcrossTools JCT {pinned['jct_s']:.1f} s "
-                f"({pinned['jct_s'] / lru['jct_s']:.2f}x), cached {pinned['cached']:.1%}")
+            runs = [(asyncio.run(run_sessions(["lru"], agents, slot_files, seed)),
+                     asyncio.run(run_sessions([PinAcrossTools()], agents, slot_files, seed)))
+                    for seed in SEEDS]
+            data[f"{agents}{'-files' if slot_files else ''}"] = runs
+            lines.append(f"    {agents:>2} agents: " + _pin_line(runs))
     return "\n".join(lines), data
+
+
+def _pin_line(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    ratios = [p["jct_s"] / lru["jct_s"] for lru, p in runs]
+    gains = [p["cached"] - lru["cached"] for lru, p in runs]
+    lru_jct = statistics.fmean(lru["jct_s"] for lru, _ in runs)
+    lru_cached = statistics.fmean(lru["cached"] for lru, _ in runs)
+    return (f"LRU JCT {lru_jct:.1f} s, cached {lru_cached:.1%}; PinAcrossTools JCT "
+            f"{statistics.fmean(ratios):.2f}x [{min(ratios):.2f}, {max(ratios):.2f}], cached "
+            f"{statistics.fmean(gains):+.1%} [{min(gains):+.1%}, {max(gains):+.1%}]")
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]] = {

@@ -12,6 +12,7 @@ import pytest
 
 import orla_sdk as orla
 from orla_sdk.agents import (
+    Admission,
     AgentEvent,
     AgentKey,
     AgentLayer,
@@ -255,17 +256,57 @@ def test_a_pin_ends_when_the_agent_calls_again() -> None:
 
 
 # ---- composition -------------------------------------------------------------------------
-def test_cachesage_memo_fair_share_and_budgets_run_on_one_pool() -> None:
+def test_pinning_cachesage_memo_fair_share_and_budgets_run_on_one_pool() -> None:
     LOOKUPS.clear()
     memo, fair, sage, recorder = MemoizeTools("workload"), FairShare("run"), CacheSage(), \
         Recorder()
     budget = Budget("run", tools=["policy_text"])
-    policies: list[AgentPolicy | str] = [sage, memo, fair, budget, recorder]
+    pin = PinAcrossTools(inner=sage)
+    policies: list[AgentPolicy | str] = [pin, memo, fair, budget, recorder]
     runs = [run_support(policies) for _ in range(2)]
     assert all(result.ok and not disabled for result, disabled in runs)
     kinds = recorder.kinds()
     assert "refused" in kinds  # the budget refused `refund`
     assert memo.hits == 1 and LOOKUPS.count("refunds") == 1  # the second run reused it
     assert [r.stage("look_up").tools_reused for r, _ in runs] == [0, 1]
-    assert fair.estimate  # fair share learned its flows' costs from call_finished
-    assert sage.keep_scores([Cached(AgentKey("support", "act", "x"), 1)]) is not None
+    started = [e for e in recorder.events if e.kind == "call_started"]
+    assert all("seq" in e.data for e in started)
+    assert not fair.tagged and not fair.charged  # each call's bookkeeping ended with it
+    assert sage.models["support"].observations >= 6  # CacheSage saw the calls, through pin
+    assert pin.durations  # pinning learned the tools' durations
+
+
+def test_fair_share_corrects_each_call_by_what_it_was_charged() -> None:
+    fair = FairShare("agent")
+
+    class Waiting:
+        backend, agent, stage, run_id, priority, critical_path, prompt_length = (
+            "sim", ALICE, "s", "run-1", 50, 0, 10)
+
+        def __init__(self, seq: int) -> None:
+            self.seq = seq
+
+    tags = [fair.queue_key(Waiting(seq)) for seq in range(3)]
+    assert [t[0] for t in tags] == [0.0, 256.0, 512.0]  # each charged the first estimate
+    for seq, served in ((0, 4000), (1, 0)):
+        fair.observe(AgentEvent("call_started", ALICE, "sim", {"seq": seq}))
+        fair.observe(AgentEvent("call_finished", ALICE, "sim",
+                                {"seq": seq, "prompt_tokens": served}))
+    # 3 x 256 charged, then +3744 and -256 corrected: what was served, and one in flight
+    assert fair.finish[("sim", ("", "support", "alice"))] == 4000 + 256
+    fair.observe(AgentEvent("turn", AgentKey("", "", "run-1"), "", {"ended": True}))
+    assert not fair.tagged and not fair.charged  # the withdrawn third call is forgotten
+
+
+def test_budgets_hold_the_tokens_of_calls_running() -> None:
+    budget = Budget("run", tokens=1000)
+    layer = AgentLayer([budget])
+    for _ in range(2):
+        assert layer.admit(Admission("call", ALICE, "sim", 450)) is None
+        layer.observe(AgentEvent("call_queued", ALICE, "sim", {"admitted_tokens": 450}))
+    assert "token budget" in str(layer.admit(Admission("call", ALICE, "sim", 450)))
+    layer.observe(AgentEvent("call_failed", ALICE, "sim", {"admitted_tokens": 450}))
+    layer.observe(AgentEvent("call_finished", ALICE, "sim",
+                             {"admitted_tokens": 450, "prompt_tokens": 100}))
+    assert budget.used_tokens[("", "support", "run-1")] == 100
+    assert layer.admit(Admission("call", ALICE, "sim", 450)) is None

@@ -345,3 +345,32 @@ def test_a_runs_call_records_count_the_attempts() -> None:
     assert result.ok and result.output == "fine"
     [call_record] = [c for record in result.stages for c in record.calls]
     assert call_record.attempts == 3
+
+
+def test_each_outage_of_a_flapping_engine_gets_its_own_wait() -> None:
+    from orla_sdk.runtime.pool import ENGINE_OUTAGES, Retries
+
+    class Flapping:
+        """Up at every second poll."""
+
+        def __init__(self) -> None:
+            self.polls = 0
+
+        async def ready(self) -> bool:
+            self.polls += 1
+            return self.polls % 2 == 0
+
+    async def go() -> int:
+        retries, engine = Retries("engine", engine_down_s=0.6), Flapping()
+        down = BackendDown("engine", "refused the connection")
+        outages = 0
+        with pytest.raises(BackendDown, match="still down after 0.6 s"):
+            while True:
+                await retries.wait(down, engine)  # type: ignore[arg-type]
+                outages += 1
+                await asyncio.sleep(0.4)  # up a while, then down again
+        return outages
+
+    # three outages of up to 0.6 s each, 0.4 s apart: more than 0.6 s in all, each waited
+    # for on its own; a fourth is one too many
+    assert asyncio.run(go()) == ENGINE_OUTAGES

@@ -349,3 +349,15 @@ def test_a_workflow_keeps_its_prefix_on_one_slot(llama_proxy: ProxyServer) -> No
     done = httpx.post(llama_proxy.url + "/v1/orla/workflows/wf-cache/complete").json()
     assert any(e["action"].startswith("erase slot") for e in done["cache_log"])
     assert json.dumps(done["report"]) == json.dumps(report)
+
+
+def test_tenant_tokens_are_name_and_secret_and_keep_base64_padding() -> None:
+    from orla_sdk.cli.commands import tenant_tokens
+
+    assert tenant_tokens(["alice=c2VjcmV0IQ==", "bob-2=x"]) == {
+        "alice": "c2VjcmV0IQ==", "bob-2": "x"}
+    for bad in (["=x"], ["alice="], ["no-equals"], ["a b=x"]):
+        with pytest.raises(orla.OrlaError, match="is not NAME=SECRET"):
+            tenant_tokens(bad)
+    with pytest.raises(orla.OrlaError, match="twice"):
+        tenant_tokens(["alice=1", "alice=2"])

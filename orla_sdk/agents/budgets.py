@@ -5,7 +5,7 @@ a refused tool call becomes a message to the model, which may answer without it.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -38,8 +38,9 @@ class Budget(AgentPolicy):
         self.tools = set(tools) if tools is not None else None
         self.agents = set(agents) if agents is not None else None
         self.tenants = set(tenants) if tenants is not None else None
+        # tokens served, plus those reserved by calls admitted and not yet finished
         self.used_tokens: Counter[tuple[str, ...]] = Counter()
-        self.spent: Counter[tuple[str, ...]] = Counter()
+        self.spent: defaultdict[tuple[str, ...], float] = defaultdict(float)
         self.used_tools: Counter[tuple[str, ...]] = Counter()
 
     def applies(self, key: AgentKey) -> bool:
@@ -55,12 +56,12 @@ class Budget(AgentPolicy):
         if self.tokens is not None and self.used_tokens[scope] + request.tokens > self.tokens:
             return (f"token budget: it may use up to {request.tokens} tokens, and "
                     f"{self.used_tokens[scope]} of at most {self.tokens} per {self.per} are "
-                    "used")
+                    "used or held by calls running")
         price = self._price(request.backend)
         if self.cost is not None and self.spent[scope] + request.tokens * price > self.cost:
             return (f"cost budget: it may cost up to ${request.tokens * price:.4f}, and "
                     f"${self.spent[scope]:.4f} of at most ${self.cost:.4f} per {self.per} "
-                    "is spent")
+                    "is spent or held by calls running")
         return None
 
     def _tool_refusal(self, scope: tuple[str, ...], tool: str) -> str | None:
@@ -75,14 +76,20 @@ class Budget(AgentPolicy):
     def observe(self, event: AgentEvent) -> None:
         if not self.applies(event.key):
             return
-        scope = scope_key(event.key, self.per)
-        if event.kind == "call_finished" and not event.warmup:
-            served = (event.data.get("prompt_tokens", 0)
-                      + event.data.get("completion_tokens", 0))
-            self.used_tokens[scope] += served
-            self.spent[scope] += served * self._price(event.backend)
+        scope, price = scope_key(event.key, self.per), self._price(event.backend)
+        reserved = int(event.data.get("admitted_tokens", 0))
+        if event.kind == "call_queued":  # reserved while it runs, so that calls at once
+            self._use(scope, reserved, price)  # cannot all pass the same remainder
+        elif event.kind == "call_finished" and not event.warmup:
+            self._use(scope, event.served_tokens - reserved, price)
+        elif event.kind == "call_failed":
+            self._use(scope, -reserved, price)
         elif event.kind == "tool_started":
             self.used_tools[scope] += 1
+
+    def _use(self, scope: tuple[str, ...], tokens: int, price: float) -> None:
+        self.used_tokens[scope] += tokens
+        self.spent[scope] += tokens * price
 
     def _price(self, backend: str | None) -> float:
         """Dollars a token on ``backend``."""
@@ -93,8 +100,9 @@ class Budget(AgentPolicy):
 
 
 def budget_from_text(text: str) -> Budget:
-    """``per=tenant,tokens=5000,cost=0.5,price_per_mtok=0.2,tool_calls=20,tools=a|b,
-    agents=x|y,tenants=alice``: a budget as ``orla serve --budget`` takes it."""
+    """``per=tenant,tokens=5000,cost=0.5,price_per_mtok=0.2,agents=x|y,tenants=alice``: a
+    budget as ``orla serve --budget`` takes it. The proxy's clients run their own tools,
+    so tool caps and permissions are not among its fields."""
     fields: dict[str, str] = {}
     for part in filter(None, text.split(",")):
         name, sep, value = part.partition("=")
@@ -118,5 +126,5 @@ def _names(value: str) -> list[str]:
 
 
 _BUDGET_FIELDS: dict[str, Callable[[str], Any]] = {
-    "per": str, "tokens": int, "cost": float, "price_per_mtok": float, "tool_calls": int,
-    "tools": _names, "agents": _names, "tenants": _names}
+    "per": str, "tokens": int, "cost": float, "price_per_mtok": float, "agents": _names,
+    "tenants": _names}

@@ -40,7 +40,8 @@ class CacheSage(AgentPolicy):
 
     def observe(self, event: AgentEvent) -> None:
         key = event.key
-        if event.kind == "call_started" and key.known and not event.warmup:
+        if (event.kind == "call_started" and key.known and not event.warmup
+                and not event.data.get("retry")):
             self.model(key.workload).observe(key.run, key.agent)
         elif event.kind == "turn" and event.data.get("ended"):  # the run is over
             for workload, model in self.models.items():

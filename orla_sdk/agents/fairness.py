@@ -1,17 +1,18 @@
 """Fair share: weighted start-time fair queuing (SFQ) on the tokens each flow is served,
 at each backend's queue. A flow is an agent, a run, a workload or a tenant.
 
-Each backend keeps a virtual time, the start tag of the call it admitted last. A call
-that must wait gets the start tag ``max(virtual time, its flow's finish tag)``, and its
-flow's finish tag moves on by the call's estimated tokens over the flow's weight; the
-smallest start tag goes first. When the call finishes, the estimate is corrected by the
-tokens really served (prompt and completion), so a flow that floods the backend with long
-calls falls behind flows that make ordinary ones, whatever it sends.
+Each backend keeps a virtual time, the start tag of the call that started last. A call
+gets the start tag ``max(virtual time, its flow's finish tag)`` when it must wait (or as
+it starts, when it need not), and its flow's finish tag moves on by the call's estimated
+tokens over the flow's weight; the smallest start tag goes first. When the call
+finishes, its flow's finish tag is corrected by the tokens really served (prompt and
+completion) against what was charged, so a flow that floods the backend with long calls
+falls behind flows that make ordinary ones, whatever it sends.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -22,6 +23,9 @@ from orla_sdk.agents.scopes import Scope, checked_scope, scope_key
 
 FIRST_ESTIMATE = 256.0  # tokens a flow's first call is taken to cost
 LEARNING = 0.2  # weight of the newest call in a flow's estimate
+
+Flow = tuple[str, tuple[str, ...]]  # (backend, scope key)
+Call = tuple[str, int]  # (backend, arrival number at its queue)
 
 
 class FairShare(AgentPolicy):
@@ -37,43 +41,58 @@ class FairShare(AgentPolicy):
         self.weights = dict(weights or {})
         self.backends = set(backends) if backends is not None else None
         self.virtual: dict[str, float] = defaultdict(float)
-        self.finish: dict[tuple[str, Any], float] = defaultdict(float)
-        self.waiting: dict[tuple[str, Any], deque[float]] = defaultdict(deque)
-        self.estimate: dict[tuple[str, Any], float] = defaultdict(lambda: FIRST_ESTIMATE)
+        self.finish: dict[Flow, float] = defaultdict(float)
+        self.estimate: dict[Flow, float] = defaultdict(lambda: FIRST_ESTIMATE)
+        self.tagged: dict[Call, tuple[str, float, float]] = {}  # run, start tag, charged
+        self.charged: dict[Call, tuple[str, float]] = {}  # started calls: run, charged
 
     def queue_key(self, waiting: Queued) -> Any:
         if not self._orders(waiting.backend) or waiting.agent is None:
             return None
-        flow = self._flow(waiting.backend, waiting.agent)
-        start = self._start(flow)
-        self.waiting[flow].append(start)
+        start, charged = self._charge(self._flow(waiting.backend, waiting.agent))
+        self.tagged[(waiting.backend, waiting.seq)] = (waiting.agent.run, start, charged)
         return (start, waiting.seq)
 
     def observe(self, event: AgentEvent) -> None:
+        if event.kind == "turn" and event.data.get("ended"):
+            self._forget_run(event.key.run)
         if event.backend is None or not self._orders(event.backend) or event.warmup:
             return
+        call = (event.backend, int(event.data.get("seq", -1)))
         flow = self._flow(event.backend, event.key)
         if event.kind == "call_started":
-            admitted = self.waiting[flow]
-            start = admitted.popleft() if admitted else self._start(flow)  # or: at once
+            tagged = self.tagged.pop(call, None)
+            _, start, charged = tagged or (None, *self._charge(flow))  # started at once
             self.virtual[event.backend] = max(self.virtual[event.backend], start)
-        elif event.kind == "call_finished":
-            served = (event.data.get("prompt_tokens", 0)
-                      + event.data.get("completion_tokens", 0))
-            self.finish[flow] += (served - self.estimate[flow]) / self._weight(flow)
+            self.charged[call] = (event.key.run, charged)
+        elif event.kind == "call_finished" and call in self.charged:
+            _, charged = self.charged.pop(call)
+            served = event.served_tokens
+            self.finish[flow] += (served - charged) / self._weight(flow)
             self.estimate[flow] += LEARNING * (served - self.estimate[flow])
 
     def _orders(self, backend: str) -> bool:
         return bool(backend) and (self.backends is None or backend in self.backends)
 
-    def _flow(self, backend: str, key: AgentKey) -> tuple[str, Any]:
+    def _flow(self, backend: str, key: AgentKey) -> Flow:
         return (backend, scope_key(key, self.by))
 
-    def _start(self, flow: tuple[str, Any]) -> float:
-        """The flow's next start tag; its finish tag moves past the call's estimate."""
+    def _charge(self, flow: Flow) -> tuple[float, float]:
+        """The flow's next start tag, and the estimate its finish tag moved on by."""
         start = max(self.virtual[flow[0]], self.finish[flow])
-        self.finish[flow] = start + self.estimate[flow] / self._weight(flow)
-        return start
+        charged = self.estimate[flow]
+        self.finish[flow] = start + charged / self._weight(flow)
+        return start, charged
 
-    def _weight(self, flow: tuple[str, Any]) -> float:
+    def _weight(self, flow: Flow) -> float:
         return self.weights.get(flow[1][-1], 1.0)
+
+    def _forget_run(self, run: str) -> None:
+        """Calls of an ended run that never started (withdrawn) or never finished
+        (failed), and with ``by="run"`` its flows."""
+        self.tagged = {c: t for c, t in self.tagged.items() if t[0] != run}
+        self.charged = {c: t for c, t in self.charged.items() if t[0] != run}
+        if self.by == "run":
+            for flow in [f for f in self.finish if f[1][-1] == run]:
+                del self.finish[flow]
+                self.estimate.pop(flow, None)

@@ -25,7 +25,8 @@ class MemoizeTools(AgentPolicy):
         self.scope = checked_scope(scope)
         self.max_entries = max_entries
         self.results: OrderedDict[Entry, tuple[str, float | None]] = OrderedDict()
-        self.waiting: dict[Entry, float | None] = {}  # misses running now, with their ttl
+        # misses running now: their ttl, and their run (to forget them if cancelled)
+        self.waiting: dict[Entry, tuple[float | None, str]] = {}
         self.hits = self.misses = 0
         self.now = 0.0  # the time of the latest event
 
@@ -39,14 +40,14 @@ class MemoizeTools(AgentPolicy):
             self.hits += 1
             return kept[0]
         self.misses += 1
-        self.waiting[entry] = use.ttl_s
+        self.waiting[entry] = (use.ttl_s, use.key.run)
         return None
 
     def observe(self, event: AgentEvent) -> None:
         self.now = event.data.get("at", self.now)
         if event.kind == "tool_ended":
             self._keep(event)
-        elif event.kind == "turn" and event.data.get("ended") and self.scope == "run":
+        elif event.kind == "turn" and event.data.get("ended"):
             self._forget_run(event.key.run)
 
     def _keep(self, event: AgentEvent) -> None:
@@ -54,7 +55,7 @@ class MemoizeTools(AgentPolicy):
                  str(event.data.get("arguments")))
         if entry not in self.waiting:
             return
-        ttl = self.waiting.pop(entry)
+        ttl = self.waiting.pop(entry)[0]
         if event.data.get("failed"):
             return
         self.results[entry] = (str(event.data.get("result")),
@@ -64,5 +65,7 @@ class MemoizeTools(AgentPolicy):
             self.results.popitem(last=False)
 
     def _forget_run(self, run: str) -> None:
-        for entry in [e for e in self.results if e[0][-1] == run]:
-            del self.results[entry]
+        self.waiting = {e: w for e, w in self.waiting.items() if w[1] != run}
+        if self.scope == "run":
+            for entry in [e for e in self.results if e[0][-1] == run]:
+                del self.results[entry]

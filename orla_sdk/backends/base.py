@@ -60,3 +60,9 @@ class Backend(Protocol):
     async def chat(self, request: ChatRequest) -> ChatResult: ...
 
     async def aclose(self) -> None: ...
+
+
+def token_limit(request: ChatRequest) -> int | None:
+    """The request's cap on reply tokens, under either of its OpenAI names."""
+    limit = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
+    return None if limit is None else int(limit)

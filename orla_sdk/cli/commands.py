@@ -8,7 +8,8 @@
     orla engine start|stop|status            the embedded llama.cpp engine
     orla demo [--ticket TEXT] [--backend llamacpp|sim] [--light URL] [--heavy URL]
                                              the customer-support workflow, live
-    orla serve [--host H] [--port P] [--token [NAME=]T] [--budget FIELDS] [--light URL] ...
+    orla serve [--host H] [--port P] [--token T] [--tenant-token NAME=T] [--budget FIELDS]
+               [--light URL] ...
                [--backend NAME=URL --map NAME=BACKEND/MODEL ...]
                                              an OpenAI-compatible proxy (docs/proxy.md)
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import re
 import signal
 import sys
 import threading
@@ -52,6 +54,7 @@ from orla_sdk.workflow import Workflow
 
 DEMO_WORKFLOW = "orla_sdk.examples.customer_support:support"
 DEMO_SAMPLE = "orla_sdk.examples.customer_support:SAMPLE_TICKET"
+TENANT_NAME = re.compile(r"[A-Za-z_][\w-]*")
 SIM_PROFILES = {"light": "smollm2-135m", "heavy": "qwen3-8b"}  # logical model -> simulated
 
 
@@ -324,7 +327,8 @@ def serve_config(args: argparse.Namespace) -> tuple[list[BackendSpec], dict[str,
 
 def serve(args: argparse.Namespace) -> int:
     """Serve until interrupted (Ctrl-C or SIGTERM)."""
-    token, tokens = serve_tokens(args.token)
+    token = args.token or os.environ.get("ORLA_PROXY_TOKEN") or None
+    tokens = tenant_tokens(args.tenant_token)
     specs, mapping = serve_config(args)
     budgets = [budget_from_text(text) for text in args.budget]
     proxy = ProxyServer(specs, mapping, host=args.host, port=args.port, token=token,
@@ -347,14 +351,18 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_tokens(given: list[str]) -> tuple[str | None, dict[str, str]]:
-    """``--token SECRET`` (one token, or $ORLA_PROXY_TOKEN), and ``--token NAME=SECRET``
-    (a tenant's; budgets may name it)."""
-    named = dict(t.split("=", 1) for t in given if "=" in t)
-    plain = [t for t in given if "=" not in t]
-    if len(plain) > 1:
-        raise OrlaError("give one --token SECRET; name more tokens as --token NAME=SECRET")
-    return (plain[0] if plain else os.environ.get("ORLA_PROXY_TOKEN") or None), named
+def tenant_tokens(given: list[str]) -> dict[str, str]:
+    """``--tenant-token NAME=SECRET``, repeatable: each tenant's bearer token."""
+    tokens: dict[str, str] = {}
+    for text in given:
+        name, sep, secret = text.partition("=")
+        if not sep or not TENANT_NAME.fullmatch(name) or not secret:
+            raise OrlaError(f"--tenant-token {text!r} is not NAME=SECRET (NAME: letters, "
+                            "digits, '_' and '-'; SECRET: not empty)")
+        if name in tokens:
+            raise OrlaError(f"--tenant-token names tenant {name!r} twice")
+        tokens[name] = secret
+    return tokens
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -366,14 +374,14 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
                               "backends (default: the embedded llama.cpp engine)")
     cmd.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     cmd.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0: free")
-    cmd.add_argument("--token", action="append", default=[], metavar="[NAME=]SECRET",
-                     help="bearer token clients must send (default: $ORLA_PROXY_TOKEN); "
-                     "required off loopback; NAME=SECRET names a tenant's token "
-                     "(repeatable)")
+    cmd.add_argument("--token", help="bearer token clients must send (default: "
+                     "$ORLA_PROXY_TOKEN); required off loopback")
+    cmd.add_argument("--tenant-token", action="append", default=[], metavar="NAME=SECRET",
+                     help="a tenant's bearer token; budgets may name the tenant (repeatable)")
     cmd.add_argument("--budget", action="append", default=[], metavar="FIELDS",
-                     help="a budget, e.g. 'per=tenant,tenants=alice,tokens=50000,"
-                     "tool_calls=20' (fields: per, tokens, cost, price_per_mtok, tool_calls, "
-                     "tools, agents, tenants; lists a|b; repeatable)")
+                     help="a budget, e.g. 'tenants=alice,tokens=50000,cost=2,"
+                     "price_per_mtok=0.6' (fields: per (default: tenant), tokens, cost, "
+                     "price_per_mtok, agents, tenants; lists a|b; repeatable)")
     cmd.add_argument("--max-body", type=int, default=1 << 20, help="bytes (default: 1 MiB)")
     cmd.add_argument("--workflow-idle-s", type=float, default=3600.0, metavar="SECONDS",
                      help="complete a workflow (dropping its cache) after this long without "
@@ -388,8 +396,8 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     cmd.add_argument("--map", action="append", default=[], metavar="NAME=BACKEND/MODEL",
                      help="serve logical model NAME on BACKEND's MODEL (repeatable)")
     cmd.add_argument("--policy", action="append", default=[], metavar="NAME",
-                     help="an agent policy: cachesage, lru or module:Class (repeatable, in "
-                     "order of precedence; default: lru)")
+                     help="an agent policy: cachesage, lru, memo, fair, pin or module:Class "
+                     "(repeatable, in order of precedence; default: lru)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,9 +44,8 @@ from orla_sdk.agents import (
     SmallIncrement,
     policies_from,
 )
-from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
+from orla_sdk.backends.base import Backend, ChatRequest, ChatResult, token_limit
 from orla_sdk.backends.connect import Connection, Connector
-from orla_sdk.backends.sim.replies import token_limit
 from orla_sdk.errors import BackendDown, BackendError, Refused
 from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime.memory import MemoryManager
@@ -59,6 +58,7 @@ RETRY_BACKOFF_S = 0.5  # seconds before the first retry, doubled for each next o
 ENGINE_DOWN_S = 30.0  # how long a call waits for an engine that is down (a llama.cpp restart)
 ENGINE_POLL_S = 0.25  # seconds before the first poll of an engine that is down, doubled...
 ENGINE_POLL_MAX_S = 2.0  # ...up to this
+ENGINE_OUTAGES = 3  # separate outages one call waits through (an engine that flaps)
 CHARS_PER_TOKEN = 4  # to estimate a prompt's tokens before the engine counts them
 
 
@@ -70,6 +70,7 @@ class Served:
     queue_wait_s: float
     slot: int | None
     attempts: int = 1  # the engine was asked this many times (the last one answered)
+    seq: int = 0  # the last attempt's arrival number at the backend's queue
 
 
 @dataclass
@@ -97,7 +98,8 @@ class Retries:
     attempts: int = 0
     failures: int = 0  # the transient failures other than the engine being down
     poll_s: float = ENGINE_POLL_S
-    down_until: float | None = None
+    down_until: float | None = None  # the end of the wait for the current outage
+    outages: int = 0
 
     async def wait(self, exc: BackendError, client: Backend) -> None:
         """Wait for the next attempt after ``exc``; raise when it is not worth one."""
@@ -112,13 +114,18 @@ class Retries:
         self.failures += 1
 
     async def _wait_until_up(self, exc: BackendDown, client: Backend) -> None:
+        """Poll until the engine answers, for up to ``engine_down_s`` from when this outage
+        began; an engine that came back and went down again starts a new outage, at most
+        ``ENGINE_OUTAGES`` of them a call."""
         loop = asyncio.get_running_loop()
         if self.down_until is None:
+            self.outages += 1
             self.down_until = loop.time() + self.engine_down_s
-        while (left := self.down_until - loop.time()) > 0:
+        while (left := self.down_until - loop.time()) > 0 and self.outages <= ENGINE_OUTAGES:
             await asyncio.sleep(min(self.poll_s, left))
             self.poll_s = min(self.poll_s * 2, ENGINE_POLL_MAX_S)
             if not isinstance(client, Pollable) or await client.ready():
+                self.down_until, self.poll_s = None, ENGINE_POLL_S  # up again
                 return
         raise BackendDown(self.backend, f"{exc.detail} (still down after {self.engine_down_s:g}"
                           " s of waiting; BackendPool(engine_down_s=...) waits longer)",
@@ -195,14 +202,20 @@ class BackendPool:
         ``timeout``. Transient failures are tried again after a backoff, and an engine that
         is down is waited for, unless text has already streamed to ``request.on_token``."""
         agent = request.agent or AgentKey("", stage, run_id)
-        self._admit(agent, backend, request)
-        self._observe("call_queued", agent, backend)
-        served = await self._call(backend, request, run_id, stage, priority, critical_path,
-                                  own_slot)
+        admitted = self._admit(agent, backend, request)
+        self._observe("call_queued", agent, backend, admitted_tokens=admitted)
+        try:
+            served = await self._call(backend, request, run_id, stage, priority,
+                                      critical_path, own_slot)
+        except BaseException:
+            self._observe("call_failed", agent, backend, admitted_tokens=admitted)
+            raise
         result = served.result
         self._observe("call_finished", agent, backend, prompt_tokens=result.prompt_tokens,
                       cached_tokens=result.cached_tokens, ttft_s=result.ttft_s,
-                      completion_tokens=result.completion_tokens, slot=served.slot)
+                      completion_tokens=result.completion_tokens, slot=served.slot,
+                      seq=served.seq, admitted_tokens=admitted,
+                      tool_calls=len(result.tool_calls))
         await self._prefetch(backend, agent, request)
         return served
 
@@ -229,14 +242,15 @@ class BackendPool:
             try:
                 async with (live.queue.turn(priority, critical_path, stage=stage,
                                             run_id=run_id, prompt_length=length,
-                                            agent=request.agent) as waited,
+                                            agent=request.agent) as turn,
                             self.memory.pin(run_id, backend, request.agent,
                                             prompt=prompt) as slot):
-                    if request.agent is not None and retries.attempts == 1:
-                        self._observe("call_started", request.agent, backend, slot=slot)
+                    if request.agent is not None:  # a retry is not a new turn of the agent
+                        self._observe("call_started", request.agent, backend, slot=slot,
+                                      seq=turn.seq, retry=retries.attempts > 1)
                     result = await self._chat(live, replace(
                         request, slot=slot, on_token=on_token if sink else None))
-                return Served(result, waited, slot, retries.attempts)
+                return Served(result, turn.waited_s, slot, retries.attempts, turn.seq)
             except BackendError as exc:
                 if streamed:  # the caller has text: asking again would send it twice
                     raise
@@ -255,14 +269,17 @@ class BackendPool:
                                f"of {self.timeout:g} s; give BackendPool(timeout=...) more "
                                "for longer answers", retryable=True) from exc
 
-    def _admit(self, agent: AgentKey, backend: str, request: ChatRequest) -> None:
-        """Raise ``Refused`` where an agent policy refuses the call (a budget, say)."""
+    def _admit(self, agent: AgentKey, backend: str, request: ChatRequest) -> int:
+        """The tokens the call may use (its prompt, estimated, and its ``max_tokens``), or
+        ``Refused`` where an agent policy refuses it (a budget, say)."""
         tokens = _prompt_chars(request) // CHARS_PER_TOKEN + (token_limit(request) or 0)
         refusal = self.agents.admit(Admission("call", agent, backend, tokens))
         if refusal is not None:
             self._observe("refused", agent, backend, rule=refusal)
-            raise Refused(f"agent {agent.agent!r} (run {agent.run}) may not call "
+            tenant = f", tenant {agent.tenant}" if agent.tenant else ""
+            raise Refused(f"agent {agent.agent!r} (run {agent.run}{tenant}) may not call "
                           f"{backend!r}: {refusal}")
+        return tokens
 
     def _observe(self, kind: AgentEventKind, key: AgentKey, backend: str, **data: Any) -> None:
         self.agents.observe(AgentEvent(kind, key, backend, {**data, "at": self.now()}))

@@ -46,6 +46,7 @@ class Waiting:
     backend: str = ""  # where it waits
     ordered: Any = None  # the agent layer's sort key, where one of its policies gives one
     arrived: float = field(default_factory=time.perf_counter)
+    waited_s: float = 0.0  # from arrival to its turn
     granted: asyncio.Future[None] | None = None
     withdrawn: bool = False
 
@@ -130,16 +131,18 @@ class BackendQueue:
     @asynccontextmanager
     async def turn(self, priority: int = 50, critical_path: int = 0, *, stage: str = "",
                    run_id: str = "", prompt_length: int = 0,
-                   agent: AgentKey | None = None) -> AsyncIterator[float]:
-        """Wait for a turn at the engine; yields the seconds spent waiting."""
+                   agent: AgentKey | None = None) -> AsyncIterator[Waiting]:
+        """Wait for a turn at the engine; yields the call's entry (its arrival number
+        ``seq``, and ``waited_s``)."""
         entry = Waiting(stage, run_id, priority, critical_path, prompt_length,
                         next(self._arrivals), agent, self.name)
         if self.running < self.limit and not self.waiting:
             self.running += 1
         else:
             await self._wait(entry)
+        entry.waited_s = time.perf_counter() - entry.arrived
         try:
-            yield time.perf_counter() - entry.arrived
+            yield entry
         finally:
             self._release()
 

@@ -388,6 +388,8 @@ def app(proxy: ProxyServer) -> Starlette:
         headers = {} if workflow is None else {"X-Orla-Workflow": workflow}
         if status >= 400:  # the body may be unread: do not parse it as the next request
             headers["Connection"] = "close"
+        if status == 429:  # a spent budget: asking again at once cannot help
+            headers["x-should-retry"] = "false"
         return JSONResponse(data, status, headers=headers)
 
     def error(status: int, message: str, code: str | None = None) -> Response:

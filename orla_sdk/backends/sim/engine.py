@@ -22,12 +22,12 @@ from typing import Any, Literal
 
 from orla_sdk.agents import AgentEvent, AgentKey, AgentLayer, AgentPolicy, fingerprint
 from orla_sdk.agents.blocks import ScoredOrder
-from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.backends.base import ChatRequest, ChatResult, token_limit
 from orla_sdk.backends.declare import simulator
 from orla_sdk.backends.sim.cache import PrefixCache, SlotAssigner
 from orla_sdk.backends.sim.clock import RealClock, SimClock, VirtualClock
 from orla_sdk.backends.sim.profiles import SimProfile, get_profile
-from orla_sdk.backends.sim.replies import Reply, plan_reply, token_limit
+from orla_sdk.backends.sim.replies import Reply, plan_reply
 from orla_sdk.backends.sim.tokens import render_prompt
 from orla_sdk.errors import BackendError
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orla_sdk.backends.base import ChatRequest, ToolCall
+from orla_sdk.backends.base import ChatRequest, ToolCall, token_limit
 from orla_sdk.backends.sim.tokens import tokenize, tool_call_text
 
 FILLER = ("the", "model", "agent", "plan", "step", "cache", "answer", "check", "result",
@@ -53,10 +53,6 @@ def plan_reply(request: ChatRequest, prompt: list[str], seed: int, median: int) 
     return Reply(text, [], tokens, "stop")
 
 
-def token_limit(request: ChatRequest) -> int | None:
-    """The request's cap on reply tokens, under either of its OpenAI names."""
-    limit = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
-    return None if limit is None else int(limit)
 
 
 def stable_seed(*parts: Any) -> int:
