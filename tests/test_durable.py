@@ -135,6 +135,7 @@ def test_a_recorded_effect_called_again_with_other_arguments_is_not_made(
     from orla_sdk.backends.base import ToolCall
     from orla_sdk.runtime.checkpoint import Durable
     from orla_sdk.runtime.tool_calls import ToolRunner
+    from orla_sdk.tools import tool_spec
 
     made: list[int] = []
 
@@ -145,7 +146,8 @@ def test_a_recorded_effect_called_again_with_other_arguments_is_not_made(
     def runner() -> ToolRunner:
         durable = Durable.begin(SQLiteCheckpoints(tmp_path / "runs.db"), PLAN, "r4",
                                 {"topics": ["x"]})
-        return ToolRunner({"pay": pay}, effects=frozenset({"pay"}), durable=durable)
+        return ToolRunner({"pay": pay}, {"pay": tool_spec(orla.tool(effect=True)(pay))},
+                          durable=durable)
 
     key = "draft/g0/t0/c0/pay"
     first = asyncio.run(runner().run(ToolCall("1", "pay", '{"amount": 10}'), key))

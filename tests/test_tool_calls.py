@@ -12,6 +12,7 @@ import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.ir import BackendSpec, Capabilities
 from orla_sdk.runtime.tool_calls import MAX_RESULT_CHARS, ToolRunner
+from orla_sdk.tools import tool_spec
 
 RELEASE = threading.Event()
 
@@ -91,8 +92,8 @@ def charge(amount: int, idempotency_key: str = "") -> str:
 
 def test_a_tool_with_effects_past_its_deadline_is_not_called_again() -> None:
     async def scenario() -> list[str]:
-        runner = ToolRunner({"charge": charge}, effects=frozenset({"charge"}), timeout=0.3,
-                            run_id="r")
+        runner = ToolRunner({"charge": charge}, {"charge": tool_spec(orla.tool(effect=True)(
+            charge))}, timeout=0.3, run_id="r")
         big = ToolCall(id="1", name="charge", arguments='{"amount": 500}')
         return [await runner.run(big, "s/g0/t0/c0/charge"),
                 await runner.run(big, "s/g0/t1/c0/charge")]
