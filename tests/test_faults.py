@@ -364,7 +364,7 @@ def test_each_outage_of_a_flapping_engine_gets_its_own_wait() -> None:
         retries, engine = Retries("engine", engine_down_s=0.6), Flapping()
         down = BackendDown("engine", "refused the connection")
         outages = 0
-        with pytest.raises(BackendDown, match=r"still down after 0\.6 s"):
+        with pytest.raises(BackendDown, match=r"down 4 times during this call"):
             while True:
                 await retries.wait(down, engine)  # type: ignore[arg-type]
                 outages += 1

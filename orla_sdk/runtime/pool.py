@@ -127,9 +127,10 @@ class Retries:
             if not isinstance(client, Pollable) or await client.ready():
                 self.down_until, self.poll_s = None, ENGINE_POLL_S  # up again
                 return
-        raise BackendDown(self.backend, f"{exc.detail} (still down after {self.engine_down_s:g}"
-                          " s of waiting; BackendPool(engine_down_s=...) waits longer)",
-                          status=exc.status) from exc
+        why = (f"down {self.outages} times during this call" if self.outages > ENGINE_OUTAGES
+               else f"still down after {self.engine_down_s:g} s of waiting; "
+               "BackendPool(engine_down_s=...) waits longer")
+        raise BackendDown(self.backend, f"{exc.detail} ({why})", status=exc.status) from exc
 
 
 class BackendPool:
