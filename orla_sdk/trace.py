@@ -263,7 +263,8 @@ class Tracer:
         inputs = {p.name: self._input_proxy(p) for p in params}
         token = active_tracer.set(self)
         try:
-            with none_tests_refused(_is_user_code, _is_traced_value):
+            with none_tests_refused(self.workflow_code.co_filename, _is_user_code,
+                                    _is_traced_value):
                 result = fn(**inputs)
                 if inspect.iscoroutine(result):
                     result = _drive(result, self.workflow_name)

@@ -94,12 +94,14 @@ Peeked = tuple[Any, bool]  # (the value an operand starts from, whether through 
 
 
 @contextmanager
-def none_tests_refused(is_user_file: Callable[[str], bool],
+def none_tests_refused(workflow_file: str, is_user_file: Callable[[str], bool],
                        is_output: Callable[[Any, bool], bool]) -> Iterator[None]:
     """While the block runs, refuse `x is None` in user code (``is_user_file``) where
     ``x`` is a stage output or a workflow input (``is_output`` tells, from ``_peek``).
-    Skipped under a debugger or coverage tool, whose tracing it would replace."""
-    if sys.gettrace() is not None:
+    Line tracing costs as much as tracing itself, so it is on only where the workflow's
+    module has such a test; and it is skipped under a debugger or coverage tool, whose
+    tracing it would replace."""
+    if not facts_of(workflow_file).none_tests or sys.gettrace() is not None:
         yield
         return
     found: list[TraceError] = []
