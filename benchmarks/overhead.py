@@ -20,9 +20,9 @@ Measures, interleaved run by run in one process (the order rotates every round):
   LangGraph runs any sync node under ``ainvoke``) and waits on the loop for the call;
 - orla.arun, async bodies: ``await orla.agenerate(...)`` in ``async def`` stages;
 - orla.arun, sync bodies: ``orla.generate(...)`` in plain ``def`` stages, which orla runs
-  in the pool's thread pool for stage bodies;
-- orla.run, sync bodies: the synchronous entry point, which starts an event loop (and its
-  thread pool) for every run.
+  on the loop's thread, each body in a greenlet that steps aside for its model calls;
+- orla.run, sync bodies: the synchronous entry point, which starts an event loop for
+  every run.
 
 All orla measures share one ``BackendPool`` built with ``clients={name: backend}``.
 Results go to ``<out>/overhead.json``, ``overhead.md`` and ``overhead.png``.
@@ -190,7 +190,7 @@ BARE = "bare loop (baseline)"
 LG_ASYNC = "LangGraph ainvoke, async nodes"
 LG_SYNC = "LangGraph ainvoke, sync nodes (thread)"
 ORLA_ASYNC = "orla.arun, async bodies"
-ORLA_SYNC = "orla.arun, sync bodies (thread)"
+ORLA_SYNC = "orla.arun, sync bodies"
 ORLA_RUN = "orla.run, sync bodies (new loop per run)"
 MEASURES = [BARE, LG_ASYNC, LG_SYNC, ORLA_ASYNC, ORLA_SYNC, ORLA_RUN]
 # (numerator, denominator) pairs reported as ratios besides each measure / bare

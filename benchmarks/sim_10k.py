@@ -13,12 +13,16 @@ consistent across them. All workflows start at once, as ``orla.arun`` tasks on o
 each with its own ticket.
 
 ``--bodies sync`` (the default) runs the example's stages as written: plain functions
-calling ``orla.generate``, which orla runs on the pool's body threads
-(``BackendPool(..., body_threads=N)``: the pool's default unless ``--threads N`` is
-given); the example's sync tools run on the pool's own tool threads. A stage holds its
-body thread for all its model calls, so at most that many stages are in flight.
+calling ``orla.generate``, which orla runs on its event loop's thread, each in a greenlet
+that steps aside while its model call is awaited (``orla_sdk.runtime.bodies``); a body
+that blocks would move to the pool's body threads (``BackendPool(..., body_threads=N)``,
+``--threads N``). The example's sync tools run on the pool's own tool threads.
 ``--bodies async`` runs an async twin of the workflow (the same prompts and options
-through ``orla.agenerate``), which needs no thread per stage.
+through ``orla.agenerate``).
+
+``--profile`` runs the workflows a second time under cProfile and splits the CPU time
+between orla, the simulator, the workflow's own code and the rest (asyncio, the
+standard library), with orla's CPU per model call.
 
 Reported: wall time, simulated makespan, stage runs and model calls per wall second,
 per-stage simulated latency, pre-engine wait and engine TTFT (p50/p99), orla's recorded
@@ -377,6 +381,39 @@ def summarize(run: dict[str, Any], workflows: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------
 # Reporting
 # ---------------------------------------------------------------------------------
+CPU_PARTS = {"orla": "orla (its runtime, outside the simulator)",
+             "simulator": "the simulated engines (orla_sdk/backends/sim)",
+             "workflow": "the workflow's own code (its stage bodies and tools)",
+             "rest": "asyncio, the standard library and the rest"}
+
+
+def cpu_part(filename: str) -> str:
+    if "/orla_sdk/backends/sim/" in filename:
+        return "simulator"
+    if "/orla_sdk/" in filename:
+        return "orla"
+    if "/examples/" in filename or "/benchmarks/" in filename:
+        return "workflow"
+    return "rest"
+
+
+def cpu_split(stats: pstats.Stats, cpu_s: float, calls: int) -> dict[str, Any]:
+    """Each part's share of the profiled run's own time (a built-in function's time goes to
+    the part that called it), and its CPU per model call: that share of the unprofiled
+    run's CPU time, over its model calls."""
+    seconds: Counter[str] = Counter()
+    for (filename, _, _), (_, _, own, _, callers) in stats.stats.items():
+        if filename == "~":
+            for (caller_file, _, _), caller_times in callers.items():
+                seconds[cpu_part(caller_file)] += caller_times[2]
+        else:
+            seconds[cpu_part(filename)] += own
+    total = sum(seconds.values()) or 1.0
+    return {part: {"share": seconds[part] / total,
+                   "us_per_call": seconds[part] / total * cpu_s / max(calls, 1) * 1e6}
+            for part in CPU_PARTS}
+
+
 def ms(value: float | None) -> str:
     return "" if value is None else f"{value * 1000:,.1f}"
 
@@ -386,8 +423,9 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     body, tool = s["threads"]["body_threads"], s["threads"]["tool_threads"]
     body_note = (f"{body} body threads (--threads {body})" if report["threads_arg"]
                  else f"{body} body threads (the pool's default)")
-    bodies = ("sync stage bodies as in the example, on the pool's "
-              f"{body_note}; sync tools on its {tool} tool threads" if report["bodies"] == "sync"
+    bodies = ("sync stage bodies as in the example, in greenlets on the event loop's thread "
+              f"({body_note} for bodies that block); sync tools on its {tool} tool threads"
+              if report["bodies"] == "sync"
               else "async twin of the example (orla.agenerate); the example's sync tools on "
                    f"the pool's {tool} tool threads")
     limits = ", ".join(f"{name} {p['queue_limit']:,}"
@@ -423,6 +461,15 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     if "tracemalloc_peak_mib" in s["memory"]:
         lines.append(f"| tracemalloc peak | {s['memory']['tracemalloc_peak_mib']:,.0f} MiB |")
     lines.append(f"| threads alive at the end | {s['threads']['alive_at_end']} |")
+    lines.append(f"| process CPU time | {s['cpu_s']:.1f} s "
+                 f"({s['cpu_s'] / max(s['model_calls'], 1) * 1e6:,.0f} µs per model call) |")
+    if "cpu_split" in s:
+        lines += ["", "Where the CPU goes (shares from a profiled second run of the same "
+                  "workflows; µs per model call = share x the unprofiled run's CPU time / "
+                  "its model calls):", "", "| part | share | µs per model call |",
+                  "|---|---:|---:|"]
+        lines += [f"| {CPU_PARTS[part]} | {v['share']:.0%} | {v['us_per_call']:,.1f} |"
+                  for part, v in s["cpu_split"].items()]
     lines += ["", "Per stage (simulated ms unless marked wall; p50 / p99):", "",
               "| stage | runs | calls | latency | wait before engine | engine TTFT | "
               "orla queue wait (wall ms, as recorded) |",
@@ -493,12 +540,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bodies", choices=["sync", "async"], default="sync",
                         help="the example's sync stage bodies (default) or their async twin")
     parser.add_argument("--threads", type=int, default=0,
-                        help="the pool's body threads, which run sync stage bodies: "
+                        help="the pool's body threads, which run sync stage bodies that block: "
                              "BackendPool(..., body_threads=N) (default 0: the pool's default)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also trace Python allocations for a peak (slower)")
     parser.add_argument("--profile", action="store_true",
-                        help=f"cProfile the run; prints the top {PROFILE_TOP} functions")
+                        help="run again under cProfile: the CPU split and the top "
+                             f"{PROFILE_TOP} functions")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="folder for the results (default benchmarks/results/)")
     args = parser.parse_args(argv)
@@ -527,13 +575,19 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     if args.tracemalloc:
         tracemalloc.start()
-    profiler = cProfile.Profile() if args.profile else None
-    if profiler is not None:
-        profiler.enable()
+    cpu_started = time.process_time()
     run = asyncio.run(run_all(plan, args.workflows, args.threads or None))
-    if profiler is not None:
-        profiler.disable()
+    cpu_s = time.process_time() - cpu_started
     summary = summarize(run, args.workflows)
+    summary["cpu_s"] = cpu_s
+    profiler = None
+    if args.profile:  # a second run of the same workflows, profiled, for the CPU split
+        profiler = cProfile.Profile()
+        profiler.enable()
+        asyncio.run(run_all(plan, args.workflows, args.threads or None))
+        profiler.disable()
+        summary["cpu_split"] = cpu_split(pstats.Stats(profiler), cpu_s,
+                                         summary["model_calls"])
     if args.tracemalloc:
         summary["memory"]["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
@@ -549,8 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n",
                                            encoding="utf-8")
     (args.out / f"{name}.md").write_text(text + "\n", encoding="utf-8")
-    threads = (f"{summary['threads']['body_threads']} body threads" if args.bodies == "sync"
-               else "async")
+    threads = "greenlets" if args.bodies == "sync" else "async"
     plot(run, f"{args.workflows:,} customer-support workflows, {args.bodies} bodies "
               f"({threads}); wall {summary['wall_s']:.0f} s", args.out / f"{name}.png")
     print(f"\nResults written to {args.out / name}.json, .md and .png")

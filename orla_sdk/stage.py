@@ -31,7 +31,7 @@ class Stage(Generic[P, R]):
     def __init__(self, fn: Callable[P, R], *, model: str | None, cache: str | None,
                  tools: Sequence[Callable[..., Any]], priority: PriorityHint,
                  name: str | None, alternatives: Sequence[str] = (),
-                 agent: str | None = None) -> None:
+                 agent: str | None = None, blocking: bool = False) -> None:
         if not inspect.isfunction(fn):
             raise OrlaError(
                 f"@orla.stage decorates functions, not {type(fn).__name__} objects. Fix: "
@@ -45,6 +45,7 @@ class Stage(Generic[P, R]):
         self.tools = list(tools)
         self.priority = priority
         self.alternatives = list(alternatives)
+        self.blocking = blocking
         self._spec: StageSpec | None = None
         functools.update_wrapper(self, fn)
 
@@ -104,14 +105,14 @@ def stage(fn: Callable[P, R], /) -> Stage[P, R]: ...
 @overload
 def stage(*, model: str | None = None, cache: str | None = None,
           tools: Sequence[Callable[..., Any]] = (), priority: PriorityHint = None,
-          name: str | None = None, alternatives: Sequence[str] = (), agent: str | None = None
-          ) -> Callable[[Callable[P, R]], Stage[P, R]]: ...
+          name: str | None = None, alternatives: Sequence[str] = (), agent: str | None = None,
+          blocking: bool = False) -> Callable[[Callable[P, R]], Stage[P, R]]: ...
 
 
 def stage(fn: Callable[P, R] | None = None, /, *, model: str | None = None,
           cache: str | None = None, tools: Sequence[Callable[..., Any]] = (),
           priority: PriorityHint = None, name: str | None = None,
-          alternatives: Sequence[str] = (), agent: str | None = None
+          alternatives: Sequence[str] = (), agent: str | None = None, blocking: bool = False
           ) -> Stage[P, R] | Callable[[Callable[P, R]], Stage[P, R]]:
     """Mark a function as a stage of a workflow.
 
@@ -125,11 +126,14 @@ def stage(fn: Callable[P, R] | None = None, /, *, model: str | None = None,
     agent: the agent whose calls these are. The agent layer keys its observations by it
         (by the stage name where none is given), and a declared agent holds a llama.cpp
         slot of its own in each run instead of sharing the run's.
+    blocking: the body of a plain ``def`` stage blocks (sleeps, waits on I/O outside
+        orla): run it in a worker thread. Other sync bodies run on the event loop's thread
+        between their model calls (see ``orla_sdk.runtime.bodies``).
     """
 
     def wrap(f: Callable[P, R]) -> Stage[P, R]:
         return Stage(f, model=model, cache=cache, tools=tools, priority=priority, name=name,
-                     alternatives=alternatives, agent=agent)
+                     alternatives=alternatives, agent=agent, blocking=blocking)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -122,11 +122,22 @@ class AgentLayer:
     """Policies in order of precedence, with the failures of each kept apart."""
 
     def __init__(self, policies: Sequence[AgentPolicy] = ()) -> None:
-        self.policies = list(policies)
+        self.policies = tuple(policies)
         self.disabled: dict[str, str] = {}  # policy name -> why it was switched off
+        self._implementing: dict[str, tuple[AgentPolicy, ...]] = {}
+
+    def implementing(self, primitive: str) -> tuple[AgentPolicy, ...]:
+        """The policies, in order, that implement ``primitive`` (``AgentPolicy``'s own
+        methods answer nothing, so the layer does not ask the others)."""
+        found = self._implementing.get(primitive)
+        if found is None:
+            base = getattr(AgentPolicy, primitive)
+            found = self._implementing[primitive] = tuple(
+                p for p in self.policies if getattr(type(p), primitive, base) is not base)
+        return found
 
     def observe(self, event: AgentEvent) -> None:
-        for policy in list(self.policies):
+        for policy in self.implementing("observe"):
             self._guarded(policy, policy.observe, event)
 
     def victim(self, candidates: Sequence[Cached]) -> Cached:
@@ -141,7 +152,7 @@ class AgentLayer:
         return candidates[best]
 
     def keep_scores(self, candidates: Sequence[Cached]) -> Sequence[float] | None:
-        for policy in list(self.policies):
+        for policy in self.implementing("keep_scores"):
             scores = self._guarded(policy, _listed_scores(policy), candidates)
             if scores is not None:
                 if len(scores) != len(candidates):
@@ -152,7 +163,7 @@ class AgentLayer:
         return None
 
     def predict_next(self, key: AgentKey) -> dict[str, float]:
-        for policy in list(self.policies):
+        for policy in self.implementing("predict_next"):
             prediction = self._guarded(policy, policy.predict_next, key)
             if prediction:
                 return dict(prediction)
@@ -160,32 +171,31 @@ class AgentLayer:
 
     def prefetch(self, key: AgentKey) -> list[str]:
         wanted: list[str] = []
-        for policy in list(self.policies):
+        for policy in self.implementing("prefetch"):
             for agent in self._guarded(policy, policy.prefetch, key) or []:
                 if agent not in wanted:
                     wanted.append(agent)
         return wanted
 
     def cache_choice(self, event: CacheEvent) -> CacheChoice | None:
-        return self._first_answer(lambda policy: policy.cache_choice, event)
+        return self._first_answer("cache_choice", event)  # type: ignore[no-any-return]
 
     def queue_key(self, waiting: Queued) -> Any:
         """The first policy's sort key for ``waiting``; None where no policy orders."""
-        return self._first_answer(lambda policy: policy.queue_key, waiting)
+        return self._first_answer("queue_key", waiting)
 
     def admit(self, request: Admission) -> str | None:
         """The first policy's refusal of ``request``; None where every policy admits it."""
-        return self._first_answer(lambda policy: policy.admit, request)
+        return self._first_answer("admit", request)  # type: ignore[no-any-return]
 
     def tool_result(self, use: ToolUse) -> str | None:
         """A result to give instead of running the tool; None to run it."""
-        return self._first_answer(lambda policy: policy.tool_result, use)
+        return self._first_answer("tool_result", use)  # type: ignore[no-any-return]
 
-    def _first_answer(self, primitive: Callable[[AgentPolicy], Callable[[A], R | None]],
-                      argument: A) -> R | None:
+    def _first_answer(self, primitive: str, argument: Any) -> Any:
         """The first answer that is not None, asking the policies in order."""
-        for policy in list(self.policies):
-            answer = self._guarded(policy, primitive(policy), argument)
+        for policy in self.implementing(primitive):
+            answer = self._guarded(policy, getattr(policy, primitive), argument)
             if answer is not None:
                 return answer
         return None
@@ -199,7 +209,8 @@ class AgentLayer:
 
     def _disable(self, policy: AgentPolicy, why: str) -> None:
         if policy in self.policies:
-            self.policies.remove(policy)
+            self.policies = tuple(p for p in self.policies if p is not policy)
+            self._implementing.clear()
             self.disabled[policy.name] = why
             log.warning("agent policy %r raised and is switched off (%s); the run goes on "
                         "without it", policy.name, why)

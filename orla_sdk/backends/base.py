@@ -15,6 +15,8 @@ from typing import Any, Protocol
 from orla_sdk.agents import AgentKey
 from orla_sdk.ir import BackendSpec
 
+_SAME: Any = object()  # a field ChatRequest.evolve leaves as it is
+
 
 @dataclass(frozen=True)
 class ChatRequest:
@@ -33,6 +35,21 @@ class ChatRequest:
     priority: int | None = None
     agent: AgentKey | None = None
     on_token: Callable[[str], None] | None = field(default=None, compare=False)
+
+    def evolve(self, *, slot: int | None = _SAME, agent: AgentKey | None = _SAME,
+               on_token: Callable[[str], None] | None = _SAME) -> ChatRequest:
+        """A copy with the fields the call path sets: ``dataclasses.replace`` without its
+        per-call field checks, since it runs on every model call."""
+        copy = object.__new__(ChatRequest)
+        fields = copy.__dict__
+        fields.update(self.__dict__)
+        if slot is not _SAME:
+            fields["slot"] = slot
+        if agent is not _SAME:
+            fields["agent"] = agent
+        if on_token is not _SAME:
+            fields["on_token"] = on_token
+        return copy
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import copy
 import enum
 import heapq
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -368,20 +368,25 @@ class Plan(_Model):
         """The nodes each node waits for: the sources of its arguments and its guards."""
         return {node.id: list(dependencies(node)) for node in self.nodes}
 
-    def successors(self) -> dict[str, list[str]]:
+    def successors(self, deps: Mapping[str, Iterable[str]] | None = None
+                   ) -> dict[str, list[str]]:
+        """Each node's dependents; ``deps``: each node's dependencies, where known."""
         succs: dict[str, dict[str, None]] = {node.id: {} for node in self.nodes}
         for node in self.nodes:
-            for src in dependencies(node):
+            for src in dependencies(node) if deps is None else deps[node.id]:
                 if src in succs:
                     succs[src][node.id] = None
         return {nid: list(dsts) for nid, dsts in succs.items()}
 
-    def topological_order(self) -> list[Node]:
+    def topological_order(self, deps: Mapping[str, Iterable[str]] | None = None
+                          ) -> list[Node]:
         """Nodes in an order where each comes after everything it depends on; plan order
-        breaks ties. Nodes on a cycle are left out (the validate pass reports cycles)."""
+        breaks ties. Nodes on a cycle are left out (the validate pass reports cycles).
+        ``deps``: each node's dependencies, where the caller has them already."""
+        deps = deps or {n.id: dependencies(n) for n in self.nodes}
         by_id = self.by_id()
-        waiting = {n.id: sum(1 for d in dependencies(n) if d in by_id) for n in self.nodes}
-        succs = self.successors()
+        waiting = {n.id: sum(1 for d in deps[n.id] if d in by_id) for n in self.nodes}
+        succs = self.successors(deps)
         position = {n.id: i for i, n in enumerate(self.nodes)}
         ready_heap = [(position[n.id], n.id) for n in self.nodes if waiting[n.id] == 0]
         heapq.heapify(ready_heap)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.ir import Target
@@ -27,7 +26,7 @@ async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
     agent = ctx.agent_key(next(ctx.run.steps))
     ctx.record.agent = ctx.spec.agent or ""
     served = await ctx.run.pool.call(
-        target.backend, replace(request, on_token=sink, agent=agent), run_id=ctx.run.run_id,
+        target.backend, request.evolve(on_token=sink, agent=agent), run_id=ctx.run.run_id,
         stage=ctx.spec.name, priority=ctx.priority, critical_path=ctx.critical_path,
         own_slot=ctx.spec.agent is not None)
     result = served.result

@@ -33,6 +33,7 @@ class RunState:
     before_call: Callable[[], Awaitable[None]] | None = None
     steps: Iterator[int] = field(default_factory=itertools.count)  # the run's model calls
     durable: Durable | None = None  # the run's checkpoints, when it has a store
+    warnings: list[str] = field(default_factory=list)  # the run result's
 
 
 @dataclass

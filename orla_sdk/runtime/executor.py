@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from orla_sdk.errors import OrlaError, StageFailed
-from orla_sdk.ir import Node, Plan, PriorityNote, PriorityRule, dependencies, priority_of
+from orla_sdk.ir import Node, Plan, PriorityNote, PriorityRule, priority_of
+from orla_sdk.runtime.bodies import Body
 from orla_sdk.runtime.checkpoint import CheckpointStore, Durable, inputs_of, open_store
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import Emitter, Listener
-from orla_sdk.runtime.pool import BackendPool, in_thread
+from orla_sdk.runtime.layout import layout_of
+from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.runtime.records import RunResult, StageRecord
 
 Env = ChainMap[str, Any]
@@ -100,7 +102,7 @@ async def arun(plan: Plan, /, *, pool: BackendPool | None = None, run_id: str | 
             raise
     result = RunResult(run_id=run_id, workflow=plan.name)
     state = RunState(run_id, plan, pool, asyncio.get_running_loop(), Emitter(run_id, on_event),
-                     durable=durable)
+                     durable=durable, warnings=result.warnings)
     try:
         env = await _Executor(plan, state, result).run_scope(None, ChainMap(values), ())
         result.output = env.get("output")
@@ -156,55 +158,49 @@ class _Executor:
         self.plan = plan
         self.state = state
         self.result = result
-        self.scopes: dict[str | None, list[Node]] = {}
-        self.scope_of: dict[str, str | None] = {}
-        for node in plan.topological_order():
-            self.scopes.setdefault(node.scope, []).append(node)
-            self.scope_of[node.id] = node.scope
-
-    def _waits_for(self, node: Node, scope: str | None) -> set[str]:
-        """The nodes of ``scope`` that ``node`` waits for. A dependency inside a loop body
-        is waited for through its map node; a map waits for what its body reads."""
-        found = set()
-        for dep in self._all_dependencies(node):
-            while self.scope_of.get(dep) not in (scope, None):
-                dep = self.scope_of[dep] or dep
-            if dep != node.id and self.scope_of.get(dep, "?") == scope:
-                found.add(dep)
-        return found
-
-    def _all_dependencies(self, node: Node) -> set[str]:
-        deps = set(dependencies(node))
-        if node.kind == "map":
-            for inner in self.scopes.get(node.id, []):
-                deps |= self._all_dependencies(inner)
-        return deps
+        self.layout = layout_of(plan)
+        self.bodies: dict[str, Body] = {}
 
     async def run_scope(self, scope: str | None, env: Env, items: tuple[int, ...]) -> Env:
         """Run the nodes of one scope (the top level, or one item of a map: ``items`` are
-        its indices in the maps around it, outermost first)."""
-        done = {n.id: asyncio.Event() for n in self.scopes.get(scope, [])}
+        its indices in the maps around it, outermost first). A node starts once the last
+        node it waits for has finished: in the task that finished it, or where that made
+        several nodes ready, the others in tasks of their own."""
+        nodes = self.layout.scopes.get(scope, [])
+        waiting = {node.id: len(self.layout.waits_for[node.id]) for node in nodes}
 
-        async def run_node(node: Node) -> None:
-            for dep in self._waits_for(node, scope):
-                await done[dep].wait()
-            try:
-                env.maps[0][node.id] = await self._node(node, env, items)
-            except StageFailed:
-                raise
-            except Exception as exc:
-                raise StageFailed(node.id, exc) from exc
-            done[node.id].set()
+        def finish(node: Node) -> list[Node]:
+            """The nodes whose last wait was ``node``."""
+            ready = []
+            for later in self.layout.dependents.get(node.id, ()):
+                waiting[later.id] -= 1
+                if not waiting[later.id]:
+                    ready.append(later)
+            return ready
 
+        async def run_from(node: Node | None) -> None:
+            while node is not None:
+                try:
+                    env.maps[0][node.id] = await self._node(node, env, items)
+                except StageFailed:
+                    raise
+                except Exception as exc:
+                    raise StageFailed(node.id, exc) from exc
+                ready = finish(node)
+                for other in ready[1:]:
+                    group.create_task(run_from(other))
+                node = ready[0] if ready else None
+
+        for node in nodes:
+            if node.kind == "input":
+                finish(node)
         try:
             async with asyncio.TaskGroup() as group:
-                for node in self.scopes.get(scope, []):
-                    if node.kind != "input":
-                        group.create_task(run_node(node))
-                    else:
-                        done[node.id].set()
-        except BaseExceptionGroup as group:
-            raise _first_failure(group) from None
+                for node in nodes:
+                    if node.kind != "input" and not waiting[node.id]:
+                        group.create_task(run_from(node))
+        except BaseExceptionGroup as failures:
+            raise _first_failure(failures) from None
         return env
 
     async def _node(self, node: Node, env: Env, items: tuple[int, ...]) -> Any:
@@ -255,8 +251,9 @@ class _Executor:
     async def _stage(self, node: Node, env: Env, items: tuple[int, ...]) -> Any:
         key = _key(node, items)
         spec = self.plan.stage_of(node)
-        stage = self.plan.resolve(spec.ref)
-        saved = self.state.durable.stage(key, _annotation(stage)) if self.state.durable else None
+        body = self._body_of(spec.ref)
+        saved = (self.state.durable.stage(key, body.annotation) if self.state.durable
+                 else None)
         if saved is not None:
             return self._restored(node, *saved)
         record = StageRecord(node.id, spec.name, item=items[-1] if items else None)
@@ -266,14 +263,13 @@ class _Executor:
         try:
             args = [resolve(a, env, self.plan) for a in node.args]
             kwargs = {k: resolve(v, env, self.plan) for k, v in node.kwargs.items()}
-            fn = getattr(stage, "fn", stage)  # the function under @stage
             ctx = StageContext(
-                self.state, node, spec, record, *self._priority(node, fn, args, kwargs),
+                self.state, node, spec, record, *self._priority(node, body.fn, args, kwargs),
                 tools={t.name: self.plan.resolve(t.ref) for t in spec.tools}, key=key)
-            value = await _call_body(ctx, fn, args, kwargs)
+            value = await _call_body(ctx, body, args, kwargs)
             if self.state.durable:
                 record.duration_s = time.perf_counter() - started
-                self.state.durable.save_stage(key, value, record, _annotation(stage))
+                self.state.durable.save_stage(key, value, record, body.annotation)
         except asyncio.CancelledError:
             record.status, record.error = "failed", "cancelled: another stage of the run failed"
             raise
@@ -287,6 +283,13 @@ class _Executor:
         await self._cache_action(node, record)
         self.state.emit("stage_end", node.id, record=record, output=value)
         return value
+
+    def _body_of(self, ref: str) -> Body:
+        """The stage behind ``ref`` and how its body runs, looked up once a run."""
+        found = self.bodies.get(ref)
+        if found is None:
+            found = self.bodies[ref] = Body.of(self.plan.resolve(ref))
+        return found
 
     def _restored(self, node: Node, value: Any, record: StageRecord) -> Any:
         """A stage an earlier attempt of this run completed: its value and record."""
@@ -318,10 +321,6 @@ def _key(node: Node, items: tuple[int, ...]) -> str:
     return node.id + "".join(f"[{i}]" for i in items)
 
 
-def _annotation(stage: Any) -> Any:
-    return getattr(stage, "output_annotation", Any)
-
-
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first real failure inside (possibly nested) task groups."""
     for exc in group.exceptions:
@@ -332,13 +331,11 @@ def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group.exceptions[0]
 
 
-async def _call_body(ctx: StageContext, fn: Any, args: list[Any],
+async def _call_body(ctx: StageContext, body: Body, args: list[Any],
                      kwargs: dict[str, Any]) -> Any:
     token = current_stage.set(ctx)
     try:
-        if inspect.iscoroutinefunction(fn):
-            return await fn(*args, **kwargs)
-        return await in_thread(ctx.run.pool.body_executor, fn, *args, **kwargs)
+        return await body.run(ctx, args, kwargs)
     finally:
         current_stage.reset(token)
 

@@ -17,18 +17,18 @@ calls; ``routing`` picks the target, ``call`` makes and records each call, and
 from __future__ import annotations
 
 import asyncio
-import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
-from orla_sdk.errors import OrlaError, OutputError
+from orla_sdk.errors import OutputError
 from orla_sdk.ir import Target
-from orla_sdk.runtime.call import call_model, in_loop_thread
+from orla_sdk.runtime.bodies import iterate_on_loop, wait_on_loop
+from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import StageContext, stage_context
-from orla_sdk.runtime.routing import stage_target
+from orla_sdk.runtime.routing import mapped_target, stage_target
 from orla_sdk.runtime.structured import (
     answer_schema,
     bound_strings,
@@ -70,14 +70,11 @@ def chat(messages: list[dict[str, Any]], *, output: type[T], **options: Any) -> 
 
 
 def chat(messages: list[dict[str, Any]], *, output: Any = None, **options: Any) -> Any:
-    """``generate`` with a whole message list. For sync stage bodies (run in a thread)."""
+    """``generate`` with a whole message list. For sync stage bodies."""
     ctx = stage_context()
-    if in_loop_thread(ctx):
-        raise OrlaError(f"stage {ctx.spec.name!r} is async: use `await orla.achat(...)` or "
-                        "`await orla.agenerate(...)` inside it.")
-    future = asyncio.run_coroutine_threadsafe(converse(ctx, messages, output, **options),
-                                              ctx.run.loop)
-    return future.result()
+    return wait_on_loop(ctx, converse(ctx, messages, output, **options),
+                        fix="use `await orla.achat(...)` or `await orla.agenerate(...)` "
+                            "inside it.")
 
 
 @overload
@@ -112,18 +109,10 @@ def stream(prompt: str, *, system: str | None = None, **options: Any) -> Iterato
     """``generate`` for text, yielding the reply's pieces as the engine streams them. For
     sync stage bodies."""
     ctx = stage_context()
-    if in_loop_thread(ctx):
-        raise OrlaError(f"stage {ctx.spec.name!r} is async: use `orla.astream(...)` inside it.")
-    pieces: queue.Queue[str] = queue.Queue()
-    future = asyncio.run_coroutine_threadsafe(
-        converse(ctx, _messages(prompt, system), None, on_token=pieces.put, **options),
-        ctx.run.loop)
-    while not (future.done() and pieces.empty()):
-        try:
-            yield pieces.get(timeout=0.05)
-        except queue.Empty:
-            continue
-    future.result()  # raises what the call raised
+    messages = _messages(prompt, system)
+    return iterate_on_loop(ctx, lambda put: converse(ctx, messages, None, on_token=put,
+                                                     **options),
+                           fix="use `orla.astream(...)` inside it.")
 
 
 async def astream(prompt: str, *, system: str | None = None,
@@ -150,7 +139,7 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
                    max_retries: int = 2, max_turns: int = 4,
                    on_token: Callable[[str], None] | None = None, **params: Any) -> Any:
     """The tool loop and the validation loop around the stage's model calls."""
-    target = await stage_target(ctx, messages)
+    target = mapped_target(ctx) if ctx.mapper() is None else await stage_target(ctx, messages)
     live = ctx.run.pool[target.backend]
     native = live.spec.capabilities.tool_calling
     history = list(messages)

@@ -47,7 +47,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -95,6 +95,7 @@ TEMPLATE_EVERY = 16  # an agent's template is saved anew at the end of every 16t
 SAVE_ATTEMPTS = 3  # saves that fail in a row before a backend's slot saving is turned off
 
 log = logging.getLogger("orla_sdk.memory")
+_NO_SLOT: AbstractAsyncContextManager[int | None] = nullcontext(None)  # reusable: it holds nothing
 
 
 @dataclass
@@ -176,14 +177,20 @@ class MemoryManager:
         return self._logs.pop(run_id, [])
 
     # ---- requests ---------------------------------------------------------------------
-    @asynccontextmanager
-    async def pin(self, run_id: str, backend: str, agent: AgentKey | None = None, *,
-                  prompt: str | None = None) -> AsyncIterator[int | None]:
+    def pin(self, run_id: str, backend: str, agent: AgentKey | None = None, *,
+            prompt: str | None = None) -> AbstractAsyncContextManager[int | None]:
         """The slot one request of ``run_id`` (made by ``agent``) is pinned to (None: no
         slots here): the run's, or given the request's ``prompt`` text, the slot of the
         run's context it continues. Call it while holding a queue turn, so that a slot
         that is not busy exists."""
         table, shared = self.tables.get(backend), self.shared.get(backend)
+        if table is None and shared is None:
+            return _NO_SLOT  # nothing to pin or count
+        return self._pin(table, shared, run_id, agent, prompt)
+
+    @asynccontextmanager
+    async def _pin(self, table: SlotTable | None, shared: SharedCache | None, run_id: str,
+                   agent: AgentKey | None, prompt: str | None) -> AsyncIterator[int | None]:
         holder = (run_id, "")
         if table is not None and prompt is not None:
             holder = table.context_for(run_id, agent.agent if agent else "agent", prompt)

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -42,7 +40,8 @@ from orla_sdk.backends.wire import (
 )
 from orla_sdk.errors import BackendError, OrlaError
 from orla_sdk.ir import Target
-from orla_sdk.runtime.call import call_model, in_loop_thread
+from orla_sdk.runtime.bodies import future_on_loop, iterate_on_loop, wait_on_loop
+from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import StageContext, current_stage
 from orla_sdk.runtime.routing import stage_target
 
@@ -103,27 +102,19 @@ def _async_http() -> Any:
 
 # ---- the transports -------------------------------------------------------------------
 class StageTransport(httpx.BaseTransport):
-    """For sync stage bodies, which run in worker threads: the call goes to the run's
-    event loop and this thread waits for it."""
+    """For sync stage bodies: the call is awaited on the run's event loop while the body
+    waits (see ``orla_sdk.runtime.bodies``)."""
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _stage()
-        if in_loop_thread(ctx):
-            raise OrlaError(f"stage {ctx.spec.name!r} is async: use orla.async_openai_client()"
-                            " or orla.wrap(openai.AsyncOpenAI(...)) inside it.")
+        fix = "use orla.async_openai_client() or orla.wrap(openai.AsyncOpenAI(...)) inside it."
         try:
             body = _body(request)
             if not body.get("stream"):
-                work = _serve(ctx, body, None)
-                result = asyncio.run_coroutine_threadsafe(work, ctx.run.loop).result()
+                result = wait_on_loop(ctx, _serve(ctx, body, None), fix=fix)
                 return _json(200, completion_json(body, result))
-            pieces: queue.Queue[str | None] = queue.Queue()
-            future = asyncio.run_coroutine_threadsafe(
-                _until_done(_serve(ctx, body, pieces.put), pieces.put), ctx.run.loop)
-            first = pieces.get()
-            if first is None:
-                future.result()  # a failure before the first token is an error status
-            return _sse_response(_SyncEvents(first, pieces, future, Chunks.of(body)))
+            pieces: Pieces = iterate_on_loop(ctx, lambda put: _serve(ctx, body, put), fix=fix)
+            return _sse_response(_SyncEvents(_first_waited(pieces), Chunks.of(body)))
         except (BackendError, ValueError) as exc:
             return _error(exc)
 
@@ -160,7 +151,7 @@ def _start(ctx: StageContext, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]
     """Run ``work`` on the run's loop; awaitable from the caller's loop."""
     if asyncio.get_running_loop() is ctx.run.loop:
         return asyncio.ensure_future(work)
-    return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, ctx.run.loop))
+    return future_on_loop(ctx, work)
 
 
 # ---- serving one request --------------------------------------------------------------
@@ -274,25 +265,47 @@ def _sse_response(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx
     return httpx.Response(200, stream=stream, headers={"content-type": "text/event-stream"})
 
 
+Pieces = Generator[str, None, ChatResult]  # a call's text pieces, then its result
+
+
+def _first_waited(pieces: Pieces) -> Pieces:
+    """``pieces`` with the first one already waited for: a failure before any text raises
+    here, so the caller answers with an error status instead of an event stream."""
+    try:
+        first = next(pieces)
+    except StopIteration as done:
+        return _no_more(done.value)
+    return _after(first, pieces)
+
+
+def _after(first: str, rest: Pieces) -> Pieces:
+    yield first
+    return (yield from rest)
+
+
+def _no_more(result: ChatResult) -> Pieces:
+    return result
+    yield  # a generator that yields nothing
+
+
 class _SyncEvents(httpx.SyncByteStream):
-    def __init__(self, first: str | None, pieces: queue.Queue[str | None],
-                 future: Future[ChatResult], chunks: Chunks) -> None:
-        self.first, self.pieces, self.future, self.chunks = first, pieces, future, chunks
+    def __init__(self, pieces: Pieces, chunks: Chunks) -> None:
+        self.pieces, self.chunks = pieces, chunks
 
     def __iter__(self) -> Iterator[bytes]:
-        piece = self.first
-        while piece is not None:
+        while True:
+            try:
+                piece = next(self.pieces)
+            except StopIteration as done:
+                yield from self.chunks.end(done.value)
+                return
+            except BackendError as exc:  # after the first piece: the stream ends with it
+                yield self.chunks.error(exc)
+                return
             yield self.chunks.piece(piece)
-            piece = self.pieces.get()
-        try:
-            result = self.future.result()
-        except BackendError as exc:
-            yield self.chunks.error(exc)
-            return
-        yield from self.chunks.end(result)
 
     def close(self) -> None:
-        self.future.cancel()
+        self.pieces.close()
 
 
 class _AsyncEvents(httpx.AsyncByteStream):

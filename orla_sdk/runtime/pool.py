@@ -48,6 +48,7 @@ from orla_sdk.backends.base import Backend, ChatRequest, ChatResult, token_limit
 from orla_sdk.backends.connect import Connection, Connector
 from orla_sdk.errors import BackendDown, BackendError, Refused
 from orla_sdk.ir import BackendSpec
+from orla_sdk.runtime.deadlines import Deadlines
 from orla_sdk.runtime.memory import MemoryManager
 from orla_sdk.runtime.scheduler import BackendQueue
 from orla_sdk.runtime.tool_calls import TOOL_TIMEOUT_S
@@ -151,6 +152,7 @@ class BackendPool:
         self.specs = list(specs)
         self.slots = slots
         self.timeout = timeout
+        self.deadlines = Deadlines()
         self.engine_down_s = ENGINE_DOWN_S if engine_down_s is None else engine_down_s
         self.connector = Connector(clients=clients, slots=slots, timeout=timeout)
         self.clients = self.connector.clients
@@ -203,11 +205,12 @@ class BackendPool:
         ``timeout``. Transient failures are tried again after a backoff, and an engine that
         is down is waited for, unless text has already streamed to ``request.on_token``."""
         agent = request.agent or AgentKey("", stage, run_id)
-        admitted = self._admit(agent, backend, request)
+        length = _prompt_chars(request)
+        admitted = self._admit(agent, backend, request, length)
         self._observe("call_queued", agent, backend, admitted_tokens=admitted)
         try:
             served = await self._call(backend, request, run_id, stage, priority,
-                                      critical_path, own_slot)
+                                      critical_path, own_slot, length)
         except BaseException:
             self._observe("call_failed", agent, backend, admitted_tokens=admitted)
             raise
@@ -221,12 +224,11 @@ class BackendPool:
         return served
 
     async def _call(self, backend: str, request: ChatRequest, run_id: str, stage: str,
-                    priority: int, critical_path: int, own_slot: bool) -> Served:
+                    priority: int, critical_path: int, own_slot: bool, length: int) -> Served:
         live = self[backend]
         # a declared agent's slot is found by its prompt, on engines with slots only
         prompt = (json.dumps(request.messages, default=str)
                   if own_slot and backend in self.memory.tables else None)
-        length = _prompt_chars(request)
         sink, streamed = request.on_token, False
 
         def on_token(text: str) -> None:
@@ -249,8 +251,8 @@ class BackendPool:
                     if request.agent is not None:  # a retry is not a new turn of the agent
                         self._observe("call_started", request.agent, backend, slot=slot,
                                       seq=turn.seq, retry=retries.attempts > 1)
-                    result = await self._chat(live, replace(
-                        request, slot=slot, on_token=on_token if sink else None))
+                    result = await self._chat(live, request.evolve(
+                        slot=slot, on_token=on_token if sink else None))
                 return Served(result, turn.waited_s, slot, retries.attempts, turn.seq)
             except BackendError as exc:
                 if streamed:  # the caller has text: asking again would send it twice
@@ -259,21 +261,24 @@ class BackendPool:
 
     async def _chat(self, live: LiveBackend, request: ChatRequest) -> ChatResult:
         """One attempt of a call, within the pool's deadline (``timeout``)."""
-        deadline = asyncio.timeout(self.timeout)
+        call = self.deadlines.start(self.timeout)
         try:
-            async with deadline:
-                return await live.client.chat(request)
-        except TimeoutError as exc:
-            if not deadline.expired():
+            return await live.client.chat(request)
+        except asyncio.CancelledError:
+            if not call.expired:
                 raise
+            call.task.uncancel()
             raise BackendError(live.spec.name, f"did not finish the call within its deadline "
                                f"of {self.timeout:g} s; give BackendPool(timeout=...) more "
-                               "for longer answers", retryable=True) from exc
+                               "for longer answers", retryable=True) from None
+        finally:
+            self.deadlines.end(call)
 
-    def _admit(self, agent: AgentKey, backend: str, request: ChatRequest) -> int:
+    def _admit(self, agent: AgentKey, backend: str, request: ChatRequest,
+               prompt_chars: int) -> int:
         """The tokens the call may use (its prompt, estimated, and its ``max_tokens``), or
         ``Refused`` where an agent policy refuses it (a budget, say)."""
-        tokens = _prompt_chars(request) // CHARS_PER_TOKEN + (token_limit(request) or 0)
+        tokens = prompt_chars // CHARS_PER_TOKEN + (token_limit(request) or 0)
         refusal = self.agents.admit(Admission("call", agent, backend, tokens))
         if refusal is not None:
             self._observe("refused", agent, backend, rule=refusal)
@@ -283,7 +288,9 @@ class BackendPool:
         return tokens
 
     def _observe(self, kind: AgentEventKind, key: AgentKey, backend: str, **data: Any) -> None:
-        self.agents.observe(AgentEvent(kind, key, backend, {**data, "at": self.now()}))
+        if self.agents.implementing("observe"):
+            data["at"] = self.now()
+            self.agents.observe(AgentEvent(kind, key, backend, data))
 
     def now(self) -> float:
         """Seconds on the pool's clock: simulated ones where its simulators run on the
@@ -339,6 +346,7 @@ class BackendPool:
         for connection in self.connections.values():
             await connection.stop_engine()
         self.body_executor.shutdown(wait=False, cancel_futures=True)
+        self.deadlines.close()
         self._closed = True
         self.backends.clear()
         self.connections.clear()

@@ -21,8 +21,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,23 +127,13 @@ class BackendQueue:
         """Whether stages that name alternatives should go elsewhere."""
         return self.bound is not None and self.waiting >= self.bound
 
-    @asynccontextmanager
-    async def turn(self, priority: int = 50, critical_path: int = 0, *, stage: str = "",
-                   run_id: str = "", prompt_length: int = 0,
-                   agent: AgentKey | None = None) -> AsyncIterator[Waiting]:
-        """Wait for a turn at the engine; yields the call's entry (its arrival number
-        ``seq``, and ``waited_s``)."""
-        entry = Waiting(stage, run_id, priority, critical_path, prompt_length,
-                        next(self._arrivals), agent, self.name)
-        if self.running < self.limit and not self.waiting:
-            self.running += 1
-        else:
-            await self._wait(entry)
-        entry.waited_s = time.perf_counter() - entry.arrived
-        try:
-            yield entry
-        finally:
-            self._release()
+    def turn(self, priority: int = 50, critical_path: int = 0, *, stage: str = "",
+             run_id: str = "", prompt_length: int = 0, agent: AgentKey | None = None) -> Turn:
+        """A turn at the engine, as ``async with queue.turn(...) as entry``: waits for it,
+        gives the call's entry (its arrival number ``seq``, and ``waited_s``), and passes
+        the turn on when the call is over."""
+        return Turn(self, Waiting(stage, run_id, priority, critical_path, prompt_length,
+                                  next(self._arrivals), agent, self.name))
 
     async def _wait(self, entry: Waiting) -> None:
         entry.granted = asyncio.get_running_loop().create_future()
@@ -195,6 +184,27 @@ class BackendQueue:
         if waiting.ordered is not None:
             return (0, waiting.ordered)
         return (1, policy.key(waiting))
+
+
+class Turn:
+    """One call's turn at a backend's queue (see ``BackendQueue.turn``)."""
+
+    __slots__ = ("entry", "queue")
+
+    def __init__(self, queue: BackendQueue, entry: Waiting) -> None:
+        self.queue, self.entry = queue, entry
+
+    async def __aenter__(self) -> Waiting:
+        queue, entry = self.queue, self.entry
+        if queue.running < queue.limit and not queue.waiting:
+            queue.running += 1
+        else:
+            await queue._wait(entry)
+        entry.waited_s = time.perf_counter() - entry.arrived
+        return entry
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.queue._release()
 
 
 def _gone(waiting: Waiting) -> bool:

@@ -1,0 +1,186 @@
+"""How a stage body runs, and how a sync body waits for work on the run's event loop.
+
+An ``async def`` body is awaited on the loop. A plain ``def`` body runs on the loop's
+thread too, in a greenlet of its own: when it calls ``orla.generate`` the greenlet
+switches back to the loop, which awaits the call (other stages run meanwhile) and
+switches back in with the answer. That costs a few microseconds where a worker thread
+costs two cross-thread hand-offs per call (about 50 µs on a small machine).
+
+A body that holds the loop (it sleeps, waits on I/O outside orla, or computes) would
+stall every other stage, so each slice it runs between model calls is timed: a body
+whose slice passes ``BLOCKING_SLICE_S`` runs in the pool's worker threads from then on,
+in this process, and the run says so in its warnings. ``@orla.stage(blocking=True)``
+sends a body to the threads from its first call. While a body runs in its greenlet the
+loop is hidden from it, so it sees what it would see in a thread: no running loop
+(``asyncio.run`` and a nested ``orla.run`` work, the latter as a blocking call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import queue
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from greenlet import greenlet
+
+from orla_sdk.errors import OrlaError
+from orla_sdk.runtime.call import in_loop_thread
+from orla_sdk.runtime.context import StageContext
+from orla_sdk.runtime.pool import in_thread
+
+T = TypeVar("T")
+R = TypeVar("R")
+BLOCKING_SLICE_S = 0.02
+_DONE = object()
+_blocking: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+
+class _Body(greenlet):
+    """The greenlet a sync body runs in; ``wait`` hands an awaitable to the loop."""
+
+    def wait(self, work: Awaitable[T]) -> T:
+        assert self.parent is not None  # the loop's greenlet, which started this one
+        return cast(T, self.parent.switch(work))
+
+
+@dataclass(frozen=True)
+class Body:
+    """A stage's function (the one under its ``@stage``) and how it runs."""
+
+    fn: Callable[..., Any]
+    is_async: bool
+    blocking: bool  # declared @orla.stage(blocking=True)
+    annotation: Any  # its return annotation, resolved (Any where there is none)
+
+    @classmethod
+    def of(cls, stage: Any) -> Body:
+        fn = getattr(stage, "fn", stage)
+        return cls(fn, asyncio.iscoroutinefunction(fn), getattr(stage, "blocking", False),
+                   getattr(stage, "output_annotation", Any))
+
+    async def run(self, ctx: StageContext, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Run the body with the stage context set; its value."""
+        if self.is_async:
+            return await self.fn(*args, **kwargs)
+        if self.blocking or self.fn in _blocking:
+            return await in_thread(ctx.run.pool.body_executor, self.fn, *args, **kwargs)
+        return await _in_greenlet(ctx, self.fn, args, kwargs)
+
+
+async def _in_greenlet(ctx: StageContext, fn: Callable[..., Any], args: list[Any],
+                       kwargs: dict[str, Any]) -> Any:
+    body = _Body(lambda: fn(*args, **kwargs))
+    body.gr_context = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    own_loop = None  # the body's running loop while it runs one of its own (asyncio.run)
+    resume: Callable[[], Any] = body.switch
+    while True:
+        started = time.perf_counter()
+        asyncio.events._set_running_loop(own_loop)
+        try:
+            asked = resume()
+        finally:
+            own_loop = asyncio.events._get_running_loop()
+            asyncio.events._set_running_loop(loop)
+            if (held := time.perf_counter() - started) > BLOCKING_SLICE_S:
+                _mark_blocking(ctx, fn, held)
+        if body.dead:
+            return asked
+        try:
+            resume = functools.partial(body.switch, await asked)
+        except BaseException as exc:  # handed to the body, which may handle it
+            resume = functools.partial(body.throw, exc)
+
+
+def _mark_blocking(ctx: StageContext, fn: Callable[..., Any], held_s: float) -> None:
+    if fn in _blocking:
+        return
+    _blocking.add(fn)
+    ctx.run.warnings.append(
+        f"stage {ctx.spec.name!r}: its body held the event loop for {held_s * 1000:.0f} ms "
+        "at once (it blocks or computes), so it runs in a worker thread from now on; "
+        "declare @orla.stage(..., blocking=True) to start it there.")
+
+
+# ---- a sync body waits for the loop ------------------------------------------------------
+def wait_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T], *, fix: str) -> T:
+    """``work``'s result, from a sync stage body: its greenlet switches to the loop, or its
+    worker thread waits. ``fix`` says what an async body should call instead."""
+    current = greenlet.getcurrent()
+    if isinstance(current, _Body):
+        return current.wait(work)
+    if in_loop_thread(ctx):
+        work.close()
+        raise OrlaError(f"stage {ctx.spec.name!r} is async: {fix}")
+    return asyncio.run_coroutine_threadsafe(work, ctx.run.loop).result()
+
+
+def future_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    """``work`` run on the run's loop, as a future of the caller's own loop (an async
+    client inside ``asyncio.run`` in a sync body). In a body's greenlet the run's loop
+    waits for the body, so the body waits for ``work`` there, its own loop paused."""
+    current = greenlet.getcurrent()
+    if not isinstance(current, _Body):
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, ctx.run.loop))
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    try:
+        future.set_result(current.wait(work))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
+
+
+def iterate_on_loop(ctx: StageContext,
+                    produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, R]], *,
+                    fix: str) -> Generator[T, None, R]:
+    """The items ``produce(put)`` puts, as they come, for a sync stage body; returns what
+    ``produce`` returned, or raises what it raised."""
+    current = greenlet.getcurrent()
+    if isinstance(current, _Body):
+        return (yield from _iterate_in_greenlet(ctx, current, produce))
+    if in_loop_thread(ctx):
+        raise OrlaError(f"stage {ctx.spec.name!r} is async: {fix}")
+    return (yield from _iterate_in_thread(ctx, produce))
+
+
+def _iterate_in_greenlet(ctx: StageContext, body: _Body,
+                         produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, R]]
+                         ) -> Generator[T, None, R]:
+    items: asyncio.Queue[Any] = asyncio.Queue()
+    task = ctx.run.loop.create_task(_then(produce(items.put_nowait), items.put_nowait))
+    try:
+        while (item := body.wait(items.get())) is not _DONE:
+            yield item
+        return body.wait(task)
+    finally:
+        task.cancel()
+
+
+def _iterate_in_thread(ctx: StageContext,
+                       produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, R]]
+                       ) -> Generator[T, None, R]:
+    items: queue.Queue[Any] = queue.Queue()
+    future = asyncio.run_coroutine_threadsafe(_then(produce(items.put), items.put),
+                                              ctx.run.loop)
+    try:
+        while (item := items.get()) is not _DONE:
+            yield item
+        return future.result()
+    finally:
+        future.cancel()
+
+
+async def _then(work: Coroutine[Any, Any, R], put: Callable[[Any], None]) -> R:
+    """``work``'s result; ``put`` gets the end marker once it is over, whatever happened."""
+    try:
+        return await work
+    finally:
+        put(_DONE)
+
+

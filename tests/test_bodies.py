@@ -1,0 +1,254 @@
+"""How stage bodies run: sync bodies on the loop's thread between model calls, in worker
+threads once they block; what a body sees and may do either way."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import orla_sdk as orla
+from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.errors import BackendError
+from orla_sdk.ir import BackendSpec
+from orla_sdk.runtime import bodies
+
+
+class Gate:
+    """A backend whose calls wait until ``wanted`` of them are in flight at once (so a run
+    finishes only if its stages' calls overlap), then answer with the prompt's words
+    counted; a prompt starting with "fail" gets an engine error."""
+
+    def __init__(self, wanted: int = 1) -> None:
+        self.spec = BackendSpec(name="gate", kind="openai", url="http://127.0.0.1:9/v1")
+        self.wanted, self.in_flight, self.most = wanted, 0, 0
+        self.open = asyncio.Event()
+        self.threads: list[str] = []
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        if self.in_flight >= self.wanted:
+            self.open.set()
+        try:
+            await asyncio.wait_for(self.open.wait(), 5)
+        finally:
+            self.in_flight -= 1
+        text = str(request.messages[-1]["content"])
+        if text.startswith("fail"):
+            raise BackendError("gate", "engine down", retryable=False)
+        return ChatResult(content=f"{len(text.split())} words", tool_calls=[],
+                          finish_reason="stop", prompt_tokens=3, completion_tokens=2,
+                          cached_tokens=0, ttft_s=0.0, duration_s=0.0)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def run_on(wf: Any, backend: Gate, **inputs: Any) -> orla.RunResult:
+    plan = orla.compile(wf, backends=[backend.spec], mapping={"m": "gate/model"})
+
+    async def go() -> orla.RunResult:
+        async with orla.BackendPool(plan.backends, clients={"gate": backend}) as pool:
+            return await orla.arun(plan, pool=pool, **inputs)
+
+    return asyncio.run(go())
+
+
+# ---- sync bodies between their model calls ----------------------------------------------
+@orla.stage(model="m")
+def ask_twice(text: str) -> str:
+    first = orla.generate(f"one {text}")
+    return first + " / " + orla.generate(f"two {text} {first}")
+
+
+@orla.workflow
+def two_sides(left: str, right: str) -> list[str]:
+    return [ask_twice(left), ask_twice(right)]
+
+
+def test_sync_bodies_of_independent_stages_have_their_calls_in_flight_together() -> None:
+    backend = Gate(wanted=2)  # a call waits for the other side's: serial bodies would stall
+    result = run_on(two_sides, backend, left="a b", right="c")
+    assert result.ok, result.error
+    assert result.output == ["3 words / 5 words", "2 words / 4 words"]
+    assert backend.most == 2 and not result.warnings
+
+
+@orla.stage(model="m")
+def where_am_i(text: str) -> str:
+    try:
+        asyncio.get_running_loop()
+        loop = "a running loop"
+    except RuntimeError:
+        loop = "no running loop"
+    return f"{orla.generate(text)} {threading.current_thread().name} {loop}"
+
+
+@orla.workflow
+def locate(text: str) -> str:
+    return where_am_i(text)
+
+
+def test_a_sync_body_runs_on_the_loops_thread_and_sees_no_running_loop() -> None:
+    result = run_on(locate, Gate(), text="hello there")
+    assert result.ok, result.error
+    assert result.output == f"2 words {threading.current_thread().name} no running loop"
+
+
+@orla.stage(model="m")
+def own_event_loop(text: str) -> str:
+    async def shout() -> str:
+        await asyncio.sleep(0)
+        return text.upper()
+
+    return orla.generate(asyncio.run(shout()))  # agent code with a loop of its own
+
+
+@orla.workflow
+def nested_loop(text: str) -> str:
+    return own_event_loop(text)
+
+
+def test_a_sync_body_may_run_an_event_loop_of_its_own() -> None:
+    result = run_on(nested_loop, Gate(), text="x y z")
+    assert result.ok, result.error
+    assert result.output == "3 words"
+
+
+@orla.stage(model="m")
+def careful(text: str) -> str:
+    try:
+        return orla.generate(f"fail {text}")
+    except BackendError as exc:
+        return f"handled: {exc.backend}; then {orla.generate(text)}"
+
+
+@orla.workflow
+def recovers(text: str) -> str:
+    return careful(text)
+
+
+def test_a_failed_call_is_raised_inside_the_body_which_may_handle_it() -> None:
+    result = run_on(recovers, Gate(), text="just this")
+    assert result.ok, result.error
+    assert result.output == "handled: gate; then 2 words"
+
+
+# ---- bodies that block ------------------------------------------------------------------
+SLEEP_S = 3 * bodies.BLOCKING_SLICE_S
+
+
+@orla.stage(model="m")
+def sleepy(text: str) -> str:
+    time.sleep(SLEEP_S)  # a blocking call outside orla
+    return f"{orla.generate(text)} in {threading.current_thread().name}"
+
+
+@orla.workflow
+def slow_then_fast(text: str) -> str:
+    return sleepy(text)
+
+
+def test_a_body_that_holds_the_loop_moves_to_a_worker_thread_and_says_so() -> None:
+    first = run_on(slow_then_fast, Gate(), text="a b")
+    assert first.ok, first.error
+    assert first.output == f"2 words in {threading.current_thread().name}"
+    assert any("'sleepy'" in w and "blocking=True" in w for w in first.warnings)
+    second = run_on(slow_then_fast, Gate(), text="a b")
+    assert second.ok and second.output.startswith("2 words in orla-body")
+    assert not second.warnings
+
+
+@orla.stage(model="m", blocking=True)
+def declared_blocking(text: str) -> str:
+    return f"{orla.generate(text)} in {threading.current_thread().name}"
+
+
+@orla.workflow
+def declared(text: str) -> str:
+    return declared_blocking(text)
+
+
+def test_a_body_declared_blocking_runs_in_a_worker_thread_from_its_first_call() -> None:
+    result = run_on(declared, Gate(), text="a")
+    assert result.ok and result.output.startswith("1 words in orla-body")
+
+
+# ---- failures around a body ---------------------------------------------------------------
+FINALLY_RAN: list[str] = []
+
+
+@orla.stage(model="m")
+def waits_long(text: str) -> str:
+    try:
+        return orla.generate(text)  # never answered: the gate wants two calls
+    finally:
+        FINALLY_RAN.append(text)
+
+
+@orla.stage(model="m")
+def fails_now(text: str) -> str:
+    raise ValueError(f"bad input {text!r}")
+
+
+@orla.workflow
+def one_fails(text: str) -> list[str]:
+    return [waits_long(text), fails_now(text)]
+
+
+def test_a_failing_stage_cancels_a_waiting_sync_body_whose_cleanup_runs() -> None:
+    FINALLY_RAN.clear()
+    result = run_on(one_fails, Gate(wanted=2), text="t")
+    assert not result.ok and "bad input 't'" in (result.error or "")
+    assert FINALLY_RAN == ["t"]
+    assert result.stage("waits_long").status == "failed"
+
+
+@pytest.mark.parametrize("body", ["generate", "stream"])
+def test_sync_calls_in_an_async_body_are_refused_with_the_fix(body: str) -> None:
+    @orla.stage(model="m", name=f"async_{body}")
+    async def misuse(text: str) -> str:
+        if body == "generate":
+            return orla.generate(text)
+        return "".join(orla.stream(text))
+
+    @orla.workflow
+    def wrong(text: str) -> str:
+        return misuse(text)
+
+    result = run_on(wrong, Gate(), text="a")
+    assert not result.ok and "is async" in (result.error or "")
+    assert ("orla.agenerate" if body == "generate" else "orla.astream") in (result.error or "")
+
+
+# ---- a plan changed after it ran ----------------------------------------------------------
+@orla.stage(model="m")
+def count_words(text: str) -> str:
+    return orla.generate(text)
+
+
+@orla.workflow
+def two_counts(first: str, second: str) -> list[str]:
+    return [count_words(first), count_words(second)]
+
+
+def test_a_plan_edited_after_a_run_runs_as_edited() -> None:
+    backend = Gate()
+    plan = orla.compile(two_counts, backends=[backend.spec], mapping={"m": "gate/model"})
+
+    def run(**inputs: str) -> Any:
+        async def go() -> orla.RunResult:
+            async with orla.BackendPool(plan.backends, clients={"gate": backend}) as pool:
+                return await orla.arun(plan, pool=pool, **inputs)
+        return asyncio.run(go()).raise_for_error().output
+
+    assert run(first="a b c", second="d e f g") == ["3 words", "4 words"]
+    second_input = next(n.id for n in plan.nodes if n.label == "second")
+    first_stage, second_stage = plan.stage_nodes()
+    assert second_stage.args[0] == {"$ref": second_input}
+    second_stage.args[0]["$ref"] = first_stage.id  # edited in place: now it waits for it
+    assert run(first="a b c", second="d e f g") == ["3 words", "2 words"]
