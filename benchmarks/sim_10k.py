@@ -300,7 +300,7 @@ async def run_all(plan: orla.Plan, workflows: int, threads: int | None) -> dict[
     makespan = clock.now() - sim_start
     metrics = {name: engine.metrics_now() for name, engine in engines.items()}
     pool_threads = {"body_threads": pool.body_executor._max_workers,
-                    "tool_threads": pool.tool_executor._max_workers}
+                    "tool_threads": pool.tool_threads}
     threads_alive = threading.active_count()
     pool_settings = {name: {"queue_limit": pool[name].queue.limit,
                             "cache_control": name in pool.memory.shared}

@@ -139,7 +139,7 @@ def test_a_failed_call_is_raised_inside_the_body_which_may_handle_it() -> None:
 
 
 # ---- bodies that block ------------------------------------------------------------------
-SLEEP_S = 3 * bodies.BLOCKING_SLICE_S
+SLEEP_S = 3 * bodies.BLOCKING_WAIT_S
 
 
 @orla.stage(model="m")

@@ -7,9 +7,11 @@ switches back in with the answer. That costs a few microseconds where a worker t
 costs two cross-thread hand-offs per call (about 50 µs on a small machine).
 
 A body that holds the loop (it sleeps, waits on I/O outside orla, or computes) would
-stall every other stage, so each slice it runs between model calls is timed: a body
-whose slice passes ``BLOCKING_SLICE_S`` runs in the pool's worker threads from then on,
-in this process, and the run says so in its warnings. ``@orla.stage(blocking=True)``
+stall every other stage, so each stretch it runs between model calls is timed: a body
+that waited more than ``BLOCKING_WAIT_S`` in one (time it did not spend computing, so a
+garbage collection does not count) or computed more than ``COMPUTING_S`` runs in the
+pool's worker threads from then on, in this process, and the run says so in its
+warnings. ``@orla.stage(blocking=True)``
 sends a body to the threads from its first call. While a body runs in its greenlet the
 loop is hidden from it, so it sees what it would see in a thread: no running loop
 (``asyncio.run`` and a nested ``orla.run`` work, the latter as a blocking call).
@@ -36,7 +38,8 @@ from orla_sdk.runtime.pool import in_thread
 
 T = TypeVar("T")
 R = TypeVar("R")
-BLOCKING_SLICE_S = 0.02
+BLOCKING_WAIT_S = 0.02  # waiting, not computing, between model calls: it blocks
+COMPUTING_S = 0.2  # computing that long between model calls holds the loop up too
 _DONE = object()
 _blocking: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
@@ -81,15 +84,17 @@ async def _in_greenlet(ctx: StageContext, fn: Callable[..., Any], args: list[Any
     own_loop = None  # the body's running loop while it runs one of its own (asyncio.run)
     resume: Callable[[], Any] = body.switch
     while True:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         asyncio.events._set_running_loop(own_loop)
         try:
             asked = resume()
         finally:
             own_loop = asyncio.events._get_running_loop()
             asyncio.events._set_running_loop(loop)
-            if (held := time.perf_counter() - started) > BLOCKING_SLICE_S:
-                _mark_blocking(ctx, fn, held)
+            computed = time.thread_time() - cpu_started
+            waited = time.perf_counter() - started - computed
+            if waited > BLOCKING_WAIT_S or computed > COMPUTING_S:
+                _mark_blocking(ctx, fn, waited, computed)
         if body.dead:
             return asked
         try:
@@ -98,14 +103,16 @@ async def _in_greenlet(ctx: StageContext, fn: Callable[..., Any], args: list[Any
             resume = functools.partial(body.throw, exc)
 
 
-def _mark_blocking(ctx: StageContext, fn: Callable[..., Any], held_s: float) -> None:
+def _mark_blocking(ctx: StageContext, fn: Callable[..., Any], waited_s: float,
+                   computed_s: float) -> None:
     if fn in _blocking:
         return
     _blocking.add(fn)
     ctx.run.warnings.append(
-        f"stage {ctx.spec.name!r}: its body held the event loop for {held_s * 1000:.0f} ms "
-        "at once (it blocks or computes), so it runs in a worker thread from now on; "
-        "declare @orla.stage(..., blocking=True) to start it there.")
+        f"stage {ctx.spec.name!r}: its body held the event loop, waiting "
+        f"{waited_s * 1000:.0f} ms (a sleep, I/O outside orla) and computing "
+        f"{computed_s * 1000:.0f} ms between model calls, so it runs in a worker thread "
+        "from now on; declare @orla.stage(..., blocking=True) to start it there.")
 
 
 # ---- a sync body waits for the loop ------------------------------------------------------

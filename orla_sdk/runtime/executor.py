@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import time
 import uuid
@@ -303,7 +304,7 @@ class _Executor:
         value = note.value
         if note.source == "runtime" and note.rule is not None:
             rule = PriorityRule.model_validate(note.rule)
-            bound = inspect.signature(fn).bind(*args, **kwargs).arguments
+            bound = _signature(fn).bind(*args, **kwargs).arguments
             value = rule.evaluate(dict(bound), self.plan.resolve)
         return value, note.critical_path
 
@@ -319,6 +320,9 @@ class _Executor:
 def _key(node: Node, items: tuple[int, ...]) -> str:
     """A node's run inside maps: its id and item indices, outermost first (``answer[2]``)."""
     return node.id + "".join(f"[{i}]" for i in items)
+
+
+_signature = functools.cache(inspect.signature)  # the stages' own, asked for every run
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:

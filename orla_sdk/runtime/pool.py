@@ -161,7 +161,8 @@ class BackendPool:
         self.agents = AgentLayer([*(policies_from(policies) or [LeastRecentlyUsed()]),
                                   *memory_policies, SmallIncrement()])
         self.memory = MemoryManager(agents=self.agents)
-        self._last_requests: dict[tuple[str, str, str], ChatRequest] = {}  # for warm-ups
+        # for warm-ups: run -> (backend, agent) -> the agent's last request there
+        self._last_requests: dict[str, dict[tuple[str, str], ChatRequest]] = {}
         self._warmups: set[asyncio.Task[Any]] = set()
         self.started = False
         self.body_threads = body_threads
@@ -306,9 +307,10 @@ class BackendPool:
             return
         if backend not in self.memory.shared:
             return  # no cache orla can warm
-        self._last_requests[(backend, key.run, key.agent)] = request
+        last_of_run = self._last_requests.setdefault(key.run, {})
+        last_of_run[(backend, key.agent)] = request
         for agent in self.agents.prefetch(key):
-            last = self._last_requests.get((backend, key.run, agent))
+            last = last_of_run.get((backend, agent))
             if last is not None:
                 self._warm(backend, last)
 
@@ -325,8 +327,7 @@ class BackendPool:
 
     def end_run(self, run_id: str) -> None:
         """Forget what the agent layer kept of a finished run."""
-        for key in [k for k in self._last_requests if k[1] == run_id]:
-            del self._last_requests[key]
+        self._last_requests.pop(run_id, None)
         self._observe("turn", AgentKey("", "", run_id), "", ended=True)
 
     def __getitem__(self, name: str) -> LiveBackend:

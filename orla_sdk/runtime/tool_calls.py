@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import inspect
 import json
+import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -177,13 +178,15 @@ async def _caught(work: Awaitable[Any]) -> tuple[Any, BaseException | None]:
 
 def _in_own_thread(fn: Callable[..., Any], arguments: dict[str, Any]
                    ) -> asyncio.Future[tuple[Any, BaseException | None]]:
-    """``fn(**arguments)`` on a daemon thread (with the caller's context variables): its
-    value, or what it raised (``SystemExit`` too: it belongs to the call, not the thread)."""
+    """``fn(**arguments)`` on a daemon thread of its own while it runs (with the caller's
+    context variables): its value, or what it raised (``SystemExit`` too: it belongs to
+    the call, not the thread)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[tuple[Any, BaseException | None]] = loop.create_future()
     context = contextvars.copy_context()
 
     def work() -> None:
+        threading.current_thread().name = f"orla-tool-{fn.__name__}"
         try:
             outcome: tuple[Any, BaseException | None] = (context.run(fn, **arguments), None)
         except BaseException as exc:
@@ -191,8 +194,48 @@ def _in_own_thread(fn: Callable[..., Any], arguments: dict[str, Any]
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
             loop.call_soon_threadsafe(_settle, future, outcome)
 
-    threading.Thread(target=work, daemon=True, name=f"orla-tool-{fn.__name__}").start()
+    _workers.submit(work)
     return future
+
+
+class _DaemonWorkers:
+    """Daemon threads for tool calls, kept for the next call while idle (starting a thread
+    costs about half a millisecond). A call takes an idle one or starts a new one, so a
+    tool that hangs past its deadline holds its own thread only; a thread idle for
+    ``IDLE_S`` ends."""
+
+    IDLE_S = 30.0
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0  # idle threads no job has been handed to yet
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            start = not self._idle
+            if not start:
+                self._idle -= 1
+        self._jobs.put(job)
+        if start:
+            threading.Thread(target=self._work, daemon=True, name="orla-tool").start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self.IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle:  # nobody counts on this thread: it may end
+                        self._idle -= 1
+                        return
+                continue  # a job was handed to it as it timed out
+            job()
+            with self._lock:
+                self._idle += 1
+
+
+_workers = _DaemonWorkers()
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:

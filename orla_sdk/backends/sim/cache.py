@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
@@ -91,7 +90,7 @@ class PrefixCache:
         parent = b"" if slot is None else f"slot {slot}".encode()
         keys = []
         for start in range(0, len(tokens) - size + 1, size):
-            data = parent + json.dumps(tokens[start:start + size]).encode()
+            data = parent + repr(tokens[start:start + size]).encode()  # repr: unambiguous
             parent = hashlib.blake2b(data, digest_size=16).digest()
             keys.append(parent)
         return keys

@@ -63,7 +63,7 @@ def stable_seed(*parts: Any) -> int:
 
 def filler(rng: random.Random, tokens: int) -> str:
     """Plain text of exactly ``tokens`` tokens: short words, a full stop now and then."""
-    words = [rng.choice(FILLER) for _ in range(tokens)]
+    words = rng.choices(FILLER, k=tokens)
     for i in range(7, tokens, 8):
         words[i] = "."
     return " ".join(words).replace(" .", ".")
