@@ -8,13 +8,13 @@ The same 31-stage reasoning DAG (examples/dag_math.py) runs under two memory pol
 - workflow-level preserve: the plan's cache spans keep the run's slot between stages
   that extend each other's context, and flush at the end.
 
-Problem texts are the first SWE-bench Lite issue statements from ../shared/data
+Problem texts are the first SWE-bench Lite issue statements from benchmarks/data/swebench
 (cut to about 1,200 characters), a realistic long prefix that every step repeats. Both
 policies run on the same engine, alternating, in one process. The engine has one slot,
 so the queue admits one request at a time and TTFT is prefill plus the first token,
 with no queueing inside the engine.
 
-    python -m benchmarks.dag_math_cache [--problems 3] [--out benchmarks/results]
+    python -m benchmarks.dag_math_cache [--problems 3] [--threads N] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from examples.dag_math import dag_math
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
 from orla_sdk.ir import Plan
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "swebench" / "instances.jsonl.gz"
+DATA = Path(__file__).resolve().parent / "data" / "swebench" / "problems.jsonl.gz"
 PROBLEM_CHARS = 1200
 
 
@@ -79,12 +79,15 @@ async def measure(url: str, texts: list[str]) -> list[dict[str, Any]]:
             order = list(compiled) if number % 2 == 0 else list(reversed(compiled))
             for policy in order:
                 result = (await orla.arun(compiled[policy], pool=pool, problem=text))
-                result.raise_for_error()
-                rows += [{"policy": policy, "problem": number, "stage": s.node,
-                          "ttft_s": c.ttft_s, "prompt_tokens": c.prompt_tokens,
-                          "cached_tokens": c.cached_tokens, "duration_s": c.duration_s}
-                         for s in result.stages for c in s.calls]
+                rows += call_rows(policy, number, result.raise_for_error())
     return rows
+
+
+def call_rows(policy: str, problem: int, result: orla.RunResult) -> list[dict[str, Any]]:
+    """One row per model call of a run: its stage, TTFT and token counts."""
+    return [{"policy": policy, "problem": problem, "stage": s.node, "ttft_s": c.ttft_s,
+             "prompt_tokens": c.prompt_tokens, "cached_tokens": c.cached_tokens,
+             "duration_s": c.duration_s} for s in result.stages for c in s.calls]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -142,10 +145,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="llama.cpp threads (0: llama.cpp's default)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    with LocalEngine(EngineConfig(slots=1, ctx_per_slot=8192)) as engine:
+    with LocalEngine(EngineConfig(slots=1, ctx_per_slot=8192, threads=args.threads)) as engine:
         rows = asyncio.run(measure(engine.url, problems(args.problems)))
     with open(args.out / "dag_math_cache.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -16,7 +16,7 @@ by ``python -m benchmarks.sim_fit``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orla_sdk.backends.declare import DEFAULT_LOCAL_MODEL
 
@@ -146,3 +146,51 @@ def get_profile(name: str) -> SimProfile:
         raise ValueError(f"no simulator profile {name!r}; known profiles: {known}. "
                          "Build your own with SimProfile(...) or gpu_profile(...).")
     return PROFILES[key]
+
+
+# ---- engines sharing one GPU ---------------------------------------------------------------
+# NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition (NVIDIA's datasheet): 96 GB of
+# GDDR7 (32 chips of 3 GiB), 1,792 GB/s, 3,511 AI TOPS. AI TOPS is FP4 with 2:4 sparsity,
+# so dense bf16 tensor throughput is an eighth of it (a half for the sparsity, a quarter
+# for FP4 against bf16): about 439 TFLOPS.
+RTX_PRO_6000_MAXQ = Gpu("NVIDIA RTX PRO 6000 Blackwell Max-Q", memory_bytes=96 * 2**30,
+                        bandwidth_bytes_s=1.792e12, bf16_flops=3511e12 / 8)
+
+
+def memory_share_profile(model: Transformer, gpu: Gpu, share: float, *, max_batch: int = 1024,
+                         max_step_tokens: int = 8192) -> SimProfile:
+    """``gpu_profile`` for an engine that owns ``share`` of the GPU's memory (vLLM's
+    ``--gpu-memory-utilization``) while other engines use the rest. The costs are the
+    whole GPU's: engines on one GPU take turns at it (``shared_gpu.SharedGpu``), they do
+    not split it. The KV capacity is what the share leaves after the weights and the
+    runtime reserve."""
+    alone = gpu_profile(model, gpu, max_batch=max_batch, max_step_tokens=max_step_tokens)
+    kv_room = share * gpu.memory_bytes - model.weight_bytes() - RUNTIME_RESERVE_BYTES
+    return replace(alone, name=f"{model.name}-{round(100 * share)}pct",
+                   capacity_tokens=int(kv_room // model.kv_bytes_per_token()),
+                   source=f"{alone.source}; {share:.0%} of the GPU's memory")
+
+
+# The Orla paper's SWE-bench machine: Qwen3-8B with 60 % and Qwen3-4B with 35 % of one
+# RTX PRO 6000 Blackwell Max-Q (the released example's vLLM settings).
+PROFILES.update({
+    "qwen3-8b-60pct": memory_share_profile(QWEN3_8B, RTX_PRO_6000_MAXQ, 0.60),
+    "qwen3-4b-35pct": memory_share_profile(QWEN3_4B, RTX_PRO_6000_MAXQ, 0.35),
+})
+
+# The Orla paper's DAG-MATH machine: Qwen3-8B alone on SGLang with 85 % of the same GPU
+# (``--mem-fraction-static`` in the released example).
+PROFILES["qwen3-8b-85pct"] = memory_share_profile(QWEN3_8B, RTX_PRO_6000_MAXQ, 0.85)
+
+# The same engine with one thread (``EngineConfig(threads=1)``), fitted by
+# ``python -m benchmarks.sim_fidelity --fit`` (``benchmarks.sim_fit``'s measurements, the
+# fastest of three runs) on the same machine. Both intercepts came out negative and were
+# dropped; the fit table is in docs/simulator.md.
+SMOLLM2_135M_CPU_1T = replace(
+    SMOLLM2_135M_CPU, name="smollm2-135m-1t",
+    machine="2-core AMD EPYC (x86_64, AVX-512), llama.cpp, 1 thread",
+    prefill_per_token_s=4.24e-3, decode_base_s=0.0, decode_per_seq_s=6.94e-3,
+    decode_per_kv_token_s=7.54e-6,
+    source="fitted against the real llama.cpp server with one thread "
+           "(benchmarks/sim_fidelity.py --fit)")
+PROFILES["smollm2-135m-1t"] = SMOLLM2_135M_CPU_1T
