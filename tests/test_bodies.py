@@ -252,3 +252,4 @@ def test_a_plan_edited_after_a_run_runs_as_edited() -> None:
     assert second_stage.args[0] == {"$ref": second_input}
     second_stage.args[0]["$ref"] = first_stage.id  # edited in place: now it waits for it
     assert run(first="a b c", second="d e f g") == ["3 words", "2 words"]
+

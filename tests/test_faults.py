@@ -374,3 +374,50 @@ def test_each_outage_of_a_flapping_engine_gets_its_own_wait() -> None:
     # three outages of up to 0.6 s each, 0.4 s apart: more than 0.6 s in all, each waited
     # for on its own; a fourth is one too many
     assert asyncio.run(go()) == ENGINE_OUTAGES
+
+
+# ---- the pool's call deadline -----------------------------------------------------------
+class Slow:
+    """Answers after ``delay_s``; the first ``hang`` calls never answer."""
+
+    def __init__(self, hang: int) -> None:
+        self.spec = BackendSpec(name="slow", kind="openai", url="http://127.0.0.1:9/v1")
+        self.hang, self.calls = hang, 0
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        self.calls += 1
+        if self.calls <= self.hang:
+            await asyncio.sleep(60)
+        return ChatResult(content="late", tool_calls=[], finish_reason="stop",
+                          prompt_tokens=1, completion_tokens=1, cached_tokens=0,
+                          ttft_s=0.0, duration_s=0.0)
+
+    async def aclose(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("hang", [1, 10])
+def test_a_call_past_the_pools_deadline_is_retried_then_fails_clearly(
+        hang: int) -> None:
+    backend = Slow(hang)
+    request = ChatRequest("m", [{"role": "user", "content": "hi"}])
+
+    async def go() -> tuple[str, float, bool]:
+        async with orla.BackendPool([backend.spec], clients={"slow": backend},
+                                    timeout=0.2) as pool:
+            started = asyncio.get_running_loop().time()
+            try:
+                outcome = (await pool.call("slow", request, run_id="r")).result.content
+            except BackendError as exc:
+                outcome = str(exc)
+            await asyncio.sleep(0)  # a spent deadline must not cancel what comes next
+            return outcome, asyncio.get_running_loop().time() - started, \
+                asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+    outcome, took_s, not_cancelled = asyncio.run(go())
+    assert not_cancelled
+    if hang == 1:
+        assert outcome == "late" and backend.calls == 2 and took_s < 5
+    else:
+        assert "did not finish the call within its deadline of 0.2 s" in outcome
+        assert backend.calls == 3 and took_s < 5

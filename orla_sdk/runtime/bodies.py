@@ -44,7 +44,7 @@ _DONE = object()
 _blocking: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
 
-class _Body(greenlet):
+class _BodyGreenlet(greenlet):
     """The greenlet a sync body runs in; ``wait`` hands an awaitable to the loop."""
 
     def wait(self, work: Awaitable[T]) -> T:
@@ -78,7 +78,7 @@ class Body:
 
 async def _in_greenlet(ctx: StageContext, fn: Callable[..., Any], args: list[Any],
                        kwargs: dict[str, Any]) -> Any:
-    body = _Body(lambda: fn(*args, **kwargs))
+    body = _BodyGreenlet(lambda: fn(*args, **kwargs))
     body.gr_context = contextvars.copy_context()
     loop = asyncio.get_running_loop()
     own_loop = None  # the body's running loop while it runs one of its own (asyncio.run)
@@ -120,7 +120,7 @@ def wait_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T], *, fix: str) -
     """``work``'s result, from a sync stage body: its greenlet switches to the loop, or its
     worker thread waits. ``fix`` says what an async body should call instead."""
     current = greenlet.getcurrent()
-    if isinstance(current, _Body):
+    if isinstance(current, _BodyGreenlet):
         return current.wait(work)
     if in_loop_thread(ctx):
         work.close()
@@ -133,7 +133,7 @@ def future_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T]) -> asyncio.F
     client inside ``asyncio.run`` in a sync body). In a body's greenlet the run's loop
     waits for the body, so the body waits for ``work`` there, its own loop paused."""
     current = greenlet.getcurrent()
-    if not isinstance(current, _Body):
+    if not isinstance(current, _BodyGreenlet):
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, ctx.run.loop))
     future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
     try:
@@ -149,14 +149,14 @@ def iterate_on_loop(ctx: StageContext,
     """The items ``produce(put)`` puts, as they come, for a sync stage body; returns what
     ``produce`` returned, or raises what it raised."""
     current = greenlet.getcurrent()
-    if isinstance(current, _Body):
+    if isinstance(current, _BodyGreenlet):
         return (yield from _iterate_in_greenlet(ctx, current, produce))
     if in_loop_thread(ctx):
         raise OrlaError(f"stage {ctx.spec.name!r} is async: {fix}")
     return (yield from _iterate_in_thread(ctx, produce))
 
 
-def _iterate_in_greenlet(ctx: StageContext, body: _Body,
+def _iterate_in_greenlet(ctx: StageContext, body: _BodyGreenlet,
                          produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, R]]
                          ) -> Generator[T, None, R]:
     items: asyncio.Queue[Any] = asyncio.Queue()

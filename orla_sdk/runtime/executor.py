@@ -322,7 +322,7 @@ def _key(node: Node, items: tuple[int, ...]) -> str:
     return node.id + "".join(f"[{i}]" for i in items)
 
 
-_signature = functools.cache(inspect.signature)  # the stages' own, asked for every run
+_signature = functools.lru_cache(maxsize=1024)(inspect.signature)  # stages', asked every run
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -28,7 +28,7 @@ from orla_sdk.ir import Target
 from orla_sdk.runtime.bodies import iterate_on_loop, wait_on_loop
 from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import StageContext, stage_context
-from orla_sdk.runtime.routing import mapped_target, stage_target
+from orla_sdk.runtime.routing import stage_target
 from orla_sdk.runtime.structured import (
     answer_schema,
     bound_strings,
@@ -139,7 +139,7 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
                    max_retries: int = 2, max_turns: int = 4,
                    on_token: Callable[[str], None] | None = None, **params: Any) -> Any:
     """The tool loop and the validation loop around the stage's model calls."""
-    target = mapped_target(ctx) if ctx.mapper() is None else await stage_target(ctx, messages)
+    target = await stage_target(ctx, messages)
     live = ctx.run.pool[target.backend]
     native = live.spec.capabilities.tool_calling
     history = list(messages)

@@ -268,12 +268,13 @@ class BackendPool:
         except asyncio.CancelledError:
             if not call.expired:
                 raise
-            call.task.uncancel()
             raise BackendError(live.spec.name, f"did not finish the call within its deadline "
                                f"of {self.timeout:g} s; give BackendPool(timeout=...) more "
                                "for longer answers", retryable=True) from None
         finally:
             self.deadlines.end(call)
+            if call.expired:  # the deadline's cancellation is spent, even if chat ignored it
+                call.task.uncancel()
 
     def _admit(self, agent: AgentKey, backend: str, request: ChatRequest,
                prompt_chars: int) -> int:

@@ -22,11 +22,6 @@ async def stage_target(ctx: StageContext, messages: list[dict[str, Any]]) -> Tar
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
         ctx.routed_to = await mapper.choose(prompt, lambda name, text: _ask(ctx, name, text))
         ctx.record.routed_to = ctx.routed_to
-    return mapped_target(ctx)
-
-
-def mapped_target(ctx: StageContext) -> Target:
-    """The target of a stage that has no mapper to ask (any more)."""
     target = ctx.static_target()
     if target is None:
         raise OrlaError(f"stage {ctx.spec.name!r}: {ctx.routed_to or ctx.logical_model()!r} "
