@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.engine_tap import EngineTap
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
 
 
@@ -17,3 +18,11 @@ def llama_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEngi
     engine.start(log_dir=state)
     yield engine
     engine.stop()
+
+
+@pytest.fixture
+def engine_tap(llama_engine: LocalEngine) -> Iterator[EngineTap]:
+    """A recording pass-through in front of the shared engine (see ``tests/engine_tap.py``)."""
+    tap = EngineTap(llama_engine.url)
+    yield tap
+    tap.close()

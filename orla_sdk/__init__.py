@@ -19,6 +19,7 @@ server, framework, graphviz or the ``openai`` package: each loads on first use.
 from orla_sdk import backends, passes
 from orla_sdk.compile import compile, render
 from orla_sdk.errors import (
+    BackendDown,
     BackendError,
     OrlaError,
     OutputError,
@@ -57,7 +58,7 @@ from orla_sdk.workflow import workflow
 __version__ = "0.2.0"
 
 __all__ = [
-    "BackendError", "BackendPool", "MemoryPolicy", "OneBitStageMapper", "OrlaError",
+    "BackendDown", "BackendError", "BackendPool", "MemoryPolicy", "OneBitStageMapper", "OrlaError",
     "OutputError", "Plan", "PlanValidationError", "Policy", "Price", "Report", "RunError",
     "RunResult", "Scheduling", "StageMapper", "StageRecord", "Target",
     "ThresholdStageMapper", "TraceError", "achat", "agenerate", "aresume", "arun",

@@ -14,7 +14,7 @@ import pytest
 
 from orla_sdk.backends.engine import EngineConfig, LocalEngine, free_port, is_healthy, model_path
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl, parse_prometheus
-from orla_sdk.errors import EngineError
+from orla_sdk.errors import BackendDown, EngineError
 
 PREFIX = " ".join(f"Rule {i}: answer the customer politely and briefly." for i in range(30))
 
@@ -88,7 +88,7 @@ def test_save_and_restore_bring_a_slot_back(llama_engine: LocalEngine) -> None:
 
 def test_an_engine_that_is_down_gives_a_clear_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(EngineError, match=r"cannot reach llama\.cpp"):
+    with pytest.raises(BackendDown, match=r"cannot reach llama\.cpp"):
         erase(url, 0)
     assert not is_healthy(url)
 

@@ -411,3 +411,26 @@ def test_an_engine_start_that_times_out_is_stopped_and_forgotten(
         assert [p.name for p in tmp_path.iterdir() if p.suffix == ".log"]  # kept: it failed
     finally:
         engine_module.stop_background()
+
+
+def test_a_client_that_fails_to_close_still_lets_the_pool_stop_its_engines() -> None:
+    class Engine:
+        stopped = False
+
+        def stop(self) -> None:
+            Engine.stopped = True
+
+    async def refuse() -> None:
+        raise RuntimeError("the client would not close")
+
+    async def scenario() -> None:
+        pool = orla.BackendPool([orla.backends.simulator("a", "smollm2-135m")])
+        await pool.start()
+        pool.backends["a"].client.aclose = refuse  # type: ignore[method-assign]
+        pool.connections["a"].engine = Engine()  # type: ignore[assignment]
+        with pytest.raises(RuntimeError, match="would not close"):
+            await pool.aclose()
+        assert not pool.started and not pool.connections
+
+    asyncio.run(scenario())
+    assert Engine.stopped

@@ -15,7 +15,6 @@ import orla_sdk as orla
 from orla_sdk.agents import AgentEvent, AgentPolicy
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.backends.engine import LocalEngine, free_port
-from orla_sdk.errors import EngineError
 from orla_sdk.ir import BackendSpec, Capabilities
 from orla_sdk.runtime.scheduler import BackendQueue
 from orla_sdk.runtime.structured import close_cut_json
@@ -190,7 +189,7 @@ def test_an_engine_that_is_down_is_a_clear_error() -> None:
     plan = orla.compile(two_steps, backends=[
         orla.backends.llamacpp("local", url=f"http://127.0.0.1:{free_port()}")],
         mapping={"light": f"local/{MODEL}"})
-    with pytest.raises(EngineError, match="cannot reach"):
+    with pytest.raises(orla.BackendDown, match=r"'local': cannot reach llama\.cpp"):
         orla.run(plan, problem="x")
 
 

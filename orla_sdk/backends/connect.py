@@ -26,7 +26,7 @@ from orla_sdk.backends.global_cache import RESET_PATHS, GlobalCacheControl
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
 from orla_sdk.backends.sim import SimEngine, VirtualClock
-from orla_sdk.errors import EngineError
+from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
 
 DEFAULT_LIMIT = 8  # requests at once, for an engine whose capacity orla cannot read
@@ -97,7 +97,8 @@ class Connector:
         if spec.kind == "llamacpp":
             return await self._connect_llamacpp(spec)
         if spec.kind in RESET_PATHS and spec.url:
-            control = GlobalCacheControl(spec.url, spec.kind, timeout=self.timeout)
+            control = GlobalCacheControl(spec.url, spec.kind, timeout=self.timeout,
+                                         backend=spec.name)
             limit = await _engine_limit(control) or DEFAULT_LIMIT
             return Connection(spec, OpenAICompatibleBackend(spec, timeout=self.timeout),
                               limit, shared_cache=control, closers=[control])
@@ -119,7 +120,7 @@ class Connector:
             await engine.astart()
             spec = spec.model_copy(update={"url": engine.url})
         # a slot action waits until the slot is idle, so it gets a request's timeout
-        control = LlamaCppControl(spec.url or "", timeout=self.timeout)
+        control = LlamaCppControl(spec.url or "", timeout=self.timeout, backend=spec.name)
         try:
             slots = len(await control.slots())
         except BaseException:  # nothing is returned to close: close what was opened
@@ -144,7 +145,7 @@ async def _engine_limit(control: GlobalCacheControl) -> int | None:
     its first call will tell, as for any backend reached at a url)."""
     try:
         return await control.max_running_requests()
-    except (EngineError, ValueError):
+    except (BackendError, ValueError):
         return None
 
 

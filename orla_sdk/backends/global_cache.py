@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import httpx
 
-from orla_sdk.backends.llamacpp_slots import parse_prometheus
-from orla_sdk.errors import EngineError
+from orla_sdk.backends.llamacpp_slots import control_request, parse_prometheus
 
 RESET_PATHS = {"vllm": "/reset_prefix_cache", "sglang": "/flush_cache"}
 # the gauge (0..1) of KV blocks in use, by engine; vLLM renamed its gauge in v0.10
@@ -22,10 +21,12 @@ USAGE_METRICS = {"vllm": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc
 
 class GlobalCacheControl:
     def __init__(self, url: str, kind: str, *, timeout: float = 30.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 backend: str | None = None) -> None:
         if kind not in RESET_PATHS:
             raise ValueError(f"no global cache reset is known for engine kind {kind!r}")
         self.url = url.rstrip("/").removesuffix("/v1")
+        self.backend = backend or self.url
         self.kind = kind
         self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
 
@@ -55,11 +56,5 @@ class GlobalCacheControl:
         return int(value) if isinstance(value, int) and value > 0 else None
 
     async def _request(self, method: str, path: str) -> httpx.Response:
-        try:
-            response = await self._client.request(method, f"{self.url}{path}")
-        except httpx.HTTPError as exc:
-            raise EngineError(f"cannot reach {self.kind} at {self.url} ({exc})") from exc
-        if response.status_code >= 400:
-            raise EngineError(f"{self.kind} answered {method} {path} with "
-                              f"{response.status_code}: {response.text[:300]}")
-        return response
+        return await control_request(self._client, self.backend, self.kind, method,
+                                     f"{self.url}{path}")

@@ -19,17 +19,19 @@ from typing import Any
 import httpx
 
 from orla_sdk.backends.engine import slot_folder
-from orla_sdk.errors import EngineError
+from orla_sdk.errors import BackendDown, BackendError, EngineError
 
 
 class LlamaCppControl:
     """Slot and metrics endpoints of one llama.cpp server (``url`` without ``/v1``);
-    ``slot_dir`` is its slot folder, where this process can reach it (else looked up)."""
+    ``slot_dir`` is its slot folder, where this process can reach it (else looked up);
+    ``backend`` the name its errors give (else the url)."""
 
     def __init__(self, url: str, *, timeout: float = 30.0,
                  client: httpx.AsyncClient | None = None,
-                 slot_dir: str | Path | None = None) -> None:
+                 slot_dir: str | Path | None = None, backend: str | None = None) -> None:
         self.url = url.rstrip("/").removesuffix("/v1")
+        self.backend = backend or self.url
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self.slot_dir = Path(slot_dir) if slot_dir else None
 
@@ -92,15 +94,27 @@ class LlamaCppControl:
         return (await self._request(method, path, **kwargs)).json()
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._client.request(method, f"{self.url}{path}", **kwargs)
-        except httpx.HTTPError as exc:
-            raise EngineError(f"cannot reach llama.cpp at {self.url} ({type(exc).__name__}: "
-                              f"{exc}); is it running? `orla engine status` tells.") from exc
-        if response.status_code >= 400:
-            raise EngineError(f"llama.cpp answered {method} {path} with "
-                              f"{response.status_code}: {response.text[:300]}")
+        return await control_request(self._client, self.backend, "llama.cpp", method,
+                                     f"{self.url}{path}", **kwargs)
+
+
+async def control_request(client: httpx.AsyncClient, backend: str, engine: str, method: str,
+                          url: str, **kwargs: Any) -> httpx.Response:
+    """A request to an engine's control endpoint. An engine that cannot be reached, or
+    answers 502-504, is ``BackendDown``, as for its chat calls; other error answers are a
+    ``BackendError``."""
+    try:
+        response = await client.request(method, url, **kwargs)
+    except httpx.HTTPError as exc:
+        raise BackendDown(backend, f"cannot reach {engine} at {url} ({type(exc).__name__}: "
+                          f"{exc}); is it running? `orla engine status` tells.") from exc
+    status = response.status_code
+    if status < 400:
         return response
+    message = f"{engine} answered {method} {url} with {status}: {response.text[:300]}"
+    if status in (502, 503, 504):
+        raise BackendDown(backend, message, status=status)
+    raise BackendError(backend, message, retryable=False, status=status)
 
 
 def parse_prometheus(text: str) -> dict[str, float]:

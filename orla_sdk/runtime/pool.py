@@ -23,6 +23,7 @@ never queue behind such waiting bodies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import json
@@ -339,16 +340,23 @@ class BackendPool:
                                "orla.compile(backends=...)", retryable=False) from None
 
     async def aclose(self) -> None:
+        """Close the clients, then the cache controls, then stop the engines the pool
+        started. Every step runs whatever an earlier one raised (no engine is left
+        behind); a failure is raised once all are done."""
         for task in list(self._warmups):
             task.cancel()
-        for live in self.backends.values():
-            await live.client.aclose()
-        for connection in self.connections.values():
-            await connection.close_controls()
-        for connection in self.connections.values():
-            await connection.stop_engine()
-        self.body_executor.shutdown(wait=False, cancel_futures=True)
-        self.deadlines.close()
+        async with contextlib.AsyncExitStack() as closing:  # its callbacks run last first
+            closing.callback(self._forget_connections)
+            closing.callback(self.deadlines.close)
+            closing.callback(self.body_executor.shutdown, wait=False, cancel_futures=True)
+            for connection in self.connections.values():
+                closing.push_async_callback(connection.stop_engine)
+            for connection in self.connections.values():
+                closing.push_async_callback(connection.close_controls)
+            for live in self.backends.values():
+                closing.push_async_callback(live.client.aclose)
+
+    def _forget_connections(self) -> None:
         self._closed = True
         self.backends.clear()
         self.connections.clear()

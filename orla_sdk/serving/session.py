@@ -115,18 +115,18 @@ class ServingSession:
         future.add_done_callback(done)
 
     def close(self) -> None:
-        """End every run (their slots are erased), stop the engines, then the loop. A run
-        that fails to end is logged; the engines and the loop stop whatever happens."""
+        """End every run (their slots are erased), stop the engines, then the loop. Best
+        effort: whatever fails (an engine that died cannot erase a slot) is logged, the
+        engines and the loop stop whatever happens, and nothing is raised, so closing
+        never hides the error an app is already raising."""
         self._finalizer.detach()
         if not self._thread.running:
             return
         try:
             self._settle_all()
+            self._close_pool()
         finally:
-            try:
-                self.call(self.pool.aclose())
-            finally:
-                self._thread.stop()
+            self._thread.stop()
 
     def _settle_all(self) -> None:
         with self._lock:
@@ -140,6 +140,13 @@ class ServingSession:
                 log.warning("closing the serving session of %r: run %s did not end cleanly "
                             "(%s: %s); its engines stop anyway", self.plan.name, run_id,
                             type(exc).__name__, exc)
+
+    def _close_pool(self) -> None:
+        try:
+            self.call(self.pool.aclose())
+        except Exception as exc:
+            log.warning("closing the serving session of %r: its backends did not close "
+                        "cleanly (%s: %s)", self.plan.name, type(exc).__name__, exc)
 
     # ---- runs and units of work --------------------------------------------------------
     def unit(self, run_id: str, key: str, node_id: str, labels: Labels,
@@ -171,20 +178,38 @@ class ServingSession:
     def _new_unit(self, state: RunState, node_id: str, labels: Labels) -> StageContext:
         node = self._nodes.get(node_id)
         if node is None or node.stage is None:
-            name = node_id.rsplit(":", 1)[-1]
-            node = Node(id=node_id, kind="stage", label=name)
-            agent = labels.get("agent")
-            spec = StageSpec(name=name, ref=AD_HOC_REF, model=self.models.get(name),
-                             agent=agent if isinstance(agent, str) and agent else None)
+            node, spec = self._ad_hoc(node_id, labels)
         else:
             spec = self.plan.stage_of(node)
         record = StageRecord(node.id, spec.name)
         self.report.add(record, labels)
-        note = priority_of(node) or PriorityNote(source="graph")
+        enclosing = self._enclosing(node_id) if node.stage is None else node
+        note = (enclosing and priority_of(enclosing)) or PriorityNote(source="graph")
         priority = labels.get("priority")
         if not isinstance(priority, int):
             priority = note.value
         return StageContext(state, node, spec, record, priority, note.critical_path)
+
+    def _ad_hoc(self, node_id: str, labels: Labels) -> tuple[Node, StageSpec]:
+        """A unit the plan has no node for (a functional-API task, a sub-agent the graph
+        did not show): its model is ``models[name]``, else that of the plan node that
+        encloses it (``node:task``), else the plan's default."""
+        name = node_id.rsplit(":", 1)[-1]
+        enclosing = self._enclosing(node_id)
+        inherited = self.plan.stage_of(enclosing).model if enclosing is not None else None
+        agent = labels.get("agent")
+        spec = StageSpec(name=name, ref=AD_HOC_REF, model=self.models.get(name) or inherited,
+                         agent=agent if isinstance(agent, str) and agent else None)
+        return Node(id=node_id, kind="stage", label=name), spec
+
+    def _enclosing(self, node_id: str) -> Node | None:
+        """The nearest plan stage whose id is a ``:``-prefix of ``node_id``."""
+        parts = node_id.split(":")
+        for size in range(len(parts) - 1, 0, -1):
+            node = self._nodes.get(":".join(parts[:size]))
+            if node is not None and node.stage is not None:
+                return node
+        return None
 
     def finish_units(self, run_id: str) -> None:
         """The run's units are over (their records stay in the report); their hinted

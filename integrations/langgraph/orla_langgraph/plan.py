@@ -9,11 +9,17 @@ fails with a clear error at its first stage (run the graph itself with ``graph.i
 How the graph is read, from ``graph.get_graph(xray=True)``:
 
 - ``__start__`` becomes the input ``state`` (default ``None``); ``__end__`` the output.
-- Each LangGraph node becomes a stage node. Nodes of a subgraph keep LangGraph's xray id
-  ``parent:child`` as id and label, so the prefix names the subgraph they belong to.
+- Each LangGraph node becomes a stage node. Nodes of a subgraph (added as a node, or
+  invoked inside one: a sub-agent) keep LangGraph's xray id ``parent:child`` as id and
+  label, so the prefix names the node they belong to; a subgraph's own ``__start__`` and
+  ``__end__`` are not stages (edges run through them).
 - A node's orla settings come from ``add_node(..., metadata={"orla": {"model": "light",
   "cache": "preserve", "priority": 80}})``; ``models={"node": "light"}`` (by node id or
-  name) overrides the model; a node with neither uses ``default_model``.
+  name) overrides the model. A node of a subgraph without a model or priority of its own
+  takes those of the node that encloses it (``models={"supervisor": "light"}`` maps every
+  sub-agent ``supervisor`` runs); cache hints are not inherited. A node with no model
+  uses ``default_model``. A ``models`` key that names no node (nor, for the functional
+  API, a task the entrypoint calls) is an error listing the names there are.
 - The conditional edges leaving one node become one branch node, labelled with the routing
   function, whose choices are the target node ids; each target is guarded by its choice.
   A conditional edge with a single target decides nothing and is drawn as a plain edge
@@ -90,6 +96,22 @@ class _Route:
 
 
 @dataclass(frozen=True)
+class _Edge:
+    source: str
+    target: str
+    conditional: bool
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Where a node's orla settings come from: ``models=`` and the metadata of every node
+    of the graph and its subgraphs, by prefixed id (enclosing nodes included)."""
+
+    models: Mapping[str, str]
+    metadata: Mapping[str, Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
 class _Link:
     src: str
     dst: str
@@ -111,17 +133,90 @@ def plan_from_graph(graph: Pregel[Any, Any, Any, Any], *, name: str | None = Non
     first stage with an ``OrlaError`` saying so.
     """
     drawn = graph.get_graph(xray=True)
-    ids = [nid for nid in drawn.nodes if nid not in (START, END)]
+    ids = [nid for nid in drawn.nodes if nid not in (START, END) and not _inner_end(nid)]
+    enclosing = _node_metadata(graph)
+    _check_model_keys(models or {}, ids, drawn.nodes, enclosing, graph)
     routes = _routes(graph, "")
-    links = _classify(drawn.edges, routes)
+    links = _classify(_through_inner_ends(drawn.edges), routes)
     loops = _back_edges(links)
     plan = Plan(name=name or graph.name or "langgraph", runnable=False)
-    _add_nodes(plan, drawn.nodes, ids, links, loops, routes, models or {})
+    _add_nodes(plan, drawn.nodes, ids, links, loops, routes,
+               _Settings(models or {}, enclosing))
     return orla.compile(plan, backends=backends, mapping=mapping, default_model=default_model,
                         passes=passes)
 
 
 # ---- reading the graph -----------------------------------------------------------------
+def _inner_end(nid: str) -> bool:
+    """A subgraph's own ``__start__``/``__end__`` (``sub:__start__``)."""
+    return ":" in nid and nid.rsplit(":", 1)[1] in (START, END)
+
+
+def _through_inner_ends(edges: Sequence[Any]) -> list[_Edge]:
+    """The drawn edges with each subgraph's ``__start__``/``__end__`` cut out: an edge
+    into one is joined to every edge out of it (conditional if either is), in place."""
+    joined = [_Edge(e.source, e.target, bool(e.conditional)) for e in edges]
+    hubs = dict.fromkeys(n for e in joined for n in (e.source, e.target) if _inner_end(n))
+    for hub in hubs:
+        out = [e for e in joined if e.source == hub]
+        joined = [through for e in joined if e.source != hub
+                  for through in ([_Edge(e.source, o.target, e.conditional or o.conditional)
+                                   for o in out] if e.target == hub else [e])]
+    return list(dict.fromkeys(joined))
+
+
+def _node_metadata(graph: Any, prefix: str = "") -> dict[str, Mapping[str, Any] | None]:
+    """Every node's ``add_node`` metadata by prefixed id, through subgraphs (added as
+    nodes or invoked inside one), enclosing nodes included."""
+    builder = getattr(graph, "builder", None)
+    found = {prefix + name: getattr(spec, "metadata", None)
+             for name, spec in getattr(builder, "nodes", {}).items()}
+    for namespace, subgraph in graph.get_subgraphs():
+        found.update(_node_metadata(subgraph, f"{prefix}{namespace}:"))
+    return found
+
+
+def _check_model_keys(models: Mapping[str, str], ids: list[str], drawn: Mapping[str, Any],
+                      enclosing: Mapping[str, Any], graph: Any) -> None:
+    """A ``models`` key must name something: a node by id or name (enclosing nodes of
+    subgraphs included), or a functional-API task."""
+    nodes = {*ids, *enclosing}
+    tasks = _task_names(graph)
+    names = {*nodes, *tasks, *(drawn[nid].name for nid in ids),
+             *(nid.rsplit(":", 1)[-1] for nid in nodes)}
+    unknown = sorted(set(models) - names)
+    if unknown:
+        known = f"its nodes are {sorted(nodes)}" + (f", its tasks {sorted(tasks)}" if tasks
+                                                    else "")
+        raise OrlaError(f"models={{...}} names {unknown}, which graph {graph.name!r} does not "
+                        f"have: {known}. Key models by node id or name.")
+
+
+def _task_names(graph: Any) -> set[str]:
+    """The ``@task`` functions an ``@entrypoint`` graph's function refers to (its
+    tasks, and theirs), by name: LangGraph draws none of them."""
+    found: dict[str, Any] = {}
+    pending = [getattr(node.bound, "func", None) for node in graph.nodes.values()]
+    while pending:
+        fn = pending.pop()
+        for value in _referenced(fn):
+            task_fn = getattr(value, "func", None)
+            if type(value).__module__ == "langgraph.func" and callable(task_fn):
+                name = getattr(task_fn, "__name__", "")
+                if name and name not in found:
+                    found[name] = task_fn
+                    pending.append(task_fn)
+    return set(found)
+
+
+def _referenced(fn: Any) -> list[Any]:
+    try:
+        seen = inspect.getclosurevars(fn)
+    except (TypeError, ValueError):
+        return []
+    return [*seen.nonlocals.values(), *seen.globals.values()]
+
+
 def _routes(graph: Any, prefix: str) -> dict[str, list[_Route]]:
     """Conditional edges by prefixed source id, from the graph's builder and subgraphs."""
     builder = getattr(graph, "builder", None)
@@ -209,13 +304,13 @@ def _back_edges(links: list[_Link]) -> set[_Link]:
 # ---- building the plan -----------------------------------------------------------------
 def _add_nodes(plan: Plan, drawn: Mapping[str, Any], ids: list[str], links: list[_Link],
                loops: set[_Link], routes: dict[str, list[_Route]],
-               models: Mapping[str, str]) -> None:
+               settings: _Settings) -> None:
     forward = [link for link in links if link not in loops]
     scopes = _scopes(forward, ids)
     nodes: dict[str, Node] = {INPUT_ID: Node(id=INPUT_ID, kind="input", label="state",
                                              kwargs={"default": None})}
     for nid in ids:
-        nodes[nid] = _stage_node(plan, nid, drawn[nid], models, scopes.get(nid))
+        nodes[nid] = _stage_node(plan, nid, drawn[nid], settings, scopes.get(nid))
     for src in dict.fromkeys(link.src for link in links if link.kind != "plain"):
         for kind in ("branch", "send"):
             targets = list(dict.fromkeys(
@@ -241,21 +336,37 @@ def _scopes(links: list[_Link], ids: list[str]) -> dict[str, str]:
     return scopes
 
 
-def _stage_node(plan: Plan, nid: str, drawn: Any, models: Mapping[str, str],
+def _stage_node(plan: Plan, nid: str, drawn: Any, settings: _Settings,
                 scope: str | None) -> Node:
-    settings = _orla_metadata(nid, drawn.metadata)
-    model = models.get(nid, models.get(drawn.name, settings.get("model")))
+    own = _orla_metadata(nid, drawn.metadata)
+    model, priority = _inherited(nid, drawn, settings)
     fn = getattr(drawn.data, "func", None) or getattr(drawn.data, "afunc", None)
     site = _site(fn)
     key = f"langgraph:{nid}"
     plan.stages[key] = StageSpec(
-        name=drawn.name, ref=NOT_RUNNABLE_REF, model=model, cache=settings.get("cache"),
-        agent=drawn.name,
-        priority=settings.get("priority"), site=site,
+        name=drawn.name, ref=NOT_RUNNABLE_REF, model=model, cache=own.get("cache"),
+        agent=drawn.name, priority=priority, site=site,
         params=[Param(name="inputs", kind="var_positional", required=False,
                       type=TypeSpec(kind="any"))],
         doc=f"LangGraph node {nid!r}, runnable {_runnable_name(drawn.data, fn)}")
     return Node(id=nid, kind="stage", label=nid, stage=key, scope=scope, site=site)
+
+
+def _inherited(nid: str, drawn: Any, settings: _Settings) -> tuple[str | None, int | None]:
+    """A node's model and priority: its own (``models`` by id, then by name, then its
+    metadata), else those of the nearest node enclosing it that has them."""
+    model: str | None = None
+    priority: int | None = None
+    metadata = {**settings.metadata, nid: drawn.metadata}
+    parts = nid.split(":")
+    for size in range(len(parts), 0, -1):
+        at = ":".join(parts[:size])
+        name = drawn.name if size == len(parts) else parts[size - 1]
+        own = _orla_metadata(at, metadata.get(at))
+        model = model or settings.models.get(at) or settings.models.get(name) or own.get(
+            "model")
+        priority = own.get("priority") if priority is None else priority
+    return model, priority
 
 
 def _orla_metadata(nid: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -26,19 +26,36 @@ The served graph is used like the graph: ``invoke``, ``ainvoke``, ``stream`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
 from langgraph.config import get_config
 
-from orla_sdk import Plan, Report
+from orla_langgraph.threads import carry_invocations_into_thread_pools
+from orla_sdk import OrlaError, Plan, Report
 from orla_sdk.runtime import CacheLogEntry, StageContext
 from orla_sdk.serving import Outcome, ServingSession, route_openai_calls
 
 INVOCATION_KEY = "__orla_invocation"  # LangGraph keeps "__" keys out of checkpoint metadata
+RUN_METHODS = ("invoke", "ainvoke", "stream", "astream", "astream_events", "astream_log",
+               "batch", "abatch", "batch_as_completed", "abatch_as_completed")
+# the graph's methods that read or write its state, draw it or describe it: they run no node
+GRAPH_METHODS = frozenset({
+    "get_state", "aget_state", "get_state_history", "aget_state_history", "update_state",
+    "aupdate_state", "bulk_update_state", "abulk_update_state", "clear_cache",
+    "aclear_cache", "get_graph", "aget_graph", "get_subgraphs", "aget_subgraphs",
+    "get_name", "get_input_schema", "get_output_schema", "get_input_jsonschema",
+    "get_output_jsonschema", "get_config_jsonschema", "get_context_jsonschema",
+    "config_schema", "get_prompts", "validate"})
+DEFAULT_BATCH_THREADS = 16
+
+log = logging.getLogger("orla_langgraph")
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class ServedGraph:
         self.tracer = tracer  # an OpenTelemetry Tracer: each invocation's spans go there
         self.cache_log: list[dict[str, Any]] = []  # CacheLogEntry items with their thread_id
         route_openai_calls(_unit_of_current_task)
+        carry_invocations_into_thread_pools(_in_invocation)
 
     @property
     def plan(self) -> Plan:
@@ -71,64 +89,89 @@ class ServedGraph:
     def report(self) -> Report:
         return self.session.report
 
-    # ---- the graph's API ---------------------------------------------------------------
+    # ---- the graph's API: every way of running it is served ----------------------------
     def invoke(self, input: Any, config: Mapping[str, Any] | None = None,
                **kwargs: Any) -> Any:
-        invocation, config = self._begin(config)
-        outcome = _unfinished(invocation)
-        try:
-            result = self.graph.invoke(input, config, **kwargs)
-            outcome = self._outcome(invocation, config)
-            return result
-        finally:
-            self._end(invocation, outcome)
+        with self._served(config) as served_config:
+            return self.graph.invoke(input, served_config, **kwargs)
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None,
                       **kwargs: Any) -> Any:
-        invocation, config = await self._abegin(config)
-        outcome = _unfinished(invocation)
-        try:
-            result = await self.graph.ainvoke(input, config, **kwargs)
-            outcome = await self._aoutcome(invocation, config)
-            return result
-        finally:
-            await self._aend(invocation, outcome)
+        async with self._aserved(config) as served_config:
+            return await self.graph.ainvoke(input, served_config, **kwargs)
 
     def stream(self, input: Any, config: Mapping[str, Any] | None = None,
                **kwargs: Any) -> Iterator[Any]:
-        invocation, config = self._begin(config)
-        outcome = _unfinished(invocation)
-        try:
-            yield from self.graph.stream(input, config, **kwargs)
-            outcome = self._outcome(invocation, config)
-        finally:
-            self._end(invocation, outcome)
+        with self._served(config) as served_config:
+            yield from self.graph.stream(input, served_config, **kwargs)
 
     async def astream(self, input: Any, config: Mapping[str, Any] | None = None,
                       **kwargs: Any) -> AsyncIterator[Any]:
-        invocation, config = await self._abegin(config)
-        outcome = _unfinished(invocation)
-        try:
-            async for chunk in self.graph.astream(input, config, **kwargs):
+        async with self._aserved(config) as served_config:
+            async for chunk in self.graph.astream(input, served_config, **kwargs):
                 yield chunk
-            outcome = await self._aoutcome(invocation, config)
-        finally:
-            await self._aend(invocation, outcome)
+
+    async def astream_events(self, input: Any, config: Mapping[str, Any] | None = None,
+                             **kwargs: Any) -> AsyncIterator[Any]:
+        async with self._aserved(config) as served_config:
+            async for event in self.graph.astream_events(input, served_config, **kwargs):
+                yield event
+
+    async def astream_log(self, input: Any, config: Mapping[str, Any] | None = None,
+                          **kwargs: Any) -> AsyncIterator[Any]:
+        async with self._aserved(config) as served_config:
+            async for patch in self.graph.astream_log(input, served_config, **kwargs):
+                yield patch
 
     def batch(self, inputs: Sequence[Any],
-              config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-              **kwargs: Any) -> list[Any]:
+              config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
+              return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
         """The inputs invoked concurrently (each one a run unless its config names a thread)."""
+        done = dict(self.batch_as_completed(inputs, config,
+                                            return_exceptions=return_exceptions, **kwargs))
+        return [done[index] for index in range(len(inputs))]
+
+    def batch_as_completed(self, inputs: Sequence[Any],
+                           config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+                           *, return_exceptions: bool = False,
+                           **kwargs: Any) -> Iterator[tuple[int, Any]]:
         configs = _configs(config, len(inputs))
-        with ThreadPoolExecutor(min(16, max(1, len(inputs)))) as threads:
-            return list(threads.map(lambda i, c: self.invoke(i, c, **kwargs), inputs, configs))
+        with ThreadPoolExecutor(_concurrency(configs)) as threads:
+            futures = {threads.submit(self.invoke, item, item_config, **kwargs): index
+                       for index, (item, item_config) in enumerate(zip(inputs, configs,
+                                                                        strict=True))}
+            for future in as_completed(futures):
+                yield futures[future], _outcome(future.exception, future.result,
+                                                return_exceptions)
 
     async def abatch(self, inputs: Sequence[Any],
-                     config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-                     **kwargs: Any) -> list[Any]:
+                     config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
+                     return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
         configs = _configs(config, len(inputs))
-        return list(await asyncio.gather(*(self.ainvoke(i, c, **kwargs)
-                                           for i, c in zip(inputs, configs, strict=True))))
+        return list(await asyncio.gather(
+            *(self.ainvoke(item, item_config, **kwargs)
+              for item, item_config in zip(inputs, configs, strict=True)),
+            return_exceptions=return_exceptions))
+
+    async def abatch_as_completed(
+            self, inputs: Sequence[Any],
+            config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
+            return_exceptions: bool = False, **kwargs: Any) -> AsyncIterator[tuple[int, Any]]:
+        configs = _configs(config, len(inputs))
+
+        async def numbered(index: int, item: Any, item_config: Any) -> tuple[int, Any]:
+            try:
+                return index, await self.ainvoke(item, item_config, **kwargs)
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                return index, exc
+
+        for next_done in asyncio.as_completed(
+                [numbered(index, item, item_config)
+                 for index, (item, item_config) in enumerate(zip(inputs, configs,
+                                                                  strict=True))]):
+            yield await next_done
 
     def with_config(self, config: Mapping[str, Any] | None = None,
                     **kwargs: Any) -> ServedGraph:
@@ -137,7 +180,15 @@ class ServedGraph:
                            name=self.name, tracer=self.tracer)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.graph, name)
+        """The graph's state, drawing and schema methods and its attributes; a method that
+        would run the graph past orla is refused."""
+        value = getattr(self.graph, name)
+        if name.startswith("_") or name in GRAPH_METHODS or not inspect.ismethod(value):
+            return value
+        raise OrlaError(f"ServedGraph.{name}() would run the graph outside orla: its model "
+                        "calls would go to the app's own endpoint, unserved and unreported. "
+                        f"A served graph runs through {', '.join(RUN_METHODS)}; compose "
+                        "around those calls, or serve the graph before composing it.")
 
     # ---- orla's side -------------------------------------------------------------------
     def end_thread(self, thread_id: str) -> list[CacheLogEntry]:
@@ -158,15 +209,31 @@ class ServedGraph:
         self.close()
 
     # ---- invocations -------------------------------------------------------------------
-    def _begin(self, config: Mapping[str, Any] | None) -> tuple[Invocation, dict[str, Any]]:
+    @contextlib.contextmanager
+    def _served(self, config: Mapping[str, Any] | None) -> Iterator[dict[str, Any]]:
+        """One invocation: its config carries the ``Invocation`` to every node; when it
+        ends, the thread's cache is settled by how it ended."""
         self.session.start()
-        return self._invocation(config)
+        invocation, served_config = self._invocation(config)
+        try:
+            yield served_config
+        except BaseException:
+            self._end(invocation, _unfinished(invocation), failing=True)
+            raise
+        self._end(invocation, self._outcome(invocation, served_config))
 
-    async def _abegin(self, config: Mapping[str, Any] | None
-                      ) -> tuple[Invocation, dict[str, Any]]:
+    @contextlib.asynccontextmanager
+    async def _aserved(self, config: Mapping[str, Any] | None
+                       ) -> AsyncIterator[dict[str, Any]]:
         if not self.session.pool.started:
             await asyncio.to_thread(self.session.start)
-        return self._invocation(config)
+        invocation, served_config = self._invocation(config)
+        try:
+            yield served_config
+        except BaseException:
+            await self._aend(invocation, _unfinished(invocation), failing=True)
+            raise
+        await self._aend(invocation, await self._aoutcome(invocation, served_config))
 
     def _invocation(self, config: Mapping[str, Any] | None
                     ) -> tuple[Invocation, dict[str, Any]]:
@@ -193,16 +260,23 @@ class ServedGraph:
             return "over"
         return "paused" if (await self.graph.aget_state(config)).interrupts else "idle"
 
-    def _end(self, invocation: Invocation, outcome: Outcome) -> None:
+    def _end(self, invocation: Invocation, outcome: Outcome, failing: bool = False) -> None:
         if self._ended_soon(invocation, outcome):
             return
-        entries = self.session.call(self.session.settle(invocation.run_id, outcome))
+        try:
+            entries = self.session.call(self.session.settle(invocation.run_id, outcome))
+        except Exception as exc:
+            entries = self._settle_failed(invocation, exc, failing)
         self._log(invocation.thread_id, entries)
 
-    async def _aend(self, invocation: Invocation, outcome: Outcome) -> None:
+    async def _aend(self, invocation: Invocation, outcome: Outcome,
+                    failing: bool = False) -> None:
         if self._ended_soon(invocation, outcome):
             return
-        entries = await self.session.acall(self.session.settle(invocation.run_id, outcome))
+        try:
+            entries = await self.session.acall(self.session.settle(invocation.run_id, outcome))
+        except Exception as exc:
+            entries = self._settle_failed(invocation, exc, failing)
         self._log(invocation.thread_id, entries)
 
     def _ended_soon(self, invocation: Invocation, outcome: Outcome) -> bool:
@@ -219,6 +293,17 @@ class ServedGraph:
 
     def _log(self, thread_id: str | None, entries: list[CacheLogEntry]) -> None:
         self.cache_log += [{**dict(entry), "thread_id": thread_id} for entry in entries]
+
+    def _settle_failed(self, invocation: Invocation, exc: Exception,
+                       failing: bool) -> list[CacheLogEntry]:
+        """Settling the thread's cache failed (its engine is down, say). The invocation's
+        answer, or the error it is raising, is what the caller gets; the failure is
+        logged and kept in the cache log."""
+        log.warning("graph %r, thread %s: the cache could not be settled after the "
+                    "invocation%s (%s: %s)", self.name, invocation.thread_id,
+                    " failed" if failing else "", type(exc).__name__, exc)
+        return [{"node": None, "backend": getattr(exc, "backend", None), "decision": "settle",
+                 "reason": "end of invocation", "action": f"failed: {exc}"}]
 
     def unit(self, invocation: Invocation, config: Mapping[str, Any]) -> StageContext:
         """The stage context of the task that ``config`` belongs to."""
@@ -248,6 +333,15 @@ def _unit_of_current_task() -> StageContext | None:
     return invocation.served.unit(invocation, config)
 
 
+def _in_invocation() -> bool:
+    """Whether the code running now is part of a served invocation."""
+    try:
+        config = get_config()
+    except RuntimeError:
+        return False
+    return isinstance((config.get("configurable") or {}).get(INVOCATION_KEY), Invocation)
+
+
 def _unfinished(invocation: Invocation) -> Outcome:
     """What a thread's cache becomes when its invocation fails or is closed early: kept,
     since the thread may go on; a run without a thread is over either way."""
@@ -257,5 +351,23 @@ def _unfinished(invocation: Invocation) -> Outcome:
 def _configs(config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
              count: int) -> list[Mapping[str, Any] | None]:
     if isinstance(config, Sequence):
+        if len(config) != count:
+            raise ValueError(f"batch got {count} inputs and {len(config)} configs; give one "
+                             "config, or one per input")
         return list(config)
     return [config] * count
+
+
+def _concurrency(configs: Sequence[Mapping[str, Any] | None]) -> int:
+    """Threads for a batch: its configs' ``max_concurrency``, as LangGraph reads it."""
+    limit = next((c["max_concurrency"] for c in configs
+                  if c and isinstance(c.get("max_concurrency"), int)), DEFAULT_BATCH_THREADS)
+    return max(1, min(limit, len(configs)))
+
+
+def _outcome(error: Callable[[], BaseException | None], result: Callable[[], Any],
+             return_exceptions: bool) -> Any:
+    failure = error()
+    if failure is not None and return_exceptions:
+        return failure
+    return result()

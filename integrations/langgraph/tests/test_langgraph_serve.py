@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import operator
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, TypedDict
 
 import openai
@@ -27,6 +28,7 @@ from orla_langgraph.served import ServedGraph
 import orla_sdk as orla
 from orla_sdk.backends.engine import LocalEngine, free_port
 from orla_sdk.errors import AdapterNotFound, PlanValidationError
+from tests.engine_tap import EngineTap
 
 NOWHERE = f"http://127.0.0.1:{free_port()}/v1"  # the apps' own endpoint: nothing listens
 BACKENDS = [orla.backends.simulator("light", "smollm2-135m"),
@@ -305,6 +307,97 @@ def test_interrupt_pauses_the_thread_and_resume_goes_on(served: ServedGraph) -> 
         assert len(app.report.rows(thread_id="h1", node="answer")) == 1
 
 
+# ---- nested units, models keys, every run method, thread pools -------------------------
+def supervised_graph() -> Any:
+    """The supervisor shape: a node that invokes a sub-agent (a compiled graph) itself."""
+    inner = StateGraph(Ticket)
+    inner.add_node("check", classify)
+    inner.add_edge(START, "check")
+    sub_agent = inner.compile()
+
+    def supervisor(state: Ticket) -> Ticket:
+        return {"label": sub_agent.invoke(state)["label"]}
+
+    graph = StateGraph(Ticket)
+    graph.add_node("supervisor", supervisor)
+    graph.add_edge(START, "supervisor")
+    return graph.compile()
+
+
+def test_a_sub_agent_inside_a_node_takes_its_model_and_is_reported_under_it() -> None:
+    with orla.serve(supervised_graph(), backends=BACKENDS, mapping=MAPPING,
+                    models={"supervisor": "heavy"}) as app:
+        assert app.invoke({"ticket": "t"})["label"]
+        assert backends_of(app, "supervisor:check") == {"heavy"}
+        assert not [n.id for n in app.plan.nodes if n.id.endswith(("__start__", "__end__"))]
+
+
+def test_a_subgraph_nodes_inner_nodes_take_the_model_of_the_node_it_is() -> None:
+    inner = StateGraph(Ticket)
+    inner.add_node("check", classify)
+    inner.add_edge(START, "check")
+    graph = StateGraph(Ticket)
+    graph.add_node("review", inner.compile(), metadata={"orla": {"model": "heavy",
+                                                                  "priority": 70}})
+    graph.add_edge(START, "review")
+    plan = orla.compile(graph.compile(), backends=BACKENDS, mapping=MAPPING)
+    spec = plan.stage_of(plan.node("review:check"))
+    assert (spec.model, spec.priority) == ("heavy", 70)
+    assert [n.id for n in plan.nodes if n.kind == "stage"] == ["review:check"]
+
+
+def test_models_keys_that_name_nothing_are_an_error_naming_the_nodes() -> None:
+    with pytest.raises(orla.OrlaError, match=r"names \['clasify'\].*\['answer', 'classify'\]"):
+        orla.serve(support_graph(), backends=BACKENDS, mapping=MAPPING,
+                   models={"clasify": "light"})
+
+
+@pytest.mark.parametrize("method", ["astream_events", "astream_log", "abatch_as_completed"])
+def test_every_async_run_method_is_served(method: str) -> None:
+    async def drive(app: ServedGraph) -> list[Any]:
+        if method == "abatch_as_completed":
+            return [item async for item in app.abatch_as_completed([{"ticket": "a"},
+                                                                    {"ticket": "b"}])]
+        options = {"version": "v2"} if method == "astream_events" else {}
+        return [item async for item in getattr(app, method)({"ticket": "a"}, **options)]
+
+    with orla.serve(support_graph(), backends=BACKENDS, mapping=MAPPING) as app:
+        assert asyncio.run(drive(app))
+        calls = 4 if method == "abatch_as_completed" else 2
+        assert sum(len(r.record.calls) for r in app.report.rows()) == calls
+
+
+def test_sync_run_methods_are_served_and_others_refused(served: ServedGraph) -> None:
+    done = dict(served.batch_as_completed([{"ticket": "a"}, {"ticket": "b"}],
+                                          [thread("x1"), thread("x2")]))
+    assert sorted(done) == [0, 1] and all(state["answer"] for state in done.values())
+    assert sum(len(r.record.calls) for r in served.report.rows()) == 4
+    assert served.get_state(thread("none")).values == {}  # the graph's own state methods
+    for refused in ("pipe", "with_retry", "transform", "stream_events", "with_listeners"):
+        with pytest.raises(orla.OrlaError, match=f"ServedGraph.{refused}.. would run the graph"):
+            getattr(served, refused)
+
+
+def test_batch_returns_exceptions_when_asked(served: ServedGraph) -> None:
+    results = served.batch([{"ticket": "a"}, {}], [thread("y1"), thread("y2")],
+                           return_exceptions=True)
+    assert results[0]["answer"] and isinstance(results[1], KeyError)
+
+
+def test_model_calls_from_a_thread_pool_inside_a_node_are_served() -> None:
+    def fan_out(state: Ticket) -> Ticket:
+        with ThreadPoolExecutor(3) as threads:
+            notes = list(threads.map(lambda i: str(LIGHT.invoke(f"note {i}").content), range(3)))
+        return {"notes": notes}
+
+    graph = StateGraph(Ticket)
+    graph.add_node("notes", fan_out, metadata={"orla": {"model": "light"}})
+    graph.add_edge(START, "notes")
+    with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
+        assert len(app.invoke({"ticket": "t"})["notes"]) == 3
+        assert sum(len(r.record.calls) for r in app.report.rows(node="notes")) == 3
+
+
 # ---- reports as OpenTelemetry spans --------------------------------------------------------
 def test_each_invocation_exports_unit_and_call_spans() -> None:
     exporter = InMemorySpanExporter()
@@ -348,6 +441,23 @@ def test_an_engine_that_is_down_fails_the_call_with_its_name_and_the_app_goes_on
         assert backends_of(app, "classify") == {"light"}  # the light node was served
         state = app.get_state(thread("x"))
         assert state.next == ("answer",)  # the checkpoint can be resumed once it is up
+
+
+def test_closing_after_the_engine_died_keeps_the_apps_error_and_stops_the_loop(
+        llama_engine: LocalEngine, caplog: pytest.LogCaptureFixture) -> None:
+    engine = EngineTap(llama_engine.url)  # a stand-in engine that can die
+    app = orla.serve(support_graph(checkpointer=InMemorySaver()),
+                     backends=[orla.backends.llamacpp("local", url=engine.url)],
+                     mapping={name: orla.Target(backend="local",
+                                                model=orla.backends.DEFAULT_LOCAL_MODEL,
+                                                params={"max_tokens": 4})
+                              for name in ("light", "heavy")})
+    with pytest.raises(ValueError, match="the app's own error"), app:
+        app.invoke({"ticket": "hi"}, thread("d1"))  # the thread keeps its slot
+        engine.close()
+        raise ValueError("the app's own error")
+    assert not app.session._thread.running
+    assert "cannot reach llama.cpp" in caplog.text  # what closing could not do is logged
 
 
 # ---- the real engine: an interrupt saves the slot, the resume restores it ------------------
