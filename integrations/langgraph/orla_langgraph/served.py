@@ -4,9 +4,11 @@
     app.invoke({"messages": [...]}, {"configurable": {"thread_id": "t1"}})
     app.report.to_json()
 
-The served graph is used like the graph: ``invoke``, ``ainvoke``, ``stream`` and
-``astream`` (every stream mode), ``batch``, checkpointers, ``interrupt()`` and
-``Command(resume=...)``; anything else (``get_state``, ``get_graph``, ...) is the graph's.
+The served graph is used like the graph: every method that runs it (``RUN_METHODS``:
+``invoke``, ``stream`` and ``astream`` in every stream mode, ``astream_events``, the
+batches ...), checkpointers, ``interrupt()`` and ``Command(resume=...)``. Its state,
+drawing and schema methods (``GRAPH_METHODS``) and attributes are the graph's; any other
+method, one that would run the graph's nodes unserved, raises an ``OrlaError``.
 
 - The graph's topology becomes an orla plan (``orla.plan_from_graph``), so each node gets
   its logical model (``add_node(..., metadata={"orla": {"model": "light"}})`` or
@@ -30,8 +32,8 @@ import contextlib
 import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,8 +143,7 @@ class ServedGraph:
                        for index, (item, item_config) in enumerate(zip(inputs, configs,
                                                                         strict=True))}
             for future in as_completed(futures):
-                yield futures[future], _outcome(future.exception, future.result,
-                                                return_exceptions)
+                yield futures[future], _result_or_error(future, return_exceptions)
 
     async def abatch(self, inputs: Sequence[Any],
                      config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
@@ -323,23 +324,25 @@ class ServedGraph:
 
 def _unit_of_current_task() -> StageContext | None:
     """The served unit a chat completion is made in, from LangGraph's current config."""
-    try:
-        config = get_config()
-    except RuntimeError:  # not inside a LangGraph run
+    current = _current_invocation()
+    if current is None:
         return None
-    invocation = (config.get("configurable") or {}).get(INVOCATION_KEY)
-    if not isinstance(invocation, Invocation):
-        return None
+    invocation, config = current
     return invocation.served.unit(invocation, config)
 
 
 def _in_invocation() -> bool:
     """Whether the code running now is part of a served invocation."""
+    return _current_invocation() is not None
+
+
+def _current_invocation() -> tuple[Invocation, Mapping[str, Any]] | None:
     try:
         config = get_config()
-    except RuntimeError:
-        return False
-    return isinstance((config.get("configurable") or {}).get(INVOCATION_KEY), Invocation)
+    except RuntimeError:  # not inside a LangGraph run
+        return None
+    invocation = (config.get("configurable") or {}).get(INVOCATION_KEY)
+    return (invocation, config) if isinstance(invocation, Invocation) else None
 
 
 def _unfinished(invocation: Invocation) -> Outcome:
@@ -365,9 +368,8 @@ def _concurrency(configs: Sequence[Mapping[str, Any] | None]) -> int:
     return max(1, min(limit, len(configs)))
 
 
-def _outcome(error: Callable[[], BaseException | None], result: Callable[[], Any],
-             return_exceptions: bool) -> Any:
-    failure = error()
+def _result_or_error(future: Future[Any], return_exceptions: bool) -> Any:
+    failure = future.exception()
     if failure is not None and return_exceptions:
         return failure
-    return result()
+    return future.result()
