@@ -10,6 +10,8 @@ from typing import Any, Literal, TypeVar
 import httpx
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 import orla_sdk as orla
@@ -20,8 +22,8 @@ from orla_sdk.backends.sim.clock import VirtualClock
 from orla_sdk.backends.sim.engine import SimEngine
 from orla_sdk.backends.sim.http import serve_http
 from orla_sdk.backends.sim.profiles import PROFILES, SimProfile, get_profile
-from orla_sdk.backends.sim.replies import fake_json
-from orla_sdk.backends.sim.tokens import render_prompt, tokenize
+from orla_sdk.backends.sim.replies import fake_json, reply_seed, stable_seed
+from orla_sdk.backends.sim.tokens import message_text, render_prompt, rendered, tokenize
 from orla_sdk.errors import BackendError
 
 T = TypeVar("T")
@@ -574,3 +576,26 @@ def test_bad_requests_get_openai_style_errors(served: str) -> None:
     response = httpx.post(served + "/v1/chat/completions", json={"model": "m"})
     assert response.status_code == 400 and "messages" in response.json()["error"]["message"]
     assert httpx.get(served + "/nowhere").status_code == 404
+
+
+# ---- the prompt, tokenized a message at a time --------------------------------------------
+MESSAGES = st.lists(st.fixed_dictionaries({
+    "role": st.sampled_from(["system", "user", "assistant", "tool"]),
+    "content": st.text(alphabet=st.characters(codec="utf-8"), max_size=40)}), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(MESSAGES, st.booleans(), st.integers(0, 2**32), st.none() | st.integers(0, 99))
+def test_the_prompt_tokenized_a_message_at_a_time_is_the_whole_texts_tokens(
+        messages: list[dict[str, Any]], with_tools: bool, seed: int,
+        request_seed: int | None) -> None:
+    tools = [{"type": "function", "function": {"name": "look_up"}}] if with_tools else None
+    whole = ([f"<|im_start|>system\n# Tools\n{json.dumps(tools)}<|im_end|>\n"] if tools
+             else []) + [f"<|im_start|>{m['role']}\n{message_text(m)}<|im_end|>\n"
+                         for m in messages]
+    tokens, as_json = rendered(messages, tools)
+    assert tokens == tokenize("".join(whole) + "<|im_start|>assistant\n")
+    assert json.loads(as_json) == tokens and as_json == json.dumps(tokens)
+    request = ChatRequest(messages=messages, model="m", params={"seed": request_seed})
+    assert reply_seed(seed, request, as_json) == stable_seed(seed, request_seed, "m", tokens,
+                                                             None)

@@ -28,7 +28,7 @@ from orla_sdk.backends.sim.cache import PrefixCache, SlotAssigner
 from orla_sdk.backends.sim.clock import RealClock, SimClock, VirtualClock
 from orla_sdk.backends.sim.profiles import SimProfile, get_profile
 from orla_sdk.backends.sim.replies import Reply, plan_reply
-from orla_sdk.backends.sim.tokens import render_prompt
+from orla_sdk.backends.sim.tokens import rendered
 from orla_sdk.errors import BackendError
 
 
@@ -134,8 +134,8 @@ class SimEngine:
         """Queue a request; its ``first_token`` and ``done`` futures resolve in
         simulated time. Must be called from the event loop that runs the engine."""
         loop = asyncio.get_running_loop()
-        prompt = render_prompt(request.messages, request.tools)
-        reply = plan_reply(request, prompt, self.seed, self.profile.output_tokens_median)
+        prompt, prompt_json = rendered(request.messages, request.tools)
+        reply = plan_reply(request, prompt_json, self.seed, self.profile.output_tokens_median)
         blocks = self.cache.blocks_for(len(prompt) + len(reply.tokens))
         if blocks > self.cache.capacity:
             raise BackendError(self.spec.name, f"a prompt of {len(prompt)} tokens and a reply "

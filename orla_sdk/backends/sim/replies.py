@@ -29,9 +29,9 @@ class Reply:
     finish_reason: str
 
 
-def plan_reply(request: ChatRequest, prompt: list[str], seed: int, median: int) -> Reply:
-    rng = random.Random(stable_seed(seed, request.params.get("seed"), request.model, prompt,
-                                    request.json_schema))
+def plan_reply(request: ChatRequest, prompt_json: str, seed: int, median: int) -> Reply:
+    """The reply to ``request``, whose prompt's tokens ``prompt_json`` holds as JSON."""
+    rng = random.Random(reply_seed(seed, request, prompt_json))
     limit = token_limit(request)
     cap = max(1, limit) if limit else None
     call = _tool_call(request, rng)
@@ -53,11 +53,21 @@ def plan_reply(request: ChatRequest, prompt: list[str], seed: int, median: int) 
     return Reply(text, [], tokens, "stop")
 
 
-
-
 def stable_seed(*parts: Any) -> int:
     """A seed from JSON-able parts that is the same in every process (unlike ``hash``)."""
-    text = json.dumps(parts, sort_keys=True, default=str)
+    return _seed_of(json.dumps(parts, sort_keys=True, default=str))
+
+
+def reply_seed(seed: int, request: ChatRequest, prompt_json: str) -> int:
+    """``stable_seed(seed, the request's seed, its model, its prompt's tokens, its JSON
+    schema)``, with the prompt's JSON given rather than encoded again."""
+    head = json.dumps([seed, request.params.get("seed"), request.model], sort_keys=True,
+                      default=str)
+    schema = json.dumps(request.json_schema, sort_keys=True, default=str)
+    return _seed_of(f"{head[:-1]}, {prompt_json}, {schema}]")
+
+
+def _seed_of(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
