@@ -24,6 +24,7 @@ from orla_sdk.agents import AgentEvent, AgentKey, AgentLayer, AgentPolicy, finge
 from orla_sdk.agents.blocks import ScoredOrder
 from orla_sdk.backends.base import ChatRequest, ChatResult, token_limit
 from orla_sdk.backends.declare import simulator
+from orla_sdk.backends.sim.batch import Batch
 from orla_sdk.backends.sim.cache import PrefixCache, SlotAssigner
 from orla_sdk.backends.sim.clock import RealClock, SimClock, VirtualClock
 from orla_sdk.backends.sim.profiles import SimProfile, get_profile
@@ -50,7 +51,6 @@ class SimCall:
     content_keys: list[bytes] = field(default_factory=list)  # its prompt's slot-free keys
     cached_tokens: int = 0
     prefill_left: int = 0  # prompt tokens still to prefill
-    generated: int = 0
     prefill_s: float = 0.0
     admitted_at: float = 0.0
     first_token_at: float = 0.0
@@ -115,7 +115,7 @@ class SimEngine:
         self._sequences: dict[int, list[str]] = {}  # slot -> tokens of its last sequence
         self._slot_files: dict[str, list[str]] = {}  # saved slots, by file name
         self._waiting: list[tuple[int, int, SimCall]] = []
-        self._running: list[SimCall] = []
+        self._running = Batch()
         self._serving: asyncio.Task[None] | None = None
         self._orders = itertools.count()
         self._counters = dict.fromkeys(_COUNTERS, 0.0)
@@ -165,11 +165,12 @@ class SimEngine:
         try:
             while self._waiting or self._running:
                 await self.clock.sleep_until(self.clock.now())  # same-instant arrivals first
-                decoding = [call for call in self._running if call.generated]
-                chunks = self._plan_prefill(self.max_step_tokens - len(decoding))
-                end = self.clock.now() + self._step_seconds(chunks, decoding)
+                decoding = self._running.decoding()
+                held = self._running.held_tokens()
+                chunks = self._plan_prefill(self.max_step_tokens - decoding)
+                end = self.clock.now() + self._step_seconds(chunks, decoding, held)
                 await self.clock.sleep_until(end)
-                self._end_step(chunks, decoding, end)
+                self._end_step(chunks, end)
         except asyncio.CancelledError:
             self._abandon("the event loop serving the simulated engine stopped")
             raise
@@ -178,10 +179,11 @@ class SimEngine:
         """Prompt tokens to prefill this step, by request: unfinished prompts first, then
         newly admitted ones, within the step's token budget (chunked prefill)."""
         chunks: dict[SimCall, int] = {}
-        for running in self._running:
-            if running.prefill_left and budget > 0:
-                chunks[running] = int(min(running.prefill_left, budget))
-                budget -= chunks[running]
+        for running in self._running.prefilling():
+            if budget <= 0:
+                break
+            chunks[running] = int(min(running.prefill_left, budget))
+            budget -= chunks[running]
         while budget > 0 and (admitted := self._admit_next()) is not None:
             chunks[admitted] = int(min(admitted.prefill_left, budget))
             budget -= chunks[admitted]
@@ -199,7 +201,7 @@ class SimEngine:
                 return None
             heapq.heappop(self._waiting)
             call.admitted_at = self.clock.now()
-            self._running.append(call)
+            self._running.admit(call)
             return call
         return None
 
@@ -230,30 +232,27 @@ class SimEngine:
         call.slot, call.keys = slot, self.cache.keys(call.prompt, slot)
         return True
 
-    def _step_seconds(self, chunks: dict[SimCall, int], decoding: list[SimCall]) -> float:
-        """One forward pass over the prompt chunks and the running sequences. Its fixed cost
-        (reading the weights) is paid once, the larger of the two phases' bases."""
+    def _step_seconds(self, chunks: dict[SimCall, int], decoding: int, held: int) -> float:
+        """One forward pass over the prompt chunks and the ``decoding`` sequences, which
+        hold ``held`` tokens. Its fixed cost (reading the weights) is paid once, the larger
+        of the two phases' bases."""
         p = self.profile
-        held = sum(len(call.prompt) + call.generated for call in decoding)
         base = max(p.prefill_base_s if chunks else 0.0, p.decode_base_s if decoding else 0.0)
         return (base + p.prefill_per_token_s * sum(chunks.values())
-                + p.decode_per_seq_s * len(decoding) + p.decode_per_kv_token_s * held)
+                + p.decode_per_seq_s * decoding + p.decode_per_kv_token_s * held)
 
-    def _end_step(self, chunks: dict[SimCall, int], decoding: list[SimCall],
-                  now: float) -> None:
+    def _end_step(self, chunks: dict[SimCall, int], now: float) -> None:
         self._counters["n_decode_total"] += 1
         for call, tokens in chunks.items():
             call.prefill_left -= tokens
             if call.prefill_left == 0:  # the prompt is in: its first token comes out
                 self.cache.mark_computed(call.keys)
-                call.first_token_at, call.generated = now, 1
+                call.first_token_at = now
+                self._running.first_token(call, len(call.reply.tokens))
                 if not call.first_token.done():
                     call.first_token.set_result(None)
-        for call in decoding:
-            call.generated += 1
-        for call in list(self._running):
-            if call.done.done() or call.generated >= len(call.reply.tokens):
-                self._finish(call, now)
+        for call in self._running.finishing():
+            self._finish(call, now)
 
     def _finish(self, call: SimCall, now: float) -> None:
         self._running.remove(call)
@@ -287,12 +286,12 @@ class SimEngine:
 
     def _abandon(self, why: str) -> None:
         """Fail every queued and running request, giving their blocks back."""
-        for call in [entry[2] for entry in self._waiting] + self._running:
+        for call in [entry[2] for entry in self._waiting] + list(self._running):
             if not call.done.done():
                 call.done.set_exception(BackendError(self.spec.name, why, retryable=True))
-        for call in list(self._running):
-            self._running.remove(call)
+        for call in self._running:
             self.cache.release(call.keys, call.keys, call.blocks, call.slot)
+        self._running.clear()
         self._waiting.clear()
 
     # -- counters and cache controls (the methods of LlamaCppControl, in process) --

@@ -58,6 +58,6 @@ class SharedGpuEngine(SimEngine):
         super().__init__(profile, clock=gpu.clock, **options)
         self.gpu = gpu
 
-    def _step_seconds(self, chunks: dict[SimCall, int], decoding: list[SimCall]) -> float:
-        alone = super()._step_seconds(chunks, decoding)
+    def _step_seconds(self, chunks: dict[SimCall, int], decoding: int, held: int) -> float:
+        alone = super()._step_seconds(chunks, decoding, held)
         return self.gpu.book(alone) - self.clock.now()
