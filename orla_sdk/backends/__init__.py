@@ -8,7 +8,14 @@ live connection), ``engine`` (the embedded llama.cpp server), ``llamacpp_slots``
 ``global_cache`` (vLLM/SGLang cache resets) and ``sim/`` (the engine simulator).
 """
 
-from orla_sdk.backends.base import Backend, ChatRequest, ChatResult, ToolCall
+from orla_sdk.backends.base import (
+    Backend,
+    ChatRequest,
+    ChatResult,
+    ToolCall,
+    params_token_limit,
+    token_limit,
+)
 from orla_sdk.backends.declare import (
     DEFAULT_LOCAL_MODEL,
     llamacpp,
@@ -20,4 +27,5 @@ from orla_sdk.backends.declare import (
 )
 
 __all__ = ["DEFAULT_LOCAL_MODEL", "Backend", "ChatRequest", "ChatResult", "ToolCall", "llamacpp",
-           "ollama", "openai_compatible", "sglang", "simulator", "vllm"]
+           "ollama", "openai_compatible", "params_token_limit", "sglang", "simulator",
+           "token_limit", "vllm"]

@@ -8,7 +8,7 @@ first token and total time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,5 +81,10 @@ class Backend(Protocol):
 
 def token_limit(request: ChatRequest) -> int | None:
     """The request's cap on reply tokens, under either of its OpenAI names."""
-    limit = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
+    return params_token_limit(request.params)
+
+
+def params_token_limit(params: Mapping[str, Any]) -> int | None:
+    """The cap on reply tokens in a call's parameters, under either of its OpenAI names."""
+    limit = params.get("max_tokens") or params.get("max_completion_tokens")
     return None if limit is None else int(limit)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 
-from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
+from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall, params_token_limit
 from orla_sdk.errors import OutputError
 from orla_sdk.ir import Target
 from orla_sdk.runtime.bodies import iterate_on_loop, wait_on_loop
@@ -31,7 +31,6 @@ from orla_sdk.runtime.context import StageContext, stage_context
 from orla_sdk.runtime.routing import stage_target
 from orla_sdk.runtime.structured import (
     answer_schema,
-    bound_strings,
     emulated_tools_schema,
     read_reply,
 )
@@ -179,13 +178,8 @@ def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], o
     tools: list[dict[str, Any]] = []
     if emulate:
         offered = ctx.spec.tools if offer_tools else []
-        if "max_tokens" in params:  # a string cut off by max_tokens would break the JSON
-            budget = int(params["max_tokens"])
-            schema = schema or {"type": "string", "maxLength": 2 * budget}
-            offered = [t.model_copy(update={"parameters": bound_strings(
-                t.parameters, max(8, budget // 2))}) for t in offered]
         schema = emulated_tools_schema([(t.name, t.parameters) for t in offered], schema,
-                                       answer_allowed)
+                                       answer_allowed, params_token_limit(params))
     elif offer_tools:
         tools = [{"type": "function", "function": {
             "name": t.name, "description": t.description, "parameters": t.parameters}}

@@ -15,6 +15,9 @@ from pydantic import TypeAdapter
 
 from orla_sdk.backends.base import ChatResult, ToolCall
 
+CHARS_PER_ANSWER_TOKEN = 2  # a text answer under a token limit: characters per token
+MIN_ARGUMENT_CHARS = 8  # the least a string argument is bounded to
+
 
 def read_reply(result: ChatResult, output: Any, offer_tools: bool,
                emulate: bool) -> tuple[list[ToolCall], Any]:
@@ -94,10 +97,17 @@ def _schema(output: Any) -> dict[str, Any]:
 
 def emulated_tools_schema(tools: Sequence[tuple[str, dict[str, Any]]],
                           answer: dict[str, Any] | None,
-                          answer_allowed: bool = True) -> dict[str, Any]:
+                          answer_allowed: bool = True,
+                          token_limit: int | None = None) -> dict[str, Any]:
     """The answer schema that emulates tool calling: ``{"tool": name, "arguments": {...}}``
     for one of ``tools`` (name, parameters schema), or ``{"answer": ...}`` (unless a tool
-    call is required)."""
+    call is required). Under a ``token_limit`` the strings are bounded, so that the JSON
+    is not cut off by the limit: a text answer to ``CHARS_PER_ANSWER_TOKEN`` characters a
+    token, each string argument to half the limit (at least ``MIN_ARGUMENT_CHARS``)."""
+    if token_limit is not None:
+        answer = answer or {"type": "string", "maxLength": CHARS_PER_ANSWER_TOKEN * token_limit}
+        bound = max(MIN_ARGUMENT_CHARS, token_limit // 2)
+        tools = [(name, bound_strings(parameters, bound)) for name, parameters in tools]
     answer = dict(answer or {"type": "string"})
     defs = answer.pop("$defs", {})
     choices = [{"type": "object", "required": ["tool", "arguments"], "properties": {

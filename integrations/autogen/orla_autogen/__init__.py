@@ -14,8 +14,11 @@ to build agents with before their team is served::
     served.report.to_json()["by_agent"]
 
 The modules: ``plan`` (the team as an orla plan), ``messages`` (AutoGen's messages, tools
-and results as orla's requests and back), ``client`` (the model client), ``runs`` (the
-runs and turns of a served team) and ``served`` (``ServedTeam`` and ``serve_team``).
+and results as orla's requests and back), ``emulation`` (tool calls on engines that
+cannot make them), ``client`` (the model client), ``settings`` (an agent's settings, read
+from the client it was built with), ``runs`` (the runs and turns of a served team),
+``stopping`` (cancelled runs and closing) and ``served`` (``ServedTeam`` and
+``serve_team``).
 """
 
 import importlib

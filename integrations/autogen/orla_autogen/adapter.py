@@ -17,7 +17,7 @@ class AutoGenAdapter:
     Options besides orla's (``backends``, ``mapping``, ``models``, ``default_model``,
     ``name``, ``passes``; ``serve`` also ``prices``, ``tracer``, ``pool``):
     ``selector_model`` and ``selector_priority``, the logical model and queue priority of
-    the team manager's calls.
+    the team manager's calls; ``serve`` also ``create_args``, agents' settings by name.
     """
 
     name = "autogen"

@@ -4,7 +4,7 @@
 Calls go through the session's runtime: the agent's mapped backend, its queue at the
 agent's priority, the run's slot, a ``CallRecord``. Tools pass through to the agent, who
 runs them; where the backend cannot call tools natively, they are emulated through a JSON
-schema (see ``orla_autogen.messages``).
+schema (see ``orla_autogen.emulation``).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
+from orla_autogen.emulation import emulated_answer, emulated_request
 from orla_autogen.messages import (
     Call,
     Sink,
     chat_messages,
     chat_request,
-    emulated_result,
     native_result,
     output_schema,
     text_of,
@@ -222,10 +222,11 @@ async def answer(ctx: StageContext, call: Call, sink: Sink | None) -> CreateResu
                         "output to a JSON schema, which "
                         f"{'tool calls' if emulate else 'json_output'} need here; map the "
                         "agent to a backend that can (models={...}).")
-    request = chat_request(call, target, ctx.priority, capabilities.tool_calling,
-                           None if emulate else sink)  # emulated answers are JSON: not streamed
-    result = await call_model(ctx, live, target, request)
-    return emulated_result(result, call) if emulate else native_result(result)
+    if emulate:
+        request = emulated_request(call, target, ctx.priority)
+        return await emulated_answer(ctx, target, call, request)
+    request = chat_request(call, target, ctx.priority, capabilities.tool_calling, sink)
+    return native_result(await call_model(ctx, live, target, request))
 
 
 def checked_args(args: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,8 @@
 ``ChatResult`` as AutoGen's ``CreateResult``.
 
 Tools pass through to the agent, who runs them. Where an engine cannot call tools
-natively (llama.cpp with SmolLM2) the reply is constrained to the runtime's emulation
-schema (``orla_sdk.runtime.emulated_tools_schema``), which holds either a tool call or
-the answer, and read back by the runtime's ``read_reply`` (which closes JSON that
-``max_tokens`` cut off with ``close_cut_json``) as AutoGen's ``FunctionCall``s or the
-answer; earlier tool rounds are written into the history as that schema has them, their
+natively (llama.cpp with SmolLM2) they are emulated (``orla_autogen.emulation``): earlier
+tool rounds are then written into the history as the emulation schema has them, their
 results as user messages.
 """
 
@@ -35,7 +32,6 @@ from pydantic import BaseModel
 from orla_sdk import OrlaError
 from orla_sdk.backends import ChatRequest, ChatResult
 from orla_sdk.ir import Target
-from orla_sdk.runtime import emulated_tools_schema, read_reply
 
 Sink = Callable[[str | None], None]  # streamed text, then None when the call is over
 
@@ -68,20 +64,23 @@ class Call:
 # ---- AutoGen's call as orla's request -----------------------------------------------------
 def chat_request(call: Call, target: Target, priority: int | None, native: bool,
                  sink: Sink | None) -> ChatRequest:
-    """The engine's request; without ``native`` tool calling, tools are offered through
-    the answer's JSON schema and earlier tool rounds are written as that schema has them."""
-    params = {**target.params, **call.params}
-    schema, tools = call.schema, [openai_tool(t) for t in call.offered]
-    if call.offered and not native:
-        offered = [(t["name"], dict(t.get("parameters") or {"type": "object"}))
-                   for t in call.offered]
-        schema, tools = emulated_tools_schema(offered, schema, not call.must_call), []
-    elif call.must_call:
+    """The engine's request, its tools passed through (an emulated round's request is
+    ``orla_autogen.emulation.emulated_request``); without ``native`` tool calling, earlier
+    tool rounds are written as the emulation schema has them."""
+    params = call_params(call, target)
+    if call.must_call:
         params["tool_choice"] = ("required" if call.tool_choice == "required" else
                                  {"type": "function", "function": {"name": call.tool_choice}})
     return ChatRequest(model=target.model, messages=chat_messages(call.messages, native),
-                       params=params, json_schema=schema, schema_name=call.schema_name,
-                       tools=tools, priority=priority, on_token=sink)
+                       params=params, json_schema=call.schema, schema_name=call.schema_name,
+                       tools=[openai_tool(t) for t in call.offered], priority=priority,
+                       on_token=sink)
+
+
+def call_params(call: Call, target: Target) -> dict[str, Any]:
+    """The request's settings: the target's, then the agent's (its client's settings and
+    the call's ``extra_create_args``)."""
+    return {**target.params, **call.params}
 
 
 def chat_messages(messages: Sequence[LLMMessage], native_tools: bool) -> list[dict[str, Any]]:
@@ -172,33 +171,12 @@ def output_schema(json_output: bool | type[BaseModel] | None
 def native_result(result: ChatResult) -> CreateResult:
     usage = RequestUsage(result.prompt_tokens, result.completion_tokens)
     if result.tool_calls:
-        calls = [FunctionCall(id=c.id or _call_id(), arguments=c.arguments, name=c.name)
+        calls = [FunctionCall(id=c.id or call_id(), arguments=c.arguments, name=c.name)
                  for c in result.tool_calls]
         return CreateResult(finish_reason="function_calls", content=calls, usage=usage,
                             cached=False, thought=result.content or None)
     return CreateResult(finish_reason=finish_reason(result.finish_reason),
                         content=result.content, usage=usage, cached=False)
-
-
-def emulated_result(result: ChatResult, call: Call) -> CreateResult:
-    """The JSON reply of an emulated tool round (``emulated_tools_schema``), read by the
-    runtime's ``read_reply``: a tool call, or the answer (as JSON for ``json_output``)."""
-    usage = RequestUsage(result.prompt_tokens, result.completion_tokens)
-    structured = call.schema is not None  # any JSON value, read back as itself
-    try:
-        tool_calls, answer = read_reply(result, object if structured else None,
-                                        offer_tools=True, emulate=True)
-    except ValueError as exc:  # not JSON, or neither a tool call nor an answer
-        raise OrlaError(f"agent {call.agent!r}: the model's reply is not the JSON its schema "
-                        f"asks for ({exc}): {result.content[:200]!r}") from exc
-    if tool_calls:  # the runtime names every emulated call "emulated": AutoGen needs ids
-        calls = [FunctionCall(id=_call_id(), arguments=c.arguments, name=c.name)
-                 for c in tool_calls]
-        return CreateResult(finish_reason="function_calls", content=calls, usage=usage,
-                            cached=False)
-    content = json.dumps(answer) if structured else str(answer)
-    return CreateResult(finish_reason=finish_reason(result.finish_reason), content=content,
-                        usage=usage, cached=False)
 
 
 def finish_reason(reason: str) -> FinishReasons:
@@ -208,5 +186,5 @@ def finish_reason(reason: str) -> FinishReasons:
     return known.get(reason, "stop" if not reason else "unknown")
 
 
-def _call_id() -> str:
+def call_id() -> str:
     return f"call_{uuid.uuid4().hex[:12]}"

@@ -4,20 +4,17 @@ clock); the last two run a team and the example on the real llama.cpp engine."""
 
 from __future__ import annotations
 
-import ast
 import asyncio
+import inspect
 import json
-import re
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import TaskResult
 from autogen_agentchat.conditions import MaxMessageTermination
 from autogen_agentchat.messages import ModelClientStreamingChunkEvent
-from autogen_agentchat.teams import BaseGroupChat, RoundRobinGroupChat, SelectorGroupChat
+from autogen_agentchat.teams import RoundRobinGroupChat, SelectorGroupChat
 from autogen_core import FunctionCall, Image
 from autogen_core.models import (
     AssistantMessage,
@@ -27,99 +24,23 @@ from autogen_core.models import (
     UserMessage,
 )
 from autogen_core.tools import FunctionTool
-from orla_autogen import OrlaChatCompletionClient, ServedTeam, autogen_client
+from autogen_scripted import (
+    ask,
+    client_of,
+    selector_team,
+    serve_on_sims,
+    served_run,
+    sims,
+)
+from orla_autogen import ServedTeam, autogen_client
 from pydantic import BaseModel
 
 import orla_sdk as orla
 from examples import autogen_team
-from orla_sdk.backends import ChatRequest, ChatResult
 from orla_sdk.backends.engine import LocalEngine, free_port
-from orla_sdk.backends.sim.clock import VirtualClock
-from orla_sdk.backends.sim.engine import SimEngine
 from orla_sdk.errors import BackendError
-from orla_sdk.ir import BackendSpec
 
-T = TypeVar("T")
 MODEL = orla.backends.DEFAULT_LOCAL_MODEL
-SIM_MAPPING = {"light": "light/smollm2-135m", "heavy": "heavy/qwen3-8b"}
-AGENTS = ("planner", "coder", "critic")
-CHOICES = re.compile(r"select the next role from (\[[^\]]*\])")
-
-
-class ScriptedSim(SimEngine):
-    """A simulated engine that keeps the requests it serves. Asked by a selector, it names
-    nobody at first and, told so, the last candidate: a fixed course through the team."""
-
-    def __init__(self, profile: str, name: str, clock: VirtualClock) -> None:
-        super().__init__(profile, name=name, clock=clock)
-        self.requests: list[ChatRequest] = []
-
-    async def chat(self, request: ChatRequest) -> ChatResult:
-        self.requests.append(request)
-        result = await super().chat(request)
-        prompt = str(request.messages[0].get("content", ""))
-        choices = CHOICES.search(prompt)
-        if choices is None:
-            return result
-        retried = "No valid name" in str(request.messages[-1].get("content", ""))
-        return replace(result, content=ast.literal_eval(choices[1])[-1] if retried else "nobody")
-
-    def priorities(self) -> list[int | None]:
-        return [r.priority for r in self.requests]
-
-
-def sims() -> dict[str, ScriptedSim]:
-    clock = VirtualClock()
-    return {"light": ScriptedSim("smollm2-135m", "light", clock),
-            "heavy": ScriptedSim("qwen3-8b", "heavy", clock)}
-
-
-def sim_backends(*, tool_calling: bool = True) -> list[BackendSpec]:
-    light = orla.backends.simulator("light", "smollm2-135m")
-    light = light.model_copy(update={"capabilities": light.capabilities.model_copy(
-        update={"tool_calling": tool_calling})})
-    return [light, orla.backends.simulator("heavy", "qwen3-8b")]
-
-
-def selector_team(*, stream: bool = False, agents: tuple[str, ...] = AGENTS,
-                  messages: int = 4) -> SelectorGroupChat:
-    return SelectorGroupChat(
-        [AssistantAgent(name, model_client=autogen_client(), description=f"the {name}",
-                        model_client_stream=stream) for name in agents],
-        model_client=autogen_client(), termination_condition=MaxMessageTermination(messages),
-        max_selector_attempts=2)
-
-
-def serve_on_sims(team: BaseGroupChat, engines: dict[str, ScriptedSim], *,
-                  tool_calling: bool = True, **options: Any) -> ServedTeam:
-    backends = sim_backends(tool_calling=tool_calling)
-    served = orla.serve(team, backends=backends, mapping=SIM_MAPPING,
-                        models={"coder": "heavy"}, default_model="light",
-                        pool=orla.BackendPool(backends, clients=engines), **options)
-    assert isinstance(served, ServedTeam)
-    return served
-
-
-def served_run(served: ServedTeam, work: Callable[[], Awaitable[T]]) -> T:
-    """``work`` on a fresh event loop, then the served team closed."""
-    async def go() -> T:
-        try:
-            return await asyncio.wait_for(work(), timeout=60)
-        finally:
-            await served.aclose()
-
-    return asyncio.run(go())
-
-
-def client_of(team: BaseGroupChat, agent: str) -> OrlaChatCompletionClient:
-    participant = next(p for p in team._participants if p.name == agent)
-    client = getattr(participant, "_model_client", None)
-    assert isinstance(client, OrlaChatCompletionClient)
-    return client
-
-
-def ask(text: str) -> list[Any]:
-    return [UserMessage(content=text, source="user")]
 
 
 # ---- a selector team on simulated engines ------------------------------------------------
@@ -309,6 +230,48 @@ def test_model_info_follows_the_backend() -> None:
     assert info["family"] == "unknown"
     client = client_of(team, "planner")
     assert 0 < client.count_tokens(ask("hello " * 40)) < client.remaining_tokens(ask("hi"))
+
+
+# ---- the team's methods ------------------------------------------------------------------
+SERVED_METHODS = ("run", "run_stream")
+PASSED_THROUGH = ("reset", "pause", "resume", "save_state", "load_state")
+
+
+def test_every_method_of_the_team_is_served_passed_through_or_refused() -> None:
+    team = selector_team()
+    served = serve_on_sims(team, sims())
+    methods = {name for name, value in inspect.getmembers(team)
+               if not name.startswith("_") and inspect.isroutine(value)}
+    assert methods >= {*SERVED_METHODS, *PASSED_THROUGH}
+    for name in methods:
+        if name in SERVED_METHODS or name in PASSED_THROUGH:
+            assert name in vars(ServedTeam), f"{name} is not the served team's own"
+            continue
+        with pytest.raises(orla.OrlaError, match=rf"{name}\(\) is not served.*served\.team"):
+            getattr(served, name)
+    # plain attributes read through
+    assert (served.name, served.description) == (team.name, team.description)
+    assert served.component_type == "team"
+    served.close()
+
+
+def test_state_methods_pass_through_to_the_team() -> None:
+    engines, team = sims(), selector_team(messages=2)
+    served = serve_on_sims(team, engines)
+
+    async def run_save_reset_load() -> tuple[Any, Any, Any]:
+        await served.run(task="Plan a small CLI tool.")
+        state = await served.save_state()
+        await served.reset()
+        cleared = await served.save_state()
+        await served.load_state(state)
+        return state, cleared, await team.save_state()
+
+    state, cleared, loaded = served_run(served, run_save_reset_load)
+    thread = state["agent_states"]["SelectorGroupChatManager"]["message_thread"]
+    assert len(thread) == 2
+    assert cleared["agent_states"]["SelectorGroupChatManager"]["message_thread"] == []
+    assert loaded == state
 
 
 # ---- failures ----------------------------------------------------------------------------
