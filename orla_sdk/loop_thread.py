@@ -8,12 +8,15 @@ server each keep their runtime on one of these, so that every caller shares one 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("orla_sdk")
 
 
 class LoopThread:
@@ -62,17 +65,21 @@ class LoopThread:
         return self._thread is not None and threading.current_thread() is self._thread
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel what still runs on the loop, stop it and join the thread."""
+        """Cancel what still runs on the loop, stop it and join the thread. Tasks that
+        do not end within ``timeout`` of their cancellation are logged and left behind:
+        they do not keep the loop running."""
         with self._lock:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None or thread is None:
             return
         if thread.is_alive():
-            try:  # tasks that will not end in time must not keep the loop running
+            try:
                 asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop).result(timeout)
-            finally:
-                loop.call_soon_threadsafe(loop.stop)
-                thread.join(timeout)
+            except TimeoutError:
+                log.warning("loop %r: tasks still ran %g s after being cancelled; the loop "
+                            "stops without them", self.name, timeout)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
         if not loop.is_running():
             loop.close()
 

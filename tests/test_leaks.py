@@ -434,3 +434,23 @@ def test_a_client_that_fails_to_close_still_lets_the_pool_stop_its_engines() -> 
 
     asyncio.run(scenario())
     assert Engine.stopped
+
+
+def test_a_loop_whose_task_ignores_cancellation_still_stops(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from orla_sdk.loop_thread import LoopThread
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                continue  # refuses to end
+
+    thread = LoopThread("stubborn")
+    thread.start()
+    thread.submit(stubborn())
+    worker = thread._thread
+    thread.stop(timeout=0.2)
+    assert worker is not None and not worker.is_alive()
+    assert not thread.running and "still ran 0.2 s after being cancelled" in caplog.text
