@@ -1,7 +1,7 @@
 """10,000 concurrent customer-support workflows on the simulator, in simulated time.
 
     python -m benchmarks.sim_10k [--workflows 10000] [--bodies sync|async] [--threads N]
-                                 [--tracemalloc] [--profile] [--out DIR]
+                                 [--tracemalloc] [--profile] [--gc-threshold N] [--out DIR]
     python -m benchmarks.sim_10k --workflows 200      # smoke run, a few seconds
 
 The customer-support workflow of ``examples/customer_support.py`` is compiled with its two
@@ -24,11 +24,16 @@ through ``orla.agenerate``).
 between orla, the simulator, the workflow's own code and the rest (asyncio, the
 standard library), with orla's CPU per model call.
 
+The time Python's cyclic garbage collector takes is reported apart: 10,000 workflows in
+flight hold millions of objects, which every full collection walks. ``--gc-threshold N``
+runs the workflows with the collector's first threshold at ``N`` (Python's is 700), as a
+server with a large heap may set it, to show what that costs or saves.
+
 Reported: wall time, simulated makespan, stage runs and model calls per wall second,
 per-stage simulated latency, pre-engine wait and engine TTFT (p50/p99), orla's recorded
 queue wait, peak memory (``ru_maxrss``; the tracemalloc peak with ``--tracemalloc``) and
 the engines' counters. Results go to
-``<out>/sim_10k[_n<N>][_async][_t<threads>].json``, ``.md`` and ``.png``.
+``<out>/sim_10k[_n<N>][_async][_t<threads>][_gc<N>].json``, ``.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -463,6 +468,12 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     lines.append(f"| threads alive at the end | {s['threads']['alive_at_end']} |")
     lines.append(f"| process CPU time | {s['cpu_s']:.1f} s "
                  f"({s['cpu_s'] / max(s['model_calls'], 1) * 1e6:,.0f} µs per model call) |")
+    collected = s["gc"]
+    lines.append(f"| garbage collector (thresholds {tuple(collected['threshold'])}) | "
+                 f"{collected['seconds']:.1f} s in {collected['collections']:,} collections "
+                 f"({collected['seconds'] / s['wall_s']:.0%} of the wall time), "
+                 f"{collected['full_seconds']:.1f} s of it in {collected['full_collections']} "
+                 "full ones |")
     if "cpu_split" in s:
         lines += ["", "Where the CPU goes (shares from a profiled second run of the same "
                   "workflows; µs per model call = share x the unprofiled run's CPU time / "
@@ -531,6 +542,38 @@ def plot(run: dict[str, Any], title: str, path: Path) -> None:
 # ---------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------
+class GcTime:
+    """Seconds the cyclic garbage collector runs, all collections and the full ones, from
+    ``gc.callbacks`` (installed while the workflows run)."""
+
+    def __init__(self) -> None:
+        self.seconds = self.full_seconds = 0.0
+        self.collections = self.full_collections = 0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        spent = time.perf_counter() - self._started
+        self.seconds += spent
+        self.collections += 1
+        if info["generation"] == 2:
+            self.full_seconds += spent
+            self.full_collections += 1
+
+    def __enter__(self) -> GcTime:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+    def summary(self) -> dict[str, float]:
+        return {"seconds": self.seconds, "collections": self.collections,
+                "full_seconds": self.full_seconds, "full_collections": self.full_collections}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sim_10k",
                                      description=__doc__.split("\n\n")[0])
@@ -547,11 +590,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="run again under cProfile: the CPU split and the top "
                              f"{PROFILE_TOP} functions")
+    parser.add_argument("--gc-threshold", type=int, default=0,
+                        help="the garbage collector's first threshold while the workflows "
+                             "run (gc.set_threshold(N, 10, 10), as a server with a large heap "
+                             "may set it; default 0: Python's own, 700)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="folder for the results (default benchmarks/results/)")
     args = parser.parse_args(argv)
-    if args.workflows < 1 or args.threads < 0:
-        parser.error("--workflows must be at least 1 and --threads at least 0")
+    if args.workflows < 1 or args.threads < 0 or args.gc_threshold < 0:
+        parser.error("--workflows must be at least 1, --threads and --gc-threshold at least 0")
     return args
 
 
@@ -560,7 +607,8 @@ def result_name(args: argparse.Namespace) -> str:
     defaults, so that runs of different settings keep their own files."""
     return ("sim_10k" + (f"_n{args.workflows}" if args.workflows != DEFAULT_WORKFLOWS else "")
             + ("_async" if args.bodies == "async" else "")
-            + (f"_t{args.threads}" if args.threads else ""))
+            + (f"_t{args.threads}" if args.threads else "")
+            + (f"_gc{args.gc_threshold}" if args.gc_threshold else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -575,11 +623,15 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     if args.tracemalloc:
         tracemalloc.start()
+    if args.gc_threshold:
+        gc.set_threshold(args.gc_threshold, 10, 10)
     cpu_started = time.process_time()
-    run = asyncio.run(run_all(plan, args.workflows, args.threads or None))
+    with GcTime() as collector:
+        run = asyncio.run(run_all(plan, args.workflows, args.threads or None))
     cpu_s = time.process_time() - cpu_started
     summary = summarize(run, args.workflows)
     summary["cpu_s"] = cpu_s
+    summary["gc"] = {**collector.summary(), "threshold": gc.get_threshold()}
     profiler = None
     if args.profile:  # a second run of the same workflows, profiled, for the CPU split
         profiler = cProfile.Profile()
