@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.engine_tap import EngineTap
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
+from tests.engine_tap import EngineTap
 
 
 @pytest.fixture(scope="session")

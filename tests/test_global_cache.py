@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 import orla_sdk as orla
+from orla_sdk.backends.connect import BATCHING_LIMIT
 from orla_sdk.backends.engine import free_port
 from orla_sdk.backends.global_cache import GlobalCacheControl
 from orla_sdk.errors import BackendDown
@@ -66,4 +67,4 @@ def test_a_pool_starts_when_a_shared_cache_engine_is_not_up_yet() -> None:
         async with orla.BackendPool([spec]) as pool:
             return pool["gpu"].queue.limit
 
-    assert asyncio.run(start()) == 8  # the default, until the engine can say
+    assert asyncio.run(start()) == BATCHING_LIMIT  # a batching engine's, until it can say

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import statistics
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -16,13 +20,17 @@ import openai
 import pytest
 
 import orla_sdk as orla
+import orla_sdk.runtime.pool as pool_module
 import orla_sdk.serving.proxy
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.engine import LocalEngine, free_port
+from orla_sdk.backends.wire import EngineResult, Extras, Piece
 from orla_sdk.cli.commands import build_parser, main, serve_config
 from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec, Capabilities
+from orla_sdk.loop_thread import LoopThread
 from orla_sdk.serving.proxy import ProxyServer
+from tests.test_faults import FakeEngine, Step, answer, reset, status
 
 MODEL = orla.backends.DEFAULT_LOCAL_MODEL
 PREFIX = " ".join(f"Fact {i}: the warehouse ships parcels on weekday {i % 5}." for i in range(30))
@@ -39,20 +47,96 @@ class Scripted:
         self.error = error
         self.requests: list[ChatRequest] = []
 
+    def text(self) -> str:
+        return "one two three"
+
+    def piece(self, word: str) -> str:
+        return word
+
     async def chat(self, request: ChatRequest) -> ChatResult:
         self.requests.append(request)
         if self.error is not None:
             raise self.error
-        for i, word in enumerate(["one", "two", "three"]):
+        text = self.text()
+        for i, word in enumerate(text.split(" ")):
             if request.on_token is not None:
-                request.on_token(word if i == 0 else f" {word}")
+                request.on_token(self.piece(word if i == 0 else f" {word}"))
             await asyncio.sleep(0)
-        return ChatResult(content="one two three", tool_calls=[], finish_reason="stop",
-                          prompt_tokens=12, completion_tokens=3, cached_tokens=5,
-                          ttft_s=0.01, duration_s=0.02)
+        return self.result(text)
+
+    def result(self, text: str) -> ChatResult:
+        return ChatResult(content=text, tool_calls=[], finish_reason="stop",
+                          prompt_tokens=12, completion_tokens=len(text.split(" ")),
+                          cached_tokens=5, ttft_s=0.01, duration_s=0.02)
 
     async def aclose(self) -> None:
         pass
+
+
+class Numbered(Scripted):
+    """Answers "answer K" for its K-th request."""
+
+    def text(self) -> str:
+        return f"answer {len(self.requests)}"
+
+
+LOGPROB = {"content": [{"token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": []}]}
+
+
+class Talkative(Scripted):
+    """Answers with what engines send beside the text: logprobs with each piece, a system
+    fingerprint, llama.cpp's timings, a reasoning text and usage details."""
+
+    def piece(self, word: str) -> str:
+        return Piece(word, Extras(completion={"system_fingerprint": "fp-engine"},
+                                  choice={"logprobs": LOGPROB}))
+
+    def result(self, text: str) -> ChatResult:
+        plain = super().result(text)
+        return EngineResult(**vars(plain), extras=Extras(
+            completion={"system_fingerprint": "fp-engine", "timings": {"predicted_n": 3}},
+            choice={"logprobs": {"content": LOGPROB["content"] * 3}, "stop_reason": None},
+            message={"reasoning_content": "thought"},
+            usage={"completion_tokens_details": {"reasoning_tokens": 1}}))
+
+
+class Breaking(Scripted):
+    """Streams its first word, then fails as a lost connection would (retryable); answers
+    in full from its second request on."""
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        if self.requests:
+            return await super().chat(request)
+        self.requests.append(request)
+        if request.on_token is not None:
+            request.on_token("one")
+        raise BackendError("scripted", "lost the connection", retryable=True)
+
+
+class Gated(Scripted):
+    """Holds each call until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        while not self.gate.is_set():
+            await asyncio.sleep(0.005)
+        return await super().chat(request)
+
+
+class SlowSlots:
+    """A slot control whose erase takes ``erase_s`` seconds; it counts them."""
+
+    def __init__(self, erase_s: float = 0.5) -> None:
+        self.erase_s = erase_s
+        self.erased: list[int] = []
+
+    async def erase(self, slot: int) -> int:
+        self.erased.append(slot)
+        await asyncio.sleep(self.erase_s)
+        return 0
 
 
 def scripted_proxy(backend: Scripted, **options: Any) -> ProxyServer:
@@ -82,6 +166,52 @@ def ask(proxy: ProxyServer, model: str = "light", **options: Any) -> Any:
         model=model, messages=[{"role": "user", "content": "hi"}], **options)
 
 
+def post(proxy: ProxyServer, body: dict[str, Any] | bytes, **headers: str) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(proxy.url + "/v1/chat/completions", content=content,
+                      headers={"Content-Type": "application/json", **headers}, timeout=30)
+
+
+def sse(response: httpx.Response) -> list[dict[str, Any]]:
+    """The JSON events of a server-sent event stream, ``[DONE]`` left out."""
+    return [json.loads(line[5:]) for line in response.text.splitlines()
+            if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+
+
+def texts(events: list[dict[str, Any]], index: int = 0) -> list[str]:
+    return [c["delta"]["content"] for e in events for c in e.get("choices", [])
+            if c["index"] == index and c["delta"].get("content")]
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@contextmanager
+def fake_engine(*script: Step) -> Iterator[tuple[FakeEngine, str]]:
+    """An engine on a real socket answering with ``script`` (see tests/test_faults.py)."""
+    thread = LoopThread("fake-engine")
+    thread.start()
+    engine = FakeEngine(*script)
+    try:
+        yield engine, thread.call(engine.start())
+    finally:
+        thread.call(engine.stop())
+        thread.stop()
+
+
+@contextmanager
+def engine_proxy(url: str) -> Iterator[ProxyServer]:
+    with ProxyServer([orla.backends.openai_compatible("engine", url)],
+                     {"light": "engine/m"}) as server:
+        server.pool.engine_down_s = 0.0
+        yield server
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "RETRY_BACKOFF_S", 0.01)
+
+
 # ---- the OpenAI surface ----------------------------------------------------------------
 def test_a_completion_models_and_health(proxy: ProxyServer, backend: Scripted) -> None:
     reply = ask(proxy, "heavy")
@@ -102,6 +232,20 @@ def test_a_stream_has_chunks_and_a_usage_chunk(proxy: ProxyServer) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
 
 
+def test_answers_on_a_kept_alive_connection_are_not_held_back(proxy: ProxyServer) -> None:
+    """With Nagle's algorithm on, an answer written in two parts waits for the client's
+    delayed acknowledgement: about 40 ms each."""
+    with httpx.Client() as kept:
+        took = []
+        for stream in [False, True] * 6:
+            started = time.perf_counter()
+            answer = kept.post(proxy.url + "/v1/chat/completions",
+                               json={"model": "light", "messages": HI, "stream": stream})
+            assert answer.status_code == 200
+            took.append(time.perf_counter() - started)
+    assert statistics.median(took) < 0.02
+
+
 def test_tools_pass_through(proxy: ProxyServer, backend: Scripted) -> None:
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
         "type": "object", "properties": {"id": {"type": "string"}}}}}]
@@ -115,13 +259,13 @@ def test_an_idle_workflow_is_completed_by_the_proxy(backend: Scripted) -> None:
     with scripted_proxy(backend, workflow_idle_s=0.5) as server:
         ask(server, extra_headers={"X-Orla-Workflow": "wf-idle"})
         ask(server, extra_headers={"X-Orla-Workflow": "wf-busy"})
-        assert set(server.workflows) == {"wf-idle", "wf-busy"}
+        assert server.workflows.ids() == {"wf-idle", "wf-busy"}
         time.sleep(0.3)
         ask(server, extra_headers={"X-Orla-Workflow": "wf-busy"})  # nothing idle long enough
-        assert set(server.workflows) == {"wf-idle", "wf-busy"}
+        assert server.workflows.ids() == {"wf-idle", "wf-busy"}
         time.sleep(0.3)
         ask(server, extra_headers={"X-Orla-Workflow": "wf-busy"})  # wf-idle: 0.6 s idle
-        assert set(server.workflows) == {"wf-busy"}
+        assert server.workflows.ids() == {"wf-busy"}
         assert httpx.get(server.url + "/v1/orla/workflows/wf-idle").status_code == 404
 
 
@@ -176,11 +320,11 @@ def test_calls_that_name_no_agent_are_one_agent_per_system_prompt(proxy: ProxySe
 def test_untagged_calls_are_not_kept(proxy: ProxyServer) -> None:
     raw = client(proxy).chat.completions.with_raw_response.create(
         model="light", messages=[{"role": "user", "content": "hi"}])
-    workflow = raw.headers["x-orla-workflow"]
-    assert workflow
-    assert httpx.get(f"{proxy.url}/v1/orla/workflows/{workflow}").status_code == 404
-    assert proxy.workflows == {}
+    assert "x-orla-workflow" not in raw.headers  # in no workflow
+    assert raw.parse().choices[0].message.content
+    assert proxy.workflows.ids() == set()
     assert proxy.report.rows() == []
+    assert httpx.get(proxy.url + "/v1/orla/report").json()["total"]["calls"] == 0
 
 
 # ---- auth, limits, bad input ---------------------------------------------------------------
@@ -307,6 +451,331 @@ def test_the_proxy_module_is_reachable_as_orla_proxy() -> None:
     assert not orla_sdk.serving.proxy.is_loopback("0.0.0.0")
 
 
+# ---- streams that break, engines that drop the connection --------------------------------
+def test_a_stream_broken_after_text_ends_with_an_error_event_not_a_second_attempt(
+        quick_retries: None) -> None:
+    with fake_engine(reset("Hel"), answer("Hel", "lo")) as (engine, url), \
+            engine_proxy(url) as server:
+        events = sse(post(server, {"model": "light", "messages": HI, "stream": True}))
+        assert texts(events) == ["Hel"]
+        assert events[-1]["error"]["type"] == "server_error"
+        assert engine.requests == 1
+    with scripted_proxy(Breaking()) as server:
+        events = sse(post(server, {"model": "light", "messages": HI, "stream": True}))
+        assert texts(events) == ["one"] and "error" in events[-1]
+
+
+class Crashing(Scripted):
+    """Streams its first word, then fails with an error that is no backend's."""
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        self.requests.append(request)
+        if request.on_token is not None:
+            request.on_token("one")
+        await asyncio.sleep(0)
+        raise RuntimeError("a bug, say")
+
+
+def test_any_failure_after_text_ends_the_stream_with_an_error_event() -> None:
+    with scripted_proxy(Crashing()) as server:
+        answer = post(server, {"model": "light", "messages": HI, "stream": True})
+        events = sse(answer)
+        assert answer.status_code == 200 and texts(events) == ["one"]
+        assert events[-1]["error"]["type"] == "server_error"
+        plain = post(server, {"model": "light", "messages": HI})  # before any text: a status
+        assert plain.status_code == 500 and plain.json()["error"]["type"] == "server_error"
+
+
+@orla.stage(model="light")
+async def streamed(text: str) -> list[str]:
+    return [piece async for piece in orla.astream(text)]
+
+
+@orla.workflow
+def streaming(text: str) -> list[str]:
+    return streamed(text)
+
+
+def test_a_stage_streaming_its_reply_gets_no_second_attempt_after_text() -> None:
+    backend = Breaking()
+    plan = orla.compile(streaming, backends=[backend.spec], mapping={"light": "scripted/m"})
+    pieces: list[str] = []
+
+    async def go() -> orla.RunResult:
+        async with orla.BackendPool(plan.backends, clients={"scripted": backend}) as pool:
+            return await orla.arun(plan, pool=pool, text="hi", on_event=lambda e: pieces.append(
+                e.data["text"]) if e.kind == "token" else None)
+
+    result = asyncio.run(go())
+    assert not result.ok and pieces == ["one"] and len(backend.requests) == 1
+
+
+def test_a_request_that_drops_the_connection_is_sent_a_bounded_number_of_times(
+        quick_retries: None) -> None:
+    with fake_engine(reset()) as (engine, url), engine_proxy(url) as server:
+        llm = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")  # its own retries
+        with pytest.raises(openai.APIStatusError) as failed:
+            llm.chat.completions.create(model="light", messages=HI)  # type: ignore[arg-type]
+        assert failed.value.status_code >= 500
+        assert engine.requests <= 3
+    with fake_engine(status(400)) as (engine, url), engine_proxy(url) as server:
+        assert post(server, {"model": "light", "messages": HI}).status_code == 400
+        assert engine.requests == 1  # refused by the engine: never sent again
+
+
+# ---- n, logprobs and the engine's own fields ------------------------------------------------
+def test_n_choices_are_distinct_calls_with_their_index() -> None:
+    backend = Numbered()
+    with scripted_proxy(backend) as server:
+        reply = ask(server, n=3, seed=7)
+        assert [c.index for c in reply.choices] == [0, 1, 2]
+        assert len({c.message.content for c in reply.choices}) == 3
+        assert [r.params["seed"] for r in backend.requests] == [7, 8, 9]
+        assert all("n" not in r.params.get("extra_body", {}) for r in backend.requests)
+        assert reply.usage is not None and reply.usage.prompt_tokens == 36
+
+
+def test_n_choices_stream_with_their_index() -> None:
+    with scripted_proxy(Numbered()) as server:
+        events = sse(post(server, {"model": "light", "messages": HI, "stream": True, "n": 2,
+                                   "stream_options": {"include_usage": True}}))
+        answers = {"".join(texts(events, i)) for i in (0, 1)}
+        assert answers == {"answer 1", "answer 2"}
+        finished = [c["index"] for e in events for c in e.get("choices", [])
+                    if c.get("finish_reason")]
+        assert sorted(finished) == [0, 1]
+        assert events[-1]["usage"]["completion_tokens"] == 4
+
+
+@pytest.mark.parametrize("n", [0, 17, "2", True, 1.5])
+def test_a_bad_n_is_400(proxy: ProxyServer, backend: Scripted, n: Any) -> None:
+    answer = post(proxy, {"model": "light", "messages": HI, "n": n})
+    assert answer.status_code == 400 and "'n'" in answer.json()["error"]["message"]
+    assert backend.requests == []
+
+
+def test_the_engines_own_fields_pass_through() -> None:
+    with scripted_proxy(Talkative()) as server:
+        reply = client(server).chat.completions.create(model="light", messages=HI)
+        choice = reply.choices[0]
+        assert choice.logprobs is not None and len(choice.logprobs.content or []) == 3
+        assert reply.system_fingerprint == "fp-engine"
+        assert (reply.model_extra or {})["timings"] == {"predicted_n": 3}
+        assert (choice.message.model_extra or {})["reasoning_content"] == "thought"
+        assert reply.usage is not None and reply.usage.completion_tokens_details is not None
+        assert reply.usage.completion_tokens_details.reasoning_tokens == 1
+        events = sse(post(server, {"model": "light", "messages": HI, "stream": True}))
+        pieces = [e for e in events if texts([e])]
+        assert len(pieces) == 3 and all(e["choices"][0]["logprobs"] == LOGPROB for e in pieces)
+        assert all(e["system_fingerprint"] == "fp-engine" for e in events)
+        assert any(e.get("timings") == {"predicted_n": 3} for e in events)
+
+
+def test_a_model_is_read_by_its_id(proxy: ProxyServer) -> None:
+    model = client(proxy).models.retrieve("heavy")
+    assert (model.id, model.object) == ("heavy", "model")
+    missing = httpx.get(proxy.url + "/v1/models/gpt-17")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+# ---- bad input, bounded state ------------------------------------------------------------------
+@pytest.mark.parametrize("field", [
+    {"workflow_id": "x\r\nInjected: yes"}, {"workflow_id": "x\nInjected: yes"},
+    {"workflow_id": "nul\x00"}, {"workflow_id": "snow\u2603"}, {"workflow_id": {"a": 1}},
+    {"agent_id": "a\r\nb"}, {"agent_id": "tab\there"}])
+def test_control_characters_in_ids_are_400_and_reach_no_header(
+        proxy: ProxyServer, backend: Scripted, field: dict[str, Any]) -> None:
+    answer = post(proxy, {"model": "light", "messages": HI, **field})
+    assert answer.status_code == 400
+    assert "injected" not in answer.headers and "x-orla-workflow" not in answer.headers
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert backend.requests == []
+
+
+def test_a_header_outside_printable_ascii_is_400(proxy: ProxyServer) -> None:
+    with socket.create_connection((proxy.host, int(proxy.url.rsplit(":", 1)[1]))) as raw:
+        body = json.dumps({"model": "light", "messages": HI}).encode()
+        raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nX-Orla-Workflow: caf\xe9\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        head = raw.recv(65536)
+    assert head.startswith(b"HTTP/1.1 400") and b"caf" not in head.split(b"\r\n\r\n")[0]
+
+
+@pytest.mark.parametrize(("headers", "body"), [
+    ({"X-Orla-Workflow": "w" * 257}, {}), ({"X-Orla-Stage": "s" * 300}, {}),
+    ({"X-Orla-Agent": "a" * 300}, {}), ({}, {"workflow_id": "w" * 300}),
+    ({}, {"agent_id": "a" * 300})])
+def test_names_over_the_limit_are_400_naming_it(
+        proxy: ProxyServer, headers: dict[str, str], body: dict[str, Any]) -> None:
+    answer = post(proxy, {"model": "light", "messages": HI, **body}, **headers)
+    assert answer.status_code == 400 and "256" in answer.json()["error"]["message"]
+    assert post(proxy, {"model": "light", "messages": HI},
+                **{"X-Orla-Workflow": "w" * 256}).status_code == 200
+
+
+def test_open_workflows_are_bounded(backend: Scripted) -> None:
+    with scripted_proxy(backend, max_workflows=2) as server:
+        def tagged(workflow: str) -> httpx.Response:
+            return post(server, {"model": "light", "messages": HI}, **{
+                "X-Orla-Workflow": workflow})
+
+        assert [tagged(w).status_code for w in ("wf-1", "wf-2", "wf-1")] == [200] * 3
+        full = tagged("wf-3")
+        assert full.status_code == 429 and "2" in full.json()["error"]["message"]
+        assert full.headers["x-should-retry"] == "false"
+        assert httpx.post(server.url + "/v1/orla/workflows/wf-1/complete").status_code == 200
+        assert tagged("wf-3").status_code == 200
+        assert post(server, {"model": "light", "messages": HI}).status_code == 200  # untagged
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "priority": NaN}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "priority": 1e400}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "priority": '
+    + b"9" * 40 + b"}",
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "priority": 5.5}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "priority": true}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "temperature": '
+    b"Infinity}",
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "stream": true, '
+    b'"stream_options": "yes"}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], '
+    b'"response_format": "json"}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], '
+    b'"response_format": {"type": "json_schema", "json_schema": "x"}}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], '
+    b'"response_format": {"type": 5}}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi"}], "tools": "x"}',
+    b'{"model": "light", "messages": [1]}', b'{"model": "light", "messages": []}',
+    b'{"model": "light", "messages": [{"content": "hi"}]}',
+    b'{"model": "light", "messages": [{"role": "user", "content": "hi", "x": '
+    + b"[" * 900 + b"]" * 900 + b"}]}"])
+def test_malformed_fields_are_400(backend: Scripted, body: bytes) -> None:
+    with scripted_proxy(backend, max_body=1 << 20) as server:
+        answer = post(server, body)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+        assert backend.requests == []
+
+
+# ---- tenants -----------------------------------------------------------------------------------
+def test_a_tenant_reads_and_completes_only_its_own_workflows(backend: Scripted) -> None:
+    tokens = {"alice": "a-key", "bob": "b-key", "ops": "o-key"}
+    with scripted_proxy(backend, tokens=tokens, admins=["ops"]) as server:
+        def call(key: str, workflow: str) -> None:
+            client(server, key).chat.completions.create(
+                model="light", messages=HI,  # type: ignore[arg-type]
+                extra_headers={"X-Orla-Workflow": workflow})
+
+        def get(key: str, path: str) -> httpx.Response:
+            return httpx.get(server.url + path, headers={"Authorization": f"Bearer {key}"})
+
+        call("a-key", "wf-a")
+        assert get("b-key", "/v1/orla/workflows/wf-a").status_code == 404
+        assert httpx.post(server.url + "/v1/orla/workflows/wf-a/complete",
+                          headers={"Authorization": "Bearer b-key"}).status_code == 404
+        call("b-key", "wf-a")  # bob's own workflow of that name, not alice's
+        for key in ("a-key", "b-key"):
+            mine = get(key, "/v1/orla/workflows/wf-a").json()
+            assert mine["total"]["calls"] == 1
+            assert get(key, "/v1/orla/report").json()["total"]["calls"] == 1
+        everything = get("o-key", "/v1/orla/report").json()
+        assert everything["total"]["calls"] == 2
+        assert {t: v["calls"] for t, v in everything["by_tenant"].items()} == {
+            "alice": 1, "bob": 1}
+
+
+# ---- settling: off the answer's path ----------------------------------------------------------
+def slotted_proxy(backend: Scripted, control: SlowSlots, **options: Any) -> ProxyServer:
+    server = scripted_proxy(backend, **options)
+    server.start()
+    server.pool.memory.add_slots("scripted", control, 2)
+    return server
+
+
+def test_untagged_calls_keep_their_slot_and_wait_for_no_erase(backend: Scripted) -> None:
+    control = SlowSlots(erase_s=0.5)
+    server = slotted_proxy(backend, control)
+    try:
+        for stream in (False, True, False):
+            started = time.perf_counter()
+            answer = post(server, {"model": "light", "messages": HI, "stream": stream})
+            assert answer.status_code == 200 and "error" not in answer.text
+            assert time.perf_counter() - started < 0.4
+        assert control.erased == []
+        assert len({r.slot for r in backend.requests}) == 1  # one slot: its prefix stays
+        assert backend.requests[0].slot is not None
+    finally:
+        server.stop()
+
+
+def test_idle_workflows_are_completed_off_the_answer_path(backend: Scripted) -> None:
+    control = SlowSlots(erase_s=0.5)
+    server = slotted_proxy(backend, control, workflow_idle_s=0.2)
+    try:
+        post(server, {"model": "light", "messages": HI}, **{"X-Orla-Workflow": "wf-old"})
+        time.sleep(0.3)
+        started = time.perf_counter()
+        post(server, {"model": "light", "messages": HI}, **{"X-Orla-Workflow": "wf-new"})
+        assert time.perf_counter() - started < 0.4
+        deadline = time.monotonic() + 3
+        while "wf-old" in server.workflows.ids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "wf-old" not in server.workflows.ids() and control.erased
+    finally:
+        server.stop()
+
+
+def test_completing_a_workflow_with_a_call_in_flight_is_409() -> None:
+    backend = Gated()
+    with scripted_proxy(backend) as server:
+        answers: list[int] = []
+        caller = threading.Thread(target=lambda: answers.append(post(
+            server, {"model": "light", "messages": HI}, **{"X-Orla-Workflow": "wf-busy"}
+        ).status_code))
+        caller.start()
+        deadline = time.monotonic() + 5
+        while not server.workflows.ids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = httpx.post(server.url + "/v1/orla/workflows/wf-busy/complete")
+        assert busy.status_code == 409 and "in flight" in busy.json()["error"]["message"]
+        backend.gate.set()
+        caller.join(timeout=5)
+        assert answers == [200]
+        done = httpx.post(server.url + "/v1/orla/workflows/wf-busy/complete").json()
+        assert done["report"]["total"]["calls"] == 1
+
+
+# ---- the serve command's backends ----------------------------------------------------------------
+def test_the_serve_command_declares_engines_with_their_concurrency() -> None:
+    def parsed(*argv: str) -> Any:
+        return serve_config(build_parser().parse_args(["serve", *argv]))
+
+    specs, _ = parsed("--backend", "gpu=vllm:http://10.0.0.5:8000/v1",
+                      "--backend", "sg=sglang:http://10.0.0.6:30000",
+                      "--backend", "cpu=llamacpp:http://127.0.0.1:8080",
+                      "--backend", "api=http://10.0.0.7/v1", "--map", "light=gpu/qwen")
+    assert [(s.name, s.kind, s.url) for s in specs] == [
+        ("gpu", "vllm", "http://10.0.0.5:8000/v1"), ("sg", "sglang", "http://10.0.0.6:30000"),
+        ("cpu", "llamacpp", "http://127.0.0.1:8080"), ("api", "openai", "http://10.0.0.7/v1")]
+    assert specs[0].scheduling.limit == 256  # vLLM's default --max-num-seqs
+    specs, _ = parsed("--heavy", "http://10.0.0.5:8000/v1", "--kind", "vllm",
+                      "--concurrency", "512")
+    assert [(s.kind, s.scheduling.limit) for s in specs] == [("vllm", 512)]
+    with pytest.raises(SystemExit):
+        parsed("--heavy", "http://x", "--concurrency", "0")
+    gpu = orla.backends.vllm("gpu", f"http://127.0.0.1:{free_port()}/v1")
+    api = orla.backends.openai_compatible("api", "http://127.0.0.1:9/v1", concurrency=64)
+    with ProxyServer([gpu, api], {"light": "gpu/m", "heavy": "api/m"}) as server:
+        assert server.pool["gpu"].queue.limit == 256
+        assert server.pool["api"].queue.limit == 64
+
+
 # ---- the real llama.cpp engine -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def llama_proxy(llama_engine: LocalEngine) -> Iterator[ProxyServer]:
@@ -361,3 +830,20 @@ def test_tenant_tokens_are_name_and_secret_and_keep_base64_padding() -> None:
             tenant_tokens(bad)
     with pytest.raises(orla.OrlaError, match="twice"):
         tenant_tokens(["alice=1", "alice=2"])
+
+
+def test_logprobs_timings_and_the_fingerprint_come_through_from_llama_cpp(
+        llama_proxy: ProxyServer) -> None:
+    llm = client(llama_proxy)
+    reply = llm.chat.completions.create(model="light", messages=HI, max_tokens=4,
+                                        logprobs=True, top_logprobs=2, temperature=0)
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None and logprobs.content
+    assert all(len(t.top_logprobs) == 2 for t in logprobs.content)
+    assert reply.system_fingerprint
+    assert (reply.model_extra or {})["timings"]["predicted_n"] == len(logprobs.content)
+    chunks = list(llm.chat.completions.create(model="light", messages=HI, max_tokens=4,
+                                              logprobs=True, stream=True, temperature=0))
+    pieces = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert pieces and all(c.choices[0].logprobs is not None for c in pieces)
+    assert any("timings" in (c.model_extra or {}) for c in chunks)

@@ -30,6 +30,7 @@ from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
 
 DEFAULT_LIMIT = 8  # requests at once, for an engine whose capacity orla cannot read
+BATCHING_LIMIT = 256  # for vLLM or SGLang when it does not say (vLLM's --max-num-seqs)
 
 
 class Closable(Protocol):
@@ -99,7 +100,7 @@ class Connector:
         if spec.kind in RESET_PATHS and spec.url:
             control = GlobalCacheControl(spec.url, spec.kind, timeout=self.timeout,
                                          backend=spec.name)
-            limit = await _engine_limit(control) or DEFAULT_LIMIT
+            limit = await _engine_limit(control) or BATCHING_LIMIT
             return Connection(spec, OpenAICompatibleBackend(spec, timeout=self.timeout),
                               limit, shared_cache=control, closers=[control])
         return Connection(spec, OpenAICompatibleBackend(spec, timeout=self.timeout),

@@ -6,20 +6,35 @@ through JSON-schema output, so a tool needs either). ``cache_control`` says whic
 action an engine offers (llama.cpp slots, a global prefix-cache reset, Ollama's
 keep_alive, prompt-cache keys); the runtime's memory manager turns cache decisions into
 those actions.
+
+``concurrency`` is how many requests orla keeps in flight at an engine (its queue's
+limit): a batching engine serves many at once and loses most of its throughput when
+given few. llama.cpp's is its number of slots, read from the engine; vLLM's defaults to
+its own default ``--max-num-seqs`` (256); SGLang's to what ``/get_server_info`` says
+(``max_running_requests``); any other endpoint's to 8 unless told.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from orla_sdk.ir import BackendSpec, Capabilities
+from orla_sdk.errors import OrlaError
+from orla_sdk.ir import BackendSpec, Capabilities, Scheduling
 
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
+VLLM_CONCURRENCY = 256  # vLLM's default --max-num-seqs
+
+
+def _scheduling(concurrency: int | None) -> Scheduling:
+    if concurrency is not None and concurrency < 1:
+        raise OrlaError(f"concurrency must be at least 1, not {concurrency}")
+    return Scheduling(limit=concurrency)
 
 
 def llamacpp(name: str = "local", url: str | None = None,
              models: list[str] | None = None, *, tool_calling: bool = False) -> BackendSpec:
-    """llama.cpp's server; with no url, orla starts the embedded engine itself.
+    """llama.cpp's server; with no url, orla starts the embedded engine itself. Its
+    concurrency is its number of slots (``-np``), read from the engine.
 
     ``tool_calling=True`` when the served model's chat template emits native tool calls;
     otherwise (SmolLM2, the embedded default, does not) tool calls are emulated through
@@ -31,16 +46,23 @@ def llamacpp(name: str = "local", url: str | None = None,
                                   cache_control="slots", metrics=True))
 
 
-def vllm(name: str, url: str, models: list[str] | None = None) -> BackendSpec:
+def vllm(name: str, url: str, models: list[str] | None = None, *,
+         concurrency: int | None = None) -> BackendSpec:
+    """vLLM's OpenAI server; give ``concurrency`` as its ``--max-num-seqs`` (None: vLLM's
+    default, 256)."""
+    limit = VLLM_CONCURRENCY if concurrency is None else concurrency
     return BackendSpec(
-        name=name, kind="vllm", url=url, models=models,
+        name=name, kind="vllm", url=url, models=models, scheduling=_scheduling(limit),
         capabilities=Capabilities(tool_calling=True, json_schema=True,
                                   cache_control="global_reset", metrics=True))
 
 
-def sglang(name: str, url: str, models: list[str] | None = None) -> BackendSpec:
+def sglang(name: str, url: str, models: list[str] | None = None, *,
+           concurrency: int | None = None) -> BackendSpec:
+    """SGLang's server; ``concurrency`` (None: the ``max_running_requests`` the server
+    reports when orla connects)."""
     return BackendSpec(
-        name=name, kind="sglang", url=url, models=models,
+        name=name, kind="sglang", url=url, models=models, scheduling=_scheduling(concurrency),
         capabilities=Capabilities(tool_calling=True, json_schema=True,
                                   cache_control="global_reset", metrics=True))
 
@@ -57,10 +79,12 @@ def ollama(name: str, url: str = "http://127.0.0.1:11434/v1",
 
 
 def openai_compatible(name: str, url: str, models: list[str] | None = None, *,
-                      tool_calling: bool = True, json_schema: bool = True) -> BackendSpec:
-    """Any OpenAI-compatible endpoint; say what it supports, orla cannot ask it."""
+                      tool_calling: bool = True, json_schema: bool = True,
+                      concurrency: int | None = None) -> BackendSpec:
+    """Any OpenAI-compatible endpoint; say what it supports and how many requests it
+    serves at once (``concurrency``, 8 when not given): orla cannot ask it."""
     return BackendSpec(
-        name=name, kind="openai", url=url, models=models,
+        name=name, kind="openai", url=url, models=models, scheduling=_scheduling(concurrency),
         capabilities=Capabilities(tool_calling=tool_calling, json_schema=json_schema,
                                   cache_control="prompt_key", metrics=False))
 

@@ -8,7 +8,12 @@ a local engine. The bodies out and the chunks back are ``orla_sdk.backends.wire`
 A stream that breaks (a line that is not JSON, an end with neither a finish reason nor
 ``[DONE]``, a lost connection) is a retryable ``BackendError``, unless its text has already
 reached the caller; a refused connection or a 502-504 answer is a ``BackendDown``, which
-the pool waits for (``ready`` polls the engine).
+the pool waits for (``ready`` polls the engine). A lost connection is tried again at once
+on a fresh one (a kept-alive connection the server closed fails once); a request that has
+lost its connection three times is not sent again, as it may be what breaks the engine.
+Connections are not capped (the backend's queue in front is the cap); they are spread
+over several ``httpx`` clients of ``CONNECTIONS_PER_CLIENT`` each, as the work httpcore's
+connection pool does for each request grows with the square of its connections.
 Engine flavours add their own fields:
 
 - llama.cpp: ``id_slot`` pins the request to a slot, ``cache_prompt`` keeps its prefix;
@@ -22,8 +27,11 @@ Engine flavours add their own fields:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -35,6 +43,9 @@ from orla_sdk.ir import BackendSpec
 
 ENGINE_DOWN_STATUSES = (502, 503, 504)  # an engine loading, restarting, or gone behind a proxy
 POLL_TIMEOUT_S = 2.0  # how long one poll of an engine that is down waits for its answer
+LOST_LIMIT = 3  # times a request may lose its connection before it is not sent again
+LOST_REMEMBERED = 256  # requests whose connection was lost, remembered (the oldest go first)
+CONNECTIONS_PER_CLIENT = 4
 
 
 class OpenAICompatibleBackend:
@@ -45,27 +56,36 @@ class OpenAICompatibleBackend:
                                " (or start the embedded engine for llama.cpp backends).",
                                retryable=False)
         self.spec = spec
-        self._http = httpx.AsyncClient(
-            base_url=api_base(spec.url), timeout=timeout,
-            headers={"Authorization": f"Bearer {api_key or 'not-needed'}"})
+        self._client_options: dict[str, Any] = {
+            "base_url": api_base(spec.url), "timeout": timeout,
+            "headers": {"Authorization": f"Bearer {api_key or 'not-needed'}"},
+            "limits": httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT,
+                                   max_keepalive_connections=CONNECTIONS_PER_CLIENT),
+            "verify": httpx.create_ssl_context()}  # one for all: making one takes ~20 ms
+        self._http = httpx.AsyncClient(**self._client_options)  # the first client
+        self._more: list[httpx.AsyncClient] = []  # the others, made as calls need them
+        self._busy = [0]  # calls under way on each client
+        self._lost_times: OrderedDict[str, int] = OrderedDict()  # request key -> losses
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for client in [self._http, *self._more]:
+            await client.aclose()
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         reply = StreamedReply(request.on_token)
+        body = self.body(request)
         try:
             try:
-                return await self._chat_once(request, reply)
+                result = await self._chat_once(body, reply)
             except (httpx.TimeoutException, httpx.ConnectError):
                 raise
             except httpx.TransportError:
-                if reply.delivered:
+                if reply.delivered or _request_key(request) in self._lost_times:
                     raise
                 # A pooled keep-alive connection the server has closed fails once; a fresh
                 # connection tells that apart from a real outage.
                 reply = StreamedReply(request.on_token)
-                return await self._chat_once(request, reply)
+                result = await self._chat_once(body, reply)
         except httpx.TimeoutException as exc:
             raise BackendError(self.spec.name, f"timed out at {self.spec.url}: {exc!r}",
                                retryable=True) from exc
@@ -73,7 +93,10 @@ class OpenAICompatibleBackend:
             raise BackendDown(self.spec.name, f"cannot reach {self.spec.url} ({exc!r}); is "
                               "the engine running?") from exc
         except httpx.TransportError as exc:
-            raise self._lost(exc, reply) from exc
+            raise self._lost(exc, reply, request) from exc
+        if self._lost_times:
+            self._lost_times.pop(_request_key(request), None)
+        return result
 
     async def ready(self) -> bool:
         """Whether the engine answers now, with anything below 500 (a server without
@@ -85,16 +108,30 @@ class OpenAICompatibleBackend:
             return False
         return response.status_code < 500
 
-    async def _chat_once(self, request: ChatRequest, reply: StreamedReply) -> ChatResult:
+    async def _chat_once(self, body: dict[str, Any], reply: StreamedReply) -> ChatResult:
         started = time.perf_counter()
-        async with self._http.stream("POST", "/chat/completions",
-                                     json=self.body(request)) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise self._error_answer(response)
-            first = await self._read(response, reply, started)
+        index = self._free_client()
+        client = self._http if index == 0 else self._more[index - 1]
+        self._busy[index] += 1
+        try:
+            async with client.stream("POST", "/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise self._error_answer(response)
+                first = await self._read(response, reply, started)
+        finally:
+            self._busy[index] -= 1
         duration = time.perf_counter() - started
         return reply.result(ttft_s=first if first is not None else duration, duration_s=duration)
+
+    def _free_client(self) -> int:
+        """The first client with a connection to spare (a new one when none has)."""
+        for index, busy in enumerate(self._busy):
+            if busy < CONNECTIONS_PER_CLIENT:
+                return index
+        self._more.append(httpx.AsyncClient(**self._client_options))
+        self._busy.append(0)
+        return len(self._busy) - 1
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completions request body; ``extra_body`` in the request's parameters
@@ -109,11 +146,11 @@ class OpenAICompatibleBackend:
         left unread is closed, not pooled, and the next call would pay for a new one."""
         first: float | None = None
         done = False
-        async for line in response.aiter_lines():
-            if done or not line.startswith("data:"):
+        async for line in _lines(response):
+            if done or not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
-            done = data == "[DONE]"
+            done = data == b"[DONE]"
             if not done and reply.add(self._event(data)) and first is None:
                 first = time.perf_counter() - started
         if not (done or reply.finish):
@@ -122,7 +159,7 @@ class OpenAICompatibleBackend:
                                "it) cut the reply short", retryable=True)
         return first
 
-    def _event(self, data: str) -> dict[str, Any]:
+    def _event(self, data: bytes) -> dict[str, Any]:
         """One server-sent event's JSON."""
         try:
             event = json.loads(data)
@@ -130,7 +167,8 @@ class OpenAICompatibleBackend:
             event = None
         if not isinstance(event, dict):
             raise BackendError(self.spec.name, f"sent a malformed stream line (not a JSON "
-                               f"object): {data[:200]!r}", retryable=True)
+                               f"object): {data[:200].decode(errors='replace')!r}",
+                               retryable=True)
         if "error" in event:  # a failure after streaming began
             raise BackendError(self.spec.name, f"failed while streaming: "
                                f"{error_message(event['error'])}", retryable=False)
@@ -143,14 +181,50 @@ class OpenAICompatibleBackend:
             return BackendDown(self.spec.name, message, status=status)
         return BackendError(self.spec.name, message, retryable=status >= 500, status=status)
 
-    def _lost(self, exc: httpx.TransportError, reply: StreamedReply) -> BackendError:
+    def _lost(self, exc: httpx.TransportError, reply: StreamedReply,
+              request: ChatRequest) -> BackendError:
         """The error for a connection lost while the reply was being read."""
         if reply.delivered:
             return BackendError(self.spec.name, f"lost the connection to {self.spec.url} after "
                                 f"part of the reply had streamed to the caller ({exc!r}); not "
                                 "retried, so that no text arrives twice", retryable=False)
+        losses = self._count_loss(_request_key(request))
+        if losses >= LOST_LIMIT:
+            return BackendError(self.spec.name, f"lost the connection to {self.spec.url} "
+                                f"{losses} times for this request ({exc!r}), on fresh "
+                                "connections too; not sent again, as the request itself may "
+                                "be what breaks the engine (check its log)", retryable=False)
         return BackendError(self.spec.name, f"lost the connection to {self.spec.url} ({exc!r});"
                             " is the engine running?", retryable=True)
+
+    def _count_loss(self, key: str) -> int:
+        """One more lost connection for the request of ``key``; its count (the fresh
+        connection tried at once after the first loss counts as well)."""
+        before = self._lost_times.pop(key, None)
+        losses = 2 if before is None else before + 1
+        self._lost_times[key] = losses
+        while len(self._lost_times) > LOST_REMEMBERED:
+            self._lost_times.popitem(last=False)
+        return losses
+
+
+async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The lines of a response body, as bytes: lighter than ``aiter_lines``, which decodes
+    every piece to text first, and JSON reads bytes as they are."""
+    rest = b""
+    async for piece in response.aiter_bytes():
+        *lines, rest = (rest + piece).split(b"\n")
+        for line in lines:
+            yield line
+    if rest:
+        yield rest
+
+
+def _request_key(request: ChatRequest) -> str:
+    """What one request is, across the pool's attempts (whose slot may differ)."""
+    text = json.dumps([request.model, request.messages, request.params, request.json_schema,
+                       request.tools], sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def api_base(url: str) -> str:

@@ -1,12 +1,18 @@
 """The OpenAI chat-completions wire format, in both directions, in one place.
 
-JSON bodies in and out of orla: a request body as a ``ChatRequest`` and back, a
-``ChatResult`` as a completion (or as the server-sent chunks of a streamed one) and a
-streamed reply read back into a ``ChatResult``, the usage, and the error envelope with
-the status an error answers with. Pure format: no transport, nothing above
-``orla_sdk.backends.base`` and ``orla_sdk.errors``. The engine client,
-the simulator's HTTP server, the ``openai`` client shim and the proxy all speak it
-through this module.
+JSON bodies in and out of orla: a request body as a ``ChatRequest`` (its fields checked)
+and back, a ``ChatResult`` as a completion (or as the server-sent chunks of a streamed
+one; several results as the choices of one answer) and a streamed reply read back into a
+``ChatResult``, the usage, and the error envelope with the status an error answers with.
+
+What an engine sends that orla does not read (``logprobs``, ``system_fingerprint``,
+llama.cpp's ``timings``, a reasoning text, usage details) is kept as the ``Extras`` of an
+``EngineResult`` and of each streamed ``Piece``, and written back into the answers, so a
+client behind orla sees it as the engine sent it.
+
+Pure format: no transport, nothing above ``orla_sdk.backends.base`` and
+``orla_sdk.errors``. The engine client, the simulator's HTTP server, the ``openai``
+client shim and the proxy all speak it through this module.
 """
 
 from __future__ import annotations
@@ -15,44 +21,176 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.errors import BackendError
 
 PARAMS = ("max_tokens", "max_completion_tokens", "seed", "temperature", "top_p", "tool_choice")
+COUNTS = ("max_tokens", "max_completion_tokens")  # parameters that are non-negative integers
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+# the fields of a streamed chunk, a choice, a delta and a usage that orla reads itself;
+# every other field is the engine's own, passed on as it came
+CHUNK_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage"})
+CHOICE_FIELDS = frozenset({"index", "delta", "message", "finish_reason", "logprobs"})
+DELTA_FIELDS = frozenset({"role", "content", "tool_calls"})
+USAGE_FIELDS = frozenset({"prompt_tokens", "completion_tokens", "total_tokens"})
 
 
+# ---- what engines send beside the text --------------------------------------------------
+@dataclass(frozen=True)
+class Extras:
+    """Fields of an engine's answer that orla does not read, as the engine sent them: of
+    the completion (``system_fingerprint``, llama.cpp's ``timings``), of its choice
+    (``logprobs``, vLLM's ``stop_reason``), of its message (``reasoning_content``) and of
+    its usage (``completion_tokens_details``)."""
+
+    completion: Mapping[str, Any] = field(default_factory=dict)
+    choice: Mapping[str, Any] = field(default_factory=dict)
+    message: Mapping[str, Any] = field(default_factory=dict)
+    usage: Mapping[str, Any] = field(default_factory=dict)
+
+
+NO_EXTRAS = Extras()
+
+
+@dataclass(frozen=True)
+class EngineResult(ChatResult):
+    """A ``ChatResult`` with the ``Extras`` the engine's answer carried."""
+
+    extras: Extras = NO_EXTRAS
+
+
+class Piece(str):
+    """A piece of streamed text, with the ``Extras`` of the chunk it came in (its
+    ``logprobs``, the ``system_fingerprint``): what a stream's pieces go on to the caller as."""
+
+    extras: Extras
+
+    def __new__(cls, text: str, extras: Extras = NO_EXTRAS) -> Piece:
+        piece = super().__new__(cls, text)
+        piece.extras = extras
+        return piece
+
+
+def extras_of(value: object) -> Extras:
+    """The extras of an ``EngineResult`` or a ``Piece``; none for anything else."""
+    extras = getattr(value, "extras", NO_EXTRAS)
+    return extras if isinstance(extras, Extras) else NO_EXTRAS
+
+
+# ---- a request body in --------------------------------------------------------------------
 def chat_request(body: dict[str, Any]) -> ChatRequest:
-    """An OpenAI chat-completions body as a ``ChatRequest``."""
-    if not isinstance(body.get("messages"), list):
-        raise ValueError("'messages' must be a list of chat messages")
-    schema, name = None, "output"
-    response_format = body.get("response_format") or {}
-    if response_format.get("type") == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        schema, name = spec.get("schema") or {"type": "object"}, spec.get("name", name)
-    elif response_format.get("type") == "json_object":
-        schema = {"type": "object"}
-    return ChatRequest(model=str(body.get("model", "")), messages=body["messages"],
-                       params={k: body[k] for k in PARAMS if k in body},
-                       json_schema=schema, schema_name=name, tools=body.get("tools") or [],
+    """An OpenAI chat-completions body as a ``ChatRequest``; a field of the wrong shape is
+    a ``ValueError`` that names it."""
+    messages = checked_messages(body.get("messages"))
+    schema, name = response_schema(body.get("response_format"))
+    tools = body.get("tools")
+    if tools is not None and not (isinstance(tools, list)
+                                  and all(isinstance(t, dict) for t in tools)):
+        raise ValueError("'tools' must be a list of tool objects")
+    stream_options(body)
+    return ChatRequest(model=str(body.get("model", "")), messages=messages,
+                       params={k: checked_param(k, body[k]) for k in PARAMS if k in body},
+                       json_schema=schema, schema_name=name, tools=tools or [],
                        slot=body.get("id_slot"), priority=body.get("priority"))
 
 
+def checked_messages(messages: Any) -> list[dict[str, Any]]:
+    if not (isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)):
+        raise ValueError("'messages' must be a non-empty list of chat messages, each an "
+                         "object with a 'role' string")
+    return messages
+
+
+def as_integer(value: Any) -> int | None:
+    """``value`` as an integer, where JSON counts it as one (``3`` or ``3.0``); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def checked_param(name: str, value: Any) -> Any:
+    """An inference parameter, checked for its type (its range is the engine's to judge);
+    an integer written as ``3.0`` is passed on as ``3``."""
+    if value is None:
+        return value
+    if name in COUNTS or name == "seed":
+        number = as_integer(value)
+        if number is None or (name in COUNTS and number < 0):
+            kind = "a non-negative integer" if name in COUNTS else "an integer"
+            raise ValueError(f"{name!r} must be {kind}, not {value!r}"[:300])
+        return number
+    if name in ("temperature", "top_p"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name!r} must be a number, not {value!r}"[:300])
+    elif name == "tool_choice" and not isinstance(value, str | dict):
+        raise ValueError(f"'tool_choice' must be a string or an object, not {value!r}"[:300])
+    return value
+
+
+def response_schema(response_format: Any) -> tuple[dict[str, Any] | None, str]:
+    """The JSON schema (and its name) a ``response_format`` asks the answer to match."""
+    if response_format is None:
+        return None, "output"
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind not in RESPONSE_FORMATS:
+        raise ValueError(f"'response_format' must be an object whose 'type' is one of "
+                         f"{list(RESPONSE_FORMATS)}, not {response_format!r}"[:300])
+    if kind == "json_object":
+        return {"type": "object"}, "output"
+    if kind == "text":
+        return None, "output"
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict):
+        spec = {"schema": "missing"}
+    schema = spec.get("schema", {"type": "object"})
+    schema = {"type": "object"} if schema is None else schema
+    name = spec.get("name", "output")
+    if not isinstance(schema, dict) or not isinstance(name, str):
+        raise ValueError("'response_format.json_schema' must be an object with a 'schema' "
+                         "object and a 'name' string")
+    return schema, name
+
+
+def stream_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The body's ``stream_options`` (``include_usage``)."""
+    options = body.get("stream_options")
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False),
+                                                       bool):
+        raise ValueError("'stream_options' must be an object such as {\"include_usage\": true}")
+    return options
+
+
+# ---- answers out --------------------------------------------------------------------------
 def message_json(result: ChatResult) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.content or None}
+    message: dict[str, Any] = {**extras_of(result).message, "role": "assistant",
+                               "content": result.content or None}
     if result.tool_calls:
         message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
             "name": c.name, "arguments": c.arguments}} for c in result.tool_calls]
     return message
 
 
-def usage_json(result: ChatResult) -> dict[str, Any]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
+def usage_json(*results: ChatResult) -> dict[str, Any]:
+    """The usage of ``results`` (the choices of one answer), summed; the engine's own
+    usage fields come from the first."""
+    extra = extras_of(results[0]).usage
+    details = extra.get("prompt_tokens_details")
+    prompt = sum(r.prompt_tokens for r in results)
+    completion = sum(r.completion_tokens for r in results)
+    return {**extra, "prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {**(details if isinstance(details, dict) else {}),
+                                      "cached_tokens": sum(r.cached_tokens for r in results)}}
 
 
 def finish_reason(result: ChatResult) -> str:
@@ -66,27 +204,36 @@ def envelope(body: dict[str, Any], kind: str) -> dict[str, Any]:
             "created": int(time.time()), "model": str(body.get("model") or "orla")}
 
 
-def completion_json(body: dict[str, Any], result: ChatResult) -> dict[str, Any]:
-    """The ``chat.completion`` answering ``body`` with ``result``."""
-    return {**envelope(body, "chat.completion"), "choices": [{
-        "index": 0, "message": message_json(result), "finish_reason": finish_reason(result),
-        "logprobs": None}], "usage": usage_json(result)}
+def completion_json(body: dict[str, Any], *results: ChatResult) -> dict[str, Any]:
+    """The ``chat.completion`` answering ``body`` with ``results``, one choice each; the
+    engine's own completion fields come from the first."""
+    return {**extras_of(results[0]).completion, **envelope(body, "chat.completion"),
+            "choices": [{"index": index, "message": message_json(result),
+                         "finish_reason": finish_reason(result), "logprobs": None,
+                         **extras_of(result).choice}
+                        for index, result in enumerate(results)],
+            "usage": usage_json(*results)}
 
 
 def error_type(status: int) -> str:
     return "invalid_request_error" if status < 500 else "server_error"
 
 
-def error_json(status: int, message: str, code: str | int | None = None) -> dict[str, Any]:
+def error_json(status: int, message: str, code: str | int | None = None,
+               param: str | None = None) -> dict[str, Any]:
     """OpenAI's error envelope for an answer of ``status``."""
-    return {"error": {"message": message, "type": error_type(status), "code": code}}
+    return {"error": {"message": message, "type": error_type(status), "param": param,
+                      "code": code}}
 
 
 def error_status(exc: Exception) -> int:
     """The status an error answers with: the engine's own, 503 for a backend that may come
-    back, 502 for one that failed otherwise, 400 for a request orla cannot read."""
-    if not isinstance(exc, BackendError):
+    back, 502 for one that failed otherwise, 400 for a request orla cannot read (a
+    ``ValueError``), 500 for anything else."""
+    if isinstance(exc, ValueError):
         return 400
+    if not isinstance(exc, BackendError):
+        return 500
     if exc.status is not None:
         return exc.status
     return 503 if exc.retryable else 502
@@ -102,32 +249,59 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 @dataclass
 class Chunks:
-    """The server-sent events of one streamed answer."""
+    """The server-sent events of one streamed answer, of one choice or several (each
+    event names its choice's ``index``)."""
 
     envelope: dict[str, Any]
     include_usage: bool
-    started: bool = False
+    started: set[int] = field(default_factory=set)  # choices whose first delta went out
+    # the message extras each choice has streamed (a reasoning text, say)
+    sent: dict[int, set[str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> Chunks:
-        options = body.get("stream_options") or {}
-        return cls(envelope(body, "chat.completion.chunk"), bool(options.get("include_usage")))
+        options = body.get("stream_options")
+        include = isinstance(options, dict) and options.get("include_usage") is True
+        return cls(envelope(body, "chat.completion.chunk"), include)
 
-    def piece(self, text: str) -> bytes:
-        return self._delta({"content": text})
+    def piece(self, text: str, index: int = 0) -> bytes:
+        """A streamed piece of choice ``index``, with what the engine sent beside it."""
+        extras = extras_of(text)
+        if extras.message:
+            self.sent.setdefault(index, set()).update(extras.message)
+        return self._delta({**extras.message, "content": str(text)}, index, extras.completion,
+                           extras.choice)
 
     def end(self, result: ChatResult) -> Iterator[bytes]:
-        """The events after the streamed text: tool calls, the finish reason, the usage
-        (when asked for) and ``[DONE]``."""
-        if not self.started and (result.content or not result.tool_calls):
-            yield self.piece(result.content)  # the backend did not stream it
-        for index, call in enumerate(result.tool_calls):
-            yield self._delta({"tool_calls": [{"index": index, "id": call.id, "type": "function",
+        """The events after the streamed text of a one-choice answer: its ``finish`` and
+        the ``close`` of the stream."""
+        yield from self.finish(result)
+        yield from self.close([result])
+
+    def finish(self, result: ChatResult, index: int = 0) -> Iterator[bytes]:
+        """The events that end choice ``index``: what was not streamed of it (all of its
+        text where the backend streamed none), its tool calls and its finish reason."""
+        extras = extras_of(result)
+        unsent = {k: v for k, v in extras.message.items() if k not in self.sent.get(index, ())}
+        if index not in self.started and (result.content or not result.tool_calls):
+            yield self._delta({**unsent, "content": result.content}, index, extras.completion,
+                              extras.choice)
+        elif unsent:
+            yield self._delta(unsent, index, extras.completion)
+        for number, call in enumerate(result.tool_calls):
+            yield self._delta({"tool_calls": [{"index": number, "id": call.id,
+                                               "type": "function",
                                                "function": {"name": call.name,
-                                                            "arguments": call.arguments}}]})
-        yield self._event([{"index": 0, "delta": {}, "finish_reason": finish_reason(result)}])
+                                                            "arguments": call.arguments}}]},
+                              index, extras.completion)
+        rest = {k: v for k, v in extras.choice.items() if k != "logprobs"}  # logprobs went
+        yield self._event([{**rest, "index": index, "delta": {},
+                            "finish_reason": finish_reason(result)}], extras.completion)
+
+    def close(self, results: list[ChatResult]) -> Iterator[bytes]:
+        """The last events: the usage of every choice (when asked for) and ``[DONE]``."""
         if self.include_usage:
-            yield self._event([], usage=usage_json(result))
+            yield self._event([], extras_of(results[0]).completion, usage=usage_json(*results))
         yield SSE_DONE
 
     def error(self, exc: Exception) -> bytes:
@@ -135,14 +309,17 @@ class Chunks:
         status = error_status(exc)
         return sse_data(error_json(status, str(exc), code=status))
 
-    def _delta(self, delta: dict[str, Any]) -> bytes:
-        if not self.started:
+    def _delta(self, delta: dict[str, Any], index: int, completion: Mapping[str, Any],
+               choice: Mapping[str, Any] | None = None) -> bytes:
+        if index not in self.started:
             delta = {"role": "assistant", **delta}
-            self.started = True
-        return self._event([{"index": 0, "delta": delta, "finish_reason": None}])
+            self.started.add(index)
+        return self._event([{**(choice or {}), "index": index, "delta": delta,
+                             "finish_reason": None}], completion)
 
-    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return sse_data({**self.envelope, "choices": choices, **extra})
+    def _event(self, choices: list[dict[str, Any]], completion: Mapping[str, Any],
+               **extra: Any) -> bytes:
+        return sse_data({**completion, **self.envelope, "choices": choices, **extra})
 
 
 # ---- orla as the client: a request body out, a streamed reply back ----------------------
@@ -166,7 +343,9 @@ def request_json(request: ChatRequest, *, stream: bool = True,
 
 class StreamedReply:
     """A streamed reply read back chunk by chunk: its text (each piece handed to
-    ``on_token``), tool calls, finish reason and usage."""
+    ``on_token``, as a ``Piece`` where the chunk carried extras), tool calls, finish
+    reason, usage and the engine's own fields. Only choice 0 is read: orla asks engines
+    for one choice a request."""
 
     def __init__(self, on_token: Callable[[str], None] | None = None) -> None:
         self.on_token = on_token
@@ -174,52 +353,94 @@ class StreamedReply:
         self.calls: dict[int, dict[str, str]] = {}
         self.finish = ""
         self.usage: dict[str, Any] = {}
+        self.completion: dict[str, Any] = {}  # the extras, as they accumulate
+        self.choice: dict[str, Any] = {}
+        self.message: dict[str, Any] = {}
+        self.logprobs: dict[str, Any] = {}
+        self.delivered = False  # whether text reached ``on_token``: then never ask again
 
     def add(self, chunk: dict[str, Any]) -> bool:
-        """Read one chunk; whether it carried output (text or a tool call)."""
-        self.usage = chunk.get("usage") or self.usage
+        """Read one chunk; whether it carried output (text, a tool call, reasoning)."""
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and usage:
+            self.usage = usage
+        completion = {k: v for k, v in chunk.items() if k not in CHUNK_FIELDS}
+        self.completion.update(completion)
+        choices = chunk.get("choices")
         output = False
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            content, tool_calls = delta.get("content"), delta.get("tool_calls")
-            output = output or bool(content or tool_calls)
-            if content:
-                self.parts.append(content)
-                if self.on_token is not None:
-                    self.on_token(content)
-            for call in tool_calls or []:
-                _add_tool_delta(self.calls.setdefault(int(call.get("index", 0)), {}), call)
-            self.finish = choice.get("finish_reason") or self.finish
+        for choice in choices if isinstance(choices, list) else []:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                output = self._add_choice(choice, completion) or output
         return output
 
-    @property
-    def delivered(self) -> bool:
-        """Whether text has reached ``on_token``: a reply that fails after that must not be
-        asked for again, or the caller would see its beginning twice."""
-        return bool(self.parts) and self.on_token is not None
+    def _add_choice(self, choice: dict[str, Any], completion: dict[str, Any]) -> bool:
+        delta = choice.get("delta")
+        delta = delta if isinstance(delta, dict) else {}
+        content, tool_calls = delta.get("content"), delta.get("tool_calls")
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict):
+            self._add_logprobs(logprobs)
+        self.choice.update((k, v) for k, v in choice.items() if k not in CHOICE_FIELDS)
+        message = {k: v for k, v in delta.items() if k not in DELTA_FIELDS and v is not None}
+        for key, value in message.items():
+            before = self.message.get(key)
+            self.message[key] = (before + value if isinstance(before, str)
+                                 and isinstance(value, str) else value)
+        if isinstance(content, str) and content:
+            self.parts.append(content)
+            if self.on_token is not None:
+                self.delivered = True
+                extras = (Extras(completion, {"logprobs": logprobs} if logprobs else {}, message)
+                          if completion or logprobs or message else None)
+                self.on_token(content if extras is None else Piece(content, extras))
+        for call in tool_calls if isinstance(tool_calls, list) else []:
+            if isinstance(call, dict):
+                _add_tool_delta(self.calls.setdefault(_index(call), {}), call)
+        self.finish = choice.get("finish_reason") or self.finish
+        return bool(content or tool_calls or message)
 
-    def result(self, *, ttft_s: float, duration_s: float) -> ChatResult:
-        details = self.usage.get("prompt_tokens_details") or {}
-        return ChatResult(
+    def _add_logprobs(self, logprobs: dict[str, Any]) -> None:
+        for key, value in logprobs.items():
+            if isinstance(value, list):
+                self.logprobs.setdefault(key, []).extend(value)
+            else:
+                self.logprobs[key] = value
+
+    def result(self, *, ttft_s: float, duration_s: float) -> EngineResult:
+        details = self.usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+        choice = {**self.choice, "logprobs": self.logprobs} if self.logprobs else self.choice
+        return EngineResult(
             content="".join(self.parts),
             tool_calls=[ToolCall(id=c.get("id", ""), name=c.get("name", ""),
                                  arguments=c.get("arguments", ""))
                         for _, c in sorted(self.calls.items())],
             finish_reason=self.finish,
-            prompt_tokens=self.usage.get("prompt_tokens") or 0,
-            completion_tokens=self.usage.get("completion_tokens") or 0,
-            cached_tokens=details.get("cached_tokens") or 0,
-            ttft_s=ttft_s, duration_s=duration_s)
+            prompt_tokens=_count(self.usage.get("prompt_tokens")),
+            completion_tokens=_count(self.usage.get("completion_tokens")),
+            cached_tokens=_count(cached), ttft_s=ttft_s, duration_s=duration_s,
+            extras=Extras(self.completion, choice, self.message,
+                          {k: v for k, v in self.usage.items() if k not in USAGE_FIELDS}))
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _index(call: dict[str, Any]) -> int:
+    index = call.get("index", 0)
+    return index if isinstance(index, int) else 0
 
 
 def _add_tool_delta(acc: dict[str, str], delta: dict[str, Any]) -> None:
     if delta.get("id"):
-        acc["id"] = delta["id"]
-    function = delta.get("function") or {}
+        acc["id"] = str(delta["id"])
+    function = delta.get("function")
+    function = function if isinstance(function, dict) else {}
     if function.get("name"):
-        acc["name"] = acc.get("name", "") + function["name"]
+        acc["name"] = acc.get("name", "") + str(function["name"])
     if function.get("arguments"):
-        acc["arguments"] = acc.get("arguments", "") + function["arguments"]
+        acc["arguments"] = acc.get("arguments", "") + str(function["arguments"])
 
 
 def error_message(error: Any) -> str:

@@ -8,9 +8,10 @@
     orla engine start|stop|status            the embedded llama.cpp engine
     orla demo [--ticket TEXT] [--backend llamacpp|sim] [--light URL] [--heavy URL]
                                              the customer-support workflow, live
-    orla serve [--host H] [--port P] [--token T] [--tenant-token NAME=T] [--budget FIELDS]
-               [--light URL] ...
-               [--backend NAME=URL --map NAME=BACKEND/MODEL ...]
+    orla serve [--host H] [--port P] [--token T] [--tenant-token NAME=T] [--admin NAME]
+               [--budget FIELDS] [--max-workflows N] [--light [KIND:]URL] ...
+               [--backend NAME=[KIND:]URL --map NAME=BACKEND/MODEL ...]
+               [--kind openai|llamacpp|vllm|sglang] [--concurrency N]
                                              an OpenAI-compatible proxy (docs/proxy.md)
 
 MODULE:WORKFLOW names a ``@workflow`` (compiled with its own defaults), a ``Plan``, or a
@@ -40,7 +41,9 @@ from orla_sdk.backends import (
     engine,
     llamacpp,
     openai_compatible,
+    sglang,
     simulator,
+    vllm,
 )
 from orla_sdk.cli.runs import add_runs_parser, runs_command
 from orla_sdk.compile import compile
@@ -56,6 +59,7 @@ DEMO_WORKFLOW = "orla_sdk.examples.customer_support:support"
 DEMO_SAMPLE = "orla_sdk.examples.customer_support:SAMPLE_TICKET"
 TENANT_NAME = re.compile(r"[A-Za-z_][\w-]*")
 SIM_PROFILES = {"light": "smollm2-135m", "heavy": "qwen3-8b"}  # logical model -> simulated
+ENGINE_KINDS = ("openai", "llamacpp", "vllm", "sglang")  # what `orla serve` declares
 
 
 def load_plan(target: str) -> Plan:
@@ -321,8 +325,25 @@ def serve_config(args: argparse.Namespace) -> tuple[list[BackendSpec], dict[str,
         return [llamacpp("local")], {"light": default, "heavy": default, **mapping}
     if not mapping:
         raise OrlaError("name the logical models the backends serve: --map NAME=BACKEND/MODEL")
-    make = llamacpp if args.kind == "llamacpp" else openai_compatible
-    return [make(name, _checked_url(name, url)) for name, url in urls.items()], mapping
+    return [engine_backend(name, url, args.kind, args.concurrency)
+            for name, url in urls.items()], mapping
+
+
+def engine_backend(name: str, given: str, kind: str, concurrency: int | None) -> BackendSpec:
+    """The backend ``name`` at ``given`` (``[KIND:]URL``; ``kind`` where it names none).
+    ``concurrency`` is the requests orla keeps in flight there; llama.cpp's is its slots,
+    read from the engine."""
+    prefix, sep, rest = given.partition(":")
+    if sep and prefix in ENGINE_KINDS:
+        kind, given = prefix, rest
+    url = _checked_url(name, given)
+    if kind == "llamacpp":
+        return llamacpp(name, url)
+    if kind == "vllm":
+        return vllm(name, url, concurrency=concurrency)
+    if kind == "sglang":
+        return sglang(name, url, concurrency=concurrency)
+    return openai_compatible(name, url, concurrency=concurrency)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -332,8 +353,9 @@ def serve(args: argparse.Namespace) -> int:
     specs, mapping = serve_config(args)
     budgets = [budget_from_text(text) for text in args.budget]
     proxy = ProxyServer(specs, mapping, host=args.host, port=args.port, token=token,
-                        tokens=tokens, max_body=args.max_body,
+                        tokens=tokens, admins=args.admin, max_body=args.max_body,
                         workflow_idle_s=args.workflow_idle_s,
+                        max_workflows=args.max_workflows,
                         policies=[*budgets, *args.policy])
     try:
         url = proxy.start()
@@ -377,27 +399,52 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     cmd.add_argument("--token", help="bearer token clients must send (default: "
                      "$ORLA_PROXY_TOKEN); required off loopback")
     cmd.add_argument("--tenant-token", action="append", default=[], metavar="NAME=SECRET",
-                     help="a tenant's bearer token; budgets may name the tenant (repeatable)")
+                     help="a tenant's bearer token; a tenant reads and completes only its own "
+                     "workflows, and budgets may name it (repeatable)")
+    cmd.add_argument("--admin", action="append", default=[], metavar="NAME",
+                     help="a tenant (of --tenant-token) whose /v1/orla/report shows every "
+                     "tenant's workflows (repeatable)")
     cmd.add_argument("--budget", action="append", default=[], metavar="FIELDS",
                      help="a budget, e.g. 'tenants=alice,tokens=50000,cost=2,"
                      "price_per_mtok=0.6' (fields: per (default: tenant), tokens, cost, "
                      "price_per_mtok, agents, tenants; lists a|b; repeatable)")
     cmd.add_argument("--max-body", type=int, default=1 << 20, help="bytes (default: 1 MiB)")
-    cmd.add_argument("--workflow-idle-s", type=float, default=3600.0, metavar="SECONDS",
-                     help="complete a workflow (dropping its cache) after this long without "
-                     "a call (default: %(default)s)")
+    cmd.add_argument("--workflow-idle-s", type=_positive(float), default=3600.0,
+                     metavar="SECONDS", help="complete a workflow (dropping its cache) after "
+                     "this long without a call (default: %(default)s)")
+    cmd.add_argument("--max-workflows", type=_positive(int), default=10_000, metavar="N",
+                     help="open workflows per token; one more is refused with 429 "
+                     "(default: %(default)s)")
     for logical in ("light", "heavy"):
-        cmd.add_argument(f"--{logical}", metavar="URL", help=f"serve {logical!r} at this "
-                         "OpenAI-compatible endpoint")
-    cmd.add_argument("--backend", action="append", default=[], metavar="NAME=URL",
-                     help="a backend at URL (repeatable)")
-    cmd.add_argument("--kind", choices=["openai", "llamacpp"], default="openai",
-                     help="what the --light/--heavy/--backend URLs are (default: %(default)s)")
+        cmd.add_argument(f"--{logical}", metavar="[KIND:]URL", help=f"serve {logical!r} at "
+                         "this OpenAI-compatible endpoint")
+    cmd.add_argument("--backend", action="append", default=[], metavar="NAME=[KIND:]URL",
+                     help="a backend at URL, e.g. gpu=vllm:http://10.0.0.5:8000/v1 "
+                     "(repeatable)")
+    cmd.add_argument("--kind", choices=ENGINE_KINDS, default="openai",
+                     help="what the URLs given without a KIND: are (default: %(default)s)")
+    cmd.add_argument("--concurrency", type=_positive(int), metavar="N",
+                     help="requests in flight at each vllm, sglang or openai backend "
+                     "(default: vLLM's 256, what SGLang reports, else 8); llama.cpp's are "
+                     "its slots")
     cmd.add_argument("--map", action="append", default=[], metavar="NAME=BACKEND/MODEL",
                      help="serve logical model NAME on BACKEND's MODEL (repeatable)")
     cmd.add_argument("--policy", action="append", default=[], metavar="NAME",
                      help="an agent policy: cachesage, lru, memo, fair, pin or module:Class "
                      "(repeatable, in order of precedence; default: lru)")
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a number of ``kind`` above 0."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,17 +14,23 @@ counts only where it names a logical model of the plan), the backend's queue, th
 stage's priority, the run's cache slot, and a ``CallRecord`` in the stage's record.
 
 The answer comes back in OpenAI's shape (server-sent chunks with ``stream=True``, a
-usage chunk with ``stream_options.include_usage``). Tools pass through: the model's
-tool calls come back to the caller, who runs them. A backend error comes back as
-OpenAI's error envelope, so the client raises its usual ``APIStatusError`` subclasses.
+usage chunk with ``stream_options.include_usage``), with what the engine sent beside the
+text (logprobs, ``system_fingerprint``). Tools pass through: the model's tool calls come
+back to the caller, who runs them. A backend error comes back as OpenAI's error envelope,
+so the client raises its usual ``APIStatusError`` subclasses. ``n`` above 1 is refused
+here (a stage's call is one model call); the proxy serves it as that many calls.
+
+``open_streams`` is the streaming both share: calls whose text pieces become the
+server-sent events of one answer, one choice a call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
-from dataclasses import dataclass, replace
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import httpx
@@ -52,8 +58,9 @@ T = TypeVar("T")
 BASE_URL = "http://orla.invalid/v1"  # never resolved: the transport answers every request
 # request fields the shim reads itself, or that orla sets (the slot, the priority)
 OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "response_format",
-                        "tools", "id_slot", "priority"})
+                        "tools", "id_slot", "priority", "n"})
 Sink = Callable[[str | None], None]  # streamed text, then None when the call is over
+Call = Callable[[Sink], Coroutine[Any, Any, ChatResult]]  # a model call, given its sink
 
 
 def openai_client() -> openai.OpenAI:
@@ -169,7 +176,11 @@ async def _serve(ctx: StageContext, body: dict[str, Any],
 def engine_request(body: dict[str, Any], target: Target, *, priority: int | None,
                    on_token: Callable[[str], None] | None) -> ChatRequest:
     """A chat-completions ``body`` as the request ``target`` gets: its model and
-    parameters; fields orla does not read reach the engine as they are (``extra_body``)."""
+    parameters; fields orla does not read reach the engine as they are (``extra_body``).
+    One request is one choice: ``n`` above 1 is a ``ValueError``."""
+    if body.get("n", 1) not in (1, None) or isinstance(body.get("n"), bool):
+        raise ValueError(f"'n' is {body['n']!r}: a call made here is one model call; make "
+                         "several calls for several choices")
     request = chat_request(body)
     params = {**target.params, **request.params}
     extra = {k: v for k, v in body.items() if k not in OWN_FIELDS and k not in PARAMS}
@@ -189,52 +200,115 @@ async def _until_done(work: Coroutine[Any, Any, ChatResult], sink: Sink) -> Chat
 
 @dataclass
 class StreamedCall:
-    """A streamed model call under way: its first text piece, the pieces after it (None
-    last), the call's result, and the chunks that speak for it."""
+    """Streamed model calls under way, the choices of one answer: their text pieces as
+    they come, ``(choice, piece)``, with ``(choice, None)`` once a choice's call is over;
+    the calls' results; and the chunks that speak for them."""
 
-    first: str | None
-    pieces: asyncio.Queue[str | None]
-    result: asyncio.Future[ChatResult]
+    pieces: asyncio.Queue[tuple[int, str | None]]
     chunks: Chunks
+    results: list[asyncio.Future[ChatResult]] = field(default_factory=list)
+    head: list[tuple[int, str | None]] = field(default_factory=list)  # read while waiting
+    running: int = 0  # the calls whose end has not been read yet
+
+    async def wait_first(self) -> None:
+        """Wait for the first piece of text; where every call ends without one, a failure
+        raises here (so the caller can answer with an error status instead)."""
+        while self.running:
+            index, piece = await self.pieces.get()
+            if piece is not None:
+                self.head.append((index, piece))
+                return
+            self.running -= 1
+        for result in self.results:
+            await result
 
     async def events(self) -> AsyncIterator[bytes]:
         """The server-sent events of the answer; a failure after the first piece ends them
-        with an error event."""
-        piece = self.first
-        while piece is not None:
-            yield self.chunks.piece(piece)
-            piece = await self.pieces.get()
+        with an error event. Pieces that arrived together go out in one write. Closed
+        early (the client went away), the calls still running are cancelled."""
         try:
-            result = await self.result
-        except BackendError as exc:
-            yield self.chunks.error(exc)
-            return
-        for event in self.chunks.end(result):
-            yield event
+            items, self.head = self.head, []
+            while True:
+                events = self._read(items)
+                if events:
+                    yield events
+                if not self.running:
+                    break
+                items = [await self.pieces.get()]
+                while not self.pieces.empty():
+                    items.append(self.pieces.get_nowait())
+            yield b"".join(await self._ending())
+        finally:
+            self.cancel()
+
+    def _read(self, items: list[tuple[int, str | None]]) -> bytes:
+        """The events of ``items``; the end of a call counts it out."""
+        events = []
+        for index, piece in items:
+            if piece is None:
+                self.running -= 1
+            else:
+                events.append(self.chunks.piece(piece, index))
+        return b"".join(events)
+
+    async def _ending(self) -> list[bytes]:
+        """The events after the text: each choice's end, then the stream's; or the error
+        event of the first call that failed."""
+        results = []
+        for result in self.results:
+            try:
+                results.append(await result)
+            except Exception as exc:
+                return [self.chunks.error(exc)]
+        events = [event for index, result in enumerate(results)
+                  for event in self.chunks.finish(result, index)]
+        return [*events, *self.chunks.close(results)]
+
+    def cancel(self) -> None:
+        for result in self.results:
+            result.cancel()
 
 
-async def open_stream(call: Callable[[Sink], Coroutine[Any, Any, ChatResult]], chunks: Chunks,
+async def open_streams(calls: Sequence[Call], chunks: Chunks,
+                       run: Callable[[Coroutine[Any, Any, ChatResult]],
+                                     asyncio.Future[ChatResult]] = asyncio.ensure_future,
+                       ) -> StreamedCall:
+    """Start ``calls`` (each gets the sink its text pieces go to, from any thread) with
+    ``run``, choice ``i`` the ``i``-th, and wait for the first piece of text. A failure
+    before that raises here, so the caller can answer with an error status instead of an
+    event stream."""
+    stream = StreamedCall(asyncio.Queue(), chunks, running=len(calls))
+    for index, call in enumerate(calls):
+        sink = _sink(stream.pieces, index)
+        stream.results.append(run(_until_done(call(sink), sink)))
+    try:
+        await stream.wait_first()
+    except BaseException:
+        stream.cancel()
+        raise
+    return stream
+
+
+async def open_stream(call: Call, chunks: Chunks,
                       run: Callable[[Coroutine[Any, Any, ChatResult]],
                                     asyncio.Future[ChatResult]] = asyncio.ensure_future,
                       ) -> StreamedCall:
-    """Start ``call`` (it gets the sink its text pieces go to, from any thread) with ``run``
-    and wait for its first piece. A failure before that raises here, so the caller can
-    answer with an error status instead of an event stream."""
-    pieces: asyncio.Queue[str | None] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
+    """``open_streams`` of one call."""
+    return await open_streams([call], chunks, run)
 
-    def put(piece: str | None) -> None:  # in order, from any thread
-        loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
-    result = run(_until_done(call(put), put))
-    try:
-        first = await pieces.get()
-        if first is None:
-            await result
-    except BaseException:
-        result.cancel()
-        raise
-    return StreamedCall(first, pieces, result, chunks)
+def _sink(pieces: asyncio.Queue[tuple[int, str | None]], index: int) -> Sink:
+    """Where choice ``index``'s pieces go, in order, from any thread: at once from the
+    queue's own loop thread, else handed to that loop."""
+    loop, owner = asyncio.get_running_loop(), threading.get_ident()
+
+    def put(piece: str | None) -> None:
+        if threading.get_ident() == owner:
+            pieces.put_nowait((index, piece))
+        else:
+            loop.call_soon_threadsafe(pieces.put_nowait, (index, piece))
+
+    return put
 
 
 def _body(request: httpx.Request) -> dict[str, Any]:
@@ -317,4 +391,4 @@ class _AsyncEvents(httpx.AsyncByteStream):
             yield event
 
     async def aclose(self) -> None:
-        self.call.result.cancel()
+        self.call.cancel()

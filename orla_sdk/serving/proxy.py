@@ -11,137 +11,71 @@ Any framework or language reaches orla by changing its base URL. The request's
 Each call is tagged with a workflow, a stage and an agent: the headers
 ``X-Orla-Workflow``, ``X-Orla-Stage``, ``X-Orla-Agent`` and ``X-Orla-Priority``, or the
 body fields of SGLang's proposed agent hints (``workflow_id``, ``agent_id``, ``step_id``,
-``parent_step_id``), which are stripped before the request goes on. A call that names no
-agent is given one: a fingerprint of its first message (``fp-...``), so that the calls
-of one system prompt are one agent. A call without a workflow is a workflow of its own,
-forgotten (and its cache dropped) when it ends.
+``parent_step_id``), which are stripped before the request goes on (see
+``proxy_input``). A call that names no agent is given one: a fingerprint of its first
+message (``fp-...``), so that the calls of one system prompt are one agent.
 
 The proxy is a ``ServingSession`` behind HTTP: a workflow is one of the session's runs
 (its queue run and cache slots: on llama.cpp the calls of one of its conversations stay
 on one slot, so their prefix is cached), a (stage, agent) of it one unit of work, whose
 ``StageRecord`` goes to the session's ``Report`` (``proxy.report``) labelled
-``workflow``, ``stage`` and ``agent``. ``GET /v1/orla/workflows/{id}`` reads a
-workflow's part of it; ``POST /v1/orla/workflows/{id}/complete`` settles the run (its
-cache is dropped) and returns the cache log and the report, then forgets the workflow. A
-workflow idle for ``workflow_idle_s`` (an hour unless told) is completed by the proxy
-itself.
+``workflow``, ``stage``, ``agent`` and ``tenant``. Workflows are each tenant's own (see
+``proxy_workflows``): ``GET /v1/orla/workflows/{id}`` reads one of the caller's,
+``POST /v1/orla/workflows/{id}/complete`` settles it (its cache is dropped) and returns
+the cache log and the report, then forgets it. A workflow idle for ``workflow_idle_s``
+(an hour unless told) is completed by a background sweep, never on a call's path.
 
-Other endpoints: ``GET /v1/models`` (the logical names), ``GET /v1/orla/report`` (every
-known workflow), ``GET /openapi.json`` and ``GET /health``. Bearer-token auth is required
-off loopback; bodies over ``max_body`` get 413. Every error comes back in OpenAI's error
-envelope.
+A call without a workflow is served in its tenant's one untagged run, which is never
+settled: its calls share that run's cache slot, so the engine's prefix reuse across
+them is kept, and no slot erase is waited for; they are not recorded.
 
-The HTTP side is Starlette under uvicorn (``pip install 'orla_sdk[proxy]'``), loaded by
-``start()``; uvicorn serves on the session's own event loop, so a request's model call
-runs where the session's runs live, without a hop between threads.
+Other endpoints: ``GET /v1/models`` and ``/v1/models/{id}``, ``GET /v1/orla/report``
+(the caller's workflows; every tenant's for an admin), ``GET /openapi.json`` and
+``GET /health``. The HTTP side (``proxy_http``) is Starlette under uvicorn
+(``pip install 'orla_sdk[proxy]'``), loaded by ``start()``; uvicorn serves on the
+session's own event loop, so a request's model call runs where the session's runs live,
+without a hop between threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
-import json
+import logging
 import socket
 import time
-import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from orla_sdk.agents import AgentPolicy, fingerprint
+from orla_sdk.agents import AgentPolicy
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
-from orla_sdk.backends.wire import Chunks, completion_json, error_json, error_status
-from orla_sdk.errors import BackendError, MissingExtra, OrlaError, Refused
-from orla_sdk.ir import BackendSpec, Plan, Target
+from orla_sdk.errors import BackendError, MissingExtra, OrlaError
+from orla_sdk.ir import BackendSpec, Node, Plan, StageSpec, Target
 from orla_sdk.mapping import normalize_mapping
 from orla_sdk.runtime.call import call_model
-from orla_sdk.runtime.context import StageContext
-from orla_sdk.runtime.openai_shim import engine_request, open_stream
+from orla_sdk.runtime.context import RunState, StageContext
 from orla_sdk.runtime.pool import BackendPool
+from orla_sdk.runtime.records import CacheLogEntry, StageRecord
+from orla_sdk.serving.proxy_errors import HttpError
+from orla_sdk.serving.proxy_input import Tags
+from orla_sdk.serving.proxy_workflows import Workflow, Workflows
 from orla_sdk.serving.report import Report
-from orla_sdk.serving.session import ServingSession
+from orla_sdk.serving.session import AD_HOC_REF, ServingSession
 
 if TYPE_CHECKING:
     import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
 
-HINTS = ("workflow_id", "agent_id", "step_id", "parent_step_id")  # SGLang's agent hints
-DEFAULT_PRIORITY = 50
 DEFAULT_WORKFLOW_IDLE_S = 3600.0  # a workflow idle this long is completed
+DEFAULT_MAX_WORKFLOWS = 10_000  # open workflows per API token
+SWEEP_MAX_S = 60.0  # the idle sweep runs every tenth of workflow_idle_s, at least this often
 REPORT_GROUPS = ("workflow", "stage", "agent")
 STOP_TIMEOUT_S = 10.0
+STAGES_KEPT = 1024  # the ad hoc stages of untagged calls, kept for reuse
 
-
-class HttpError(Exception):
-    """An answer other than 200, with OpenAI's error envelope."""
-
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-
-
-# ---- tags ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Tags:
-    """Which workflow, stage and agent a call belongs to; ``tagged`` is False for a call
-    that named no workflow (it got a fresh one)."""
-
-    workflow: str
-    stage: str
-    agent: str
-    priority: int
-    tagged: bool
-    tenant: str = ""  # the name of the API token the call came with
-
-    def labels(self) -> dict[str, Any]:
-        """The report labels of the call's unit (``priority`` is the unit's own)."""
-        return {"workflow": self.workflow, "stage": self.stage, "agent": self.agent or None,
-                "priority": self.priority}
-
-
-def read_tags(headers: Mapping[str, str], body: dict[str, Any]) -> Tags:
-    """The call's tags from its headers, else from the agent hints in ``body`` (which are
-    removed from it)."""
-    hints = {name: body.pop(name) for name in HINTS if name in body}
-    workflow = headers.get("X-Orla-Workflow") or _text(hints.get("workflow_id"))
-    agent = headers.get("X-Orla-Agent") or _text(hints.get("agent_id"))
-    stage = headers.get("X-Orla-Stage") or agent or "default"
-    if not agent and isinstance(body.get("messages"), list):
-        agent = fingerprint(body["messages"])  # undeclared: named by its first message
-    priority = _priority(headers.get("X-Orla-Priority"), body.get("priority"))
-    return Tags(workflow or f"anon-{uuid.uuid4().hex[:12]}", stage, agent, priority,
-                tagged=bool(workflow))
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _priority(header: str | None, field_value: Any) -> int:
-    value = header if header is not None else field_value
-    if value is None:
-        return DEFAULT_PRIORITY
-    try:
-        priority = int(value)
-    except (TypeError, ValueError):
-        raise HttpError(400, f"priority {value!r} is not an integer 0..100") from None
-    if not 0 <= priority <= 100:
-        raise HttpError(400, f"priority {priority} is outside 0..100")
-    return priority
-
-
-@dataclass
-class Activity:
-    """When a known workflow was last used and how many of its calls are running: what
-    the idle sweep reads. What its calls cost is in the session's report."""
-
-    last_used: float = field(default_factory=time.monotonic)
-    in_flight: int = 0
+log = logging.getLogger("orla_sdk.serving.proxy")
 
 
 # ---- configuration --------------------------------------------------------------------
@@ -172,27 +106,44 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def api_tokens(token: str | None, tokens: Mapping[str, str] | None,
+               admins: Collection[str]) -> dict[str, str]:
+    """Tenant name -> bearer token ("" for the one shared ``token``); ``admins`` must name
+    tenants among them."""
+    named = {**({"": token} if token else {}), **(tokens or {})}
+    unknown = sorted(set(admins) - set(named))
+    if unknown:
+        raise OrlaError(f"admins {unknown} have no token; name tenants given in tokens= "
+                        f"({sorted(t for t in named if t)})")
+    return named
+
+
 # ---- the proxy ------------------------------------------------------------------------
 class ProxyServer:
     """The proxy: a ``ServingSession`` (its loop thread and ``BackendPool``) with uvicorn
     serving on that loop. ``clients`` supplies ready-made backends by name, as for
-    ``BackendPool``."""
+    ``BackendPool``. ``tokens`` gives each tenant its bearer token; a tenant reads and
+    completes only its own workflows, except the tenants named in ``admins``, whose
+    ``/v1/orla/report`` shows every tenant's. At most ``max_workflows`` workflows are open
+    per token."""
 
     def __init__(self, backends: Sequence[BackendSpec], mapping: Mapping[str, str | Target],
                  host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  max_body: int = 1 << 20, *, clients: Mapping[str, Backend] | None = None,
                  slots: int = 4, workflow_idle_s: float = DEFAULT_WORKFLOW_IDLE_S,
                  policies: Sequence[AgentPolicy | str] = (),
-                 tokens: Mapping[str, str] | None = None) -> None:
-        tokens = {**({"": token} if token else {}), **(tokens or {})}
-        if not tokens and not is_loopback(host):
+                 tokens: Mapping[str, str] | None = None, admins: Collection[str] = (),
+                 max_workflows: int = DEFAULT_MAX_WORKFLOWS) -> None:
+        self.tokens = api_tokens(token, tokens, admins)  # tenant name -> bearer token
+        if not self.tokens and not is_loopback(host):
             raise OrlaError(f"refusing to serve on {host} without a token: give --token or "
                             "ORLA_PROXY_TOKEN, or listen on 127.0.0.1")
-        if max_body < 1:
-            raise OrlaError(f"max_body must be positive, not {max_body}")
+        if max_body < 1 or max_workflows < 1 or workflow_idle_s <= 0:
+            raise OrlaError("max_body, max_workflows and workflow_idle_s must be positive, not "
+                            f"{max_body}, {max_workflows} and {workflow_idle_s}")
         self.targets = serving_targets(backends, mapping)
         self.host, self.port, self.max_body = host, port, max_body
-        self.tokens = tokens  # tenant name -> bearer token ("" for the one --token)
+        self.admins = frozenset(admins)
         self.workflow_idle_s = workflow_idle_s
         self.plan = Plan(name="orla-proxy", backends=list(backends), mapping=dict(self.targets),
                          runnable=False)
@@ -200,11 +151,13 @@ class ProxyServer:
             self.plan, pool=BackendPool(backends, clients=clients, slots=slots,
                                         policies=policies),
             report=Report(groups=REPORT_GROUPS))
-        self.workflows: dict[str, Activity] = {}  # known workflows; touched on the loop only
-        self._swept_at = time.monotonic()
+        self.workflows = Workflows(max_workflows)  # touched on the loop only
+        self._untagged: dict[str, RunState] = {}  # tenant -> the run of its untagged calls
+        self._stages: dict[str, tuple[Node, StageSpec]] = {}
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._serving: Future[None] | None = None
+        self._sweeping: Future[None] | None = None
 
     @property
     def pool(self) -> BackendPool:
@@ -221,6 +174,8 @@ class ProxyServer:
         if self._server is not None:
             return self.url
         uvicorn = _import_uvicorn()
+        from orla_sdk.serving.proxy_http import app
+
         listener = _listen(self.host, self.port)
         try:
             self.session.start()
@@ -232,6 +187,8 @@ class ProxyServer:
             self._serving = asyncio.run_coroutine_threadsafe(
                 self._server.serve(sockets=[listener]), self.session.loop)
             self._wait_started()
+            self._sweeping = asyncio.run_coroutine_threadsafe(self._sweep_idle(),
+                                                              self.session.loop)
         except BaseException:
             self.stop()
             listener.close()
@@ -251,11 +208,14 @@ class ProxyServer:
             time.sleep(0.005)
 
     def stop(self) -> None:
-        """Stop the server (its connections end, its socket closes), then the session:
-        every workflow's cache is dropped, the backends and any engine the pool started
-        stop, and the loop thread ends."""
+        """Stop the idle sweep and the server (its connections end, its socket closes),
+        then the session: every workflow's cache is dropped, the backends and any engine
+        the pool started stop, and the loop thread ends."""
         server, serving, self._server, self._serving = self._server, self._serving, None, None
+        sweeping, self._sweeping = self._sweeping, None
         try:
+            if sweeping is not None:
+                sweeping.cancel()
             if server is not None and serving is not None:
                 server.should_exit = True
                 try:
@@ -263,10 +223,19 @@ class ProxyServer:
                 except TimeoutError:
                     server.force_exit = True
                     serving.result(timeout=STOP_TIMEOUT_S)
+            self._end_untagged()
         finally:
             self.session.close()
             self.workflows.clear()
             self.url = ""
+
+    def _end_untagged(self) -> None:
+        runs, self._untagged = list(self._untagged.values()), {}
+        for run in runs:
+            try:
+                self.session.call(self.pool.memory.end_run(run.run_id))
+            except Exception as exc:  # the engines stop anyway
+                log.warning("the untagged run %s did not end cleanly: %s", run.run_id, exc)
 
     def __enter__(self) -> ProxyServer:
         self.start()
@@ -278,25 +247,24 @@ class ProxyServer:
 
     # -- requests (on the session's loop) --
     def target(self, model: Any) -> Target:
-        target = self.targets.get(str(model))
+        target = self.targets.get(model) if isinstance(model, str) else None
         if target is None:
             raise HttpError(404, f"model {model!r} is not served here; the models are "
-                            f"{sorted(self.targets)}", code="model_not_found")
+                            f"{sorted(self.targets)}"[:500], code="model_not_found",
+                            param="model")
         return target
 
-    def unit(self, tags: Tags) -> StageContext:
-        """The session's unit of the call's (workflow, stage, agent)."""
-        return self.session.unit(tags.workflow, f"{tags.stage}\x00{tags.agent}", tags.stage,
-                                 tags.labels())
-
     async def chat(self, tags: Tags, target: Target, request: ChatRequest) -> ChatResult:
-        """One call in the workflow's run, through the backend's queue at the call's
-        priority and the run's cache slot; recorded in its unit's record."""
-        await self._expire_idle()
-        activity = self.workflows.setdefault(tags.workflow, Activity()) if tags.tagged else None
-        unit = self.unit(tags)
-        if activity is not None:
-            activity.in_flight += 1
+        """One call: in its workflow's run (queued at the call's priority, on the run's
+        cache slot, recorded in its unit), or, untagged, in its tenant's untagged run."""
+        if not tags.tagged:
+            return await self._untagged_call(tags, target, request)
+        workflow = self.workflows.open(tags.tenant, tags.workflow)
+        unit = self.session.unit(workflow.run_id, f"{tags.stage}\x00{tags.agent}", tags.stage,
+                                 {"workflow": tags.workflow, "stage": tags.stage,
+                                  "agent": tags.agent or None, "priority": tags.priority,
+                                  "tenant": tags.tenant, "run": workflow.run_id})
+        workflow.in_flight += 1
         try:
             return await call_model(replace(unit, priority=tags.priority, tenant=tags.tenant),
                                     self.pool[target.backend], target, request)
@@ -304,54 +272,106 @@ class ProxyServer:
             unit.record.status, unit.record.error = "failed", str(exc)
             raise
         finally:
-            if activity is not None:
-                activity.in_flight -= 1
-                activity.last_used = time.monotonic()
-            else:  # nobody can complete it: drop its slot and its row now
-                await self.session.settle(tags.workflow, "over")
-                self._forget(tags.workflow)
+            workflow.in_flight -= 1
+            workflow.last_used = time.monotonic()
 
-    async def _expire_idle(self) -> None:
-        """Complete the workflows idle for ``workflow_idle_s``: a client that never sends
-        the workflow-complete call must not hold cache slots and records forever. Swept
-        at most every tenth of that time."""
-        now = time.monotonic()
-        if now - self._swept_at < self.workflow_idle_s / 10:
-            return
-        self._swept_at = now
-        idle = [w for w, activity in self.workflows.items()
-                if not activity.in_flight and now - activity.last_used >= self.workflow_idle_s]
-        for workflow in idle:
-            await self.complete(workflow)
+    async def _untagged_call(self, tags: Tags, target: Target,
+                             request: ChatRequest) -> ChatResult:
+        """A call outside any workflow: its tenant's untagged run, which is never settled,
+        so no slot erase is waited for and the prefix its calls share stays cached; its
+        record is the call's own, reported nowhere."""
+        run = self._untagged.get(tags.tenant)
+        if run is None:
+            run = self._untagged[tags.tenant] = RunState(
+                f"untagged:{tags.tenant}" if tags.tenant else "untagged", self.plan, self.pool,
+                self.session.loop)
+        node, spec = self._ad_hoc_stage(tags.stage)
+        unit = StageContext(run, node, spec, StageRecord(node.id, spec.name), tags.priority,
+                            0, tenant=tags.tenant)
+        try:
+            return await call_model(unit, self.pool[target.backend], target, request)
+        finally:
+            self.pool.memory.take_log(run.run_id)  # slots lent and restored: nobody reads it
 
-    def workflow_report(self, workflow: str) -> dict[str, Any]:
+    def _ad_hoc_stage(self, name: str) -> tuple[Node, StageSpec]:
+        stage = self._stages.get(name)
+        if stage is None:
+            if len(self._stages) >= STAGES_KEPT:
+                self._stages.clear()
+            stage = self._stages[name] = (Node(id=name, kind="stage", label=name),
+                                          StageSpec(name=name, ref=AD_HOC_REF))
+        return stage
+
+    # -- workflows (on the session's loop) --
+    def workflow_report(self, tenant: str, workflow: str) -> dict[str, Any]:
         """The workflow's part of the report: totals, by stage and by agent, and the
         units a call of which failed."""
-        if workflow not in self.workflows:
-            raise HttpError(404, f"no workflow {workflow!r} is known here")
+        return self._report_of(self.workflows.get(tenant, workflow))
+
+    def _report_of(self, workflow: Workflow) -> dict[str, Any]:
         report = self.report
-        rows = report.rows(workflow=workflow)
+        rows = report.rows(run=workflow.run_id)
         return {
-            "workflow": workflow,
+            "workflow": workflow.id,
             "total": report.row_totals(rows),
-            "by_stage": report.by("stage", workflow=workflow),
-            "by_agent": report.by("agent", workflow=workflow),
+            "by_stage": report.by("stage", run=workflow.run_id),
+            "by_agent": report.by("agent", run=workflow.run_id),
             "errors": [{"stage": row.labels["stage"], "agent": row.labels["agent"],
                         "error": row.record.error}
                        for row in rows if row.record.status == "failed"],
         }
 
-    async def complete(self, workflow: str) -> dict[str, Any]:
-        """The end-of-workflow cache action; the workflow is then forgotten."""
-        report = self.workflow_report(workflow)
-        log = await self.session.settle(workflow, "over")
-        del self.workflows[workflow]
-        self._forget(workflow)
-        return {"workflow": workflow, "cache_log": log, "report": report}
+    def tenants_report(self, tenant: str) -> dict[str, Any]:
+        """The report of the tenant's open workflows; an admin's covers every tenant's,
+        with ``by_tenant`` beside the other groups."""
+        if tenant not in self.admins:
+            return self.report.to_json(tenant=tenant)
+        return {**self.report.to_json(), "by_tenant": self.report.by("tenant")}
 
-    def _forget(self, workflow: str) -> None:
-        """Drop the workflow's rows from the report (the rest stay, in their order)."""
-        self.report.discard(workflow=workflow)
+    async def complete(self, tenant: str, workflow: str) -> dict[str, Any]:
+        """The end-of-workflow cache action; the workflow is then forgotten (a later call
+        of its id opens a new one). A workflow with calls in flight is a 409: they would
+        lose their report rows, and their busy slot could go to another workflow."""
+        known = self.workflows.get(tenant, workflow)
+        if known.in_flight:
+            raise HttpError(409, f"workflow {workflow!r} has {known.in_flight} call(s) in "
+                            "flight; complete it once they have answered",
+                            code="workflow_busy")
+        report = self._report_of(known)
+        self.workflows.remove(known)
+        self.report.discard(run=known.run_id)
+        return {"workflow": workflow, "cache_log": await self._settle(known.run_id),
+                "report": report}
+
+    async def _settle(self, run_id: str) -> list[CacheLogEntry]:
+        """Drop the run's cache; a failure is the cache log's, never the answer's."""
+        try:
+            return await self.session.settle(run_id, "over")
+        except Exception as exc:
+            log.warning("dropping the cache of run %s failed: %s: %s", run_id,
+                        type(exc).__name__, exc)
+            return [{"node": None, "backend": None, "decision": "flush",
+                     "reason": "end of workflow", "action": f"failed: {exc}"}]
+
+    async def _sweep_idle(self) -> None:
+        """Complete the workflows idle for ``workflow_idle_s``, in the background: a client
+        that never sends the workflow-complete call must not hold cache slots and records
+        forever. Runs every tenth of that time (at least every ``SWEEP_MAX_S``)."""
+        every = min(self.workflow_idle_s / 10, SWEEP_MAX_S)
+        while True:
+            await asyncio.sleep(every)
+            for workflow in self.workflows.idle(self.workflow_idle_s):
+                if workflow.idle_for(self.workflow_idle_s, time.monotonic()):
+                    await self._expire(workflow)
+
+    async def _expire(self, workflow: Workflow) -> None:
+        try:
+            await self.complete(workflow.tenant, workflow.id)
+        except HttpError:
+            pass  # completed or busy again meanwhile
+        except Exception as exc:
+            log.warning("completing idle workflow %r failed: %s: %s", workflow.id,
+                        type(exc).__name__, exc)
 
 
 def _import_uvicorn() -> Any:
@@ -364,244 +384,17 @@ def _import_uvicorn() -> Any:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket, bound here so that a port in use fails ``start()`` itself."""
+    """The listening socket, bound here so that a port in use fails ``start()`` itself.
+    It says it is TCP (``IPPROTO_TCP``): asyncio turns Nagle's algorithm off only on the
+    connections of such a socket, and with it on, an answer written in two parts (head,
+    then body) waits about 40 ms for the client's delayed acknowledgement."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=2048)
-
-
-# ---- HTTP -----------------------------------------------------------------------------
-WORKFLOW = "/v1/orla/workflows/{workflow:path}"
-
-
-def app(proxy: ProxyServer) -> Starlette:
-    """The proxy's Starlette app."""
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        from starlette.applications import Starlette
-        from starlette.exceptions import HTTPException
-        from starlette.requests import ClientDisconnect
-        from starlette.responses import JSONResponse, StreamingResponse
-        from starlette.routing import Route
-    except ImportError:
-        raise MissingExtra("starlette", "proxy", "orla serve") from None
-
-    def answer(status: int, data: Any, workflow: str | None = None) -> Response:
-        headers = {} if workflow is None else {"X-Orla-Workflow": workflow}
-        if status >= 400:  # the body may be unread: do not parse it as the next request
-            headers["Connection"] = "close"
-        if status == 429:  # a spent budget: asking again at once cannot help
-            headers["x-should-retry"] = "false"
-        return JSONResponse(data, status, headers=headers)
-
-    def error(status: int, message: str, code: str | None = None) -> Response:
-        return answer(status, error_json(status, message, code))
-
-    def authorize(request: Request) -> str:
-        """The name of the tenant whose token the request carries ("" without tokens)."""
-        if not proxy.tokens:
-            return ""
-        given = request.headers.get("Authorization", "").encode()
-        for tenant, token in proxy.tokens.items():
-            if hmac.compare_digest(given, f"Bearer {token}".encode()):
-                return tenant
-        raise HttpError(401, "missing or wrong bearer token (Authorization: Bearer ...)",
-                        code="invalid_api_key")
-
-    def endpoint(handler: Callable[[Request], Coroutine[Any, Any, Response]],
-                 public: bool = False) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """``handler`` behind the token; every failure an answer in OpenAI's envelope."""
-        async def guarded(request: Request) -> Response:
-            try:
-                if not public:
-                    request.state.tenant = authorize(request)
-                return await handler(request)
-            except HttpError as exc:
-                return error(exc.status, exc.message, exc.code)
-            except Refused as exc:  # an agent policy: a budget is spent
-                return error(429, str(exc), "insufficient_quota")
-            except BackendError as exc:
-                return error(error_status(exc), str(exc))
-            except ClientDisconnect:
-                return error(400, "the client went away")
-            except Exception as exc:
-                return error(500, f"the proxy failed: {type(exc).__name__}: {exc}")
-        return guarded
-
-    async def no_route(request: Request, exc: Exception) -> Response:
-        try:
-            authorize(request)
-        except HttpError as denied:
-            return error(denied.status, denied.message, denied.code)
-        status = exc.status_code if isinstance(exc, HTTPException) else 404
-        return error(status, f"no route {request.method} {request.url.path}")
-
-    async def body(request: Request) -> dict[str, Any]:
-        try:
-            length = int(request.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise HttpError(400, "the Content-Length is not a number") from None
-        if length > proxy.max_body:
-            raise HttpError(413, f"the body is {length} bytes; the limit is {proxy.max_body}")
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > proxy.max_body:
-                raise HttpError(413, f"the body is over the limit of {proxy.max_body} bytes")
-        try:
-            parsed = json.loads(bytes(data) or b"{}")
-        except (ValueError, RecursionError) as exc:
-            raise HttpError(400, f"the body is not JSON: {exc}") from None
-        if not isinstance(parsed, dict):
-            raise HttpError(400, "the body must be a JSON object")
-        return parsed
-
-    async def health(request: Request) -> Response:
-        return answer(200, {"status": "ok"})
-
-    async def models(request: Request) -> Response:
-        return answer(200, {"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "orla"}
-            for name in sorted(proxy.targets)]})
-
-    async def openapi(request: Request) -> Response:
-        return answer(200, openapi_schema(proxy))
-
-    async def workflow_report(request: Request) -> Response:
-        return answer(200, proxy.workflow_report(_workflow_id(request)))
-
-    async def complete(request: Request) -> Response:
-        return answer(200, await proxy.complete(_workflow_id(request)))
-
-    async def whole_report(request: Request) -> Response:
-        return answer(200, proxy.report.to_json())
-
-    async def chat(request: Request) -> Response:
-        data = await body(request)
-        target = proxy.target(data.get("model"))
-        tags = replace(read_tags(request.headers, data), tenant=request.state.tenant)
-        if not data.get("stream"):
-            result = await proxy.chat(tags, target, _request(data, target, tags))
-            return answer(200, completion_json(data, result), workflow=tags.workflow)
-        call = await open_stream(lambda put: proxy.chat(tags, target,
-                                                        _request(data, target, tags, put)),
-                                 Chunks.of(data))
-        return StreamingResponse(call.events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache",
-                                          "X-Orla-Workflow": tags.workflow})
-
-    routes = [
-        Route("/health", endpoint(health, public=True), methods=["GET"]),
-        Route("/openapi.json", endpoint(openapi), methods=["GET"]),
-        Route("/v1/models", endpoint(models), methods=["GET"]),
-        Route("/v1/chat/completions", endpoint(chat), methods=["POST"]),
-        Route("/v1/orla/report", endpoint(whole_report), methods=["GET"]),
-        Route(WORKFLOW + "/complete", endpoint(complete), methods=["POST"]),
-        Route(WORKFLOW, endpoint(workflow_report), methods=["GET"]),
-    ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: no_route})
-
-
-def _request(body: dict[str, Any], target: Target, tags: Tags,
-             on_token: Callable[[str], None] | None = None) -> ChatRequest:
-    try:
-        return engine_request(body, target, priority=tags.priority, on_token=on_token)
-    except (TypeError, ValueError) as exc:
-        raise HttpError(400, str(exc)) from None
-
-
-def _workflow_id(request: Request) -> str:
-    workflow = str(request.path_params.get("workflow", ""))
-    if not workflow or workflow.startswith("/"):
-        raise HttpError(404, "name a workflow: /v1/orla/workflows/{id}")
-    return workflow
-
-
-# ---- OpenAPI --------------------------------------------------------------------------
-def openapi_schema(proxy: ProxyServer) -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the proxy's endpoints, served at ``/openapi.json``."""
-    def ok(description: str, schema: dict[str, Any] | None = None,
-           media: str = "application/json") -> dict[str, Any]:
-        content = {media: {"schema": schema or {"type": "object"}}}
-        return {"200": {"description": description, "content": content},
-                "default": {"description": "an error, in OpenAI's error envelope",
-                            "content": {"application/json": {
-                                "schema": {"$ref": "#/components/schemas/Error"}}}}}
-
-    workflow = [{"name": "workflow", "in": "path", "required": True,
-                 "schema": {"type": "string"}}]
-    tag_headers = [{"name": name, "in": "header", "required": False, "description": text,
-                    "schema": {"type": "integer", "minimum": 0, "maximum": 100}
-                    if name == "X-Orla-Priority" else {"type": "string"}}
-                   for name, text in (
-                       ("X-Orla-Workflow", "the workflow run (else the body's workflow_id)"),
-                       ("X-Orla-Stage", "the stage (default: the agent, else 'default')"),
-                       ("X-Orla-Agent", "the agent (else the body's agent_id)"),
-                       ("X-Orla-Priority", "0..100, higher first (default 50)"))]
-    report = {"$ref": "#/components/schemas/WorkflowReport"}
-    schema: dict[str, Any] = {
-        "openapi": "3.1.0",
-        "info": {"title": "orla serve", "version": "1",
-                 "description": "An OpenAI-compatible proxy in front of orla's backends."},
-        "paths": {
-            "/v1/chat/completions": {"post": {
-                "summary": "OpenAI chat completions, through orla's queues and cache slots",
-                "parameters": tag_headers,
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/ChatRequest"}}}},
-                "responses": {
-                    **ok("a chat.completion"),
-                    "200": {"description": "a chat.completion, or server-sent "
-                            "chat.completion.chunk events with stream=true", "content": {
-                                "application/json": {"schema": {"type": "object"}},
-                                "text/event-stream": {"schema": {"type": "string"}}}}}}},
-            "/v1/models": {"get": {"summary": "the logical model names",
-                                   "responses": ok("a list of models")}},
-            "/v1/orla/report": {"get": {"summary": "the report of every known workflow",
-                                        "responses": ok("the serving report")}},
-            "/v1/orla/workflows/{workflow}": {"get": {
-                "summary": "a workflow's report", "parameters": workflow,
-                "responses": ok("its report", report)}},
-            "/v1/orla/workflows/{workflow}/complete": {"post": {
-                "summary": "end a workflow: drop its cache and forget it",
-                "parameters": workflow,
-                "responses": ok("the cache log and the final report", {
-                    "type": "object", "properties": {
-                        "workflow": {"type": "string"},
-                        "cache_log": {"type": "array", "items": {"type": "object"}},
-                        "report": report}})}},
-            "/health": {"get": {"summary": "liveness, without auth", "security": [],
-                                "responses": ok("ok")}},
-            "/openapi.json": {"get": {"summary": "this description",
-                                      "responses": ok("the OpenAPI description")}},
-        },
-        "components": {"schemas": {
-            "ChatRequest": {"type": "object", "required": ["model", "messages"],
-                            "properties": {
-                                "model": {"type": "string", "enum": sorted(proxy.targets)},
-                                "messages": {"type": "array", "items": {"type": "object"}},
-                                "stream": {"type": "boolean"},
-                                "workflow_id": {"type": "string"},
-                                "agent_id": {"type": "string"},
-                                "priority": {"type": "integer", "minimum": 0,
-                                             "maximum": 100}}},
-            "Totals": {"type": "object", "properties": {
-                key: {"type": "number"} for key in (
-                    "calls", "prompt_tokens", "completion_tokens", "cached_tokens",
-                    "cost_usd", "ttft_s_median", "queue_wait_s", "engine_s")}},
-            "WorkflowReport": {"type": "object", "properties": {
-                "workflow": {"type": "string"},
-                "total": {"$ref": "#/components/schemas/Totals"},
-                "by_stage": {"type": "object", "additionalProperties": {
-                    "$ref": "#/components/schemas/Totals"}},
-                "by_agent": {"type": "object", "additionalProperties": {
-                    "$ref": "#/components/schemas/Totals"}},
-                "errors": {"type": "array", "items": {"type": "object"}}}},
-            "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                "message": {"type": "string"}, "type": {"type": "string"},
-                "code": {"type": ["string", "integer", "null"]}}}}},
-        }},
-    }
-    if proxy.tokens:
-        schema["components"]["securitySchemes"] = {"bearer": {"type": "http",
-                                                              "scheme": "bearer"}}
-        schema["security"] = [{"bearer": []}]
-    return schema
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(2048)
+    except BaseException:
+        listener.close()
+        raise
+    return listener

@@ -58,6 +58,8 @@ def serve_http(engine: SimEngine, host: str = "127.0.0.1",
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 2048  # the listen backlog: many clients connect at once
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that drops its kept-alive connection is no error; others are printed."""
         if not isinstance(sys.exc_info()[1], ConnectionError):
