@@ -18,6 +18,7 @@ import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
+from orla_sdk.backends.sim.cache import BLOCK_SEPARATOR
 from orla_sdk.backends.sim.clock import VirtualClock
 from orla_sdk.backends.sim.engine import SimEngine
 from orla_sdk.backends.sim.http import serve_http
@@ -581,7 +582,8 @@ def test_bad_requests_get_openai_style_errors(served: str) -> None:
 # ---- the prompt, tokenized a message at a time --------------------------------------------
 MESSAGES = st.lists(st.fixed_dictionaries({
     "role": st.sampled_from(["system", "user", "assistant", "tool"]),
-    "content": st.text(alphabet=st.characters(codec="utf-8"), max_size=40)}), max_size=4)
+    "content": st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("\x1f \n"),
+                       max_size=40)}), max_size=4)
 
 
 @settings(max_examples=200, deadline=None)
@@ -596,6 +598,8 @@ def test_the_prompt_tokenized_a_message_at_a_time_is_the_whole_texts_tokens(
     tokens, as_json = rendered(messages, tools)
     assert tokens == tokenize("".join(whole) + "<|im_start|>assistant\n")
     assert json.loads(as_json) == tokens and as_json == json.dumps(tokens)
+    # block keys join a block's tokens with it: it may only ever be a token of its own
+    assert all(BLOCK_SEPARATOR not in t or t == BLOCK_SEPARATOR for t in tokens)
     request = ChatRequest(messages=messages, model="m", params={"seed": request_seed})
     assert reply_seed(seed, request, as_json) == stable_seed(seed, request_seed, "m", tokens,
                                                              None)

@@ -352,6 +352,7 @@ def test_models_keys_that_name_nothing_are_an_error_naming_the_nodes() -> None:
                    models={"clasify": "light"})
 
 
+@pytest.mark.filterwarnings("ignore:astream_log is deprecated")  # LangChain's, still served
 @pytest.mark.parametrize("method", ["astream_events", "astream_log", "abatch_as_completed"])
 def test_every_async_run_method_is_served(method: str) -> None:
     async def drive(app: ServedGraph) -> list[Any]:

@@ -10,7 +10,7 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-KEYS_KEPT = 1 << 16  # block keys remembered, to be hashed once
+BLOCK_SEPARATOR = "\x1f"  # between a block's tokens in its hashed text
 
 
 @dataclass
@@ -86,25 +86,16 @@ class PrefixCache:
         self._idle: IdleOrder = LruOrder() if idle_order is None else idle_order
         self._private = 0  # blocks of running requests that hold no full, keyed block
         self._by_slot: dict[int, set[bytes]] = {}  # slot -> keys of its blocks
-        # (parent key, block tokens) -> key: prompts repeat their conversation's past
-        self._known_keys: dict[tuple[bytes, tuple[str, ...]], bytes] = {}
 
     def keys(self, tokens: list[str], slot: int | None) -> list[bytes]:
         size = self.block_tokens
         parent = b"" if slot is None else f"slot {slot}".encode()
         keys = []
-        known = self._known_keys
         for start in range(0, len(tokens) - size + 1, size):
-            block = tokens[start:start + size]
-            link = (parent, tuple(block))
-            key = known.get(link)
-            if key is None:
-                if len(known) >= KEYS_KEPT:
-                    known.clear()
-                data = parent + repr(block).encode()  # repr: unambiguous
-                key = known[link] = hashlib.blake2b(data, digest_size=16).digest()
-            keys.append(key)
-            parent = key
+            # unambiguous: the separator is a token only on its own, never inside one
+            data = parent + BLOCK_SEPARATOR.join(tokens[start:start + size]).encode()
+            parent = hashlib.blake2b(data, digest_size=16).digest()
+            keys.append(parent)
         return keys
 
     def blocks_for(self, tokens: int) -> int:
