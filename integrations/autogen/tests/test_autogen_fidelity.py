@@ -146,21 +146,30 @@ def assert_every_call_is_attributed(served: ServedTeam, chats: list[dict[str, An
     assert all(row.labels["agent"] in {*speakers, "selector"} for row in served.report.rows())
 
 
-# ---- the teams --------------------------------------------------------------------------------
-def test_a_round_robin_team_with_a_termination_condition(engine_tap: EngineTap) -> None:
-    bare, bare_chats = run_bare(round_robin_team, engine_tap)
-    served, served_chats, team = run_served(round_robin_team, engine_tap, native_tools=False)
-
+def assert_the_same_course(bare: list[Any], bare_chats: list[dict[str, Any]],
+                           served: list[Any], served_chats: list[dict[str, Any]]) -> Any:
+    """Event for event, speaker for speaker, the same stop and the same settings; the
+    served run's result."""
     assert kinds(served) == kinds(bare)
     bare_result, served_result = result_of(bare), result_of(served)
     assert kinds(served_result.messages) == kinds(bare_result.messages)
     assert [m.source for m in served_result.messages] == [m.source for m in bare_result.messages]
     assert stop_kind(served_result) == stop_kind(bare_result)
     assert settings(served_chats) == settings(bare_chats)
+    return served_result
+
+
+# ---- the teams --------------------------------------------------------------------------------
+def test_a_round_robin_team_with_a_termination_condition(engine_tap: EngineTap) -> None:
+    bare, bare_chats = run_bare(round_robin_team, engine_tap)
+    served, served_chats, team = run_served(round_robin_team, engine_tap, native_tools=False)
+
+    served_result = assert_the_same_course(bare, bare_chats, served, served_chats)
     assert set(settings(bare_chats)) == {
         json.dumps({"max_tokens": 16, "seed": SEED, "stop": ["\n\n"], "temperature": 0},
                    sort_keys=True)}
     assert_every_call_is_attributed(team, served_chats, served_result)
+
 
 
 def test_a_selector_team_with_tools_the_engine_calls(engine_tap: EngineTap) -> None:
@@ -170,12 +179,7 @@ def test_a_selector_team_with_tools_the_engine_calls(engine_tap: EngineTap) -> N
     served, served_chats, team = run_served(selector_team_with_tools, engine_tap,
                                             native_tools=True)
 
-    assert kinds(served) == kinds(bare)
-    bare_result, served_result = result_of(bare), result_of(served)
-    assert kinds(served_result.messages) == kinds(bare_result.messages)
-    assert [m.source for m in served_result.messages] == [m.source for m in bare_result.messages]
-    assert stop_kind(served_result) == stop_kind(bare_result)
-    assert settings(served_chats) == settings(bare_chats)
+    served_result = assert_the_same_course(bare, bare_chats, served, served_chats)
     assert [bool(c.get("tools")) for c in served_chats] == [
         bool(c.get("tools")) for c in bare_chats]
     assert_every_call_is_attributed(team, served_chats, served_result)
