@@ -211,10 +211,17 @@ def test_a_failure_after_text_reached_the_caller_is_not_retried() -> None:
 
 def test_a_reset_before_any_text_is_retried_and_the_text_arrives_once() -> None:
     pieces: list[str] = []
-    # the client tries a fresh connection once itself, then the pool tries again
-    engine = FakeEngine(reset(), reset(), answer("Hel", "lo"))
+    # a kept-alive connection the engine closed: the client tries a fresh one at once
+    engine = FakeEngine(reset(), answer("Hel", "lo"))
     served = run(engine, lambda url: call(url, ask(pieces)))
-    assert (pieces, served.attempts, engine.requests) == (["Hel", "lo"], 2, 3)
+    assert (pieces, served.attempts, engine.requests) == (["Hel", "lo"], 1, 2)
+
+
+def test_a_request_the_engine_drops_twice_is_not_sent_again() -> None:
+    engine = FakeEngine(reset(), reset(), answer("never", "sent"))
+    error = fails(engine, lambda url: call(url, ask([])))
+    assert not error.retryable and "not sent again" in str(error)
+    assert engine.requests == 2
 
 
 # ---- the deadline of a call -------------------------------------------------------------

@@ -9,8 +9,8 @@ A stream that breaks (a line that is not JSON, an end with neither a finish reas
 ``[DONE]``, a lost connection) is a retryable ``BackendError``, unless its text has already
 reached the caller; a refused connection or a 502-504 answer is a ``BackendDown``, which
 the pool waits for (``ready`` polls the engine). A lost connection is tried again at once
-on a fresh one (a kept-alive connection the server closed fails once); a request that has
-lost its connection three times is not sent again, as it may be what breaks the engine.
+on a fresh one (a kept-alive connection the server closed fails once); a request that
+loses that one too is not sent again, as it may be what breaks the engine.
 Connections are not capped (the backend's queue in front is the cap); they are spread
 over several ``httpx`` clients of ``CONNECTIONS_PER_CLIENT`` each, as the work httpcore's
 connection pool does for each request grows with the square of its connections.
@@ -27,10 +27,8 @@ Engine flavours add their own fields:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,8 +41,6 @@ from orla_sdk.ir import BackendSpec
 
 ENGINE_DOWN_STATUSES = (502, 503, 504)  # an engine loading, restarting, or gone behind a proxy
 POLL_TIMEOUT_S = 2.0  # how long one poll of an engine that is down waits for its answer
-LOST_LIMIT = 3  # times a request may lose its connection before it is not sent again
-LOST_REMEMBERED = 256  # requests whose connection was lost, remembered (the oldest go first)
 CONNECTIONS_PER_CLIENT = 4
 
 
@@ -65,7 +61,6 @@ class OpenAICompatibleBackend:
         self._http = httpx.AsyncClient(**self._client_options)  # the first client
         self._more: list[httpx.AsyncClient] = []  # the others, made as calls need them
         self._busy = [0]  # calls under way on each client
-        self._lost_times: OrderedDict[str, int] = OrderedDict()  # request key -> losses
 
     async def aclose(self) -> None:
         for client in [self._http, *self._more]:
@@ -80,10 +75,10 @@ class OpenAICompatibleBackend:
             except (httpx.TimeoutException, httpx.ConnectError):
                 raise
             except httpx.TransportError:
-                if reply.delivered or _request_key(request) in self._lost_times:
+                if reply.delivered:
                     raise
                 # A pooled keep-alive connection the server has closed fails once; a fresh
-                # connection tells that apart from a real outage.
+                # connection tells that apart from a request the engine drops itself.
                 reply = StreamedReply(request.on_token)
                 result = await self._chat_once(body, reply)
         except httpx.TimeoutException as exc:
@@ -93,17 +88,16 @@ class OpenAICompatibleBackend:
             raise BackendDown(self.spec.name, f"cannot reach {self.spec.url} ({exc!r}); is "
                               "the engine running?") from exc
         except httpx.TransportError as exc:
-            raise self._lost(exc, reply, request) from exc
-        if self._lost_times:
-            self._lost_times.pop(_request_key(request), None)
+            raise self._lost(exc, reply) from exc
         return result
 
     async def ready(self) -> bool:
         """Whether the engine answers now, with anything below 500 (a server without
         ``/models`` answers 404, and is up): the pool polls an engine that is down with
         this before it sends the request again."""
-        try:
-            response = await self._http.get("/models", timeout=POLL_TIMEOUT_S)
+        try:  # a client of its own: the calls' clients may have no connection to spare
+            async with httpx.AsyncClient(**self._client_options) as poll:
+                response = await poll.get("/models", timeout=POLL_TIMEOUT_S)
         except httpx.HTTPError:
             return False
         return response.status_code < 500
@@ -181,31 +175,19 @@ class OpenAICompatibleBackend:
             return BackendDown(self.spec.name, message, status=status)
         return BackendError(self.spec.name, message, retryable=status >= 500, status=status)
 
-    def _lost(self, exc: httpx.TransportError, reply: StreamedReply,
-              request: ChatRequest) -> BackendError:
-        """The error for a connection lost while the reply was being read."""
+    def _lost(self, exc: httpx.TransportError, reply: StreamedReply) -> BackendError:
+        """The error for a connection lost while the reply was being read, after the
+        fresh connection tried at once: not retried, since the request itself may be what
+        the engine drops (an engine that is down refuses the fresh connection instead,
+        and is waited for)."""
         if reply.delivered:
             return BackendError(self.spec.name, f"lost the connection to {self.spec.url} after "
                                 f"part of the reply had streamed to the caller ({exc!r}); not "
                                 "retried, so that no text arrives twice", retryable=False)
-        losses = self._count_loss(_request_key(request))
-        if losses >= LOST_LIMIT:
-            return BackendError(self.spec.name, f"lost the connection to {self.spec.url} "
-                                f"{losses} times for this request ({exc!r}), on fresh "
-                                "connections too; not sent again, as the request itself may "
-                                "be what breaks the engine (check its log)", retryable=False)
-        return BackendError(self.spec.name, f"lost the connection to {self.spec.url} ({exc!r});"
-                            " is the engine running?", retryable=True)
-
-    def _count_loss(self, key: str) -> int:
-        """One more lost connection for the request of ``key``; its count (the fresh
-        connection tried at once after the first loss counts as well)."""
-        before = self._lost_times.pop(key, None)
-        losses = 2 if before is None else before + 1
-        self._lost_times[key] = losses
-        while len(self._lost_times) > LOST_REMEMBERED:
-            self._lost_times.popitem(last=False)
-        return losses
+        return BackendError(self.spec.name, f"lost the connection to {self.spec.url} twice "
+                            f"for this request, on a fresh connection too ({exc!r}); not sent "
+                            "again, as the request itself may be what breaks the engine "
+                            "(check its log)", retryable=False)
 
 
 async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -218,13 +200,6 @@ async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
             yield line
     if rest:
         yield rest
-
-
-def _request_key(request: ChatRequest) -> str:
-    """What one request is, across the pool's attempts (whose slot may differ)."""
-    text = json.dumps([request.model, request.messages, request.params, request.json_schema,
-                       request.tools], sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def api_base(url: str) -> str:

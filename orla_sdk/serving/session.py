@@ -123,8 +123,10 @@ class ServingSession:
         if not self._thread.running:
             return
         try:
-            self._settle_all()
-            self._close_pool()
+            try:
+                self._settle_all()
+            finally:
+                self._close_pool()
         finally:
             self._thread.stop()
 
@@ -132,7 +134,8 @@ class ServingSession:
         with self._lock:
             ending = list(self._ending)
         for future in ending:
-            future.exception()  # waits; a failure was logged already
+            if not future.cancelled():
+                future.exception()  # waits; a failure was logged already
         for run_id in list(self._runs):
             try:
                 self.call(self.settle(run_id, "over"))

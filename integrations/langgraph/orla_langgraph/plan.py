@@ -18,8 +18,9 @@ How the graph is read, from ``graph.get_graph(xray=True)``:
   name) overrides the model. A node of a subgraph without a model or priority of its own
   takes those of the node that encloses it (``models={"supervisor": "light"}`` maps every
   sub-agent ``supervisor`` runs); cache hints are not inherited. A node with no model
-  uses ``default_model``. A ``models`` key that names no node (nor, for the functional
-  API, a task the entrypoint calls) is an error listing the names there are.
+  uses ``default_model``. A ``models`` key that names no node is an error listing the
+  nodes there are; for the functional API, whose tasks are found by reading the
+  entrypoint's code, a key that names no task seen there is a warning.
 - The conditional edges leaving one node become one branch node, labelled with the routing
   function, whose choices are the target node ids; each target is guarded by its choice.
   A conditional edge with a single target decides nothing and is drawn as a plain edge
@@ -40,6 +41,7 @@ How the graph is read, from ``graph.get_graph(xray=True)``:
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -63,6 +65,7 @@ if TYPE_CHECKING:  # langgraph is read through the graph object; importing it co
     from langgraph.pregel import Pregel
 
 START, END = "__start__", "__end__"
+log = logging.getLogger("orla_langgraph")
 INPUT_ID = "input:state"
 NOT_RUNNABLE_REF = "orla_langgraph.plan:not_runnable"
 LOOP_LABEL = "loop"
@@ -185,11 +188,17 @@ def _check_model_keys(models: Mapping[str, str], ids: list[str], drawn: Mapping[
     names = {*nodes, *tasks, *(drawn[nid].name for nid in ids),
              *(nid.rsplit(":", 1)[-1] for nid in nodes)}
     unknown = sorted(set(models) - names)
-    if unknown:
-        known = f"its nodes are {sorted(nodes)}" + (f", its tasks {sorted(tasks)}" if tasks
-                                                    else "")
-        raise OrlaError(f"models={{...}} names {unknown}, which graph {graph.name!r} does not "
-                        f"have: {known}. Key models by node id or name.")
+    if not unknown:
+        return
+    known = f"its nodes are {sorted(nodes)}" + (f", its tasks {sorted(tasks)}" if tasks
+                                                else "")
+    message = (f"models={{...}} names {unknown}, which graph {graph.name!r} does not have: "
+               f"{known}. Key models by node id or name.")
+    if getattr(graph, "builder", None) is None:  # the functional API: tasks are not all seen
+        log.warning("%s (A task called through another function is not seen here: if one "
+                    "of these names it, its calls are served by that name.)", message)
+        return
+    raise OrlaError(message)
 
 
 def _task_names(graph: Any) -> set[str]:

@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from langchain_core.runnables.config import RunnableConfig, get_executor_for_config
+from langchain_core.runnables.utils import gated_coro, gather_with_concurrency
 from langgraph.config import get_config
 
 from orla_langgraph.threads import carry_invocations_into_thread_pools
@@ -55,7 +58,6 @@ GRAPH_METHODS = frozenset({
     "get_name", "get_input_schema", "get_output_schema", "get_input_jsonschema",
     "get_output_jsonschema", "get_config_jsonschema", "get_context_jsonschema",
     "config_schema", "get_prompts", "validate"})
-DEFAULT_BATCH_THREADS = 16
 
 log = logging.getLogger("orla_langgraph")
 
@@ -125,54 +127,84 @@ class ServedGraph:
             async for patch in self.graph.astream_log(input, served_config, **kwargs):
                 yield patch
 
+    # the batches do what LangChain's Runnable batches do, with each invocation served
     def batch(self, inputs: Sequence[Any],
               config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
               return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
-        """The inputs invoked concurrently (each one a run unless its config names a thread)."""
-        done = dict(self.batch_as_completed(inputs, config,
-                                            return_exceptions=return_exceptions, **kwargs))
-        return [done[index] for index in range(len(inputs))]
+        """The inputs invoked concurrently (each one a run unless its config names a
+        thread), in threads that carry the caller's context; results in input order."""
+        configs = _configs(config, len(inputs))
+        invoke = functools.partial(self._invoke_one, return_exceptions, kwargs)
+        if len(inputs) <= 1:
+            return [invoke(item, item_config)
+                    for item, item_config in zip(inputs, configs, strict=True)]
+        with get_executor_for_config(_runnable_config(configs[0])) as executor:
+            return list(executor.map(invoke, inputs, configs))
 
     def batch_as_completed(self, inputs: Sequence[Any],
                            config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
                            *, return_exceptions: bool = False,
                            **kwargs: Any) -> Iterator[tuple[int, Any]]:
         configs = _configs(config, len(inputs))
-        with ThreadPoolExecutor(_concurrency(configs)) as threads:
-            futures = {threads.submit(self.invoke, item, item_config, **kwargs): index
-                       for index, (item, item_config) in enumerate(zip(inputs, configs,
-                                                                        strict=True))}
-            for future in as_completed(futures):
-                yield futures[future], _result_or_error(future, return_exceptions)
+        invoke = functools.partial(self._invoke_one, return_exceptions, kwargs)
+        if len(inputs) <= 1:
+            yield from ((0, invoke(item, item_config))
+                        for item, item_config in zip(inputs, configs, strict=True))
+            return
+        with get_executor_for_config(_runnable_config(configs[0])) as executor:
+            futures = {executor.submit(invoke, item, item_config): index
+                       for index, (item, item_config)
+                       in enumerate(zip(inputs, configs, strict=True))}
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            finally:  # a failure, or a caller that stops early: the rest do not start
+                for future in futures:
+                    future.cancel()
+
+    def _invoke_one(self, return_exceptions: bool, kwargs: Mapping[str, Any], item: Any,
+                    config: Mapping[str, Any] | None) -> Any:
+        try:
+            return self.invoke(item, config, **kwargs)
+        except Exception as exc:
+            if not return_exceptions:
+                raise
+            return exc
 
     async def abatch(self, inputs: Sequence[Any],
                      config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
                      return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
         configs = _configs(config, len(inputs))
-        return list(await asyncio.gather(
-            *(self.ainvoke(item, item_config, **kwargs)
-              for item, item_config in zip(inputs, configs, strict=True)),
-            return_exceptions=return_exceptions))
+        calls = [self._ainvoke_one(return_exceptions, kwargs, item, item_config)
+                 for item, item_config in zip(inputs, configs, strict=True)]
+        limit = (configs[0] or {}).get("max_concurrency") if configs else None
+        return await gather_with_concurrency(limit, *calls)
 
     async def abatch_as_completed(
             self, inputs: Sequence[Any],
             config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
             return_exceptions: bool = False, **kwargs: Any) -> AsyncIterator[tuple[int, Any]]:
         configs = _configs(config, len(inputs))
+        limit = (configs[0] or {}).get("max_concurrency") if configs else None
+        gate = asyncio.Semaphore(limit) if limit else None
 
         async def numbered(index: int, item: Any, item_config: Any) -> tuple[int, Any]:
-            try:
-                return index, await self.ainvoke(item, item_config, **kwargs)
-            except Exception as exc:
-                if not return_exceptions:
-                    raise
-                return index, exc
+            call = self._ainvoke_one(return_exceptions, kwargs, item, item_config)
+            return index, await (gated_coro(gate, call) if gate else call)
 
         for next_done in asyncio.as_completed(
                 [numbered(index, item, item_config)
-                 for index, (item, item_config) in enumerate(zip(inputs, configs,
-                                                                  strict=True))]):
+                 for index, (item, item_config) in enumerate(zip(inputs, configs, strict=True))]):
             yield await next_done
+
+    async def _ainvoke_one(self, return_exceptions: bool, kwargs: Mapping[str, Any],
+                           item: Any, config: Mapping[str, Any] | None) -> Any:
+        try:
+            return await self.ainvoke(item, config, **kwargs)
+        except Exception as exc:
+            if not return_exceptions:
+                raise
+            return exc
 
     def with_config(self, config: Mapping[str, Any] | None = None,
                     **kwargs: Any) -> ServedGraph:
@@ -218,10 +250,11 @@ class ServedGraph:
         invocation, served_config = self._invocation(config)
         try:
             yield served_config
+            outcome = self._outcome(invocation, served_config)
         except BaseException:
-            self._end(invocation, _unfinished(invocation), failing=True)
+            self._end(invocation, self._unfinished(invocation), failing=True)
             raise
-        self._end(invocation, self._outcome(invocation, served_config))
+        self._end(invocation, outcome)
 
     @contextlib.asynccontextmanager
     async def _aserved(self, config: Mapping[str, Any] | None
@@ -231,10 +264,11 @@ class ServedGraph:
         invocation, served_config = self._invocation(config)
         try:
             yield served_config
+            outcome = await self._aoutcome(invocation, served_config)
         except BaseException:
-            await self._aend(invocation, _unfinished(invocation), failing=True)
+            await self._aend(invocation, self._unfinished(invocation), failing=True)
             raise
-        await self._aend(invocation, await self._aoutcome(invocation, served_config))
+        await self._aend(invocation, outcome)
 
     def _invocation(self, config: Mapping[str, Any] | None
                     ) -> tuple[Invocation, dict[str, Any]]:
@@ -250,6 +284,13 @@ class ServedGraph:
 
     def _run_id(self, thread_id: str) -> str:
         return f"{self.name}:{thread_id}"
+
+    def _unfinished(self, invocation: Invocation) -> Outcome:
+        """What a thread's cache becomes when its invocation fails or is left early: kept
+        where the thread can go on (a checkpointer keeps its state), else dropped."""
+        if invocation.thread_id is None or self.graph.checkpointer is None:
+            return "over"
+        return "idle"
 
     def _outcome(self, invocation: Invocation, config: dict[str, Any]) -> Outcome:
         if invocation.thread_id is None or self.graph.checkpointer is None:
@@ -345,10 +386,8 @@ def _current_invocation() -> tuple[Invocation, Mapping[str, Any]] | None:
     return (invocation, config) if isinstance(invocation, Invocation) else None
 
 
-def _unfinished(invocation: Invocation) -> Outcome:
-    """What a thread's cache becomes when its invocation fails or is closed early: kept,
-    since the thread may go on; a run without a thread is over either way."""
-    return "over" if invocation.thread_id is None else "idle"
+def _runnable_config(config: Mapping[str, Any] | None) -> RunnableConfig | None:
+    return None if config is None else cast(RunnableConfig, dict(config))
 
 
 def _configs(config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
@@ -360,16 +399,3 @@ def _configs(config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
         return list(config)
     return [config] * count
 
-
-def _concurrency(configs: Sequence[Mapping[str, Any] | None]) -> int:
-    """Threads for a batch: its configs' ``max_concurrency``, as LangGraph reads it."""
-    limit = next((c["max_concurrency"] for c in configs
-                  if c and isinstance(c.get("max_concurrency"), int)), DEFAULT_BATCH_THREADS)
-    return max(1, min(limit, len(configs)))
-
-
-def _result_or_error(future: Future[Any], return_exceptions: bool) -> Any:
-    failure = future.exception()
-    if failure is not None and return_exceptions:
-        return failure
-    return future.result()

@@ -3,11 +3,13 @@
 A node that fans its model calls out over a ``concurrent.futures.ThreadPoolExecutor``
 runs them in threads that do not see LangGraph's config (context variables stay with the
 thread that set them), so orla could not tell which node, thread or run they belong to,
-and they would reach the app's own endpoint unserved. While a served graph exists, a task
-submitted to a thread pool from inside one of its invocations runs in a copy of the
-submitter's context, as LangChain's own ``ContextThreadPoolExecutor`` does; submissions
-from anywhere else are untouched. Threads started with ``threading.Thread`` directly are
-not covered: start them with ``contextvars.copy_context().run`` as their target.
+and they would reach the app's own endpoint unserved. Once a graph has been served in
+this process, ``ThreadPoolExecutor.submit`` is wrapped for the rest of it: a task
+submitted from inside a served invocation runs in a copy of the submitter's context, as
+LangChain's own ``ContextThreadPoolExecutor`` does; a submission from anywhere else is
+passed on unchanged, after one look at LangGraph's current config (a context variable).
+Threads started with ``threading.Thread`` directly are not covered: start them with
+``contextvars.copy_context().run`` as their target.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ interrupt saves the thread's slot and the resume finds its context cached again.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import operator
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, TypedDict
@@ -263,6 +266,26 @@ def test_functional_api_tasks_are_units_mapped_by_name() -> None:
         assert backends_of(app, "pipeline") == {"heavy"}
 
 
+def test_a_task_the_entrypoint_calls_through_a_helper_is_mapped_by_name(
+        caplog: pytest.LogCaptureFixture) -> None:
+    @task
+    def summarize(text: str) -> str:
+        return str(LIGHT.invoke(f"Summarize: {text}").content)
+
+    def helper(text: str) -> str:  # the entrypoint does not name the task itself
+        return summarize(text).result()
+
+    @entrypoint()
+    def pipeline(text: str) -> str:
+        return helper(text)
+
+    with orla.serve(pipeline, backends=BACKENDS, mapping=MAPPING,
+                    models={"pipeline": "heavy", "summarize": "light"}) as app:
+        assert app.invoke("a long text")
+        assert backends_of(app, "pipeline:summarize") == {"light"}
+    assert "names ['summarize']" in caplog.text
+
+
 def test_plain_openai_clients_in_nodes_are_served_too(served: ServedGraph) -> None:
     client = openai.OpenAI(api_key="unused", base_url=NOWHERE, max_retries=0)
 
@@ -383,6 +406,65 @@ def test_batch_returns_exceptions_when_asked(served: ServedGraph) -> None:
     results = served.batch([{"ticket": "a"}, {}], [thread("y1"), thread("y2")],
                            return_exceptions=True)
     assert results[0]["answer"] and isinstance(results[1], KeyError)
+
+
+CALLER = contextvars.ContextVar("caller", default="unset")
+
+
+def test_batches_run_as_langchains_do(served: ServedGraph) -> None:
+    """The caller's context reaches each input, max_concurrency holds, a failure stops
+    the inputs not yet started."""
+    running = peak = 0
+    started: list[str] = []
+    counting = threading.Lock()
+
+    def note(state: Ticket) -> Ticket:
+        nonlocal running, peak
+        with counting:
+            started.append(state["ticket"])
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.02)
+        with counting:
+            running -= 1
+        if state["ticket"] == "fail":
+            raise ValueError("this input fails")
+        return {"label": CALLER.get()}
+
+    graph = StateGraph(Ticket)
+    graph.add_node("note", note)
+    graph.add_edge(START, "note")
+    with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
+        CALLER.set("the caller")
+        states = app.batch([{"ticket": "a"}, {"ticket": "b"}])
+        assert [s["label"] for s in states] == ["the caller", "the caller"]
+        asyncio.run(app.abatch([{"ticket": str(i)} for i in range(6)],
+                               {"max_concurrency": 2}))
+        assert peak == 2
+        started.clear()
+        with pytest.raises(ValueError, match="this input fails"):
+            list(app.batch_as_completed([{"ticket": "fail"}] + [{"ticket": "x"}] * 5,
+                                        {"max_concurrency": 1}))
+        assert len(started) < 6
+
+
+def test_a_failed_invocation_of_a_thread_without_checkpointer_leaves_no_run() -> None:
+    def fail(state: Ticket) -> Ticket:
+        LIGHT.invoke("hello")
+        raise ValueError("the node fails")
+
+    graph = StateGraph(Ticket)
+    graph.add_node("fail", fail, metadata={"orla": {"model": "light"}})
+    graph.add_edge(START, "fail")
+    with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
+        for turn in range(3):
+            with pytest.raises(ValueError, match="the node fails"):
+                app.invoke({"ticket": "t"}, thread(f"gone-{turn}"))
+        for _ in range(100):  # the runs are settled in the background
+            if not app.session._runs:
+                break
+            time.sleep(0.02)
+        assert not app.session._runs
 
 
 def test_model_calls_from_a_thread_pool_inside_a_node_are_served() -> None:
