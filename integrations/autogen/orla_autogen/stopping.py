@@ -83,9 +83,19 @@ async def settled(step: Awaitable[T], token: CancellationToken) -> T:
     except asyncio.CancelledError:
         if not work.done():
             token.cancel()
-            await asyncio.wait([work])
+            await _until_done(work)
         _log_failure(work)
         raise
+
+
+async def _until_done(work: asyncio.Future[T]) -> None:
+    """Wait for ``work`` to end, through further cancellations of the caller (a cancel
+    scope repeats its cancellation at every await): the team must settle first."""
+    while not work.done():
+        try:
+            await asyncio.wait([work])
+        except asyncio.CancelledError:
+            continue
 
 
 def _log_failure(work: asyncio.Future[T]) -> None:

@@ -175,3 +175,43 @@ def test_a_run_that_fails_to_settle_keeps_the_teams_own_outcome(
     assert len(result.messages) == 3
     settles = [r for r in caplog.records if r.name == "orla_autogen"]
     assert len(settles) == 2 and all("the engine died" in r.getMessage() for r in settles)
+
+
+def test_a_stream_cancelled_twice_still_settles_then_ends_cancelled() -> None:
+    """A cancel scope cancels at every await: the team's step is waited for through the
+    second cancellation, then the caller's cancellation goes on."""
+    from autogen_core import CancellationToken
+    from orla_autogen.stopping import stream_settled
+
+    settled: list[str] = []
+
+    async def team_stream() -> Any:
+        yield "task"
+        try:
+            await asyncio.sleep(10)  # a model call in flight
+        finally:
+            await asyncio.sleep(0.2)  # the team settling after the cancellation
+            settled.append("settled")
+        yield "never"
+
+    async def scenario() -> BaseException | None:
+        token = CancellationToken()
+        events = stream_settled(team_stream(), token)
+
+        async def consume() -> None:
+            async for _ in events:
+                pass
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        try:
+            await task
+        except BaseException as exc:
+            return exc
+        return None
+
+    ended = asyncio.run(scenario())
+    assert isinstance(ended, asyncio.CancelledError) and settled == ["settled"]
