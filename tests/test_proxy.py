@@ -29,6 +29,7 @@ from orla_sdk.cli.commands import build_parser, main, serve_config
 from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec, Capabilities
 from orla_sdk.loop_thread import LoopThread
+from orla_sdk.serving import proxy_workflows
 from orla_sdk.serving.proxy import ProxyServer
 from tests.test_faults import FakeEngine, Step, answer, reset, status
 
@@ -627,6 +628,20 @@ def test_open_workflows_are_bounded(backend: Scripted) -> None:
         assert httpx.post(server.url + "/v1/orla/workflows/wf-1/complete").status_code == 200
         assert tagged("wf-3").status_code == 200
         assert post(server, {"model": "light", "messages": HI}).status_code == 200  # untagged
+
+
+def test_the_units_of_a_workflow_are_bounded(backend: Scripted,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proxy_workflows, "MAX_UNITS", 2)
+    with scripted_proxy(backend) as server:
+        def as_agent(agent: str) -> httpx.Response:
+            return post(server, {"model": "light", "messages": HI}, **{
+                "X-Orla-Workflow": "wf", "X-Orla-Agent": agent})
+
+        assert [as_agent(a).status_code for a in ("a", "b", "a")] == [200] * 3
+        full = as_agent("c")
+        assert full.status_code == 429 and "too_many_units" in full.text
+        assert len(server.report.rows(workflow="wf")) == 2
 
 
 @pytest.mark.parametrize("body", [

@@ -4,8 +4,9 @@ This package's namespace holds the declaration helpers (``orla.backends.llamacpp
 and the call types every backend speaks (``ChatRequest``, ``ChatResult``, ``ToolCall``,
 the ``Backend`` protocol). Its modules: ``declare``, ``base`` (the protocol), ``wire``
 (the OpenAI chat-completions format), ``openai_client``, ``connect`` (a declaration to a
-live connection), ``engine`` (the embedded llama.cpp server), ``llamacpp_slots``,
-``global_cache`` (vLLM/SGLang cache resets) and ``sim/`` (the engine simulator).
+live connection), ``engine`` (the embedded llama.cpp server), ``control`` (requests to
+engines' control endpoints), ``llamacpp_slots``, ``global_cache`` (vLLM/SGLang cache
+resets) and ``sim/`` (the engine simulator).
 """
 
 from orla_sdk.backends.base import (

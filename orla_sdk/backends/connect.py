@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from orla_sdk.backends.base import Backend
+from orla_sdk.backends.declare import VLLM_CONCURRENCY
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
 from orla_sdk.backends.global_cache import RESET_PATHS, GlobalCacheControl
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
@@ -30,7 +31,7 @@ from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
 
 DEFAULT_LIMIT = 8  # requests at once, for an engine whose capacity orla cannot read
-BATCHING_LIMIT = 256  # for vLLM or SGLang when it does not say (vLLM's --max-num-seqs)
+BATCHING_LIMIT = VLLM_CONCURRENCY  # for vLLM or SGLang when it does not say
 
 
 class Closable(Protocol):
@@ -100,7 +101,8 @@ class Connector:
         if spec.kind in RESET_PATHS and spec.url:
             control = GlobalCacheControl(spec.url, spec.kind, timeout=self.timeout,
                                          backend=spec.name)
-            limit = await _engine_limit(control) or BATCHING_LIMIT
+            limit = (spec.scheduling.limit or await _engine_limit(control)
+                     or BATCHING_LIMIT)
             return Connection(spec, OpenAICompatibleBackend(spec, timeout=self.timeout),
                               limit, shared_cache=control, closers=[control])
         return Connection(spec, OpenAICompatibleBackend(spec, timeout=self.timeout),

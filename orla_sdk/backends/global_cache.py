@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import httpx
 
-from orla_sdk.backends.llamacpp_slots import control_request, parse_prometheus
+from orla_sdk.backends.control import control_request
+from orla_sdk.backends.llamacpp_slots import parse_prometheus
 
 RESET_PATHS = {"vllm": "/reset_prefix_cache", "sglang": "/flush_cache"}
 # the gauge (0..1) of KV blocks in use, by engine; vLLM renamed its gauge in v0.10

@@ -18,8 +18,9 @@ from typing import Any
 
 import httpx
 
+from orla_sdk.backends.control import control_request
 from orla_sdk.backends.engine import slot_folder
-from orla_sdk.errors import BackendDown, BackendError, EngineError
+from orla_sdk.errors import EngineError
 
 
 class LlamaCppControl:
@@ -96,25 +97,6 @@ class LlamaCppControl:
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return await control_request(self._client, self.backend, "llama.cpp", method,
                                      f"{self.url}{path}", **kwargs)
-
-
-async def control_request(client: httpx.AsyncClient, backend: str, engine: str, method: str,
-                          url: str, **kwargs: Any) -> httpx.Response:
-    """A request to an engine's control endpoint. An engine that cannot be reached, or
-    answers 502-504, is ``BackendDown``, as for its chat calls; other error answers are a
-    ``BackendError``."""
-    try:
-        response = await client.request(method, url, **kwargs)
-    except httpx.HTTPError as exc:
-        raise BackendDown(backend, f"cannot reach {engine} at {url} ({type(exc).__name__}: "
-                          f"{exc}); is it running? `orla engine status` tells.") from exc
-    status = response.status_code
-    if status < 400:
-        return response
-    message = f"{engine} answered {method} {url} with {status}: {response.text[:300]}"
-    if status in (502, 503, 504):
-        raise BackendDown(backend, message, status=status)
-    raise BackendError(backend, message, retryable=False, status=status)
 
 
 def parse_prometheus(text: str) -> dict[str, float]:

@@ -260,7 +260,8 @@ class ProxyServer:
         if not tags.tagged:
             return await self._untagged_call(tags, target, request)
         workflow = self.workflows.open(tags.tenant, tags.workflow)
-        unit = self.session.unit(workflow.run_id, f"{tags.stage}\x00{tags.agent}", tags.stage,
+        unit = self.session.unit(workflow.run_id, workflow.unit(f"{tags.stage}\x00{tags.agent}"),
+                                 tags.stage,
                                  {"workflow": tags.workflow, "stage": tags.stage,
                                   "agent": tags.agent or None, "priority": tags.priority,
                                   "tenant": tags.tenant, "run": workflow.run_id})

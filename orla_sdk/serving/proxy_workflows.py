@@ -5,7 +5,8 @@ a 429 naming the limit.
 
 Each time an id is opened it gets a session run of its own (``run_id``), so a workflow
 completed while a new call of that id arrives never shares its run, cache slot or report
-rows with the new one.
+rows with the new one. A workflow holds at most ``MAX_UNITS`` (stage, agent) units, each a
+report row: past that, a call naming a new one is a 429.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from orla_sdk.serving.proxy_errors import HttpError
+
+MAX_UNITS = 1024  # (stage, agent) pairs, each a report row, in one workflow
 
 
 @dataclass
@@ -28,9 +31,21 @@ class Workflow:
     run_id: str
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
+    units: set[str] = field(default_factory=set)
 
     def idle_for(self, seconds: float, now: float) -> bool:
         return not self.in_flight and now - self.last_used >= seconds
+
+    def unit(self, key: str) -> str:
+        """``key``, a (stage, agent) unit of the workflow; a 429 past ``MAX_UNITS``."""
+        if key not in self.units:
+            if len(self.units) >= MAX_UNITS:
+                raise HttpError(429, f"workflow {self.id!r} has {MAX_UNITS} (stage, agent) "
+                                "pairs, the most one workflow may have; name fewer stages "
+                                "and agents (X-Orla-Stage, X-Orla-Agent), or start another "
+                                "workflow", code="too_many_units")
+            self.units.add(key)
+        return key
 
 
 class Workflows:
