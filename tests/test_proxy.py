@@ -244,7 +244,7 @@ def test_answers_on_a_kept_alive_connection_are_not_held_back(proxy: ProxyServer
                                json={"model": "light", "messages": HI, "stream": stream})
             assert answer.status_code == 200
             took.append(time.perf_counter() - started)
-    assert statistics.median(took) < 0.02
+    assert statistics.median(took) < 0.03  # under the 40 ms a delayed acknowledgement costs
 
 
 def test_tools_pass_through(proxy: ProxyServer, backend: Scripted) -> None:
@@ -714,14 +714,14 @@ def slotted_proxy(backend: Scripted, control: SlowSlots, **options: Any) -> Prox
 
 
 def test_untagged_calls_keep_their_slot_and_wait_for_no_erase(backend: Scripted) -> None:
-    control = SlowSlots(erase_s=0.5)
+    control = SlowSlots(erase_s=3)  # far longer than an answer takes, even on a busy machine
     server = slotted_proxy(backend, control)
     try:
         for stream in (False, True, False):
             started = time.perf_counter()
             answer = post(server, {"model": "light", "messages": HI, "stream": stream})
             assert answer.status_code == 200 and "error" not in answer.text
-            assert time.perf_counter() - started < 0.4
+            assert time.perf_counter() - started < 1.5
         assert control.erased == []
         assert len({r.slot for r in backend.requests}) == 1  # one slot: its prefix stays
         assert backend.requests[0].slot is not None
@@ -730,14 +730,14 @@ def test_untagged_calls_keep_their_slot_and_wait_for_no_erase(backend: Scripted)
 
 
 def test_idle_workflows_are_completed_off_the_answer_path(backend: Scripted) -> None:
-    control = SlowSlots(erase_s=0.5)
+    control = SlowSlots(erase_s=3)
     server = slotted_proxy(backend, control, workflow_idle_s=0.2)
     try:
         post(server, {"model": "light", "messages": HI}, **{"X-Orla-Workflow": "wf-old"})
         time.sleep(0.3)
         started = time.perf_counter()
         post(server, {"model": "light", "messages": HI}, **{"X-Orla-Workflow": "wf-new"})
-        assert time.perf_counter() - started < 0.4
+        assert time.perf_counter() - started < 1.5
         deadline = time.monotonic() + 3
         while "wf-old" in server.workflows.ids() and time.monotonic() < deadline:
             time.sleep(0.02)
