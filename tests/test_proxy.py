@@ -703,6 +703,8 @@ def test_a_tenant_reads_and_completes_only_its_own_workflows(backend: Scripted) 
         assert everything["total"]["calls"] == 2
         assert {t: v["calls"] for t, v in everything["by_tenant"].items()} == {
             "alice": 1, "bob": 1}
+        runs = everything["by_run"]  # one row each, though the two share the id wf-a
+        assert len(runs) == 2 and all(v["calls"] == 1 for v in runs.values())
 
 
 # ---- settling: off the answer's path ----------------------------------------------------------

@@ -324,10 +324,12 @@ class ProxyServer:
 
     def tenants_report(self, tenant: str) -> dict[str, Any]:
         """The report of the tenant's open workflows; an admin's covers every tenant's,
-        with ``by_tenant`` beside the other groups."""
+        with ``by_tenant`` beside the other groups, and ``by_run`` (``tenant:id#n``),
+        since two tenants' workflows may share an id (``by_workflow`` adds them up)."""
         if tenant not in self.admins:
             return self.report.to_json(tenant=tenant)
-        return {**self.report.to_json(), "by_tenant": self.report.by("tenant")}
+        return {**self.report.to_json(), "by_tenant": self.report.by("tenant"),
+                "by_run": self.report.by("run")}
 
     async def complete(self, tenant: str, workflow: str) -> dict[str, Any]:
         """The end-of-workflow cache action; the workflow is then forgotten (a later call
