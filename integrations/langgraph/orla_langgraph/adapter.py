@@ -33,7 +33,11 @@ class LangGraphAdapter:
               default_model: str | None = None, prices: Mapping[str, Price] | None = None,
               tracer: Any = None, pool: BackendPool | None = None, name: str | None = None,
               passes: Sequence[Pass] | None = None,
-              policies: Sequence[AgentPolicy | str] = ()) -> ServedGraph:
+              policies: Sequence[AgentPolicy | str] = (),
+              thread_idle_s: float | None = None) -> ServedGraph:
+        """``thread_idle_s``: a thread without an invocation for this long loses its run
+        and cache (an hour unless told; ``orla_langgraph.idle``)."""
+        from orla_langgraph.idle import DEFAULT_THREAD_IDLE_S, IdleThreads
         from orla_langgraph.plan import plan_from_graph
         from orla_langgraph.served import ServedGraph
 
@@ -42,7 +46,8 @@ class LangGraphAdapter:
                                mapping=mapping, default_model=default_model, passes=passes)
         session = ServingSession(plan, pool=pool, models=models, report=Report(prices),
                                  policies=policies)
-        return ServedGraph(graph, session, name=plan.name, tracer=tracer)
+        idle = IdleThreads(DEFAULT_THREAD_IDLE_S if thread_idle_s is None else thread_idle_s)
+        return ServedGraph(graph, session, name=plan.name, tracer=tracer, idle=idle)
 
 
 def _compiled(app: Any) -> Any:

@@ -42,6 +42,7 @@ from langchain_core.runnables.config import RunnableConfig, get_executor_for_con
 from langchain_core.runnables.utils import gated_coro, gather_with_concurrency
 from langgraph.config import get_config
 
+from orla_langgraph.idle import IdleThreads
 from orla_langgraph.threads import carry_invocations_into_thread_pools
 from orla_sdk import OrlaError, Plan, Report
 from orla_sdk.runtime import CacheLogEntry, StageContext
@@ -76,11 +77,12 @@ class ServedGraph:
     """A compiled LangGraph graph whose model calls orla serves."""
 
     def __init__(self, graph: Any, session: ServingSession, *, name: str,
-                 tracer: Any = None) -> None:
+                 tracer: Any = None, idle: IdleThreads | None = None) -> None:
         self.graph = graph
         self.session = session
         self.name = name
         self.tracer = tracer  # an OpenTelemetry Tracer: each invocation's spans go there
+        self.idle = idle or IdleThreads()  # threads quiet for idle.idle_s lose their runs
         self.cache_log: list[dict[str, Any]] = []  # CacheLogEntry items with their thread_id
         route_openai_calls(_unit_of_current_task)
         carry_invocations_into_thread_pools(_in_invocation)
@@ -210,7 +212,7 @@ class ServedGraph:
                     **kwargs: Any) -> ServedGraph:
         """The graph's ``with_config``, still served by this graph's session."""
         return ServedGraph(self.graph.with_config(config, **kwargs), self.session,
-                           name=self.name, tracer=self.tracer)
+                           name=self.name, tracer=self.tracer, idle=self.idle)
 
     def __getattr__(self, name: str) -> Any:
         """The graph's state, drawing and schema methods and its attributes; a method that
@@ -227,6 +229,7 @@ class ServedGraph:
     def end_thread(self, thread_id: str) -> list[CacheLogEntry]:
         """The conversation is over: drop what its run holds in the engines."""
         self.session.start()
+        self.idle.forget(self._run_id(thread_id))
         entries = self.session.call(self.session.settle(self._run_id(thread_id), "over"))
         self._log(thread_id, entries)
         return entries
@@ -280,6 +283,9 @@ class ServedGraph:
                                 self._run_id(thread_id or uuid.uuid4().hex[:12]), thread_id)
         configurable[INVOCATION_KEY] = invocation
         config["configurable"] = configurable
+        for expired in self.idle.begin(invocation.run_id):
+            thread_of_run = expired.removeprefix(f"{self.name}:")
+            self.session.end_soon(expired, functools.partial(self._log, thread_of_run))
         return invocation, config
 
     def _run_id(self, thread_id: str) -> str:
@@ -325,6 +331,7 @@ class ServedGraph:
         """Close the invocation's units and export its spans; a run that is over is
         settled in the background (its slot erase is not the caller's wait)."""
         self.session.finish_units(invocation.run_id)
+        self.idle.end(invocation.run_id, kept=outcome != "over")
         if self.tracer is not None:
             self.report.export_spans(self.tracer, invocation=invocation.id)
         if outcome != "over":

@@ -467,6 +467,25 @@ def test_a_failed_invocation_of_a_thread_without_checkpointer_leaves_no_run() ->
         assert not app.session._runs
 
 
+def test_a_thread_idle_past_the_limit_loses_its_run_and_comes_back_cold() -> None:
+    with orla.serve(support_graph(checkpointer=InMemorySaver()), backends=BACKENDS,
+                    mapping=MAPPING, thread_idle_s=0.2) as app:
+        app.invoke({"ticket": "first"}, thread("quiet"))
+        app.invoke({"ticket": "first"}, thread("busy"))
+        assert set(app.session._runs) == {f"{app.name}:quiet", f"{app.name}:busy"}
+        time.sleep(0.3)
+        app.invoke({"ticket": "again"}, thread("busy"))  # the sweep runs as it starts
+        for _ in range(100):  # ended in the background
+            if f"{app.name}:quiet" not in app.session._runs:
+                break
+            time.sleep(0.02)
+        assert set(app.session._runs) == {f"{app.name}:busy"}
+        assert [e["thread_id"] for e in app.cache_log if e["decision"] == "flush"] == ["quiet"]
+        assert app.get_state(thread("quiet")).values["ticket"] == "first"  # the saver's
+        app.invoke({"ticket": "back"}, thread("quiet"))  # a new run, prefilled again
+        assert f"{app.name}:quiet" in app.session._runs
+
+
 def test_model_calls_from_a_thread_pool_inside_a_node_are_served() -> None:
     def fan_out(state: Ticket) -> Ticket:
         with ThreadPoolExecutor(3) as threads:
