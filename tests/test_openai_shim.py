@@ -402,3 +402,58 @@ def test_openai_code_on_the_engine_reuses_the_preserved_prefix(
     assert second.calls[0].slot == first.calls[0].slot
     assert result.output == second.cached_tokens  # what the client saw is the engine's count
     assert second.cached_tokens > first.prompt_tokens // 2
+
+
+# ---- a reasoning model's thinking streams as it comes ----------------------------------------
+THINKING_STREAM = [
+    {"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "Let me "}}]},
+    {"choices": [{"index": 0, "delta": {"reasoning_content": "think."}}]},
+    {"choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+    {"choices": [{"index": 0, "delta": {"content": "!"}, "finish_reason": "stop"}]},
+]
+
+
+def test_reasoning_streams_in_order_and_the_callers_text_stays_text() -> None:
+    from orla_sdk.backends.wire import Chunks, StreamedReply
+
+    pieces: list[str] = []
+    reply = StreamedReply(on_token=pieces.append)
+    for chunk in THINKING_STREAM:
+        reply.add(chunk)
+    chunks = Chunks.of({"model": "m", "stream": True})
+    events = [chunks.piece(p) for p in pieces]
+    events += chunks.end(reply.result(ttft_s=0.0, duration_s=0.0))
+    deltas = [choice["delta"] for event in events if event.startswith(b"data: {")
+              for choice in json.loads(event[6:])["choices"]]
+    assert [d.get("reasoning_content") or d.get("content") for d in deltas if d] == [
+        "Let me ", "think.", "Hi", "!"]  # the thinking first, as the engine sent it, once
+    assert "content" not in deltas[0] and deltas[0]["role"] == "assistant"
+
+    async def text_of_a_stage() -> list[str]:
+        class Thinking:
+            spec = BackendSpec(name="thinking", kind="openai", url="http://unused/v1",
+                               capabilities=Capabilities())
+
+            async def chat(self, request: ChatRequest) -> ChatResult:
+                replay = StreamedReply(on_token=request.on_token)
+                for chunk in THINKING_STREAM:
+                    replay.add(chunk)
+                return replay.result(ttft_s=0.0, duration_s=0.0)
+
+            async def aclose(self) -> None:
+                pass
+
+        @orla.stage(model="light")
+        async def greet() -> list[str]:
+            return [piece async for piece in orla.astream("Say hi.")]
+
+        @orla.workflow
+        def hello() -> list[str]:
+            return greet()
+
+        plan = orla.compile(hello, backends=[Thinking.spec], mapping={"light": "thinking/m"})
+        async with orla.BackendPool(plan.backends, clients={"thinking": Thinking()}) as pool:
+            result = await orla.arun(plan, pool=pool)
+        return list(result.raise_for_error().output)
+
+    assert asyncio.run(text_of_a_stage()) == ["Hi", "!"]  # no empty piece for the thinking

@@ -269,7 +269,8 @@ class Chunks:
         extras = extras_of(text)
         if extras.message:
             self.sent.setdefault(index, set()).update(extras.message)
-        return self._delta({**extras.message, "content": str(text)}, index, extras.completion,
+        content = {"content": str(text)} if text else {}  # a piece of reasoning alone
+        return self._delta({**extras.message, **content}, index, extras.completion,
                            extras.choice)
 
     def end(self, result: ChatResult) -> Iterator[bytes]:
@@ -386,13 +387,15 @@ class StreamedReply:
             before = self.message.get(key)
             self.message[key] = (before + value if isinstance(before, str)
                                  and isinstance(value, str) else value)
-        if isinstance(content, str) and content:
-            self.parts.append(content)
-            if self.on_token is not None:
-                self.delivered = True
-                extras = (Extras(completion, {"logprobs": logprobs} if logprobs else {}, message)
-                          if completion or logprobs or message else None)
-                self.on_token(content if extras is None else Piece(content, extras))
+        text = content if isinstance(content, str) else ""
+        if text:
+            self.parts.append(text)
+        if self.on_token is not None and (text or message):
+            # a delta of reasoning alone goes on as it comes, an empty piece with its extras
+            self.delivered = True
+            extras = (Extras(completion, {"logprobs": logprobs} if logprobs else {}, message)
+                      if completion or logprobs or message else None)
+            self.on_token(text if extras is None else Piece(text, extras))
         for call in tool_calls if isinstance(tool_calls, list) else []:
             if isinstance(call, dict):
                 _add_tool_delta(self.calls.setdefault(_index(call), {}), call)

@@ -50,7 +50,8 @@ def _token_sink(ctx: StageContext, user: Callable[[str], None] | None
     def sink(text: str) -> None:
         if user is not None:
             user(text)
-        emit("token", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, text=text)
+        if text:  # an empty piece carries a reasoning model's thinking, not its text
+            emit("token", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, text=text)
 
     return sink
 

@@ -137,7 +137,9 @@ async def astream(prompt: str, *, system: str | None = None,
 async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: Any,
                    max_retries: int = 2, max_turns: int = 4,
                    on_token: Callable[[str], None] | None = None, **params: Any) -> Any:
-    """The tool loop and the validation loop around the stage's model calls."""
+    """The tool loop and the validation loop around the stage's model calls. ``on_token``
+    gets the reply's text as it streams (not a reasoning model's thinking)."""
+    on_token = _text_only(on_token) if on_token is not None else None
     target = await stage_target(ctx, messages)
     live = ctx.run.pool[target.backend]
     native = live.spec.capabilities.tool_calling
@@ -169,6 +171,13 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
         history += await _tool_messages(ctx, result, calls, emulate,
                                         f"{ctx.key}/g{conversation}/t{tool_turns}")
         tool_turns += 1
+
+
+def _text_only(on_token: Callable[[str], None]) -> Callable[[str], None]:
+    def text(piece: str) -> None:
+        if piece:
+            on_token(piece)
+    return text
 
 
 def _request(ctx: StageContext, target: Target, history: list[dict[str, Any]], output: Any,

@@ -111,8 +111,9 @@ class OrlaChatCompletionClient(ChatCompletionClient):
         streamed = False
         try:
             while (piece := await pieces.get()) is not None:
-                streamed = True
-                yield piece
+                if piece:  # an empty piece carries a reasoning model's thinking
+                    streamed = True
+                    yield piece
             result = await task
         finally:
             task.cancel()
