@@ -63,14 +63,16 @@ GRAPH_METHODS = frozenset({
 log = logging.getLogger("orla_langgraph")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Invocation:
-    """One call of ``invoke``/``stream`` on a served graph."""
+    """One call of ``invoke``/``stream`` on a served graph. Once ``ended``, a call still
+    made in its context (from a thread it started that outlived it) is not its own."""
 
     served: ServedGraph
     id: str
     run_id: str
     thread_id: str | None
+    ended: bool = False
 
 
 class ServedGraph:
@@ -330,6 +332,7 @@ class ServedGraph:
     def _ended_soon(self, invocation: Invocation, outcome: Outcome) -> bool:
         """Close the invocation's units and export its spans; a run that is over is
         settled in the background (its slot erase is not the caller's wait)."""
+        invocation.ended = True
         self.session.finish_units(invocation.run_id)
         self.idle.end(invocation.run_id, kept=outcome != "over")
         if self.tracer is not None:
@@ -390,7 +393,9 @@ def _current_invocation() -> tuple[Invocation, Mapping[str, Any]] | None:
     except RuntimeError:  # not inside a LangGraph run
         return None
     invocation = (config.get("configurable") or {}).get(INVOCATION_KEY)
-    return (invocation, config) if isinstance(invocation, Invocation) else None
+    if not isinstance(invocation, Invocation) or invocation.ended:
+        return None
+    return invocation, config
 
 
 def _runnable_config(config: Mapping[str, Any] | None) -> RunnableConfig | None:

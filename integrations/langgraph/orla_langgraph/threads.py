@@ -1,15 +1,15 @@
-"""Thread pools started inside a served node carry the node's context.
+"""Threads started inside a served node carry the node's context.
 
-A node that fans its model calls out over a ``concurrent.futures.ThreadPoolExecutor``
-runs them in threads that do not see LangGraph's config (context variables stay with the
-thread that set them), so orla could not tell which node, thread or run they belong to,
-and they would reach the app's own endpoint unserved. Once a graph has been served in
-this process, ``ThreadPoolExecutor.submit`` is wrapped for the rest of it: a task
-submitted from inside a served invocation runs in a copy of the submitter's context, as
-LangChain's own ``ContextThreadPoolExecutor`` does; a submission from anywhere else is
-passed on unchanged, after one look at LangGraph's current config (a context variable).
-Threads started with ``threading.Thread`` directly are not covered: start them with
-``contextvars.copy_context().run`` as their target.
+A node that fans its model calls out over a ``concurrent.futures.ThreadPoolExecutor``, or
+over threads of its own, runs them in threads that do not see LangGraph's config (context
+variables stay with the thread that set them), so orla could not tell which node, thread
+or run they belong to, and they would reach the app's own endpoint unserved. Once a graph
+has been served in this process, ``ThreadPoolExecutor.submit`` and ``Thread.start`` are
+wrapped for the rest of it: a task submitted, or a thread started, from inside a served
+invocation runs in a copy of that context, as LangChain's own ``ContextThreadPoolExecutor``
+does. A pool's worker threads are left alone (each task brings its own context), and so
+is everything started outside a served invocation, after one look at LangGraph's current
+config (a context variable).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def carry_invocations_into_thread_pools(in_invocation: Callable[[], bool]) -> No
         if in_invocation in _checks:
             return
         if not _checks:
-            original = ThreadPoolExecutor.submit
-            ThreadPoolExecutor.submit = _carrying(original)  # type: ignore[method-assign]
+            submit, start = ThreadPoolExecutor.submit, threading.Thread.start
+            ThreadPoolExecutor.submit = _carrying(submit)  # type: ignore[method-assign]
+            threading.Thread.start = _carrying_start(start)  # type: ignore[method-assign,assignment]
         _checks.append(in_invocation)
 
 
@@ -46,3 +47,20 @@ def _carrying(submit: Callable[..., Future[Any]]) -> Callable[..., Future[Any]]:
         return submit(self, fn, *args, **kwargs)
 
     return carrying_submit
+
+
+def _carrying_start(start: Callable[[threading.Thread], None]
+                    ) -> Callable[[threading.Thread], None]:
+    @functools.wraps(start)
+    def carrying_start(self: threading.Thread) -> None:
+        if not _is_pool_worker(self) and any(check() for check in _checks):
+            run, context = self.run, contextvars.copy_context()
+            self.run = functools.partial(context.run, run)  # type: ignore[method-assign]
+        start(self)
+
+    return carrying_start
+
+
+def _is_pool_worker(thread: threading.Thread) -> bool:
+    target = getattr(thread, "_target", None)
+    return getattr(target, "__module__", "") == "concurrent.futures.thread"

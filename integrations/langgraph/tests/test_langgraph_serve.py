@@ -408,6 +408,42 @@ def test_batch_returns_exceptions_when_asked(served: ServedGraph) -> None:
     assert results[0]["answer"] and isinstance(results[1], KeyError)
 
 
+def test_threads_a_node_starts_are_served_while_its_invocation_lasts() -> None:
+    late: list[BaseException] = []
+    go_on = threading.Event()
+
+    def outlive() -> None:  # still running after the invocation has returned
+        go_on.wait(5)
+        try:
+            LIGHT.invoke("after the invocation")
+        except Exception as exc:  # not served: the app's own endpoint (nothing listens)
+            late.append(exc)
+
+    def fan_out(state: Ticket) -> Ticket:
+        notes: list[str] = []
+        workers = [threading.Thread(target=lambda i=i: notes.append(
+            str(LIGHT.invoke(f"note {i}").content))) for i in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        threading.Thread(target=outlive, daemon=True).start()
+        return {"notes": notes}
+
+    graph = StateGraph(Ticket)
+    graph.add_node("notes", fan_out, metadata={"orla": {"model": "light"}})
+    graph.add_edge(START, "notes")
+    with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
+        assert len(app.invoke({"ticket": "t"})["notes"]) == 2
+        go_on.set()
+        for _ in range(250):
+            if late:
+                break
+            time.sleep(0.02)
+        assert sum(len(r.record.calls) for r in app.report.rows(node="notes")) == 2
+        assert late and isinstance(late[0], openai.APIConnectionError)
+
+
 CALLER = contextvars.ContextVar("caller", default="unset")
 
 
