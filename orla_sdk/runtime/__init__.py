@@ -19,6 +19,7 @@ from orla_sdk.runtime.records import (
     CallRecord,
     RunResult,
     StageRecord,
+    failed_cache_action,
 )
 from orla_sdk.runtime.routing import stage_target
 from orla_sdk.runtime.scheduler import ByPriority, Policy, ShortestFirst, Waiting
@@ -29,6 +30,7 @@ __all__ = [
     "CheckpointStore", "MemoryPolicy", "Policy", "RunEvent", "RunResult", "RunState",
     "SQLiteCheckpoints", "ShortestFirst", "SmallIncrement", "StageContext", "StageRecord",
     "Waiting", "achat", "agenerate", "aresume", "arun", "astream", "async_openai_client",
-    "call_model", "chat", "close_cut_json", "current_stage", "emulated_tools_schema", "generate",
-    "openai_client", "read_reply", "resume", "run", "stage_target", "stream", "wrap",
+    "call_model", "chat", "close_cut_json", "current_stage", "emulated_tools_schema",
+    "failed_cache_action", "generate", "openai_client", "read_reply", "resume", "run",
+    "stage_target", "stream", "wrap",
 ]

@@ -28,7 +28,7 @@ from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import Emitter, Listener
 from orla_sdk.runtime.layout import layout_of
 from orla_sdk.runtime.pool import BackendPool
-from orla_sdk.runtime.records import RunResult, StageRecord
+from orla_sdk.runtime.records import RunResult, StageRecord, failed_cache_action
 
 Env = ChainMap[str, Any]
 Checkpoint = str | Path | CheckpointStore
@@ -114,8 +114,7 @@ async def arun(plan: Plan, /, *, pool: BackendPool | None = None, run_id: str | 
             result.cache_log += pool.memory.take_log(run_id) + await pool.memory.end_run(run_id)
             pool.end_run(run_id)
         except OrlaError as exc:
-            result.cache_log.append({"node": None, "backend": None, "decision": "flush",
-                                     "reason": "end of workflow", "action": f"failed: {exc}"})
+            result.cache_log.append(failed_cache_action(exc))
         finally:
             if own_pool:
                 await pool.aclose()

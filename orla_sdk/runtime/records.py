@@ -24,6 +24,14 @@ class CacheLogEntry(TypedDict, total=False):
     cached_tokens: int
 
 
+def failed_cache_action(error: BaseException, *, decision: str = "flush",
+                        reason: str = "end of workflow") -> CacheLogEntry:
+    """The cache-log entry of a run-level cache action that failed (``error``): the run's
+    answer stands, the failure is the log's."""
+    return {"node": None, "backend": getattr(error, "backend", None), "decision": decision,
+            "reason": reason, "action": f"failed: {error}"}
+
+
 @dataclass
 class CallRecord:
     """One model call made by a stage, with the engine's own counters."""

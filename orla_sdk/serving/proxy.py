@@ -58,7 +58,7 @@ from orla_sdk.mapping import normalize_mapping
 from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import RunState, StageContext
 from orla_sdk.runtime.pool import BackendPool
-from orla_sdk.runtime.records import CacheLogEntry, StageRecord
+from orla_sdk.runtime.records import CacheLogEntry, StageRecord, failed_cache_action
 from orla_sdk.serving.proxy_errors import HttpError
 from orla_sdk.serving.proxy_input import Tags
 from orla_sdk.serving.proxy_workflows import Workflow, Workflows
@@ -353,8 +353,7 @@ class ProxyServer:
         except Exception as exc:
             log.warning("dropping the cache of run %s failed: %s: %s", run_id,
                         type(exc).__name__, exc)
-            return [{"node": None, "backend": None, "decision": "flush",
-                     "reason": "end of workflow", "action": f"failed: {exc}"}]
+            return [failed_cache_action(exc)]
 
     async def _sweep_idle(self) -> None:
         """Complete the workflows idle for ``workflow_idle_s``, in the background: a client

@@ -34,7 +34,7 @@ from orla_sdk.ir import Node, Plan, PriorityNote, StageSpec, priority_of
 from orla_sdk.loop_thread import LoopThread
 from orla_sdk.runtime.context import RunState, StageContext
 from orla_sdk.runtime.pool import BackendPool
-from orla_sdk.runtime.records import CacheLogEntry, StageRecord
+from orla_sdk.runtime.records import CacheLogEntry, StageRecord, failed_cache_action
 from orla_sdk.serving.report import Labels, Report
 
 T = TypeVar("T")
@@ -105,9 +105,7 @@ class ServingSession:
             with self._lock:
                 self._ending.discard(future)
             error = future.exception()
-            logged(future.result() if error is None else [
-                {"node": None, "backend": None, "decision": "flush",
-                 "reason": "end of workflow", "action": f"failed: {error}"}])
+            logged(future.result() if error is None else [failed_cache_action(error)])
 
         future = self._thread.submit(self.settle(run_id, "over"))
         with self._lock:

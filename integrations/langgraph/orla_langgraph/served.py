@@ -45,7 +45,7 @@ from langgraph.config import get_config
 from orla_langgraph.idle import IdleThreads
 from orla_langgraph.threads import carry_invocations_into_thread_pools
 from orla_sdk import OrlaError, Plan, Report
-from orla_sdk.runtime import CacheLogEntry, StageContext
+from orla_sdk.runtime import CacheLogEntry, StageContext, failed_cache_action
 from orla_sdk.serving import Outcome, ServingSession, route_openai_calls
 
 INVOCATION_KEY = "__orla_invocation"  # LangGraph keeps "__" keys out of checkpoint metadata
@@ -354,8 +354,7 @@ class ServedGraph:
         log.warning("graph %r, thread %s: the cache could not be settled after the "
                     "invocation%s (%s: %s)", self.name, invocation.thread_id,
                     " failed" if failing else "", type(exc).__name__, exc)
-        return [{"node": None, "backend": getattr(exc, "backend", None), "decision": "settle",
-                 "reason": "end of invocation", "action": f"failed: {exc}"}]
+        return [failed_cache_action(exc, decision="settle", reason="end of invocation")]
 
     def unit(self, invocation: Invocation, config: Mapping[str, Any]) -> StageContext:
         """The stage context of the task that ``config`` belongs to."""

@@ -77,6 +77,14 @@ def served() -> Iterator[ServedGraph]:
     app.close()
 
 
+def one_node_graph(name: str, node: Any, model: str | None = None) -> Any:
+    """A graph of one node, ``name``, mapped to ``model`` by its orla metadata."""
+    graph = StateGraph(Ticket)
+    graph.add_node(name, node, metadata={"orla": {"model": model}} if model else None)
+    graph.add_edge(START, name)
+    return graph
+
+
 def thread(name: str) -> dict[str, Any]:
     return {"configurable": {"thread_id": name}}
 
@@ -294,9 +302,7 @@ def test_plain_openai_clients_in_nodes_are_served_too(served: ServedGraph) -> No
             model="whatever", messages=[{"role": "user", "content": state["ticket"]}])
         return {"answer": reply.choices[0].message.content or ""}
 
-    graph = StateGraph(Ticket)
-    graph.add_node("plain", node, metadata={"orla": {"model": "light"}})
-    graph.add_edge(START, "plain")
+    graph = one_node_graph("plain", node, model="light")
     with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
         assert app.invoke({"ticket": "hi"})["answer"]
         assert backends_of(app, "plain") == {"light"}
@@ -341,9 +347,7 @@ def supervised_graph() -> Any:
     def supervisor(state: Ticket) -> Ticket:
         return {"label": sub_agent.invoke(state)["label"]}
 
-    graph = StateGraph(Ticket)
-    graph.add_node("supervisor", supervisor)
-    graph.add_edge(START, "supervisor")
+    graph = one_node_graph("supervisor", supervisor)
     return graph.compile()
 
 
@@ -430,9 +434,7 @@ def test_threads_a_node_starts_are_served_while_its_invocation_lasts() -> None:
         threading.Thread(target=outlive, daemon=True).start()
         return {"notes": notes}
 
-    graph = StateGraph(Ticket)
-    graph.add_node("notes", fan_out, metadata={"orla": {"model": "light"}})
-    graph.add_edge(START, "notes")
+    graph = one_node_graph("notes", fan_out, model="light")
     with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
         assert len(app.invoke({"ticket": "t"})["notes"]) == 2
         go_on.set()
@@ -467,9 +469,7 @@ def test_batches_run_as_langchains_do(served: ServedGraph) -> None:
             raise ValueError("this input fails")
         return {"label": CALLER.get()}
 
-    graph = StateGraph(Ticket)
-    graph.add_node("note", note)
-    graph.add_edge(START, "note")
+    graph = one_node_graph("note", note)
     with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
         CALLER.set("the caller")
         states = app.batch([{"ticket": "a"}, {"ticket": "b"}])
@@ -489,9 +489,7 @@ def test_a_failed_invocation_of_a_thread_without_checkpointer_leaves_no_run() ->
         LIGHT.invoke("hello")
         raise ValueError("the node fails")
 
-    graph = StateGraph(Ticket)
-    graph.add_node("fail", fail, metadata={"orla": {"model": "light"}})
-    graph.add_edge(START, "fail")
+    graph = one_node_graph("fail", fail, model="light")
     with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
         for turn in range(3):
             with pytest.raises(ValueError, match="the node fails"):
@@ -528,9 +526,7 @@ def test_model_calls_from_a_thread_pool_inside_a_node_are_served() -> None:
             notes = list(threads.map(lambda i: str(LIGHT.invoke(f"note {i}").content), range(3)))
         return {"notes": notes}
 
-    graph = StateGraph(Ticket)
-    graph.add_node("notes", fan_out, metadata={"orla": {"model": "light"}})
-    graph.add_edge(START, "notes")
+    graph = one_node_graph("notes", fan_out, model="light")
     with orla.serve(graph.compile(), backends=BACKENDS, mapping=MAPPING) as app:
         assert len(app.invoke({"ticket": "t"})["notes"]) == 3
         assert sum(len(r.record.calls) for r in app.report.rows(node="notes")) == 3
