@@ -22,6 +22,7 @@ from orla_sdk.serving.proxy_errors import HttpError
 
 HINTS = ("workflow_id", "agent_id", "step_id", "parent_step_id")  # SGLang's agent hints
 DEFAULT_PRIORITY = 50
+MAX_PRIORITY = 100  # priorities run 0..MAX_PRIORITY, higher first
 MAX_NAME_CHARS = 256  # a workflow id, a stage or an agent name
 MAX_DEPTH = 64  # how deeply a body's arrays and objects may nest
 MAX_CHOICES = 16  # ``n``: each choice is a model call of its own
@@ -172,8 +173,9 @@ def read_priority(header: str | None, field_value: Any) -> int:
         value = int(value)
     priority = as_integer(value)
     if priority is None:
-        raise HttpError(400, f"priority {value!r} is not an integer 0..100"[:200],
+        raise HttpError(400, f"priority {value!r} is not an integer 0..{MAX_PRIORITY}"[:200],
                         param="priority")
-    if not 0 <= priority <= 100:
-        raise HttpError(400, f"priority {priority} is outside 0..100"[:200], param="priority")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise HttpError(400, f"priority {priority} is outside 0..{MAX_PRIORITY}"[:200],
+                        param="priority")
     return priority

@@ -14,6 +14,7 @@ from orla_sdk.serving.proxy_input import (
     HEADER_NAME_PATTERN,
     MAX_CHOICES,
     MAX_NAME_CHARS,
+    MAX_PRIORITY,
     NAME_PATTERN,
 )
 
@@ -96,7 +97,7 @@ def chat_operation() -> dict[str, Any]:
                 ("X-Orla-Stage", "the stage (default: the agent, else 'default')", NAME),
                 ("X-Orla-Agent", "the agent (else the body's agent_id)", NAME),
                 ("X-Orla-Priority", "0..100, higher first (default 50)",
-                 {"type": "integer", "minimum": 0, "maximum": 100}))]
+                 {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY}))]
     return {
         "summary": "OpenAI chat completions, through orla's queues and cache slots",
         "parameters": tags,
@@ -177,7 +178,7 @@ def chat_request_schema(models: Sequence[str]) -> dict[str, Any]:
             "temperature": nullable({"type": "number"}),
             "top_p": nullable({"type": "number"}),
             "tool_choice": nullable({"type": ["string", "object"]}),
-            "priority": nullable({"type": "integer", "minimum": 0, "maximum": 100}),
+            "priority": nullable({"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY}),
             "workflow_id": nullable(WORKFLOW_ID),
             "agent_id": nullable(NAME),
         },
