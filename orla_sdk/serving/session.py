@@ -177,26 +177,26 @@ class ServingSession:
         return run
 
     def _new_unit(self, state: RunState, node_id: str, labels: Labels) -> StageContext:
-        node = self._nodes.get(node_id)
-        if node is None or node.stage is None:
-            node, spec = self._ad_hoc(node_id, labels)
+        planned = self._nodes.get(node_id)
+        if planned is None or planned.stage is None:  # ad hoc: its enclosing node's priority
+            planned = self._enclosing(node_id)
+            node, spec = self._ad_hoc(node_id, planned, labels)
         else:
-            spec = self.plan.stage_of(node)
+            node, spec = planned, self.plan.stage_of(planned)
         record = StageRecord(node.id, spec.name)
         self.report.add(record, labels)
-        enclosing = self._enclosing(node_id) if node.stage is None else node
-        note = (enclosing and priority_of(enclosing)) or PriorityNote(source="graph")
+        note = (planned and priority_of(planned)) or PriorityNote(source="graph")
         priority = labels.get("priority")
         if not isinstance(priority, int):
             priority = note.value
         return StageContext(state, node, spec, record, priority, note.critical_path)
 
-    def _ad_hoc(self, node_id: str, labels: Labels) -> tuple[Node, StageSpec]:
+    def _ad_hoc(self, node_id: str, enclosing: Node | None,
+                labels: Labels) -> tuple[Node, StageSpec]:
         """A unit the plan has no node for (a functional-API task, a sub-agent the graph
         did not show): its model is ``models[name]``, else that of the plan node that
         encloses it (``node:task``), else the plan's default."""
         name = node_id.rsplit(":", 1)[-1]
-        enclosing = self._enclosing(node_id)
         inherited = self.plan.stage_of(enclosing).model if enclosing is not None else None
         agent = labels.get("agent")
         spec = StageSpec(name=name, ref=AD_HOC_REF, model=self.models.get(name) or inherited,
