@@ -15,6 +15,7 @@ from pydantic import BaseModel
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.engine import LocalEngine, free_port
+from orla_sdk.backends.http1 import ProxiedPool
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend, api_base, engine_fields
 from orla_sdk.errors import BackendError
 
@@ -116,8 +117,7 @@ def scripted_engine(answer: Callable[[dict[str, Any]], httpx.Response]
         return answer(bodies[-1])
 
     backend = OpenAICompatibleBackend(orla.backends.vllm("engine", "http://engine/v1"))
-    backend._http = httpx.AsyncClient(base_url="http://engine/v1",
-                                      transport=httpx.MockTransport(handle))
+    backend._http = ProxiedPool("http://engine/v1", transport=httpx.MockTransport(handle))
     return backend, bodies
 
 

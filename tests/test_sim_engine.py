@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.backends.http1 import ConnectionPool
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.openai_client import OpenAICompatibleBackend
 from orla_sdk.backends.sim.cache import BLOCK_SEPARATOR
@@ -530,8 +531,8 @@ def test_streamed_calls_reuse_one_kept_alive_connection(served: str) -> None:
             for text in ("One?", "Two?", "Three?"):
                 assert (await backend.chat(ask(text))).content
             # a reply read to its end leaves its connection in the pool, idle
-            pool = backend._http._transport._pool  # type: ignore[attr-defined]
-            return sum(1 for c in pool.connections if c.is_idle())
+            assert isinstance(backend._http, ConnectionPool)
+            return len(backend._http._idle)
         finally:
             await backend.aclose()
 

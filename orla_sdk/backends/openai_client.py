@@ -2,18 +2,17 @@
 
 Every call streams, so the time to first token is measured where the caller sees it;
 the last chunk carries the usage, including ``cached_tokens`` where the engine reports
-them. The server-sent events are read as plain JSON with ``httpx``: the ``openai``
-client would build a typed object per chunk, which doubled the cost of a short call on
-a local engine. The bodies out and the chunks back are ``orla_sdk.backends.wire``'s.
+them. The server-sent events are read as plain JSON over ``orla_sdk.backends.http1``'s
+lean connections: the ``openai`` client would build a typed object per chunk, and
+``httpx`` alone costs several times what a local engine's HTTP does. The bodies out and
+the chunks back are ``orla_sdk.backends.wire``'s.
 A stream that breaks (a line that is not JSON, an end with neither a finish reason nor
 ``[DONE]``, a lost connection) is a retryable ``BackendError``, unless its text has already
 reached the caller; a refused connection or a 502-504 answer is a ``BackendDown``, which
 the pool waits for (``ready`` polls the engine). A lost connection is tried again at once
 on a fresh one (a kept-alive connection the server closed fails once); a request that
 loses that one too is not sent again, as it may be what breaks the engine.
-Connections are not capped (the backend's queue in front is the cap); they are spread
-over several ``httpx`` clients of ``CONNECTIONS_PER_CLIENT`` each, as the work httpcore's
-connection pool does for each request grows with the square of its connections.
+Connections are not capped (the backend's queue in front is the cap).
 Engine flavours add their own fields:
 
 - llama.cpp: ``id_slot`` pins the request to a slot, ``cache_prompt`` keeps its prefix;
@@ -32,16 +31,20 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.backends.http1 import (
+    Answer,
+    ConnectionLost,
+    ProxiedAnswer,
+    Unreachable,
+    connection_pool,
+)
 from orla_sdk.backends.wire import StreamedReply, error_message, request_json
 from orla_sdk.errors import BackendDown, BackendError
 from orla_sdk.ir import BackendSpec
 
 ENGINE_DOWN_STATUSES = (502, 503, 504)  # an engine loading, restarting, or gone behind a proxy
 POLL_TIMEOUT_S = 2.0  # how long one poll of an engine that is down waits for its answer
-CONNECTIONS_PER_CLIENT = 4
 
 
 class OpenAICompatibleBackend:
@@ -52,42 +55,34 @@ class OpenAICompatibleBackend:
                                " (or start the embedded engine for llama.cpp backends).",
                                retryable=False)
         self.spec = spec
-        self._client_options: dict[str, Any] = {
-            "base_url": api_base(spec.url), "timeout": timeout,
-            "headers": {"Authorization": f"Bearer {api_key or 'not-needed'}"},
-            "limits": httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT,
-                                   max_keepalive_connections=CONNECTIONS_PER_CLIENT),
-            "verify": httpx.create_ssl_context()}  # one for all: making one takes ~20 ms
-        self._http = httpx.AsyncClient(**self._client_options)  # the first client
-        self._more: list[httpx.AsyncClient] = []  # the others, made as calls need them
-        self._busy = [0]  # calls under way on each client
+        self._http = connection_pool(
+            api_base(spec.url), timeout=timeout,
+            headers={"Authorization": f"Bearer {api_key or 'not-needed'}"})
 
     async def aclose(self) -> None:
-        for client in [self._http, *self._more]:
-            await client.aclose()
+        await self._http.aclose()
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         reply = StreamedReply(request.on_token)
-        body = self.body(request)
+        body = json.dumps(self.body(request), ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode()
         try:
             try:
                 result = await self._chat_once(body, reply)
-            except (httpx.TimeoutException, httpx.ConnectError):
-                raise
-            except httpx.TransportError:
+            except ConnectionLost:
                 if reply.delivered:
                     raise
                 # A pooled keep-alive connection the server has closed fails once; a fresh
                 # connection tells that apart from a request the engine drops itself.
                 reply = StreamedReply(request.on_token)
-                result = await self._chat_once(body, reply)
-        except httpx.TimeoutException as exc:
-            raise BackendError(self.spec.name, f"timed out at {self.spec.url}: {exc!r}",
+                result = await self._chat_once(body, reply, fresh=True)
+        except TimeoutError as exc:
+            raise BackendError(self.spec.name, f"timed out at {self.spec.url}: {exc}",
                                retryable=True) from exc
-        except httpx.ConnectError as exc:
-            raise BackendDown(self.spec.name, f"cannot reach {self.spec.url} ({exc!r}); is "
-                              "the engine running?") from exc
-        except httpx.TransportError as exc:
+        except Unreachable as exc:
+            raise BackendDown(self.spec.name, f"cannot reach {self.spec.url} ({exc}); is the "
+                              "engine running?") from exc
+        except ConnectionLost as exc:
             raise self._lost(exc, reply) from exc
         return result
 
@@ -95,37 +90,24 @@ class OpenAICompatibleBackend:
         """Whether the engine answers now, with anything below 500 (a server without
         ``/models`` answers 404, and is up): the pool polls an engine that is down with
         this before it sends the request again."""
-        try:  # a client of its own: the calls' clients may have no connection to spare
-            async with httpx.AsyncClient(**self._client_options) as poll:
-                response = await poll.get("/models", timeout=POLL_TIMEOUT_S)
-        except httpx.HTTPError:
+        try:  # a fresh connection: the calls' connections are all busy on a full pool
+            async with self._http.request("GET", "/models", fresh=True,
+                                          timeout=POLL_TIMEOUT_S) as answer:
+                await answer.read()
+        except (OSError, TimeoutError):
             return False
-        return response.status_code < 500
+        return answer.status < 500
 
-    async def _chat_once(self, body: dict[str, Any], reply: StreamedReply) -> ChatResult:
+    async def _chat_once(self, body: bytes, reply: StreamedReply, *,
+                         fresh: bool = False) -> ChatResult:
         started = time.perf_counter()
-        index = self._free_client()
-        client = self._http if index == 0 else self._more[index - 1]
-        self._busy[index] += 1
-        try:
-            async with client.stream("POST", "/chat/completions", json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise self._error_answer(response)
-                first = await self._read(response, reply, started)
-        finally:
-            self._busy[index] -= 1
+        async with self._http.request("POST", "/chat/completions", body,
+                                      fresh=fresh) as answer:
+            if answer.status >= 400:
+                raise self._error_answer(answer.status, await answer.read())
+            first = await self._read(answer, reply, started)
         duration = time.perf_counter() - started
         return reply.result(ttft_s=first if first is not None else duration, duration_s=duration)
-
-    def _free_client(self) -> int:
-        """The first client with a connection to spare (a new one when none has)."""
-        for index, busy in enumerate(self._busy):
-            if busy < CONNECTIONS_PER_CLIENT:
-                return index
-        self._more.append(httpx.AsyncClient(**self._client_options))
-        self._busy.append(0)
-        return len(self._busy) - 1
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completions request body; ``extra_body`` in the request's parameters
@@ -133,14 +115,14 @@ class OpenAICompatibleBackend:
         return request_json(request, fields=engine_fields(self.spec.kind, request,
                                                           self.spec.options))
 
-    async def _read(self, response: httpx.Response, reply: StreamedReply,
+    async def _read(self, answer: Answer | ProxiedAnswer, reply: StreamedReply,
                     started: float) -> float | None:
         """Read the server-sent events into ``reply``, up to ``[DONE]``; the seconds to its
         first output. The body is read to its end even so: a connection whose response was
         left unread is closed, not pooled, and the next call would pay for a new one."""
         first: float | None = None
         done = False
-        async for line in _lines(response):
+        async for line in _lines(answer):
             if done or not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
@@ -168,14 +150,13 @@ class OpenAICompatibleBackend:
                                f"{error_message(event['error'])}", retryable=False)
         return event
 
-    def _error_answer(self, response: httpx.Response) -> BackendError:
-        status = response.status_code
-        message = f"answered {status}: {_message(response)}"
+    def _error_answer(self, status: int, body: bytes) -> BackendError:
+        message = f"answered {status}: {_message(body)}"
         if status in ENGINE_DOWN_STATUSES:
             return BackendDown(self.spec.name, message, status=status)
         return BackendError(self.spec.name, message, retryable=status >= 500, status=status)
 
-    def _lost(self, exc: httpx.TransportError, reply: StreamedReply) -> BackendError:
+    def _lost(self, exc: ConnectionLost, reply: StreamedReply) -> BackendError:
         """The error for a connection lost while the reply was being read, after the
         fresh connection tried at once: not retried, since the request itself may be what
         the engine drops (an engine that is down refuses the fresh connection instead,
@@ -190,11 +171,10 @@ class OpenAICompatibleBackend:
                             "(check its log)", retryable=False)
 
 
-async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The lines of a response body, as bytes: lighter than ``aiter_lines``, which decodes
-    every piece to text first, and JSON reads bytes as they are."""
+async def _lines(answer: Answer | ProxiedAnswer) -> AsyncIterator[bytes]:
+    """The lines of an answer's body, as bytes (JSON reads bytes as they are)."""
     rest = b""
-    async for piece in response.aiter_bytes():
+    async for piece in answer.pieces():
         *lines, rest = (rest + piece).split(b"\n")
         for line in lines:
             yield line
@@ -223,10 +203,10 @@ def engine_fields(kind: str, request: ChatRequest,
     return fields
 
 
-def _message(response: httpx.Response) -> str:
+def _message(body: bytes) -> str:
     """The error message of an engine's error answer (OpenAI's envelope, or the text)."""
     try:
-        data = response.json()
+        data = json.loads(body)
     except ValueError:
-        return response.text[:500]
+        return body[:500].decode(errors="replace")
     return error_message(data.get("error", data)) if isinstance(data, dict) else str(data)[:500]

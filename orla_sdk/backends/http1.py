@@ -1,0 +1,315 @@
+"""A lean HTTP/1.1 client for calls to an engine: kept-alive connections on asyncio,
+answers parsed by ``httptools`` (llhttp, the parser uvicorn and Node use).
+
+Each call to an engine pays for its client: ``httpx`` spends about 0.5 ms of CPU on a
+short streamed call (request and response objects, hooks, anyio, the pure-Python ``h11``
+parser), several times what the engine's HTTP costs. This client does one thing: send a
+request on a pooled connection and hand back the answer's status and body pieces.
+
+    pool = ConnectionPool("http://127.0.0.1:8000", headers={"Authorization": "Bearer k"})
+    async with pool.request("POST", "/v1/chat/completions", body) as answer:
+        async for piece in answer.pieces():
+            ...
+
+Failures are three exceptions: ``Unreachable`` (no connection could be made: the engine
+is down), ``ConnectionLost`` (the connection closed or sent something that is not HTTP
+before the answer was whole) and ``TimeoutError`` (no connection, or no next piece of the
+answer, within ``timeout`` seconds). A connection goes back to the pool only when its
+answer was read to the end and the server keeps it alive; one left half read (the caller
+stopped, failed or was cancelled) is closed. Connections are not capped: the backend's
+queue in front of the engine is the cap. Proxies named by the environment
+(``HTTP_PROXY``) are not used: ``uses_proxy`` tells the caller to use ``httpx`` then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import urllib.request
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httptools
+import httpx
+
+MAX_BUFFERED = 1 << 20  # unread answer bytes before the connection stops reading
+_END = b""  # marks the end of an answer among its pieces (a body piece is never empty)
+
+
+class Unreachable(ConnectionError):
+    """No connection to the server could be made."""
+
+
+class ConnectionLost(ConnectionError):
+    """The connection closed, or sent what is not HTTP, before the answer was whole."""
+
+
+def uses_proxy(url: str) -> bool:
+    """Whether the environment routes ``url`` through a proxy (``HTTP_PROXY`` and kin)."""
+    parts = urlsplit(url)
+    return (parts.scheme in urllib.request.getproxies()
+            and not urllib.request.proxy_bypass(parts.hostname or ""))
+
+
+class _Connection(asyncio.Protocol):
+    """One kept-alive connection: the answer it is reading arrives as pieces in a queue."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.pieces: deque[bytes | BaseException] = deque()
+        self.buffered = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.status = 0
+        self.framed = False  # a Content-Length or chunks say where the body ends
+        self.complete = self.keep_alive = False
+        self.closed = False
+
+    # -- asyncio's side --
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._put(ConnectionLost(f"the server sent what is not HTTP/1.1: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.status and not self.framed and not self.complete:
+            self.on_message_complete()  # a body without a length ends when the server closes
+        elif not self.complete:
+            self._put(ConnectionLost(f"the server closed the connection ({exc or 'EOF'})"))
+
+    # -- the parser's side --
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length" or (name == b"transfer-encoding"
+                                         and b"chunked" in value.lower()):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if self.status in (204, 304):
+            self.framed = True
+        self._put_news()
+
+    def on_body(self, body: bytes) -> None:
+        self._put(body)
+        self.buffered += len(body)
+        if self.buffered > MAX_BUFFERED and self.transport is not None:
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # reset once the parser moves on
+        self._put(_END)
+
+    # -- the caller's side --
+    def send(self, head: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        self.pieces.clear()
+        self.buffered = self.status = 0
+        self.framed = self.complete = self.keep_alive = False
+        self.transport.write(head + body)
+
+    async def next_piece(self, timeout: float) -> bytes:
+        """The answer's next body piece; ``_END`` once it is whole."""
+        while not self.pieces:
+            await self._wait(timeout)
+        piece = self.pieces.popleft()
+        if isinstance(piece, BaseException):
+            raise piece
+        self.buffered -= len(piece)
+        if self.transport is not None and self.buffered <= MAX_BUFFERED // 2:
+            self.transport.resume_reading()
+        return piece
+
+    async def wait_for_head(self, timeout: float) -> None:
+        """Wait until the answer's status line and headers are in."""
+        while not self.status:
+            if self.pieces:  # a failure before the head: raised here
+                await self.next_piece(timeout)
+            else:
+                await self._wait(timeout)
+
+    async def _wait(self, timeout: float) -> None:
+        """Until the parser or the connection has news, or ``timeout`` passes."""
+        loop = asyncio.get_running_loop()
+        self.waiter = loop.create_future()
+        timer = loop.call_later(timeout, _time_out, self.waiter, timeout)
+        try:
+            await self.waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _put(self, piece: bytes | BaseException) -> None:
+        self.pieces.append(piece)
+        self._put_news()
+
+    def _put_news(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+def _time_out(waiter: asyncio.Future[None], timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"no answer from the server within {timeout:g} s"))
+
+
+@dataclass
+class Answer:
+    """An answer being read: its status, and its body as it arrives."""
+
+    status: int
+    _connection: _Connection
+    _timeout: float
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        while piece := await self._connection.next_piece(self._timeout):
+            yield piece
+
+    async def read(self) -> bytes:
+        return b"".join([piece async for piece in self.pieces()])
+
+
+class ConnectionPool:
+    """Kept-alive connections to one server (``http://`` or ``https://``), made as calls
+    need them; every request carries ``headers``."""
+
+    def __init__(self, base_url: str, *, headers: dict[str, str] | None = None,
+                 timeout: float = 120.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{base_url!r} is not an http:// or https:// URL")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.timeout = timeout
+        self._tls = parts.scheme == "https"
+        self._ssl = ssl_context
+        lines = [f"Host: {parts.netloc}", "User-Agent: orla_sdk", "Accept: */*",
+                 *(f"{name}: {value}" for name, value in (headers or {}).items())]
+        self._headers = "".join(f"{line}\r\n" for line in lines).encode("latin-1")
+        self._idle: list[_Connection] = []
+
+    @asynccontextmanager
+    async def request(self, method: str, path: str, body: bytes = b"", *,
+                      fresh: bool = False, timeout: float | None = None
+                      ) -> AsyncIterator[Answer]:
+        """Send a request (``body`` as JSON) and yield its answer once its head is in.
+        ``fresh`` skips the kept-alive connections: a new one is made."""
+        timeout = self.timeout if timeout is None else timeout
+        connection = self._idle_connection() if not fresh else None
+        connection = connection or await self._connect(timeout)
+        try:
+            connection.send(self._head(method, path, len(body)), body)
+            await connection.wait_for_head(timeout)
+            yield Answer(connection.status, connection, timeout)
+        finally:
+            if connection.reusable():
+                self._idle.append(connection)
+            else:
+                connection.close()
+
+    async def aclose(self) -> None:
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
+
+    def _idle_connection(self) -> _Connection | None:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    async def _connect(self, timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self._tls and self._ssl is None:
+            self._ssl = httpx.create_ssl_context()  # certifi's roots, as httpx verifies with
+        try:
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_connection(
+                    _Connection, self.host, self.port, ssl=self._ssl,
+                    server_hostname=self.host if self._tls else None)
+        except TimeoutError:
+            raise TimeoutError(f"could not connect to {self.host}:{self.port} within "
+                               f"{timeout:g} s") from None
+        except OSError as exc:
+            raise Unreachable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        return connection
+
+    def _head(self, method: str, path: str, length: int) -> bytes:
+        start = f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1") + self._headers
+        if method == "GET" and not length:
+            return start + b"\r\n"
+        return start + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length
+
+
+class ProxiedPool:
+    """The same requests through ``httpx``, which speaks to the proxies the environment
+    names (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) and raises this module's errors."""
+
+    def __init__(self, base_url: str, *, headers: dict[str, str] | None = None,
+                 timeout: float = 120.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.timeout = timeout
+        self._client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout,
+                                         limits=httpx.Limits(max_connections=None),
+                                         transport=transport)
+
+    @asynccontextmanager
+    async def request(self, method: str, path: str, body: bytes = b"", *,
+                      fresh: bool = False, timeout: float | None = None
+                      ) -> AsyncIterator[ProxiedAnswer]:
+        headers = {"Content-Type": "application/json"} if body else None
+        try:
+            async with self._client.stream(method, path, content=body or None, headers=headers,
+                                           timeout=timeout or self.timeout) as response:
+                yield ProxiedAnswer(response.status_code, response)
+        except httpx.TimeoutException as exc:
+            raise TimeoutError(f"no answer through the proxy: {exc!r}") from exc
+        except httpx.ConnectError as exc:
+            raise Unreachable(f"cannot connect through the proxy: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise ConnectionLost(f"the connection closed: {exc!r}") from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+@dataclass
+class ProxiedAnswer:
+    status: int
+    _response: httpx.Response
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        async for piece in self._response.aiter_bytes():
+            yield piece
+
+    async def read(self) -> bytes:
+        return await self._response.aread()
+
+
+def connection_pool(base_url: str, *, headers: dict[str, str] | None = None,
+                    timeout: float = 120.0) -> ConnectionPool | ProxiedPool:
+    """The lean pool, or ``httpx`` where the environment routes ``base_url`` through a
+    proxy."""
+    kind = ProxiedPool if uses_proxy(base_url) else ConnectionPool
+    return kind(base_url, headers=headers, timeout=timeout)
