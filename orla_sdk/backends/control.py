@@ -4,27 +4,30 @@ engine that cannot be reached, or answers 502-504, is ``BackendDown``."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import httpx
-
+from orla_sdk.backends.http1 import ConnectionPool, ProxiedPool
 from orla_sdk.errors import BackendDown, BackendError
 
 
-async def control_request(client: httpx.AsyncClient, backend: str, engine: str, method: str,
-                          url: str, **kwargs: Any) -> httpx.Response:
-    """A request to an engine's control endpoint. An engine that cannot be reached, or
-    answers 502-504, is ``BackendDown``, as for its chat calls; other error answers are a
-    ``BackendError``."""
+async def control_request(http: ConnectionPool | ProxiedPool, backend: str, engine: str,
+                          method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
+    """A request to an engine's control endpoint (``body`` sent as JSON); the answer's
+    body. An engine that cannot be reached, or answers 502-504, is ``BackendDown``, as for
+    its chat calls; other error answers are a ``BackendError``."""
+    content = json.dumps(body).encode() if body is not None else b""
     try:
-        response = await client.request(method, url, **kwargs)
-    except httpx.HTTPError as exc:
-        raise BackendDown(backend, f"cannot reach {engine} at {url} ({type(exc).__name__}: "
-                          f"{exc}); is it running? `orla engine status` tells.") from exc
-    status = response.status_code
+        async with http.request(method, path, content) as answer:
+            status, data = answer.status, await answer.read()
+    except OSError as exc:  # unreachable, lost, or timed out
+        raise BackendDown(backend, f"cannot reach {engine} at {http.url}{path} "
+                          f"({type(exc).__name__}: {exc}); is it running? `orla engine "
+                          "status` tells.") from exc
     if status < 400:
-        return response
-    message = f"{engine} answered {method} {url} with {status}: {response.text[:300]}"
+        return data
+    message = (f"{engine} answered {method} {http.url}{path} with {status}: "
+               f"{data[:300].decode(errors='replace')}")
     if status in (502, 503, 504):
         raise BackendDown(backend, message, status=status)
     raise BackendError(backend, message, retryable=False, status=status)

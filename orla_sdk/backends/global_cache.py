@@ -9,9 +9,12 @@ orla's queue in front of it.
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from orla_sdk.backends.control import control_request
+from orla_sdk.backends.http1 import connection_pool
 from orla_sdk.backends.llamacpp_slots import parse_prometheus
 
 RESET_PATHS = {"vllm": "/reset_prefix_cache", "sglang": "/flush_cache"}
@@ -29,10 +32,10 @@ class GlobalCacheControl:
         self.url = url.rstrip("/").removesuffix("/v1")
         self.backend = backend or self.url
         self.kind = kind
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._http = connection_pool(self.url, timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
     async def reset(self) -> int | None:
         """Drop the engine's cached prefixes; engines do not say how many tokens."""
@@ -41,7 +44,7 @@ class GlobalCacheControl:
 
     async def usage(self) -> float | None:
         """The share of KV memory in use, from ``/metrics``; None if not reported."""
-        values = parse_prometheus((await self._request("GET", "/metrics")).text)
+        values = parse_prometheus((await self._request("GET", "/metrics")).decode())
         for name in USAGE_METRICS[self.kind]:
             if name in values:
                 return values[name]
@@ -52,10 +55,9 @@ class GlobalCacheControl:
         when the server does not say."""
         if self.kind != "sglang":
             return None
-        info = (await self._request("GET", "/get_server_info")).json()
+        info = json.loads(await self._request("GET", "/get_server_info"))
         value = info.get("max_running_requests") if isinstance(info, dict) else None
         return int(value) if isinstance(value, int) and value > 0 else None
 
-    async def _request(self, method: str, path: str) -> httpx.Response:
-        return await control_request(self._client, self.backend, self.kind, method,
-                                     f"{self.url}{path}")
+    async def _request(self, method: str, path: str) -> bytes:
+        return await control_request(self._http, self.backend, self.kind, method, path)

@@ -194,6 +194,7 @@ class ConnectionPool:
 
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None,
                  timeout: float = 120.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.url = base_url.rstrip("/")
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{base_url!r} is not an http:// or https:// URL")
@@ -269,7 +270,7 @@ class ProxiedPool:
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None,
                  timeout: float = 120.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.timeout = timeout
+        self.url, self.timeout = base_url.rstrip("/"), timeout
         self._client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout,
                                          limits=httpx.Limits(max_connections=None),
                                          transport=transport)
@@ -308,8 +309,10 @@ class ProxiedAnswer:
 
 
 def connection_pool(base_url: str, *, headers: dict[str, str] | None = None,
-                    timeout: float = 120.0) -> ConnectionPool | ProxiedPool:
+                    timeout: float = 120.0, transport: httpx.AsyncBaseTransport | None = None
+                    ) -> ConnectionPool | ProxiedPool:
     """The lean pool, or ``httpx`` where the environment routes ``base_url`` through a
-    proxy."""
-    kind = ProxiedPool if uses_proxy(base_url) else ConnectionPool
-    return kind(base_url, headers=headers, timeout=timeout)
+    proxy (or a ``transport`` of its own is given: a test's scripted one)."""
+    if transport is not None or uses_proxy(base_url):
+        return ProxiedPool(base_url, headers=headers, timeout=timeout, transport=transport)
+    return ConnectionPool(base_url, headers=headers, timeout=timeout)

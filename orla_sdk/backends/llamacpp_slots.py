@@ -13,13 +13,13 @@ given here, or that of an engine orla started (``orla_sdk.backends.engine.slot_f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from orla_sdk.backends.control import control_request
 from orla_sdk.backends.engine import slot_folder
+from orla_sdk.backends.http1 import connection_pool
 from orla_sdk.errors import EngineError
 
 
@@ -29,21 +29,22 @@ class LlamaCppControl:
     ``backend`` the name its errors give (else the url)."""
 
     def __init__(self, url: str, *, timeout: float = 30.0,
-                 client: httpx.AsyncClient | None = None,
                  slot_dir: str | Path | None = None, backend: str | None = None) -> None:
         self.url = url.rstrip("/").removesuffix("/v1")
         self.backend = backend or self.url
-        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self._http = connection_pool(self.url, timeout=timeout)
         self.slot_dir = Path(slot_dir) if slot_dir else None
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
     async def health(self) -> bool:
         try:
-            return (await self._client.get(f"{self.url}/health")).status_code == 200
-        except httpx.HTTPError:
+            async with self._http.request("GET", "/health") as answer:
+                await answer.read()
+        except OSError:
             return False
+        return answer.status == 200
 
     async def slots(self) -> list[dict[str, Any]]:
         """Each slot's state: id, whether it is busy, tokens of its cached prompt."""
@@ -52,19 +53,18 @@ class LlamaCppControl:
 
     async def erase(self, slot: int) -> int:
         """Drop the slot's KV cache; returns how many cached tokens were erased."""
-        result = await self._call("POST", f"/slots/{slot}", params={"action": "erase"})
+        result = await self._call("POST", f"/slots/{slot}?action=erase")
         return int(result.get("n_erased", 0))
 
     async def save(self, slot: int, filename: str) -> int:
         """Write the slot's KV cache to ``filename`` in the server's slot folder."""
-        result = await self._call("POST", f"/slots/{slot}", params={"action": "save"},
-                                  json={"filename": filename})
+        result = await self._call("POST", f"/slots/{slot}?action=save", {"filename": filename})
         return int(result.get("n_saved", 0))
 
     async def restore(self, slot: int, filename: str) -> int:
         """Load a saved KV cache into the slot; returns how many tokens it holds."""
-        result = await self._call("POST", f"/slots/{slot}", params={"action": "restore"},
-                                  json={"filename": filename})
+        result = await self._call("POST", f"/slots/{slot}?action=restore",
+                                  {"filename": filename})
         return int(result.get("n_restored", 0))
 
     async def forget(self, filename: str) -> bool:
@@ -88,15 +88,14 @@ class LlamaCppControl:
 
     async def metrics(self) -> dict[str, float]:
         """The server's Prometheus counters, without the ``llamacpp:`` prefix."""
-        response = await self._request("GET", "/metrics")
-        return parse_prometheus(response.text)
+        return parse_prometheus((await self._request("GET", "/metrics")).decode())
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return (await self._request(method, path, **kwargs)).json()
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return json.loads(await self._request(method, path, body))
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return await control_request(self._client, self.backend, "llama.cpp", method,
-                                     f"{self.url}{path}", **kwargs)
+    async def _request(self, method: str, path: str,
+                       body: dict[str, Any] | None = None) -> bytes:
+        return await control_request(self._http, self.backend, "llama.cpp", method, path, body)
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
