@@ -391,14 +391,21 @@ def test_an_unknown_model_is_404_naming_the_known(proxy: ProxyServer) -> None:
     assert "'light'" in error["message"] and "'heavy'" in error["message"]
 
 
-def test_a_down_backend_is_5xx_and_the_proxy_keeps_serving(proxy: ProxyServer) -> None:
+def test_a_down_backend_is_5xx_and_the_proxy_keeps_serving(
+        proxy: ProxyServer, caplog: pytest.LogCaptureFixture) -> None:
     proxy.pool.engine_down_s = 0.0  # fail at once rather than wait for it to come up
-    with pytest.raises(openai.APIStatusError) as failed:
-        ask(proxy, "broken", extra_headers={"X-Orla-Workflow": "wf-down"})
-    assert failed.value.status_code == 503
-    assert failed.value.response.json()["error"]["type"] == "server_error"
+    engine = proxy.pool.connections["down"].spec.url.removesuffix("/v1")
+    for headers in ({"X-Orla-Workflow": "wf-down"}, {}):
+        with pytest.raises(openai.APIStatusError) as failed:
+            ask(proxy, "broken", extra_headers=headers)
+        assert failed.value.status_code == 503
+        error = failed.value.response.json()["error"]
+        assert error["type"] == "server_error" and "'down': unavailable" in error["message"]
+        assert engine not in error["message"]  # the engine's address is not the tenant's
     errors = httpx.get(proxy.url + "/v1/orla/workflows/wf-down").json()["errors"]
     assert [e["stage"] for e in errors] == ["default"]
+    assert engine not in json.dumps(errors)
+    assert engine in caplog.text  # the operator's log has it
     assert ask(proxy).choices
 
 
@@ -418,6 +425,8 @@ def test_a_stream_that_fails_first_is_an_error_status() -> None:
 def test_bad_priority_is_400(proxy: ProxyServer) -> None:
     with pytest.raises(openai.BadRequestError):
         ask(proxy, extra_headers={"X-Orla-Priority": "urgent"})
+    with pytest.raises(openai.BadRequestError, match="outside"):  # the header wins, but
+        ask(proxy, extra_headers={"X-Orla-Priority": "88"}, extra_body={"priority": -4})
 
 
 def test_no_token_off_loopback_is_refused(monkeypatch: pytest.MonkeyPatch,

@@ -59,7 +59,7 @@ from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import RunState, StageContext
 from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.runtime.records import CacheLogEntry, StageRecord, failed_cache_action
-from orla_sdk.serving.proxy_errors import HttpError
+from orla_sdk.serving.proxy_errors import HttpError, tenant_safe
 from orla_sdk.serving.proxy_input import Tags
 from orla_sdk.serving.proxy_workflows import Workflow, Workflows
 from orla_sdk.serving.report import Report
@@ -256,9 +256,17 @@ class ProxyServer:
 
     async def chat(self, tags: Tags, target: Target, request: ChatRequest) -> ChatResult:
         """One call: in its workflow's run (queued at the call's priority, on the run's
-        cache slot, recorded in its unit), or, untagged, in its tenant's untagged run."""
-        if not tags.tagged:
+        cache slot, recorded in its unit), or, untagged, in its tenant's untagged run. A
+        backend's failure is raised as its clients may read it (``tenant_safe``)."""
+        if tags.tagged:
+            return await self._workflow_call(tags, target, request)
+        try:
             return await self._untagged_call(tags, target, request)
+        except BackendError as exc:
+            raise tenant_safe(exc) from exc
+
+    async def _workflow_call(self, tags: Tags, target: Target,
+                             request: ChatRequest) -> ChatResult:
         workflow = self.workflows.open(tags.tenant, tags.workflow)
         unit = self.session.unit(workflow.run_id, workflow.unit(f"{tags.stage}\x00{tags.agent}"),
                                  tags.stage,
@@ -270,8 +278,9 @@ class ProxyServer:
             return await call_model(replace(unit, priority=tags.priority, tenant=tags.tenant),
                                     self.pool[target.backend], target, request)
         except BackendError as exc:
-            unit.record.status, unit.record.error = "failed", str(exc)
-            raise
+            safe = tenant_safe(exc)
+            unit.record.status, unit.record.error = "failed", str(safe)
+            raise safe from exc
         finally:
             workflow.in_flight -= 1
             workflow.last_used = time.monotonic()

@@ -1,7 +1,14 @@
 """The proxy's answers other than 200: a status and a message, sent in OpenAI's error
-envelope."""
+envelope; and what a tenant may read of a backend's failure."""
 
 from __future__ import annotations
+
+import logging
+
+from orla_sdk.backends.wire import error_status
+from orla_sdk.errors import BackendError
+
+log = logging.getLogger("orla_sdk.serving.proxy")
 
 
 class HttpError(Exception):
@@ -12,3 +19,17 @@ class HttpError(Exception):
                  param: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def tenant_safe(exc: BackendError) -> BackendError:
+    """``exc`` as the proxy's clients may read it. An engine's answer to the request itself
+    (4xx) passes as it is; any other failure is named by its backend and kind alone, since
+    its message can carry the engine's address and internals (logged here in full)."""
+    status = error_status(exc)
+    if status < 500:
+        return exc
+    log.warning("backend %r failed a call (the client gets %d): %s", exc.backend, status,
+                exc.detail)
+    message = ("unavailable (down, restarting, overloaded or timed out); retry later"
+               if exc.retryable else "failed; the cause is in the proxy's log")
+    return BackendError(exc.backend, message, retryable=exc.retryable, status=exc.status)

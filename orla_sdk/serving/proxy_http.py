@@ -99,7 +99,8 @@ def app(proxy: ProxyServer) -> Starlette:
                 return error(400, "the client went away")
             except Exception as exc:
                 log.exception("the proxy failed on %s %s", request.method, request.url.path)
-                return error(500, f"the proxy failed: {type(exc).__name__}: {exc}")
+                return error(500, f"the proxy failed on this request ({type(exc).__name__}); "
+                             "the cause is in its log")
         return guarded
 
     async def no_route(request: Request, exc: Exception) -> Response:

@@ -165,10 +165,15 @@ def checked_name(where: str, value: Any, *, header: bool = False) -> str:
 
 
 def read_priority(header: str | None, field_value: Any) -> int:
-    """The call's priority, 0..100 (higher first): the header, else the body's field."""
-    value: Any = header if header is not None else field_value
-    if value is None:
-        return DEFAULT_PRIORITY
+    """The call's priority, 0..100 (higher first): the header, else the body's field. Each
+    given must be valid, the one that loses too."""
+    field = _priority(field_value) if field_value is not None else None
+    if header is not None:
+        return _priority(header)
+    return DEFAULT_PRIORITY if field is None else field
+
+
+def _priority(value: Any) -> int:
     if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value) < 8:
         value = int(value)
     priority = as_integer(value)
