@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from orla_sdk.backends import http1
 from orla_sdk.backends.engine import free_port
 from orla_sdk.backends.http1 import (
     MAX_BUFFERED,
@@ -89,9 +92,9 @@ def run(reply: Reply, calls: Callable[[ConnectionPool], Awaitable[Any]],
     return asyncio.run(main()), server
 
 
-async def post(pool: ConnectionPool, body: bytes = b'{"a": 1}', **options: Any
-               ) -> tuple[int, bytes]:
-    async with pool.request("POST", "/chat/completions", body, **options) as reply:
+async def post(pool: ConnectionPool, body: bytes = b'{"a": 1}', *, method: str = "POST",
+               path: str = "/chat/completions") -> tuple[int, bytes]:
+    async with pool.request(method, path, body) as reply:
         return reply.status, await reply.read()
 
 
@@ -208,6 +211,12 @@ def test_an_answer_larger_than_the_read_buffer_arrives_intact() -> None:
 
 def test_an_engine_behind_a_proxy_the_environment_names_is_called_through_httpx(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        for variant in (name, name.lower()):
+            monkeypatch.delenv(variant, raising=False)
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:3128")
+    assert isinstance(connection_pool("https://engine:8000/v1"), ProxiedPool)
+    monkeypatch.delenv("ALL_PROXY")
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("NO_PROXY", "localhost")
     assert isinstance(connection_pool("http://engine:8000/v1"), ProxiedPool)
@@ -222,3 +231,74 @@ def test_an_engine_behind_a_proxy_the_environment_names_is_called_through_httpx(
             await pool.aclose()
     with pytest.raises(Unreachable):
         asyncio.run(through_the_dead_proxy())
+
+
+def test_a_connection_paused_on_a_large_answer_left_early_is_not_reused() -> None:
+    big = b"x" * (MAX_BUFFERED + 1000)
+
+    async def calls(pool: ConnectionPool) -> tuple[int, bytes]:
+        async with pool.request("POST", "/x", b"{}"):
+            await asyncio.sleep(0.1)  # all of it arrives; reading pauses past the buffer
+        return await post(pool)
+
+    reply, server = run(fixed(answer(big), answer(b"next")), calls)
+    assert reply == (200, b"next") and server.connections == 2
+
+
+def test_interim_answers_are_skipped_for_the_real_one() -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    reply, _ = run(fixed(early + answer(b"real")), post)
+    assert reply == (200, b"real")
+
+
+def test_a_reset_in_a_body_without_a_length_is_lost_not_a_short_answer() -> None:
+    async def reset_midway(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\ndata: part")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset, not an orderly close
+
+    with pytest.raises(ConnectionLost):
+        run(reset_midway, post)
+
+
+def test_idle_connections_expire_and_stray_bytes_close_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def then_stray(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer(b"ok"))
+        if b"stray" in request:
+            await asyncio.sleep(0.02)
+            writer.write(answer(b"nobody asked"))  # arrives on the idle connection
+
+    async def calls(pool: ConnectionPool) -> list[tuple[int, bytes]]:
+        replies = [await post(pool, b'{"stray": 1}')]
+        await asyncio.sleep(0.1)
+        replies.append(await post(pool))  # not the stray answer: a new connection
+        monkeypatch.setattr(http1, "IDLE_S", 0.0)
+        replies.append(await post(pool))  # the kept one is too old: a new connection
+        return replies
+
+    replies, server = run(then_stray, calls)
+    assert replies == [(200, b"ok")] * 3 and server.connections == 3
+
+
+def test_a_pool_closed_mid_call_closes_that_calls_connection_when_it_ends() -> None:
+    async def calls(pool: ConnectionPool) -> tuple[tuple[int, bytes], int]:
+        async with pool.request("POST", "/x", b"{}") as reply:
+            await pool.aclose()
+            body = await reply.read()
+        return (reply.status, body), len(pool._idle)
+
+    (reply, idle), _ = run(fixed(answer(b"ok")), calls)
+    assert reply == (200, b"ok") and idle == 0
+
+
+def test_a_head_line_or_header_with_cr_lf_or_nul_is_refused() -> None:
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        ConnectionPool("http://127.0.0.1:9/v1", headers={"Authorization": "Bearer k\n"})
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        run(fixed(answer(b"")), lambda pool: post(pool, path="/x\r\nEvil: 1"))
+    with pytest.raises(ValueError, match="HEAD"):
+        run(fixed(answer(b"")), lambda pool: post(pool, method="HEAD"))

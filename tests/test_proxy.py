@@ -26,7 +26,7 @@ from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.engine import LocalEngine, free_port
 from orla_sdk.backends.wire import EngineResult, Extras, Piece
 from orla_sdk.cli.commands import build_parser, main, serve_config
-from orla_sdk.errors import BackendError
+from orla_sdk.errors import BackendDown, BackendError
 from orla_sdk.ir import BackendSpec, Capabilities
 from orla_sdk.loop_thread import LoopThread
 from orla_sdk.serving import proxy_workflows
@@ -755,6 +755,26 @@ def test_idle_workflows_are_completed_off_the_answer_path(backend: Scripted) -> 
         assert "wf-old" not in server.workflows.ids() and control.erased
     finally:
         server.stop()
+
+
+class FailingSlots(SlowSlots):
+    """A slot control whose erase fails as an engine that is down does."""
+
+    async def erase(self, slot: int) -> int:
+        raise BackendDown("scripted", "cannot reach http://10.0.0.7:8080/slots (refused)")
+
+
+def test_a_failed_cache_action_reaches_the_tenant_without_its_cause(
+        backend: Scripted, caplog: pytest.LogCaptureFixture) -> None:
+    server = slotted_proxy(backend, FailingSlots())
+    try:
+        post(server, {"model": "light", "messages": HI}, **{"X-Orla-Workflow": "wf-x"})
+        done = httpx.post(server.url + "/v1/orla/workflows/wf-x/complete").json()
+    finally:
+        server.stop()
+    actions = [entry["action"] for entry in done["cache_log"]]
+    assert any(a.endswith("failed; the cause is in the proxy's log") for a in actions)
+    assert "10.0.0.7" not in json.dumps(done) and "10.0.0.7" in caplog.text
 
 
 def test_completing_a_workflow_with_a_call_in_flight_is_409() -> None:

@@ -16,26 +16,33 @@ is down), ``ConnectionLost`` (the connection closed or sent something that is no
 before the answer was whole) and ``TimeoutError`` (no connection, or no next piece of the
 answer, within ``timeout`` seconds). A connection goes back to the pool only when its
 answer was read to the end and the server keeps it alive; one left half read (the caller
-stopped, failed or was cancelled) is closed. Connections are not capped: the backend's
-queue in front of the engine is the cap. Proxies named by the environment
-(``HTTP_PROXY``) are not used: ``uses_proxy`` tells the caller to use ``httpx`` then.
+stopped, failed or was cancelled) is closed, as is one idle for ``IDLE_S`` (servers and
+load balancers drop idle connections, some without a word). Connections are not capped:
+the backend's queue in front of the engine is the cap. Proxies named by the environment
+(``HTTP_PROXY``, ``ALL_PROXY``) are not spoken to: ``connection_pool`` gives ``httpx``'s
+client for those engines instead (one client, so the cost of its pool grows with its
+connections; few engines sit behind such proxies).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
 import httpx
 
 MAX_BUFFERED = 1 << 20  # unread answer bytes before the connection stops reading
+IDLE_S = 4.0  # under the 5 s keep-alive of uvicorn and llama.cpp's server
+_FORBIDDEN = frozenset("\r\n\0")  # in a request line or header: they would end it early
 _END = b""  # marks the end of an answer among its pieces (a body piece is never empty)
 
 
@@ -47,10 +54,31 @@ class ConnectionLost(ConnectionError):
     """The connection closed, or sent what is not HTTP, before the answer was whole."""
 
 
+class Body(Protocol):
+    """An answer being read, from either pool."""
+
+    status: int
+
+    def pieces(self) -> AsyncIterator[bytes]: ...
+
+    async def read(self) -> bytes: ...
+
+
+class Pool(Protocol):
+    """Connections to one server, from ``connection_pool``."""
+
+    url: str
+
+    def request(self, method: str, path: str, body: bytes = b"", *, fresh: bool = False,
+                timeout: float | None = None) -> AbstractAsyncContextManager[Body]: ...
+
+    async def aclose(self) -> None: ...
+
+
 def uses_proxy(url: str) -> bool:
     """Whether the environment routes ``url`` through a proxy (``HTTP_PROXY`` and kin)."""
-    parts = urlsplit(url)
-    return (parts.scheme in urllib.request.getproxies()
+    parts, proxies = urlsplit(url), urllib.request.getproxies()
+    return ((parts.scheme in proxies or "all" in proxies)
             and not urllib.request.proxy_bypass(parts.hostname or ""))
 
 
@@ -66,6 +94,9 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.framed = False  # a Content-Length or chunks say where the body ends
         self.complete = self.keep_alive = False
+        self.drained = False  # the caller read the answer to its end
+        self.in_use = False  # a request is out and its answer not yet read
+        self.idle_since = 0.0
         self.closed = False
 
     # -- asyncio's side --
@@ -74,6 +105,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if not self.in_use:  # nothing asked: a server's parting words, or a stray answer
+            self.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -82,7 +116,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.status and not self.framed and not self.complete:
+        if exc is None and self.status and not self.framed and not self.complete:
             self.on_message_complete()  # a body without a length ends when the server closes
         elif not self.complete:
             self._put(ConnectionLost(f"the server closed the connection ({exc or 'EOF'})"))
@@ -95,10 +129,13 @@ class _Connection(asyncio.Protocol):
             self.framed = True
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if status < 200:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        self.status = status
         if self.status in (204, 304):
             self.framed = True
-        self._put_news()
+        self._wake()
 
     def on_body(self, body: bytes) -> None:
         self._put(body)
@@ -107,6 +144,8 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        if not self.status:
+            return  # the end of an interim answer
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()  # reset once the parser moves on
         self._put(_END)
@@ -116,7 +155,8 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.pieces.clear()
         self.buffered = self.status = 0
-        self.framed = self.complete = self.keep_alive = False
+        self.framed = self.complete = self.keep_alive = self.drained = False
+        self.in_use = True
         self.transport.write(head + body)
 
     async def next_piece(self, timeout: float) -> bytes:
@@ -126,6 +166,7 @@ class _Connection(asyncio.Protocol):
         piece = self.pieces.popleft()
         if isinstance(piece, BaseException):
             raise piece
+        self.drained = piece is _END
         self.buffered -= len(piece)
         if self.transport is not None and self.buffered <= MAX_BUFFERED // 2:
             self.transport.resume_reading()
@@ -134,10 +175,10 @@ class _Connection(asyncio.Protocol):
     async def wait_for_head(self, timeout: float) -> None:
         """Wait until the answer's status line and headers are in."""
         while not self.status:
-            if self.pieces:  # a failure before the head: raised here
-                await self.next_piece(timeout)
-            else:
-                await self._wait(timeout)
+            failure = self.pieces[0] if self.pieces else None
+            if isinstance(failure, BaseException):  # a failure before the head
+                raise failure
+            await self._wait(timeout)
 
     async def _wait(self, timeout: float) -> None:
         """Until the parser or the connection has news, or ``timeout`` passes."""
@@ -150,8 +191,15 @@ class _Connection(asyncio.Protocol):
             timer.cancel()
             self.waiter = None
 
-    def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed
+    def release(self) -> bool:
+        """Done with the answer: whether the connection can carry another request (the
+        answer was read to its end and the server keeps it open)."""
+        self.in_use = False
+        self.idle_since = time.monotonic()
+        return self.drained and self.keep_alive and not self.closed
+
+    def stale(self) -> bool:
+        return self.closed or time.monotonic() - self.idle_since > IDLE_S
 
     def close(self) -> None:
         self.closed = True
@@ -160,11 +208,19 @@ class _Connection(asyncio.Protocol):
 
     def _put(self, piece: bytes | BaseException) -> None:
         self.pieces.append(piece)
-        self._put_news()
+        self._wake()
 
-    def _put_news(self) -> None:
+    def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+
+
+def _checked(line: str) -> str:
+    """``line`` of a request's head, refused if it holds what would end it early."""
+    if not _FORBIDDEN.isdisjoint(line):
+        raise ValueError(f"{line[:80]!r}...: a request line or header may not hold CR, LF or "
+                         "NUL (a key read from a file with its newline?)")
+    return line
 
 
 def _time_out(waiter: asyncio.Future[None], timeout: float) -> None:
@@ -204,10 +260,13 @@ class ConnectionPool:
         self.timeout = timeout
         self._tls = parts.scheme == "https"
         self._ssl = ssl_context
-        lines = [f"Host: {parts.netloc}", "User-Agent: orla_sdk", "Accept: */*",
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        lines = [f"Host: {host}{f':{parts.port}' if parts.port else ''}",
+                 "User-Agent: orla_sdk", "Accept: */*",
                  *(f"{name}: {value}" for name, value in (headers or {}).items())]
-        self._headers = "".join(f"{line}\r\n" for line in lines).encode("latin-1")
+        self._headers = "".join(f"{_checked(line)}\r\n" for line in lines).encode("latin-1")
         self._idle: list[_Connection] = []
+        self._closed = False
 
     @asynccontextmanager
     async def request(self, method: str, path: str, body: bytes = b"", *,
@@ -223,12 +282,14 @@ class ConnectionPool:
             await connection.wait_for_head(timeout)
             yield Answer(connection.status, connection, timeout)
         finally:
-            if connection.reusable():
+            if connection.release() and not self._closed:
                 self._idle.append(connection)
             else:
                 connection.close()
 
     async def aclose(self) -> None:
+        """Close the idle connections; those of requests under way close as they end."""
+        self._closed = True
         for connection in self._idle:
             connection.close()
         self._idle.clear()
@@ -236,8 +297,9 @@ class ConnectionPool:
     def _idle_connection(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed:
+            if not connection.stale():
                 return connection
+            connection.close()
         return None
 
     async def _connect(self, timeout: float) -> _Connection:
@@ -257,7 +319,10 @@ class ConnectionPool:
         return connection
 
     def _head(self, method: str, path: str, length: int) -> bytes:
-        start = f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1") + self._headers
+        if method == "HEAD":  # its answer has no body, which the parser cannot be told
+            raise ValueError("HEAD requests are not supported; use GET")
+        line = _checked(f"{method} {self.prefix}{path} HTTP/1.1")
+        start = f"{line}\r\n".encode("latin-1") + self._headers
         if method == "GET" and not length:
             return start + b"\r\n"
         return start + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length
@@ -265,7 +330,8 @@ class ConnectionPool:
 
 class ProxiedPool:
     """The same requests through ``httpx``, which speaks to the proxies the environment
-    names (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) and raises this module's errors."""
+    names (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) and raises this
+    module's errors. ``fresh`` is not honoured: httpx picks the connection."""
 
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None,
                  timeout: float = 120.0,
@@ -310,7 +376,7 @@ class ProxiedAnswer:
 
 def connection_pool(base_url: str, *, headers: dict[str, str] | None = None,
                     timeout: float = 120.0, transport: httpx.AsyncBaseTransport | None = None
-                    ) -> ConnectionPool | ProxiedPool:
+                    ) -> Pool:
     """The lean pool, or ``httpx`` where the environment routes ``base_url`` through a
     proxy (or a ``transport`` of its own is given: a test's scripted one)."""
     if transport is not None or uses_proxy(base_url):

@@ -32,13 +32,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from orla_sdk.backends.base import ChatRequest, ChatResult
-from orla_sdk.backends.http1 import (
-    Answer,
-    ConnectionLost,
-    ProxiedAnswer,
-    Unreachable,
-    connection_pool,
-)
+from orla_sdk.backends.http1 import Body, ConnectionLost, Unreachable, connection_pool
 from orla_sdk.backends.wire import StreamedReply, error_message, request_json
 from orla_sdk.errors import BackendDown, BackendError
 from orla_sdk.ir import BackendSpec
@@ -55,9 +49,12 @@ class OpenAICompatibleBackend:
                                " (or start the embedded engine for llama.cpp backends).",
                                retryable=False)
         self.spec = spec
-        self._http = connection_pool(
-            api_base(spec.url), timeout=timeout,
-            headers={"Authorization": f"Bearer {api_key or 'not-needed'}"})
+        try:
+            self._http = connection_pool(
+                api_base(spec.url), timeout=timeout,
+                headers={"Authorization": f"Bearer {api_key or 'not-needed'}"})
+        except ValueError as exc:
+            raise BackendError(spec.name, f"cannot call its url: {exc}", retryable=False) from exc
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -90,11 +87,11 @@ class OpenAICompatibleBackend:
         """Whether the engine answers now, with anything below 500 (a server without
         ``/models`` answers 404, and is up): the pool polls an engine that is down with
         this before it sends the request again."""
-        try:  # a fresh connection: the calls' connections are all busy on a full pool
+        try:  # a fresh connection: an idle one may be what the engine dropped
             async with self._http.request("GET", "/models", fresh=True,
                                           timeout=POLL_TIMEOUT_S) as answer:
                 await answer.read()
-        except (OSError, TimeoutError):
+        except OSError:  # unreachable, lost or timed out
             return False
         return answer.status < 500
 
@@ -115,7 +112,7 @@ class OpenAICompatibleBackend:
         return request_json(request, fields=engine_fields(self.spec.kind, request,
                                                           self.spec.options))
 
-    async def _read(self, answer: Answer | ProxiedAnswer, reply: StreamedReply,
+    async def _read(self, answer: Body, reply: StreamedReply,
                     started: float) -> float | None:
         """Read the server-sent events into ``reply``, up to ``[DONE]``; the seconds to its
         first output. The body is read to its end even so: a connection whose response was
@@ -171,7 +168,7 @@ class OpenAICompatibleBackend:
                             "(check its log)", retryable=False)
 
 
-async def _lines(answer: Answer | ProxiedAnswer) -> AsyncIterator[bytes]:
+async def _lines(answer: Body) -> AsyncIterator[bytes]:
     """The lines of an answer's body, as bytes (JSON reads bytes as they are)."""
     rest = b""
     async for piece in answer.pieces():

@@ -59,7 +59,7 @@ from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import RunState, StageContext
 from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.runtime.records import CacheLogEntry, StageRecord, failed_cache_action
-from orla_sdk.serving.proxy_errors import HttpError, tenant_safe
+from orla_sdk.serving.proxy_errors import HttpError, tenant_safe, tenant_safe_log
 from orla_sdk.serving.proxy_input import Tags
 from orla_sdk.serving.proxy_workflows import Workflow, Workflows
 from orla_sdk.serving.report import Report
@@ -356,13 +356,15 @@ class ProxyServer:
                 "report": report}
 
     async def _settle(self, run_id: str) -> list[CacheLogEntry]:
-        """Drop the run's cache; a failure is the cache log's, never the answer's."""
+        """Drop the run's cache; a failure is the cache log's (as tenants may read it),
+        never the answer's."""
         try:
-            return await self.session.settle(run_id, "over")
+            entries = await self.session.settle(run_id, "over")
         except Exception as exc:
             log.warning("dropping the cache of run %s failed: %s: %s", run_id,
                         type(exc).__name__, exc)
-            return [failed_cache_action(exc)]
+            entries = [failed_cache_action(exc)]
+        return tenant_safe_log(entries)
 
     async def _sweep_idle(self) -> None:
         """Complete the workflows idle for ``workflow_idle_s``, in the background: a client

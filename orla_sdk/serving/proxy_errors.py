@@ -7,6 +7,7 @@ import logging
 
 from orla_sdk.backends.wire import error_status
 from orla_sdk.errors import BackendError
+from orla_sdk.runtime.records import CacheLogEntry
 
 log = logging.getLogger("orla_sdk.serving.proxy")
 
@@ -33,3 +34,19 @@ def tenant_safe(exc: BackendError) -> BackendError:
     message = ("unavailable (down, restarting, overloaded or timed out); retry later"
                if exc.retryable else "failed; the cause is in the proxy's log")
     return BackendError(exc.backend, message, retryable=exc.retryable, status=exc.status)
+
+
+def tenant_safe_log(entries: list[CacheLogEntry]) -> list[CacheLogEntry]:
+    """A cache log as tenants may read it: a failed action says what was tried, not the
+    engine's error (which the memory manager logged where it failed)."""
+    return [{**entry, "action": _without_cause(entry["action"])} for entry in entries]
+
+
+def _without_cause(action: str | None) -> str | None:
+    """``erase slot 2 failed (BackendDown: ... http://10.0.0.7 ...)`` and ``failed: ...``
+    (``runtime.memory``'s and ``runtime.records``' forms) without their cause."""
+    hidden = "failed; the cause is in the proxy's log"
+    if action is None or action.startswith("failed: "):
+        return action and hidden
+    tried, failed, _ = action.partition(" failed (")
+    return f"{tried} {hidden}" if failed else action
