@@ -46,7 +46,9 @@ def _without_cause(action: str | None) -> str | None:
     """``erase slot 2 failed (BackendDown: ... http://10.0.0.7 ...)`` and ``failed: ...``
     (``runtime.memory``'s and ``runtime.records``' forms) without their cause."""
     hidden = "failed; the cause is in the proxy's log"
-    if action is None or action.startswith("failed: "):
-        return action and hidden
+    if action is None:
+        return None
+    if action.startswith("failed: "):
+        return hidden
     tried, failed, _ = action.partition(" failed (")
     return f"{tried} {hidden}" if failed else action
