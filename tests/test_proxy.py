@@ -494,6 +494,9 @@ def test_any_failure_after_text_ends_the_stream_with_an_error_event() -> None:
         assert events[-1]["error"]["type"] == "server_error"
         plain = post(server, {"model": "light", "messages": HI})  # before any text: a status
         assert plain.status_code == 500 and plain.json()["error"]["type"] == "server_error"
+    # the bug's own text is the operator's, in the log, not the client's
+    assert "a bug, say" not in answer.text + plain.text
+    assert "RuntimeError" in events[-1]["error"]["message"]
 
 
 @orla.stage(model="light")

@@ -52,14 +52,14 @@ from typing import TYPE_CHECKING, Any
 
 from orla_sdk.agents import AgentPolicy
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult
-from orla_sdk.errors import BackendError, MissingExtra, OrlaError
+from orla_sdk.errors import BackendError, MissingExtra, OrlaError, Refused
 from orla_sdk.ir import BackendSpec, Node, Plan, StageSpec, Target
 from orla_sdk.mapping import normalize_mapping
 from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import RunState, StageContext
 from orla_sdk.runtime.pool import BackendPool
 from orla_sdk.runtime.records import CacheLogEntry, StageRecord, failed_cache_action
-from orla_sdk.serving.proxy_errors import HttpError, tenant_safe, tenant_safe_log
+from orla_sdk.serving.proxy_errors import HttpError, tenant_safe, tenant_safe_log, unforeseen
 from orla_sdk.serving.proxy_input import Tags
 from orla_sdk.serving.proxy_workflows import Workflow, Workflows
 from orla_sdk.serving.report import Report
@@ -257,13 +257,16 @@ class ProxyServer:
     async def chat(self, tags: Tags, target: Target, request: ChatRequest) -> ChatResult:
         """One call: in its workflow's run (queued at the call's priority, on the run's
         cache slot, recorded in its unit), or, untagged, in its tenant's untagged run. A
-        backend's failure is raised as its clients may read it (``tenant_safe``)."""
-        if tags.tagged:
-            return await self._workflow_call(tags, target, request)
+        failure is raised as its clients may read it, in an answer or a stream's error
+        event alike: a backend's by ``tenant_safe``, an unforeseen one by ``unforeseen``."""
         try:
+            if tags.tagged:
+                return await self._workflow_call(tags, target, request)
             return await self._untagged_call(tags, target, request)
-        except BackendError as exc:
-            raise tenant_safe(exc) from exc
+        except (BackendError, HttpError, Refused):
+            raise
+        except Exception as exc:
+            raise unforeseen(exc, f"a call to {target.key()}") from exc
 
     async def _workflow_call(self, tags: Tags, target: Target,
                              request: ChatRequest) -> ChatResult:
@@ -300,6 +303,8 @@ class ProxyServer:
                             0, tenant=tags.tenant)
         try:
             return await call_model(unit, self.pool[target.backend], target, request)
+        except BackendError as exc:
+            raise tenant_safe(exc) from exc
         finally:
             self.pool.memory.take_log(run.run_id)  # slots lent and restored: nobody reads it
 

@@ -22,6 +22,14 @@ class HttpError(Exception):
         self.status, self.message, self.code, self.param = status, message, code, param
 
 
+def unforeseen(exc: Exception, where: str) -> HttpError:
+    """A failure no check foresaw (a bug, say), as clients may read it: a 500 naming its
+    type alone; its text and traceback go to the proxy's log."""
+    log.error("the proxy failed on %s", where, exc_info=exc)
+    return HttpError(500, f"the proxy failed on this request ({type(exc).__name__}); the "
+                     "cause is in its log")
+
+
 def tenant_safe(exc: BackendError) -> BackendError:
     """``exc`` as the proxy's clients may read it. An engine's answer to the request itself
     (4xx) passes as it is; any other failure is named by its backend and kind alone, since

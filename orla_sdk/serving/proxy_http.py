@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from orla_sdk.backends.wire import Chunks, completion_json, error_json, error_st
 from orla_sdk.errors import BackendError, MissingExtra, Refused
 from orla_sdk.ir import Target
 from orla_sdk.runtime.openai_shim import Sink, engine_request, open_streams
-from orla_sdk.serving.proxy_errors import HttpError
+from orla_sdk.serving.proxy_errors import HttpError, unforeseen
 from orla_sdk.serving.proxy_input import (
     Tags,
     check_chat,
@@ -43,8 +42,6 @@ if TYPE_CHECKING:
 
 WORKFLOW = "/v1/orla/workflows/{workflow:path}"
 Handler = Callable[["Request"], Coroutine[Any, Any, "Response"]]
-
-log = logging.getLogger("orla_sdk.serving.proxy")
 
 
 def app(proxy: ProxyServer) -> Starlette:
@@ -98,9 +95,8 @@ def app(proxy: ProxyServer) -> Starlette:
             except ClientDisconnect:
                 return error(400, "the client went away")
             except Exception as exc:
-                log.exception("the proxy failed on %s %s", request.method, request.url.path)
-                return error(500, f"the proxy failed on this request ({type(exc).__name__}); "
-                             "the cause is in its log")
+                failure = unforeseen(exc, f"{request.method} {request.url.path}")
+                return error(failure.status, failure.message)
         return guarded
 
     async def no_route(request: Request, exc: Exception) -> Response:
