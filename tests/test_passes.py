@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import pytest
@@ -311,6 +312,17 @@ def test_capabilities_are_declared_per_engine() -> None:
     assert orla.backends.vllm("v", "http://127.0.0.1:8000/v1").capabilities.cache_control == \
         "global_reset"
     assert orla.backends.ollama("o").capabilities.cache_control == "keep_alive"
+
+
+@pytest.mark.parametrize("declare", [
+    lambda url: orla.backends.llamacpp("l", url), lambda url: orla.backends.vllm("v", url),
+    lambda url: orla.backends.sglang("s", url), lambda url: orla.backends.ollama("o", url),
+    lambda url: orla.backends.openai_compatible("a", url)])
+def test_a_backend_url_without_a_scheme_is_refused_where_it_is_declared(
+        declare: Callable[[str], orla.ir.BackendSpec]) -> None:
+    with pytest.raises(orla.OrlaError, match=r"'localhost:8080' is not an http\(s\) URL"):
+        declare("localhost:8080")
+    assert declare("https://engine.example/v1").url == "https://engine.example/v1"
 
 
 def urgency(t: Ticket) -> int:

@@ -17,12 +17,21 @@ its own default ``--max-num-seqs`` (256); SGLang's to what ``/get_server_info`` 
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from orla_sdk.errors import OrlaError
 from orla_sdk.ir import BackendSpec, Capabilities, Scheduling
 
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
 VLLM_CONCURRENCY = 256  # vLLM's default --max-num-seqs
+
+
+def checked_url(url: str, where: str = "url") -> str:
+    """``url``, if it is one orla can call (``where`` names it in the error)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OrlaError(f"{where} {url!r} is not an http(s) URL, e.g. http://127.0.0.1:8080/v1")
+    return url
 
 
 def _scheduling(concurrency: int | None) -> Scheduling:
@@ -41,7 +50,8 @@ def llamacpp(name: str = "local", url: str | None = None,
     JSON-schema output, which llama.cpp enforces with a grammar.
     """
     return BackendSpec(
-        name=name, kind="llamacpp", url=url, models=models or [DEFAULT_LOCAL_MODEL],
+        name=name, kind="llamacpp", url=None if url is None else checked_url(url),
+        models=models or [DEFAULT_LOCAL_MODEL],
         capabilities=Capabilities(tool_calling=tool_calling, json_schema=True,
                                   cache_control="slots", metrics=True))
 
@@ -52,7 +62,8 @@ def vllm(name: str, url: str, models: list[str] | None = None, *,
     default, 256)."""
     limit = VLLM_CONCURRENCY if concurrency is None else concurrency
     return BackendSpec(
-        name=name, kind="vllm", url=url, models=models, scheduling=_scheduling(limit),
+        name=name, kind="vllm", url=checked_url(url), models=models,
+        scheduling=_scheduling(limit),
         capabilities=Capabilities(tool_calling=True, json_schema=True,
                                   cache_control="global_reset", metrics=True))
 
@@ -62,7 +73,8 @@ def sglang(name: str, url: str, models: list[str] | None = None, *,
     """SGLang's server; ``concurrency`` (None: the ``max_running_requests`` the server
     reports when orla connects)."""
     return BackendSpec(
-        name=name, kind="sglang", url=url, models=models, scheduling=_scheduling(concurrency),
+        name=name, kind="sglang", url=checked_url(url), models=models,
+        scheduling=_scheduling(concurrency),
         capabilities=Capabilities(tool_calling=True, json_schema=True,
                                   cache_control="global_reset", metrics=True))
 
@@ -72,7 +84,7 @@ def ollama(name: str, url: str = "http://127.0.0.1:11434/v1",
     """Ollama; ``keep_alive`` is sent with each call so the model stays loaded between a
     workflow's stages (None: Ollama's own default)."""
     return BackendSpec(
-        name=name, kind="ollama", url=url, models=models,
+        name=name, kind="ollama", url=checked_url(url), models=models,
         options={"keep_alive": keep_alive} if keep_alive else {},
         capabilities=Capabilities(tool_calling=True, json_schema=True,
                                   cache_control="keep_alive", metrics=False))
@@ -84,7 +96,8 @@ def openai_compatible(name: str, url: str, models: list[str] | None = None, *,
     """Any OpenAI-compatible endpoint; say what it supports and how many requests it
     serves at once (``concurrency``, 8 when not given): orla cannot ask it."""
     return BackendSpec(
-        name=name, kind="openai", url=url, models=models, scheduling=_scheduling(concurrency),
+        name=name, kind="openai", url=checked_url(url), models=models,
+        scheduling=_scheduling(concurrency),
         capabilities=Capabilities(tool_calling=tool_calling, json_schema=json_schema,
                                   cache_control="prompt_key", metrics=False))
 

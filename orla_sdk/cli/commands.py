@@ -30,7 +30,6 @@ import threading
 import typing
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 if typing.TYPE_CHECKING:
     from rich.console import Console
@@ -45,6 +44,7 @@ from orla_sdk.backends import (
     simulator,
     vllm,
 )
+from orla_sdk.backends.declare import checked_url
 from orla_sdk.cli.runs import add_runs_parser, runs_command
 from orla_sdk.compile import compile
 from orla_sdk.errors import OrlaError, require_extra
@@ -201,7 +201,7 @@ def demo_moves(flow: Workflow[..., Any], backend: str,
             moves[logical] = simulator(_target(flow, logical).backend, profile)
     for logical, (url, model) in endpoints.items():
         moves[logical] = openai_compatible(_target(flow, logical).backend,
-                                           _checked_url(logical, url), [model])
+                                           checked_url(url, f"--{logical}"), [model])
     return moves
 
 
@@ -227,14 +227,6 @@ def _target(flow: Workflow[..., Any], logical: str) -> Target:
         return value
     raise OrlaError(f"workflow {flow.name!r} maps {logical!r} to {value!r}, not to one "
                     "backend/model")
-
-
-def _checked_url(logical: str, url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise OrlaError(f"--{logical} {url!r} is not an http(s) URL, e.g. "
-                        "http://127.0.0.1:8080/v1")
-    return url
 
 
 def demo_ticket(given: str | None, sample: str) -> str:
@@ -336,7 +328,7 @@ def engine_backend(name: str, given: str, kind: str, concurrency: int | None) ->
     prefix, sep, rest = given.partition(":")
     if sep and prefix in ENGINE_KINDS:
         kind, given = prefix, rest
-    url = _checked_url(name, given)
+    url = checked_url(given, f"--backend {name}")
     if kind == "llamacpp":
         return llamacpp(name, url)
     if kind == "vllm":
