@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -55,15 +56,18 @@ def test_a_reply_carries_tokens_and_timings(llama_engine: LocalEngine) -> None:
     assert result.finish_reason in ("stop", "length")
 
 
-def test_cached_tokens_come_from_the_engine(llama_engine: LocalEngine) -> None:
+@pytest.mark.parametrize("stream", [True, False])
+def test_cached_tokens_come_from_the_engine(llama_engine: LocalEngine, stream: bool) -> None:
     async def twice(backend: OpenAICompatibleBackend) -> tuple[ChatResult, ChatResult]:
-        first = await backend.chat(ask(PREFIX + " One?", slot=0))
-        second = await backend.chat(ask(PREFIX + " Two?", slot=0))
+        prefix = f"{'Streamed' if stream else 'Whole'} replies. {PREFIX}"  # cold either way
+        first = await backend.chat(ask(prefix + " One?", slot=0, stream=stream))
+        second = await backend.chat(ask(prefix + " Two?", slot=0, stream=stream))
         return first, second
 
     first, second = run_with(llama_engine.url, twice)
     assert second.cached_tokens >= first.prompt_tokens - 10
     assert second.cached_tokens > first.cached_tokens
+    assert (second.ttft_s is not None) is stream and second.completion_tokens > 0
 
 
 def test_json_schema_output_validates(llama_engine: LocalEngine) -> None:
@@ -149,6 +153,49 @@ def test_streamed_text_tool_calls_and_usage_are_read() -> None:
             result.cached_tokens) == ("tool_calls", 30, 5, 16)
     assert bodies[0]["top_k"] == 5 and bodies[0]["priority"] == 20  # vLLM: lower is sooner
     assert bodies[0]["stream"] is True and "extra_body" not in bodies[0]
+
+
+def test_an_unstreamed_reply_reads_as_the_same_reply_streamed() -> None:
+    extras = {"system_fingerprint": "fp-1", "timings": {"prompt_ms": 3.5}}
+    usage = {"prompt_tokens": 30, "completion_tokens": 5,
+             "prompt_tokens_details": {"cached_tokens": 16},
+             "completion_tokens_details": {"reasoning_tokens": 2}}
+    calls = [{"id": "c1", "type": "function", "function": {"name": "look", "arguments": "{}"}},
+             {"id": "c2", "type": "function", "function": {"name": "find", "arguments": "[]"}}]
+    logprobs = {"content": [{"token": "Hi", "logprob": -0.1}]}
+    completion = {**extras, "id": "x", "object": "chat.completion", "usage": usage,
+                  "choices": [{"index": 0, "finish_reason": "tool_calls", "stop_reason": 7,
+                               "logprobs": logprobs, "message": {
+                                   "role": "assistant", "content": "Hi",
+                                   "reasoning_content": "think", "tool_calls": calls}}]}
+    chunks = [{**extras, "choices": [{"index": 0, "logprobs": logprobs, "delta": {
+                  "role": "assistant", "content": "Hi", "reasoning_content": "think"}}]},
+              *({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, **call}]}}]}
+                for i, call in enumerate(calls)),
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls",
+                            "stop_reason": 7}]},
+              {"choices": [], "usage": usage}]
+    unstreamed, bodies = scripted_engine(lambda body: httpx.Response(200, json=completion))
+    streamed, _ = scripted_engine(lambda body: sse(*chunks))
+    pieces: list[str] = []
+    request = ask("hi", on_token=pieces.append, stream=False)
+    result = asyncio.run(unstreamed.chat(request))
+    assert "stream" not in bodies[0] and "stream_options" not in bodies[0]
+    assert pieces == [] and result.ttft_s is None and result.duration_s > 0
+    as_streamed = asyncio.run(streamed.chat(ask("hi")))
+    assert as_streamed.ttft_s is not None
+    assert replace(result, ttft_s=0, duration_s=0) == replace(as_streamed, ttft_s=0,
+                                                              duration_s=0)
+    assert [c.id for c in result.tool_calls] == ["c1", "c2"] and result.cached_tokens == 16
+
+
+@pytest.mark.parametrize("answer", [b"not json", b"[1, 2]", b'{"choices": []}',
+                                    b'{"choices": [{"text": "legacy"}]}'])
+def test_an_unstreamed_answer_that_is_not_a_completion_is_retryable(answer: bytes) -> None:
+    backend, _ = scripted_engine(lambda body: httpx.Response(200, content=answer))
+    with pytest.raises(BackendError, match="malformed completion") as info:
+        asyncio.run(backend.chat(ask("hi", stream=False)))
+    assert info.value.retryable
 
 
 def test_an_engines_error_answer_is_a_backend_error_with_its_status() -> None:

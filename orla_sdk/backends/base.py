@@ -23,7 +23,9 @@ class ChatRequest:
     """One model call. ``json_schema`` constrains the reply to JSON of that schema;
     ``slot`` pins the request to a llama.cpp slot; ``priority`` is orla's 0..100 hint;
     ``agent`` says who makes the call; ``on_token`` receives the reply's text as it
-    streams in."""
+    streams in. ``stream`` asks the engine for a streamed reply: orla's own calls stream,
+    to time the first token; a call carried for a client (the proxy, a served app) streams
+    exactly when the client asked, so the engine serves it as it would bare."""
 
     model: str
     messages: list[dict[str, Any]]
@@ -35,6 +37,7 @@ class ChatRequest:
     priority: int | None = None
     agent: AgentKey | None = None
     on_token: Callable[[str], None] | None = field(default=None, compare=False)
+    stream: bool = True
 
     def evolve(self, *, slot: int | None = _SAME, agent: AgentKey | None = _SAME,
                on_token: Callable[[str], None] | None = _SAME) -> ChatRequest:
@@ -67,7 +70,7 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    ttft_s: float
+    ttft_s: float | None  # None where the reply was not streamed: its first token unseen
     duration_s: float
 
 

@@ -1,14 +1,18 @@
 """Any OpenAI-compatible engine, over HTTP, with each engine's own request fields.
 
-Every call streams, so the time to first token is measured where the caller sees it;
-the last chunk carries the usage, including ``cached_tokens`` where the engine reports
-them. The server-sent events are read as plain JSON over ``orla_sdk.backends.http1``'s
-lean connections: the ``openai`` client would build a typed object per chunk, and
-``httpx`` alone costs several times what a local engine's HTTP does. The bodies out and
-the chunks back are ``orla_sdk.backends.wire``'s.
+A request that asks to stream (orla's own calls do, so the time to first token is
+measured where the caller sees it) is streamed, its last chunk carrying the usage,
+including ``cached_tokens`` where the engine reports them; one carried for a client that
+did not stream is not, and the engine answers it as it would the client bare. The
+server-sent events are read as plain JSON over ``orla_sdk.backends.http1``'s lean
+connections: the ``openai`` client would build a typed object per chunk, and ``httpx``
+alone costs several times what a local engine's HTTP does. The bodies out and the chunks
+back are ``orla_sdk.backends.wire``'s.
+
 A stream that breaks (a line that is not JSON, an end with neither a finish reason nor
-``[DONE]``, a lost connection) is a retryable ``BackendError``, unless its text has already
-reached the caller; a refused connection or a 502-504 answer is a ``BackendDown``, which
+``[DONE]``, a lost connection), or an unstreamed answer that is not a completion, is a
+retryable ``BackendError``, unless text has already reached the caller; a refused
+connection or a 502-504 answer is a ``BackendDown``, which
 the pool waits for (``ready`` polls the engine). A lost connection is tried again at once
 on a fresh one (a kept-alive connection the server closed fails once); a request that
 loses that one too is not sent again, as it may be what breaks the engine.
@@ -60,19 +64,20 @@ class OpenAICompatibleBackend:
         await self._http.aclose()
 
     async def chat(self, request: ChatRequest) -> ChatResult:
-        reply = StreamedReply(request.on_token)
         body = json.dumps(self.body(request), ensure_ascii=False, separators=(",", ":"),
                           allow_nan=False).encode()
+        sink = request.on_token if request.stream else None
+        reply = StreamedReply(sink)
         try:
             try:
-                result = await self._chat_once(body, reply)
+                result = await self._chat_once(body, reply, request.stream)
             except ConnectionLost:
                 if reply.delivered:
                     raise
                 # A pooled keep-alive connection the server has closed fails once; a fresh
                 # connection tells that apart from a request the engine drops itself.
-                reply = StreamedReply(request.on_token)
-                result = await self._chat_once(body, reply, fresh=True)
+                reply = StreamedReply(sink)
+                result = await self._chat_once(body, reply, request.stream, fresh=True)
         except TimeoutError as exc:
             raise BackendError(self.spec.name, f"timed out at {self.spec.url}: {exc}",
                                retryable=True) from exc
@@ -95,16 +100,22 @@ class OpenAICompatibleBackend:
             return False
         return answer.status < 500
 
-    async def _chat_once(self, body: bytes, reply: StreamedReply, *,
+    async def _chat_once(self, body: bytes, reply: StreamedReply, stream: bool, *,
                          fresh: bool = False) -> ChatResult:
         started = time.perf_counter()
+        first: float | None = None
         async with self._http.request("POST", "/chat/completions", body,
                                       fresh=fresh) as answer:
             if answer.status >= 400:
                 raise self._error_answer(answer.status, await answer.read())
-            first = await self._read(answer, reply, started)
+            if stream:
+                first = await self._read(answer, reply, started)
+            else:
+                self._read_completion(await answer.read(), reply)
         duration = time.perf_counter() - started
-        return reply.result(ttft_s=first if first is not None else duration, duration_s=duration)
+        if stream and first is None:  # a reply without output: its end is its first token
+            first = duration
+        return reply.result(ttft_s=first, duration_s=duration)
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completions request body; ``extra_body`` in the request's parameters
@@ -131,6 +142,18 @@ class OpenAICompatibleBackend:
                                "a finish_reason or [DONE]: the engine (or a proxy in front of "
                                "it) cut the reply short", retryable=True)
         return first
+
+    def _read_completion(self, data: bytes, reply: StreamedReply) -> None:
+        """Read an unstreamed answer into ``reply``."""
+        try:
+            completion = json.loads(data)
+            if not isinstance(completion, dict):
+                raise ValueError("it is not a JSON object")
+            reply.add_completion(completion)
+        except ValueError as exc:
+            raise BackendError(self.spec.name, f"sent a malformed completion ({exc}): "
+                               f"{data[:200].decode(errors='replace')!r}",
+                               retryable=True) from None
 
     def _event(self, data: bytes) -> dict[str, Any]:
         """One server-sent event's JSON."""

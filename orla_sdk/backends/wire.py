@@ -324,14 +324,15 @@ class Chunks:
 
 
 # ---- orla as the client: a request body out, a streamed reply back ----------------------
-def request_json(request: ChatRequest, *, stream: bool = True,
+def request_json(request: ChatRequest, *,
                  fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``request`` as a chat-completions body: streamed with a last usage chunk unless
-    ``stream`` is False. ``fields`` (an engine's own) and then the ``extra_body`` of the
-    request's parameters are merged in, those given in parameters winning."""
+    """``request`` as a chat-completions body, streamed with a last usage chunk where the
+    request asks to stream. ``fields`` (an engine's own) and then the ``extra_body`` of
+    the request's parameters are merged in, those given in parameters winning."""
     params = dict(request.params)
     extra = params.pop("extra_body", {})
-    streaming = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+    streaming = ({"stream": True, "stream_options": {"include_usage": True}}
+                 if request.stream else {})
     body: dict[str, Any] = {"model": request.model, "messages": request.messages,
                             **streaming, **params}
     if request.json_schema is not None:
@@ -343,7 +344,8 @@ def request_json(request: ChatRequest, *, stream: bool = True,
 
 
 class StreamedReply:
-    """A streamed reply read back chunk by chunk: its text (each piece handed to
+    """A reply read back chunk by chunk (or an unstreamed one at once): its text (each
+    streamed piece handed to
     ``on_token``, as a ``Piece`` where the chunk carried extras), tool calls, finish
     reason, usage and the engine's own fields. Only choice 0 is read: orla asks engines
     for one choice a request."""
@@ -373,6 +375,19 @@ class StreamedReply:
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 output = self._add_choice(choice, completion) or output
         return output
+
+    def add_completion(self, completion: dict[str, Any]) -> None:
+        """Read an unstreamed ``chat.completion`` as one chunk whose choices carry their
+        messages as deltas: the same result and extras as had it streamed. One without a
+        first choice holding a message is a ``ValueError``."""
+        choices = completion.get("choices")
+        choices = [choice for choice in choices if isinstance(choice, dict)
+                   and isinstance(choice.get("message"), dict)
+                   ] if isinstance(choices, list) else []
+        if not choices:
+            raise ValueError("it has no choice with a message")
+        self.add({**completion, "choices": [{**choice, "delta": _as_delta(choice["message"])}
+                                            for choice in choices]})
 
     def _add_choice(self, choice: dict[str, Any], completion: dict[str, Any]) -> bool:
         delta = choice.get("delta")
@@ -409,7 +424,7 @@ class StreamedReply:
             else:
                 self.logprobs[key] = value
 
-    def result(self, *, ttft_s: float, duration_s: float) -> EngineResult:
+    def result(self, *, ttft_s: float | None, duration_s: float) -> EngineResult:
         details = self.usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else 0
         choice = {**self.choice, "logprobs": self.logprobs} if self.logprobs else self.choice
@@ -424,6 +439,15 @@ class StreamedReply:
             cached_tokens=_count(cached), ttft_s=ttft_s, duration_s=duration_s,
             extras=Extras(self.completion, choice, self.message,
                           {k: v for k, v in self.usage.items() if k not in USAGE_FIELDS}))
+
+
+def _as_delta(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as one delta: its tool calls numbered, as streamed ones are."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return message
+    return {**message, "tool_calls": [{"index": number, **call} if isinstance(call, dict)
+                                      else call for number, call in enumerate(calls)]}
 
 
 def _count(value: Any) -> int:

@@ -55,7 +55,8 @@ class StageRow:
         return [str(sum(c.prompt_tokens for c in self.calls)),
                 str(sum(c.completion_tokens for c in self.calls)),
                 str(sum(c.cached_tokens for c in self.calls)),
-                f"{ttft:.2f}", f"{sum(c.queue_wait_s for c in self.calls):.2f}"]
+                "" if ttft is None else f"{ttft:.2f}",
+                f"{sum(c.queue_wait_s for c in self.calls):.2f}"]
 
 
 @dataclass(frozen=True)

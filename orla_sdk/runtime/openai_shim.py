@@ -177,7 +177,8 @@ def engine_request(body: dict[str, Any], target: Target, *, priority: int | None
                    on_token: Callable[[str], None] | None) -> ChatRequest:
     """A chat-completions ``body`` as the request ``target`` gets: its model and
     parameters; fields orla does not read reach the engine as they are (``extra_body``).
-    One request is one choice: ``n`` above 1 is a ``ValueError``."""
+    It streams from the engine where the body asks to stream. One request is one choice:
+    ``n`` above 1 is a ``ValueError``."""
     if body.get("n", 1) not in (1, None) or isinstance(body.get("n"), bool):
         raise ValueError(f"'n' is {body['n']!r}: a call made here is one model call; make "
                          "several calls for several choices")
@@ -187,7 +188,7 @@ def engine_request(body: dict[str, Any], target: Target, *, priority: int | None
     if extra:
         params["extra_body"] = {**params.get("extra_body", {}), **extra}
     return replace(request, model=target.model, params=params, slot=None, priority=priority,
-                   on_token=on_token)
+                   on_token=on_token, stream=bool(body.get("stream")))
 
 
 async def _until_done(work: Coroutine[Any, Any, ChatResult], sink: Sink) -> ChatResult:

@@ -42,7 +42,7 @@ class CallRecord:
     completion_tokens: int
     cached_tokens: int
     queue_wait_s: float
-    ttft_s: float
+    ttft_s: float | None  # None where the engine was asked for an unstreamed reply
     duration_s: float
     slot: int | None = None
     started_at: float = 0.0  # wall-clock seconds (time.time()) when the call was made

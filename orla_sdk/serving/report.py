@@ -108,7 +108,7 @@ class Report:
 
     def totals(self, calls: Iterable[CallRecord]) -> dict[str, Any]:
         calls = list(calls)
-        ttfts = [c.ttft_s for c in calls]
+        ttfts = [c.ttft_s for c in calls if c.ttft_s is not None]  # the streamed calls
         return {
             "calls": len(calls),
             "prompt_tokens": sum(c.prompt_tokens for c in calls),
@@ -179,10 +179,11 @@ class Report:
             "orla.backend": call.backend,
             "orla.cached_tokens": call.cached_tokens,
             "orla.queue_wait_s": call.queue_wait_s,
-            "orla.ttft_s": call.ttft_s,
             "orla.engine_s": call.duration_s,
             "orla.cost_usd": self._cost(call),
         }
+        if call.ttft_s is not None:
+            attributes["orla.ttft_s"] = call.ttft_s
         if call.slot is not None:
             attributes["orla.slot"] = call.slot
         return attributes

@@ -224,7 +224,7 @@ async def answer(ctx: StageContext, call: Call, sink: Sink | None) -> CreateResu
                         f"{'tool calls' if emulate else 'json_output'} need here; map the "
                         "agent to a backend that can (models={...}).")
     if emulate:
-        request = emulated_request(call, target, ctx.priority)
+        request = emulated_request(call, target, ctx.priority, stream=sink is not None)
         return await emulated_answer(ctx, target, call, request)
     request = chat_request(call, target, ctx.priority, capabilities.tool_calling, sink)
     return native_result(await call_model(ctx, live, target, request))

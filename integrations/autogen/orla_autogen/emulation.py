@@ -35,13 +35,16 @@ MAX_RETRIES = 2
 
 
 # ---- the request ----------------------------------------------------------------------
-def emulated_request(call: Call, target: Target, priority: int | None) -> ChatRequest:
+def emulated_request(call: Call, target: Target, priority: int | None,
+                     stream: bool) -> ChatRequest:
     """The engine's request: no tools, the reply constrained to the emulation schema,
-    earlier tool rounds written as that schema has them. Not streamed: the reply is JSON."""
+    earlier tool rounds written as that schema has them. Its text does not reach the
+    agent's stream (the reply is JSON), but the engine streams it where the agent streams,
+    as it would bare."""
     params = call_params(call, target)
     return ChatRequest(model=target.model, messages=chat_messages(call.messages, False),
                        params=params, json_schema=emulated_schema(call, params),
-                       schema_name=call.schema_name, priority=priority)
+                       schema_name=call.schema_name, priority=priority, stream=stream)
 
 
 def emulated_schema(call: Call, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,8 @@ def chat_request(call: Call, target: Target, priority: int | None, native: bool,
                  sink: Sink | None) -> ChatRequest:
     """The engine's request, its tools passed through (an emulated round's request is
     ``orla_autogen.emulation.emulated_request``); without ``native`` tool calling, earlier
-    tool rounds are written as the emulation schema has them."""
+    tool rounds are written as the emulation schema has them. It streams from the engine
+    where the agent streams (``create_stream``), as it would bare."""
     params = call_params(call, target)
     if call.must_call:
         params["tool_choice"] = ("required" if call.tool_choice == "required" else
@@ -74,7 +75,7 @@ def chat_request(call: Call, target: Target, priority: int | None, native: bool,
     return ChatRequest(model=target.model, messages=chat_messages(call.messages, native),
                        params=params, json_schema=call.schema, schema_name=call.schema_name,
                        tools=[openai_tool(t) for t in call.offered], priority=priority,
-                       on_token=sink)
+                       on_token=sink, stream=sink is not None)
 
 
 def call_params(call: Call, target: Target) -> dict[str, Any]:

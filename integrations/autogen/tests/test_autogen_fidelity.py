@@ -132,8 +132,10 @@ def stop_kind(result: TaskResult) -> str:
 
 
 def settings(chats: list[dict[str, Any]]) -> list[str]:
-    """Each call's user-facing settings, as the engine received them."""
-    return [json.dumps({k: body[k] for k in USER_SETTINGS if k in body}, sort_keys=True)
+    """Each call's user-facing settings, as the engine received them, and whether it
+    streamed."""
+    return [json.dumps({**{k: body[k] for k in USER_SETTINGS if k in body},
+                        "stream": bool(body.get("stream"))}, sort_keys=True)
             for body in chats]
 
 
@@ -166,8 +168,8 @@ def test_a_round_robin_team_with_a_termination_condition(engine_tap: EngineTap) 
 
     served_result = assert_the_same_course(bare, bare_chats, served, served_chats)
     assert set(settings(bare_chats)) == {
-        json.dumps({"max_tokens": 16, "seed": SEED, "stop": ["\n\n"], "temperature": 0},
-                   sort_keys=True)}
+        json.dumps({"max_tokens": 16, "seed": SEED, "stop": ["\n\n"], "stream": False,
+                    "temperature": 0}, sort_keys=True)}
     assert_every_call_is_attributed(team, served_chats, served_result)
 
 

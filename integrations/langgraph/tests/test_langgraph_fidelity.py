@@ -48,8 +48,10 @@ def served(graph: Any, tap: EngineTap, **options: Any) -> ServedGraph:
 
 
 def settings_of(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each call's settings as the engine got them (either name of the token limit)."""
+    """Each call's settings as the engine got them (either name of the token limit), and
+    whether it streamed."""
     return [{"limit": body.get("max_completion_tokens", body.get("max_tokens")),
+             "stream": bool(body.get("stream")),
              **{key: body.get(key) for key in SETTINGS}} for body in bodies]
 
 

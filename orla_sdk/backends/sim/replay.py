@@ -351,7 +351,8 @@ async def _run_session(engine: SimEngine, workload: Workload, session: Sequence[
             model=engine.profile.name, messages=messages, agent=key,
             params={"max_tokens": max(call.completion_tokens or 1, 2), "ignore_eos": True}))
         result.calls += 1
-        result.ttft_s.append(done.ttft_s)
+        if done.ttft_s is not None:  # the simulator times every call's first token
+            result.ttft_s.append(done.ttft_s)
         result.prompt_tokens += done.prompt_tokens
         result.cached_tokens += done.cached_tokens
         last_messages[call.agent] = messages
