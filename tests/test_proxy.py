@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +27,8 @@ import orla_sdk.runtime.pool as pool_module
 import orla_sdk.serving.proxy
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.engine import LocalEngine, free_port
+from orla_sdk.backends.sim import SimEngine
+from orla_sdk.backends.sim.http import serve_http
 from orla_sdk.backends.wire import EngineResult, Extras, Piece
 from orla_sdk.cli.commands import build_parser, main, serve_config
 from orla_sdk.errors import BackendDown, BackendError
@@ -462,6 +467,26 @@ def test_the_serve_command_builds_backends_and_mapping() -> None:
         parsed("--backend", "edge=http://127.0.0.1:8080")  # which logical names?
     with pytest.raises(orla.OrlaError):
         parsed("--backend", "edge=ftp://x", "--map", "light=edge/m1")
+
+
+def test_orla_serve_runs_as_a_process_and_stops_on_sigterm() -> None:
+    url, stop_engine = serve_http(SimEngine("instant"))
+    command = [sys.executable, "-m", "orla_sdk.cli", "serve", "--port", "0",
+               "--backend", f"sim=vllm:{url}", "--map", "light=sim/instant"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        proxy_url = line.split(" at ", 1)[1].split()[0]
+        reply = openai.OpenAI(base_url=proxy_url, api_key="unused").chat.completions.create(
+            model="light", messages=HI, max_tokens=4)
+        assert reply.usage is not None and reply.usage.completion_tokens == 4
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0, server.stderr and server.stderr.read()
+    finally:
+        server.kill()
+        stop_engine()
 
 
 def test_the_proxy_module_is_reachable_as_orla_proxy() -> None:

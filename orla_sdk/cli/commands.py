@@ -52,7 +52,7 @@ from orla_sdk.ir import BackendSpec, Plan, Target, cache_of, mapping_of, priorit
 from orla_sdk.refs import load_ref
 from orla_sdk.render import plan_size, render_plan
 from orla_sdk.runtime import RunResult, run
-from orla_sdk.serving.proxy import ProxyServer
+from orla_sdk.serving.proxy import ProxyServer, tune_gc_for_serving
 from orla_sdk.workflow import Workflow
 
 DEMO_WORKFLOW = "orla_sdk.examples.customer_support:support"
@@ -353,6 +353,7 @@ def serve(args: argparse.Namespace) -> int:
         url = proxy.start()
     except OSError as exc:
         raise OrlaError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
+    tune_gc_for_serving()
     print(f"orla proxy at {url}/v1 serving {', '.join(sorted(proxy.targets))}", flush=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

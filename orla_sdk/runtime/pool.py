@@ -319,7 +319,7 @@ class BackendPool:
     def _warm(self, backend: str, last: ChatRequest) -> None:
         """A warm-up of one token with ``last``'s prompt, in the background, never
         counted as the agent's turn; its failure only costs the prefetch."""
-        warmup = replace(last, params={**last.params, "max_tokens": 1, "stream": False},
+        warmup = replace(last, params={**last.params, "max_tokens": 1}, stream=False,
                          on_token=None, json_schema=None, tools=[])
         assert last.agent is not None
         self._observe("prefetch", last.agent, backend, warmup=True)
