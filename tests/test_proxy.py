@@ -247,6 +247,33 @@ def test_the_engine_streams_exactly_when_the_client_streams(proxy: ProxyServer,
     assert [r.on_token is None for r in backend.requests] == [True, False, True, True]
 
 
+class Endless(Scripted):
+    """Streams its first word, then waits for ever; it notes when it is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = threading.Event()
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        assert request.on_token is not None
+        request.on_token("one")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return self.result("one")
+
+
+def test_a_client_that_leaves_a_stream_cancels_its_call() -> None:
+    backend = Endless()
+    with scripted_proxy(backend) as server:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=10,
+                          json={"model": "light", "messages": HI, "stream": True}) as answer:
+            assert next(answer.iter_lines()).startswith("data:")
+        assert backend.cancelled.wait(10)
+
+
 def test_answers_on_a_kept_alive_connection_are_not_held_back(proxy: ProxyServer) -> None:
     """With Nagle's algorithm on, an answer written in two parts waits for the client's
     delayed acknowledgement: about 40 ms each."""
