@@ -28,11 +28,13 @@ import pytest
 import orla_sdk as orla
 from orla_sdk.agents import AgentKey
 from orla_sdk.backends import engine as engine_module
+from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.engine import EngineConfig, LocalEngine
 from orla_sdk.backends.llamacpp_slots import LlamaCppControl
 from orla_sdk.backends.sim.engine import SimEngine
 from orla_sdk.cli.commands import engine_command
 from orla_sdk.errors import EngineError
+from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime.memory import SAVE_ATTEMPTS, MemoryManager
 
 GONE_WITHIN_S = 5.0
@@ -114,7 +116,7 @@ def test_the_end_of_a_run_tries_every_backend_and_slot_whatever_fails(
     assert ("working-shared", "reset the engine's prefix cache") in actions
     assert broken_cache.resets == working_cache.resets == 1
     assert sorted(memory.tables["broken"].free) == [0, 1] and not memory.tables["broken"].held
-    assert memory.kept == set()
+    assert memory.kept == {}
     warned = [r.getMessage() for r in caplog.records]
     assert sum("erase slot" in w and "refused by the fake engine" in w for w in warned) == 2
     assert any("reset" in w and "broken-shared" in w for w in warned)
@@ -171,6 +173,33 @@ def test_a_failing_cache_action_fails_no_stage_and_no_run(
     ended = [e for e in result.cache_log if e["node"] is None]
     assert [str(e["action"]).split(" (")[0] for e in ended] == ["erase slot 1 failed"]
     assert any("erase refused" in r.getMessage() for r in caplog.records)
+
+
+class Plain:
+    """An engine without cache control: every call answers "ok"."""
+
+    def __init__(self, spec: BackendSpec) -> None:
+        self.spec = spec
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        return ChatResult(content="ok", tool_calls=[], finish_reason="stop", prompt_tokens=8,
+                          completion_tokens=1, cached_tokens=0, ttft_s=0.0, duration_s=0.0)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_runs_on_an_engine_without_cache_control_leave_no_kept_context_behind() -> None:
+    backend = orla.backends.openai_compatible("plain", "http://127.0.0.1:9/v1")
+    plan = orla.compile(two_steps, backends=[backend], mapping={"light": "plain/m"})
+
+    async def go() -> tuple[list[str], dict[str, set[str]]]:
+        async with orla.BackendPool(plan.backends, clients={"plain": Plain(backend)}) as pool:
+            results = [await orla.arun(plan, pool=pool, text=f"crate {i}") for i in range(3)]
+            return [r.stage("second").cache_action for r in results], pool.memory.kept
+
+    actions, kept = asyncio.run(go())
+    assert actions == ["keep"] * 3 and kept == {}
 
 
 def test_slot_saving_is_turned_off_only_after_repeated_failures() -> None:

@@ -318,7 +318,7 @@ class _Executor:
 
 def _key(node: Node, items: tuple[int, ...]) -> str:
     """A node's run inside maps: its id and item indices, outermost first (``answer[2]``)."""
-    return node.id + "".join(f"[{i}]" for i in items)
+    return node.id + "".join(f"[{i}]" for i in items) if items else node.id
 
 
 _signature = functools.lru_cache(maxsize=1024)(inspect.signature)  # stages', asked every run

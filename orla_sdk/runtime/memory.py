@@ -93,6 +93,7 @@ Holder = tuple[str, str]  # (run, a context of the run, or "": the run's own slo
 SIMILAR = 0.5  # share of the shorter prompt two prompts must have in common to be one context
 TEMPLATE_EVERY = 16  # an agent's template is saved anew at the end of every 16th of its runs
 SAVE_ATTEMPTS = 3  # saves that fail in a row before a backend's slot saving is turned off
+NO_CONTROL = "soft flush: this engine has no per-workflow cache control"
 
 log = logging.getLogger("orla_sdk.memory")
 _NO_SLOT: AbstractAsyncContextManager[int | None] = nullcontext(None)  # reusable: it holds nothing
@@ -163,7 +164,7 @@ class MemoryManager:
         self.pressure_check_s = pressure_check_s
         self.tables: dict[str, SlotTable] = {}
         self.shared: dict[str, SharedCache] = {}
-        self.kept: set[tuple[str, str]] = set()  # (run, backend) with a kept context
+        self.kept: dict[str, set[str]] = {}  # run -> the backends where it keeps a context
         self._logs: dict[str, list[CacheLogEntry]] = {}
 
     def add_slots(self, backend: str, control: SlotControl, slots: int) -> None:
@@ -350,20 +351,30 @@ class MemoryManager:
 
     def keeps(self, run_id: str, backend: str) -> bool:
         """Whether the run kept a context on ``backend`` after an earlier stage."""
-        return (run_id, backend) in self.kept
+        return backend in self.kept.get(run_id, ())
+
+    def _unkeep(self, run_id: str, backend: str) -> None:
+        """The run keeps no context on ``backend`` any more."""
+        backends = self.kept.get(run_id)
+        if backends is not None:
+            backends.discard(backend)
+            if not backends:
+                del self.kept[run_id]
 
     # ---- decisions ----------------------------------------------------------------------
     async def after_stage(self, event: CacheEvent) -> tuple[CacheChoice, str]:
         """Decide a finished stage's cache and carry it out; returns the choice and what
         was done."""
-        key = (event.run_id, event.backend)
         choice = decide(event, self.agents)
+        controlled = event.backend in self.tables or event.backend in self.shared
         if choice.decision == "preserve":
-            self.kept.add(key)
-            return choice, await self._keep(event)
+            self.kept.setdefault(event.run_id, set()).add(event.backend)
+            return choice, await self._keep(event) if controlled else "keep"
         if choice.decision == "deferred":
             return choice, "none: decided at the end of the run"
-        self.kept.discard(key)
+        self._unkeep(event.run_id, event.backend)
+        if not controlled:
+            return choice, NO_CONTROL
         return choice, await self._flush(event.run_id, event.backend, event.slot)
 
     async def stage_done(self, run_id: str, node: Node, record: StageRecord, *,
@@ -414,7 +425,7 @@ class MemoryManager:
             except Exception as exc:
                 return _failed(backend, "reset the engine's prefix cache", exc)
             return "reset the engine's prefix cache"
-        return "soft flush: this engine has no per-workflow cache control"
+        return NO_CONTROL
 
     async def _relieve_pressure(self, backend: str, shared: SharedCache) -> str | None:
         """Under memory pressure, drop the kept contexts if every run keeping one is idle."""
@@ -439,7 +450,7 @@ class MemoryManager:
         except Exception as exc:
             return "keep (" + _failed(backend, f"reset at KV usage {usage:.0%}", exc) + ")"
         for run in shared.keeping:
-            self.kept.discard((run, backend))
+            self._unkeep(run, backend)
             self._log(run, "flush", f"memory pressure: KV usage {usage:.0%}", "reset the "
                       "engine's prefix cache", backend)
         shared.keeping.clear()
@@ -464,7 +475,7 @@ class MemoryManager:
                 entries.append(_entry(backend, "suspend", "the run waits for input", action))
         for backend, shared in self.shared.items():
             if run_id in shared.keeping:
-                self.kept.discard((run_id, backend))
+                self._unkeep(run_id, backend)
                 entries.append(_entry(backend, "suspend", "the run waits for input",
                                       await self._flush(run_id, backend)))
         return entries
@@ -487,8 +498,7 @@ class MemoryManager:
                 entries.append(_entry(backend, "flush", "end of workflow",
                                       await self._flush(run_id, backend)))
             shared.in_flight.pop(run_id, None)
-        for backend in [*self.tables, *self.shared]:
-            self.kept.discard((run_id, backend))
+        self.kept.pop(run_id, None)
         return entries
 
     async def _end_context(self, table: SlotTable, holder: Holder) -> list[CacheLogEntry]:

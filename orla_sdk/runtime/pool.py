@@ -222,7 +222,8 @@ class BackendPool:
                       completion_tokens=result.completion_tokens, slot=served.slot,
                       seq=served.seq, admitted_tokens=admitted,
                       tool_calls=len(result.tool_calls))
-        await self._prefetch(backend, agent, request)
+        if agent.known and (backend in self.memory.tables or backend in self.memory.shared):
+            await self._prefetch(backend, agent, request)
         return served
 
     async def _call(self, backend: str, request: ChatRequest, run_id: str, stage: str,
@@ -282,6 +283,8 @@ class BackendPool:
         """The tokens the call may use (its prompt, estimated, and its ``max_tokens``), or
         ``Refused`` where an agent policy refuses it (a budget, say)."""
         tokens = prompt_chars // CHARS_PER_TOKEN + (token_limit(request) or 0)
+        if not self.agents.implementing("admit"):
+            return tokens
         refusal = self.agents.admit(Admission("call", agent, backend, tokens))
         if refusal is not None:
             self._observe("refused", agent, backend, rule=refusal)
@@ -301,14 +304,11 @@ class BackendPool:
         return self.clock.now() if self._virtual else time.monotonic()
 
     async def _prefetch(self, backend: str, key: AgentKey, request: ChatRequest) -> None:
-        """Warm the contexts of the agents the layer predicts after ``key``'s call."""
-        if not key.known:
-            return
+        """Warm the contexts of the agents the layer predicts after ``key``'s call, on a
+        backend whose cache orla can warm."""
         if backend in self.memory.tables:
             await self.memory.prefetch(backend, key)
             return
-        if backend not in self.memory.shared:
-            return  # no cache orla can warm
         last_of_run = self._last_requests.setdefault(key.run, {})
         last_of_run[(backend, key.agent)] = request
         for agent in self.agents.prefetch(key):
