@@ -43,6 +43,7 @@ from orla_sdk.ir import BackendSpec
 
 ENGINE_DOWN_STATUSES = (502, 503, 504)  # an engine loading, restarting, or gone behind a proxy
 POLL_TIMEOUT_S = 2.0  # how long one poll of an engine that is down waits for its answer
+_JSON = json.JSONDecoder()
 
 
 class OpenAICompatibleBackend:
@@ -158,7 +159,10 @@ class OpenAICompatibleBackend:
     def _event(self, data: bytes) -> dict[str, Any]:
         """One server-sent event's JSON."""
         try:
-            event = json.loads(data)
+            text = data.decode()
+            event, end = _JSON.raw_decode(text)  # json.loads less its checks for whitespace
+            if end != len(text):
+                event = None
         except ValueError:
             event = None
         if not isinstance(event, dict):

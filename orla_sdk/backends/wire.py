@@ -257,6 +257,8 @@ class Chunks:
     started: set[int] = field(default_factory=set)  # choices whose first delta went out
     # the message extras each choice has streamed (a reasoning text, say)
     sent: dict[int, set[str]] = field(default_factory=dict)
+    _head_of: Mapping[str, Any] | None = field(default=None, repr=False)
+    _head: str = field(default="", repr=False)
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> Chunks:
@@ -320,7 +322,12 @@ class Chunks:
 
     def _event(self, choices: list[dict[str, Any]], completion: Mapping[str, Any],
                **extra: Any) -> bytes:
-        return sse_data({**completion, **self.envelope, "choices": choices, **extra})
+        if extra:
+            return sse_data({**completion, **self.envelope, "choices": choices, **extra})
+        if completion is not self._head_of:  # the fields before the choices, encoded once
+            self._head_of = completion
+            self._head = json.dumps({**completion, **self.envelope})[:-1]
+        return f"data: {self._head}, \"choices\": {json.dumps(choices)}}}\n\n".encode()
 
 
 # ---- orla as the client: a request body out, a streamed reply back ----------------------
@@ -361,14 +368,17 @@ class StreamedReply:
         self.message: dict[str, Any] = {}
         self.logprobs: dict[str, Any] = {}
         self.delivered = False  # whether text reached ``on_token``: then never ask again
+        self._extras = NO_EXTRAS  # the last piece's, reused while the chunks carry the same
 
     def add(self, chunk: dict[str, Any]) -> bool:
         """Read one chunk; whether it carried output (text, a tool call, reasoning)."""
         usage = chunk.get("usage")
         if isinstance(usage, dict) and usage:
             self.usage = usage
-        completion = {k: v for k, v in chunk.items() if k not in CHUNK_FIELDS}
-        self.completion.update(completion)
+        completion = ({k: v for k, v in chunk.items() if k not in CHUNK_FIELDS}
+                      if chunk.keys() - CHUNK_FIELDS else {})
+        if completion:
+            self.completion.update(completion)
         choices = chunk.get("choices")
         output = False
         for choice in choices if isinstance(choices, list) else []:
@@ -396,8 +406,10 @@ class StreamedReply:
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict):
             self._add_logprobs(logprobs)
-        self.choice.update((k, v) for k, v in choice.items() if k not in CHOICE_FIELDS)
-        message = {k: v for k, v in delta.items() if k not in DELTA_FIELDS and v is not None}
+        if choice.keys() - CHOICE_FIELDS:  # the test alone in the common case
+            self.choice.update((k, v) for k, v in choice.items() if k not in CHOICE_FIELDS)
+        message = ({k: v for k, v in delta.items() if k not in DELTA_FIELDS and v is not None}
+                   if delta.keys() - DELTA_FIELDS else {})
         for key, value in message.items():
             before = self.message.get(key)
             self.message[key] = (before + value if isinstance(before, str)
@@ -408,14 +420,25 @@ class StreamedReply:
         if self.on_token is not None and (text or message):
             # a delta of reasoning alone goes on as it comes, an empty piece with its extras
             self.delivered = True
-            extras = (Extras(completion, {"logprobs": logprobs} if logprobs else {}, message)
-                      if completion or logprobs or message else None)
-            self.on_token(text if extras is None else Piece(text, extras))
+            extras = self._piece_extras(completion, logprobs, message)
+            self.on_token(text if extras is NO_EXTRAS else Piece(text, extras))
         for call in tool_calls if isinstance(tool_calls, list) else []:
             if isinstance(call, dict):
                 _add_tool_delta(self.calls.setdefault(_index(call), {}), call)
         self.finish = choice.get("finish_reason") or self.finish
         return bool(content or tool_calls or message)
+
+    def _piece_extras(self, completion: dict[str, Any], logprobs: Any,
+                      message: dict[str, Any]) -> Extras:
+        """The extras of a streamed piece; those of the piece before where only its
+        completion fields came again, as they do in every chunk (``system_fingerprint``)."""
+        if logprobs or message:
+            return Extras(completion, {"logprobs": logprobs} if logprobs else {}, message)
+        if not completion:
+            return NO_EXTRAS
+        if completion != self._extras.completion or self._extras.choice:
+            self._extras = Extras(completion)
+        return self._extras
 
     def _add_logprobs(self, logprobs: dict[str, Any]) -> None:
         for key, value in logprobs.items():

@@ -44,8 +44,8 @@ def _token_sink(ctx: StageContext, user: Callable[[str], None] | None
                 ) -> Callable[[str], None] | None:
     """Where streamed text goes: the caller's callback and the run's event listener."""
     emit = ctx.run.emit
-    if user is None and not emit.active:
-        return None
+    if not emit.active:
+        return user
 
     def sink(text: str) -> None:
         if user is not None:
