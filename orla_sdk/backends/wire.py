@@ -2,8 +2,9 @@
 
 JSON bodies in and out of orla: a request body as a ``ChatRequest`` (its fields checked)
 and back, a ``ChatResult`` as a completion (or as the server-sent chunks of a streamed
-one; several results as the choices of one answer) and a streamed reply read back into a
-``ChatResult``, the usage, and the error envelope with the status an error answers with.
+one; several results as the choices of one answer) and an engine's reply, streamed or
+not, read back into a ``ChatResult``, the usage, and the error envelope with the status
+an error answers with.
 
 What an engine sends that orla does not read (``logprobs``, ``system_fingerprint``,
 llama.cpp's ``timings``, a reasoning text, usage details) is kept as the ``Extras`` of an
@@ -330,7 +331,7 @@ class Chunks:
         return f"data: {self._head}, \"choices\": {json.dumps(choices)}}}\n\n".encode()
 
 
-# ---- orla as the client: a request body out, a streamed reply back ----------------------
+# ---- orla as the client: a request body out, the engine's reply back --------------------
 def request_json(request: ChatRequest, *,
                  fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``request`` as a chat-completions body, streamed with a last usage chunk where the
