@@ -39,8 +39,7 @@ every round):
 - **overhead**: both servers on the zero-cost ``instant`` profile; one thread-less
   invocation at a time (two model calls), ``--repeat`` per measure after a warm-up,
   interleaved invocation by invocation, ``gc.collect()`` before each. A third measure,
-  the bare app with streaming clients, shows what streaming from the same server costs
-  (orla streams every engine call).
+  the bare app with streaming clients, shows what streaming from the same server costs.
 
 With ``--profile``, ``PROFILE_RUNS`` served invocations of the overhead app
 are profiled with cProfile in the caller's thread and in the serving session's event-loop

@@ -181,12 +181,34 @@ def test_an_unstreamed_reply_reads_as_the_same_reply_streamed() -> None:
     request = ask("hi", on_token=pieces.append, stream=False)
     result = asyncio.run(unstreamed.chat(request))
     assert "stream" not in bodies[0] and "stream_options" not in bodies[0]
-    assert pieces == [] and result.ttft_s is None and result.duration_s > 0
+    assert pieces == ["Hi"] and result.ttft_s is None and result.duration_s > 0
     as_streamed = asyncio.run(streamed.chat(ask("hi")))
     assert as_streamed.ttft_s is not None
     assert replace(result, ttft_s=0, duration_s=0) == replace(as_streamed, ttft_s=0,
                                                               duration_s=0)
     assert [c.id for c in result.tool_calls] == ["c1", "c2"] and result.cached_tokens == 16
+
+
+def test_an_unstreamed_replys_tool_calls_keep_their_places_whatever_index_they_carry(
+        ) -> None:
+    calls = [{"index": 0, "id": "a", "type": "function",
+              "function": {"name": "read", "arguments": '{"f": 1}'}},
+             {"index": 0, "id": "b", "type": "function",
+              "function": {"name": "write", "arguments": '{"f": 2}'}}]
+    completion = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": calls}}]}
+    backend, _ = scripted_engine(lambda body: httpx.Response(200, json=completion))
+    result = asyncio.run(backend.chat(ask("hi", stream=False)))
+    assert [(c.id, c.name, c.arguments) for c in result.tool_calls] == [
+        ("a", "read", '{"f": 1}'), ("b", "write", '{"f": 2}')]
+
+
+def test_an_error_answered_with_status_200_is_the_engines_error() -> None:
+    envelope = {"error": {"message": "slot unavailable", "type": "server_error"}}
+    backend, _ = scripted_engine(lambda body: httpx.Response(200, json=envelope))
+    with pytest.raises(BackendError, match="slot unavailable") as info:
+        asyncio.run(backend.chat(ask("hi", stream=False)))
+    assert not info.value.retryable
 
 
 @pytest.mark.parametrize("answer", [b"not json", b"[1, 2]", b'{"choices": []}',

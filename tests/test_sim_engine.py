@@ -439,6 +439,14 @@ def test_the_real_clock_reports_simulated_times() -> None:
     assert result.duration_s >= result.ttft_s and result.completion_tokens == 4
 
 
+def test_an_unstreamed_reply_has_no_first_token_time_and_arrives_whole() -> None:
+    pieces: list[str] = []
+    request = ChatRequest(model="instant", messages=words("alpha", 30).messages,
+                          params={"max_tokens": 4}, on_token=pieces.append, stream=False)
+    result = run(lambda: SimEngine("instant").chat(request))
+    assert result.ttft_s is None and pieces == [result.content] and result.content
+
+
 # ---- declaration and profiles ---------------------------------------------------------------
 def test_the_engine_is_declared_as_a_sim_backend() -> None:
     engine = SimEngine("qwen3-4b", name="fast")

@@ -24,9 +24,10 @@ class AgentEvent:
     """``kind`` happened to ``key``'s agent on ``backend``. ``data`` carries what the kind
     has: ``admitted_tokens`` (what it may use) for a queued, finished or failed call;
     ``seq`` (its arrival at the backend's queue) and ``retry`` for a started one;
-    ``prompt_tokens``, ``cached_tokens``, ``completion_tokens``, ``ttft_s``, ``tool_calls``
-    for a finished call; ``tool``, and when it ended ``duration_s``, ``arguments`` (canonical
-    JSON), ``result`` and ``failed``, for a tool (``tool_reused``: a result given again);
+    ``prompt_tokens``, ``cached_tokens``, ``completion_tokens``, ``ttft_s`` (None for an
+    unstreamed call), ``tool_calls`` for a finished call; ``tool``, and when it ended
+    ``duration_s``, ``arguments`` (canonical JSON), ``result`` and ``failed``, for a tool
+    (``tool_reused``: a result given again);
     ``rule`` for a refusal; ``slot``, ``tokens`` for slot actions; ``usage`` for KV usage.
     Events from the runtime carry ``at``, the pool's clock in seconds. A warm-up request
     (``warmup=True``) is never an agent's turn."""

@@ -37,7 +37,12 @@ from typing import Any
 
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.http1 import Body, ConnectionLost, Unreachable, connection_pool
-from orla_sdk.backends.wire import StreamedReply, error_message, request_json
+from orla_sdk.backends.wire import (
+    StreamedReply,
+    completion_chunk,
+    error_message,
+    request_json,
+)
 from orla_sdk.errors import BackendDown, BackendError
 from orla_sdk.ir import BackendSpec
 
@@ -67,8 +72,7 @@ class OpenAICompatibleBackend:
     async def chat(self, request: ChatRequest) -> ChatResult:
         body = json.dumps(self.body(request), ensure_ascii=False, separators=(",", ":"),
                           allow_nan=False).encode()
-        sink = request.on_token if request.stream else None
-        reply = StreamedReply(sink)
+        reply = StreamedReply(request.on_token)
         try:
             try:
                 result = await self._chat_once(body, reply, request.stream)
@@ -77,7 +81,7 @@ class OpenAICompatibleBackend:
                     raise
                 # A pooled keep-alive connection the server has closed fails once; a fresh
                 # connection tells that apart from a request the engine drops itself.
-                reply = StreamedReply(sink)
+                reply = StreamedReply(request.on_token)
                 result = await self._chat_once(body, reply, request.stream, fresh=True)
         except TimeoutError as exc:
             raise BackendError(self.spec.name, f"timed out at {self.spec.url}: {exc}",
@@ -145,16 +149,22 @@ class OpenAICompatibleBackend:
         return first
 
     def _read_completion(self, data: bytes, reply: StreamedReply) -> None:
-        """Read an unstreamed answer into ``reply``."""
+        """Read an unstreamed answer into ``reply``: its text reaches ``on_token`` in one
+        piece, once the answer is whole."""
         try:
             completion = json.loads(data)
             if not isinstance(completion, dict):
                 raise ValueError("it is not a JSON object")
-            reply.add_completion(completion)
+            if "error" not in completion:
+                chunk = completion_chunk(completion)
         except ValueError as exc:
             raise BackendError(self.spec.name, f"sent a malformed completion ({exc}): "
                                f"{data[:200].decode(errors='replace')!r}",
                                retryable=True) from None
+        if "error" in completion:  # an engine that answers a failure with status 200
+            raise BackendError(self.spec.name, f"failed: {error_message(completion['error'])}",
+                               retryable=False)
+        reply.add(chunk)
 
     def _event(self, data: bytes) -> dict[str, Any]:
         """One server-sent event's JSON."""

@@ -258,8 +258,9 @@ class Chunks:
     started: set[int] = field(default_factory=set)  # choices whose first delta went out
     # the message extras each choice has streamed (a reasoning text, say)
     sent: dict[int, set[str]] = field(default_factory=dict)
-    _head_of: Mapping[str, Any] | None = field(default=None, repr=False)
-    _head: str = field(default="", repr=False)
+    _head_of: Mapping[str, Any] | None = field(default=None, init=False, compare=False,
+                                                repr=False)
+    _head: str = field(default="", init=False, compare=False, repr=False)
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> Chunks:
@@ -326,8 +327,8 @@ class Chunks:
         if extra:
             return sse_data({**completion, **self.envelope, "choices": choices, **extra})
         if completion is not self._head_of:  # the fields before the choices, encoded once
-            self._head_of = completion
             self._head = json.dumps({**completion, **self.envelope})[:-1]
+            self._head_of = completion
         return f"data: {self._head}, \"choices\": {json.dumps(choices)}}}\n\n".encode()
 
 
@@ -352,11 +353,10 @@ def request_json(request: ChatRequest, *,
 
 
 class StreamedReply:
-    """A reply read back chunk by chunk (or an unstreamed one at once): its text (each
-    streamed piece handed to
-    ``on_token``, as a ``Piece`` where the chunk carried extras), tool calls, finish
-    reason, usage and the engine's own fields. Only choice 0 is read: orla asks engines
-    for one choice a request."""
+    """A reply read back chunk by chunk, or an unstreamed one at once as one chunk: its
+    text (each piece handed to ``on_token``, as a ``Piece`` where the chunk carried
+    extras), tool calls, finish reason, usage and the engine's own fields. Only choice 0
+    is read: orla asks engines for one choice a request."""
 
     def __init__(self, on_token: Callable[[str], None] | None = None) -> None:
         self.on_token = on_token
@@ -386,19 +386,6 @@ class StreamedReply:
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 output = self._add_choice(choice, completion) or output
         return output
-
-    def add_completion(self, completion: dict[str, Any]) -> None:
-        """Read an unstreamed ``chat.completion`` as one chunk whose choices carry their
-        messages as deltas: the same result and extras as had it streamed. One without a
-        first choice holding a message is a ``ValueError``."""
-        choices = completion.get("choices")
-        choices = [choice for choice in choices if isinstance(choice, dict)
-                   and isinstance(choice.get("message"), dict)
-                   ] if isinstance(choices, list) else []
-        if not choices:
-            raise ValueError("it has no choice with a message")
-        self.add({**completion, "choices": [{**choice, "delta": _as_delta(choice["message"])}
-                                            for choice in choices]})
 
     def _add_choice(self, choice: dict[str, Any], completion: dict[str, Any]) -> bool:
         delta = choice.get("delta")
@@ -437,7 +424,7 @@ class StreamedReply:
             return Extras(completion, {"logprobs": logprobs} if logprobs else {}, message)
         if not completion:
             return NO_EXTRAS
-        if completion != self._extras.completion or self._extras.choice:
+        if completion != self._extras.completion:
             self._extras = Extras(completion)
         return self._extras
 
@@ -465,12 +452,27 @@ class StreamedReply:
                           {k: v for k, v in self.usage.items() if k not in USAGE_FIELDS}))
 
 
+def completion_chunk(completion: dict[str, Any]) -> dict[str, Any]:
+    """An unstreamed ``chat.completion`` as one chunk whose choices carry their messages as
+    deltas: what ``StreamedReply.add`` reads into the same result and extras as had it
+    streamed. One without a choice holding a message is a ``ValueError``."""
+    choices = completion.get("choices")
+    choices = [choice for choice in choices if isinstance(choice, dict)
+               and isinstance(choice.get("message"), dict)
+               ] if isinstance(choices, list) else []
+    if not choices:
+        raise ValueError("it has no choice with a message")
+    return {**completion, "choices": [{**choice, "delta": _as_delta(choice["message"])}
+                                      for choice in choices]}
+
+
 def _as_delta(message: dict[str, Any]) -> dict[str, Any]:
-    """A message as one delta: its tool calls numbered, as streamed ones are."""
+    """A message as one delta: its tool calls numbered by their place in the list, as
+    streamed ones are (some engines give every call of an answer ``index`` 0)."""
     calls = message.get("tool_calls")
     if not isinstance(calls, list):
         return message
-    return {**message, "tool_calls": [{"index": number, **call} if isinstance(call, dict)
+    return {**message, "tool_calls": [{**call, "index": number} if isinstance(call, dict)
                                       else call for number, call in enumerate(calls)]}
 
 

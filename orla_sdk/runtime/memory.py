@@ -349,6 +349,10 @@ class MemoryManager:
         key = table.keys.get(holder) or AgentKey("", holder[1], holder[0])
         self.agents.observe(AgentEvent(kind, key, table.name, dict(data)))
 
+    def controls(self, backend: str) -> bool:
+        """Whether orla controls ``backend``'s cache: its slots, or its shared prefix cache."""
+        return backend in self.tables or backend in self.shared
+
     def keeps(self, run_id: str, backend: str) -> bool:
         """Whether the run kept a context on ``backend`` after an earlier stage."""
         return backend in self.kept.get(run_id, ())
@@ -366,7 +370,7 @@ class MemoryManager:
         """Decide a finished stage's cache and carry it out; returns the choice and what
         was done."""
         choice = decide(event, self.agents)
-        controlled = event.backend in self.tables or event.backend in self.shared
+        controlled = self.controls(event.backend)
         if choice.decision == "preserve":
             self.kept.setdefault(event.run_id, set()).add(event.backend)
             return choice, await self._keep(event) if controlled else "keep"

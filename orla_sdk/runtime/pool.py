@@ -222,7 +222,7 @@ class BackendPool:
                       completion_tokens=result.completion_tokens, slot=served.slot,
                       seq=served.seq, admitted_tokens=admitted,
                       tool_calls=len(result.tool_calls))
-        if agent.known and (backend in self.memory.tables or backend in self.memory.shared):
+        if agent.known and self.memory.controls(backend):
             await self._prefetch(backend, agent, request)
         return served
 
@@ -319,7 +319,8 @@ class BackendPool:
     def _warm(self, backend: str, last: ChatRequest) -> None:
         """A warm-up of one token with ``last``'s prompt, in the background, never
         counted as the agent's turn; its failure only costs the prefetch."""
-        warmup = replace(last, params={**last.params, "max_tokens": 1}, stream=False,
+        params = {k: v for k, v in last.params.items() if k != "max_completion_tokens"}
+        warmup = replace(last, params={**params, "max_tokens": 1}, stream=False,
                          on_token=None, json_schema=None, tools=[])
         assert last.agent is not None
         self._observe("prefetch", last.agent, backend, warmup=True)

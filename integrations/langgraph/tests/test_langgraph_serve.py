@@ -149,7 +149,8 @@ def test_report_totals_per_node_and_thread(served: ServedGraph) -> None:
         (fresh * 1.0 + heavy["cached_tokens"] * 1.0 + heavy["completion_tokens"] * 2.0) / 1e6)
     for totals in report["by_node"].values():
         assert totals["prompt_tokens"] > 0 and totals["completion_tokens"] > 0
-        assert totals["engine_s"] > 0 and totals["ttft_s_median"] > 0
+        assert totals["engine_s"] > 0
+        assert totals["ttft_s_median"] is None  # the app's calls do not stream: no TTFT
 
 
 def test_a_thread_keeps_its_slot_between_turns_and_finds_its_context_cached(

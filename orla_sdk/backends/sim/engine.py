@@ -269,11 +269,13 @@ class SimEngine:
         self._count(call)
         if call.request.on_token is not None and call.reply.content:
             call.request.on_token(call.reply.content)  # the simulator streams in one piece
+        # an unstreamed reply's first token is not seen, as over HTTP
+        ttft = call.first_token_at - call.arrival if call.request.stream else None
         call.done.set_result(ChatResult(
             content=call.reply.content, tool_calls=call.reply.tool_calls,
             finish_reason=call.reply.finish_reason, prompt_tokens=len(call.prompt),
             completion_tokens=len(call.reply.tokens), cached_tokens=call.cached_tokens,
-            ttft_s=call.first_token_at - call.arrival, duration_s=now - call.arrival))
+            ttft_s=ttft, duration_s=now - call.arrival))
 
     def _count(self, call: SimCall) -> None:
         c = self._counters
