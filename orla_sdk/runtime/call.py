@@ -43,17 +43,27 @@ async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
 def _token_sink(ctx: StageContext, user: Callable[[str], None] | None
                 ) -> Callable[[str], None] | None:
     """Where streamed text goes: the caller's callback and the run's event listener."""
-    emit = ctx.run.emit
-    if not emit.active:
+    if not ctx.run.emit.active:
         return user
+    return _TokenSink(ctx, user)
 
-    def sink(text: str) -> None:
-        if user is not None:
-            user(text)
+
+class _TokenSink:
+    """Streamed text to the caller's callback and, as ``token`` events, to the run's
+    listener (an object, not a closure: fewer objects for the garbage collector)."""
+
+    __slots__ = ("ctx", "user")
+
+    def __init__(self, ctx: StageContext, user: Callable[[str], None] | None) -> None:
+        self.ctx, self.user = ctx, user
+
+    def __call__(self, text: str) -> None:
+        if self.user is not None:
+            self.user(text)
         if text:  # an empty piece carries a reasoning model's thinking, not its text
-            emit("token", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, text=text)
-
-    return sink
+            ctx = self.ctx
+            ctx.run.emit("token", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item,
+                         text=text)
 
 
 def in_loop_thread(ctx: StageContext) -> bool:

@@ -266,7 +266,11 @@ class _Executor:
             ctx = StageContext(
                 self.state, node, spec, record, *self._priority(node, body.fn, args, kwargs),
                 tools={t.name: self.plan.resolve(t.ref) for t in spec.tools}, key=key)
-            value = await _call_body(ctx, body, args, kwargs)
+            token = current_stage.set(ctx)
+            try:
+                value = await body.run(ctx, args, kwargs)
+            finally:
+                current_stage.reset(token)
             if self.state.durable:
                 record.duration_s = time.perf_counter() - started
                 self.state.durable.save_stage(key, value, record, body.annotation)
@@ -332,15 +336,6 @@ def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if not isinstance(exc, asyncio.CancelledError):
             return exc
     return group.exceptions[0]
-
-
-async def _call_body(ctx: StageContext, body: Body, args: list[Any],
-                     kwargs: dict[str, Any]) -> Any:
-    token = current_stage.set(ctx)
-    try:
-        return await body.run(ctx, args, kwargs)
-    finally:
-        current_stage.reset(token)
 
 
 # ---- argument templates ----------------------------------------------------------------

@@ -232,16 +232,8 @@ class BackendPool:
         # a declared agent's slot is found by its prompt, on engines with slots only
         prompt = (json.dumps(request.messages, default=str)
                   if own_slot and backend in self.memory.tables else None)
-        sink, streamed = request.on_token, False
-
-        def on_token(text: str) -> None:
-            nonlocal streamed
-            if not streamed and request.agent is not None:
-                self._observe("first_token", request.agent, backend)
-            streamed = True
-            if sink is not None:
-                sink(text)
-
+        pieces = (_Pieces(self, request.agent, backend, request.on_token)
+                  if request.on_token is not None else None)
         retries = Retries(backend, self.engine_down_s)
         while True:
             retries.attempts += 1
@@ -254,11 +246,11 @@ class BackendPool:
                     if request.agent is not None:  # a retry is not a new turn of the agent
                         self._observe("call_started", request.agent, backend, slot=slot,
                                       seq=turn.seq, retry=retries.attempts > 1)
-                    result = await self._chat(live, request.evolve(
-                        slot=slot, on_token=on_token if sink else None))
+                    result = await self._chat(live, request.evolve(slot=slot,
+                                                                   on_token=pieces))
                 return Served(result, turn.waited_s, slot, retries.attempts, turn.seq)
             except BackendError as exc:
-                if streamed:  # the caller has text: asking again would send it twice
+                if pieces is not None and pieces.sent:  # asked again, it would go twice
                     raise
                 await retries.wait(exc, live.client)
 
@@ -310,7 +302,8 @@ class BackendPool:
             await self.memory.prefetch(backend, key)
             return
         last_of_run = self._last_requests.setdefault(key.run, {})
-        last_of_run[(backend, key.agent)] = request
+        # kept until the run ends: without its sink, which holds on to the stage
+        last_of_run[(backend, key.agent)] = request.evolve(on_token=None)
         for agent in self.agents.prefetch(key):
             last = last_of_run.get((backend, agent))
             if last is not None:
@@ -368,6 +361,26 @@ class BackendPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class _Pieces:
+    """A call's streamed text on its way to the caller (``sink``): the agent layer hears
+    of the first piece, and once one has gone (``sent``) the call is not asked again. An
+    object, not a closure: calls waiting in queues hold one each, and a closure's cells
+    are so many more objects for the garbage collector to walk."""
+
+    __slots__ = ("agent", "backend", "pool", "sent", "sink")
+
+    def __init__(self, pool: BackendPool, agent: AgentKey | None, backend: str,
+                 sink: Callable[[str], None]) -> None:
+        self.pool, self.agent, self.backend, self.sink = pool, agent, backend, sink
+        self.sent = False
+
+    def __call__(self, text: str) -> None:
+        if not self.sent and self.agent is not None:
+            self.pool._observe("first_token", self.agent, self.backend)
+        self.sent = True
+        self.sink(text)
 
 
 def _prompt_chars(request: ChatRequest) -> int:
