@@ -80,7 +80,7 @@ class Body:
 
 async def _in_greenlet(ctx: StageContext, fn: Callable[..., Any], args: list[Any],
                        kwargs: dict[str, Any]) -> Any:
-    body = _BodyGreenlet(lambda: fn(*args, **kwargs))
+    body = _BodyGreenlet(functools.partial(fn, *args, **kwargs))
     body.gr_context = contextvars.copy_context()
     loop = asyncio.get_running_loop()
     own_loop = None  # the body's running loop while it runs one of its own (asyncio.run)
