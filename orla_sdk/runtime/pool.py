@@ -222,7 +222,7 @@ class BackendPool:
                       completion_tokens=result.completion_tokens, slot=served.slot,
                       seq=served.seq, admitted_tokens=admitted,
                       tool_calls=len(result.tool_calls))
-        if agent.known and self.memory.controls(backend):
+        if agent.known and self.memory.controls(backend) and self.agents.implementing("prefetch"):
             await self._prefetch(backend, agent, request)
         return served
 
@@ -296,8 +296,8 @@ class BackendPool:
         return self.clock.now() if self._virtual else time.monotonic()
 
     async def _prefetch(self, backend: str, key: AgentKey, request: ChatRequest) -> None:
-        """Warm the contexts of the agents the layer predicts after ``key``'s call, on a
-        backend whose cache orla can warm."""
+        """Warm the contexts of the agents the layer's prefetch policies predict after
+        ``key``'s call, on a backend whose cache orla can warm."""
         if backend in self.memory.tables:
             await self.memory.prefetch(backend, key)
             return
