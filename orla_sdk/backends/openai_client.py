@@ -12,8 +12,8 @@ back are ``orla_sdk.backends.wire``'s.
 A stream that breaks (a line that is not JSON, an end with neither a finish reason nor
 ``[DONE]``, a lost connection), or an unstreamed answer that is not a completion, is a
 retryable ``BackendError``, unless text has already reached the caller; a refused
-connection or a 502-504 answer is a ``BackendDown``, which
-the pool waits for (``ready`` polls the engine). A lost connection is tried again at once
+connection or a 502-504 answer is a ``BackendDown``, which the pool waits for (``ready``
+polls the engine). A lost connection is tried again at once
 on a fresh one (a kept-alive connection the server closed fails once); a request that
 loses that one too is not sent again, as it may be what breaks the engine.
 Connections are not capped (the backend's queue in front is the cap).
@@ -153,17 +153,19 @@ class OpenAICompatibleBackend:
         piece, once the answer is whole."""
         try:
             completion = json.loads(data)
+        except ValueError:
+            completion = None
+        if isinstance(completion, dict) and "error" in completion:  # a failure, as status 200
+            raise BackendError(self.spec.name, f"failed: {error_message(completion['error'])}",
+                               retryable=False)
+        try:
             if not isinstance(completion, dict):
-                raise ValueError("it is not a JSON object")
-            if "error" not in completion:
-                chunk = completion_chunk(completion)
+                raise ValueError("not a JSON object")
+            chunk = completion_chunk(completion)
         except ValueError as exc:
             raise BackendError(self.spec.name, f"sent a malformed completion ({exc}): "
                                f"{data[:200].decode(errors='replace')!r}",
                                retryable=True) from None
-        if "error" in completion:  # an engine that answers a failure with status 200
-            raise BackendError(self.spec.name, f"failed: {error_message(completion['error'])}",
-                               retryable=False)
         reply.add(chunk)
 
     def _event(self, data: bytes) -> dict[str, Any]:
@@ -206,7 +208,7 @@ class OpenAICompatibleBackend:
 
 
 async def _lines(answer: Body) -> AsyncIterator[bytes]:
-    """The lines of an answer's body, as bytes (JSON reads bytes as they are)."""
+    """The lines of an answer's body, as bytes."""
     rest = b""
     async for piece in answer.pieces():
         *lines, rest = (rest + piece).split(b"\n")

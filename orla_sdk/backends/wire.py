@@ -376,8 +376,7 @@ class StreamedReply:
         usage = chunk.get("usage")
         if isinstance(usage, dict) and usage:
             self.usage = usage
-        completion = ({k: v for k, v in chunk.items() if k not in CHUNK_FIELDS}
-                      if chunk.keys() - CHUNK_FIELDS else {})
+        completion = {k: v for k, v in chunk.items() if k not in CHUNK_FIELDS}
         if completion:
             self.completion.update(completion)
         choices = chunk.get("choices")
@@ -445,9 +444,9 @@ class StreamedReply:
                                  arguments=c.get("arguments", ""))
                         for _, c in sorted(self.calls.items())],
             finish_reason=self.finish,
-            prompt_tokens=_count(self.usage.get("prompt_tokens")),
-            completion_tokens=_count(self.usage.get("completion_tokens")),
-            cached_tokens=_count(cached), ttft_s=ttft_s, duration_s=duration_s,
+            prompt_tokens=as_integer(self.usage.get("prompt_tokens")) or 0,
+            completion_tokens=as_integer(self.usage.get("completion_tokens")) or 0,
+            cached_tokens=as_integer(cached) or 0, ttft_s=ttft_s, duration_s=duration_s,
             extras=Extras(self.completion, choice, self.message,
                           {k: v for k, v in self.usage.items() if k not in USAGE_FIELDS}))
 
@@ -474,10 +473,6 @@ def _as_delta(message: dict[str, Any]) -> dict[str, Any]:
         return message
     return {**message, "tool_calls": [{**call, "index": number} if isinstance(call, dict)
                                       else call for number, call in enumerate(calls)]}
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _index(call: dict[str, Any]) -> int:
