@@ -331,8 +331,8 @@ class ProxyServer:
         return {
             "workflow": workflow.id,
             "total": report.row_totals(rows),
-            "by_stage": report.by("stage", run=workflow.run_id),
-            "by_agent": report.by("agent", run=workflow.run_id),
+            "by_stage": report.grouped("stage", rows),
+            "by_agent": report.grouped("agent", rows),
             "errors": [{"stage": row.labels["stage"], "agent": row.labels["agent"],
                         "error": row.record.error}
                        for row in rows if row.record.status == "failed"],
@@ -357,10 +357,13 @@ class ProxyServer:
                             "flight; complete it once they have answered",
                             code="workflow_busy")
         report = self._report_of(known)
-        self.workflows.remove(known)
-        self.report.discard(run=known.run_id)
-        return {"workflow": workflow, "cache_log": await self._settle(known.run_id),
-                "report": report}
+        return {"workflow": workflow, "cache_log": await self._end(known), "report": report}
+
+    async def _end(self, workflow: Workflow) -> list[CacheLogEntry]:
+        """Forget the workflow and its report rows, and drop its cache."""
+        self.workflows.remove(workflow)
+        self.report.discard(run=workflow.run_id)
+        return await self._settle(workflow.run_id)
 
     async def _settle(self, run_id: str) -> list[CacheLogEntry]:
         """Drop the run's cache; a failure is the cache log's (as tenants may read it),
@@ -381,17 +384,10 @@ class ProxyServer:
         while True:
             await asyncio.sleep(every)
             for workflow in self.workflows.idle(self.workflow_idle_s):
-                if workflow.idle_for(self.workflow_idle_s, time.monotonic()):
-                    await self._expire(workflow)
-
-    async def _expire(self, workflow: Workflow) -> None:
-        try:
-            await self.complete(workflow.tenant, workflow.id)
-        except HttpError:
-            pass  # completed or busy again meanwhile
-        except Exception as exc:
-            log.warning("completing idle workflow %r failed: %s: %s", workflow.id,
-                        type(exc).__name__, exc)
+                # still open (not completed, nor opened anew, meanwhile) and still idle
+                if (self.workflows.holds(workflow)
+                        and workflow.idle_for(self.workflow_idle_s, time.monotonic())):
+                    await self._end(workflow)  # no report: nobody asked for one
 
 
 def tune_gc_for_serving() -> None:

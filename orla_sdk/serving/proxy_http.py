@@ -66,13 +66,15 @@ def app(proxy: ProxyServer) -> Starlette:
               param: str | None = None) -> Response:
         return answer(status, error_json(status, message, code, param))
 
+    bearers = {tenant: f"Bearer {token}".encode() for tenant, token in proxy.tokens.items()}
+
     def authorize(request: Request) -> str:
         """The tenant whose token the request carries ("" without tenant tokens)."""
-        if not proxy.tokens:
+        if not bearers:
             return ""
         given = request.headers.get("Authorization", "").encode("latin-1")
-        for tenant, token in proxy.tokens.items():
-            if hmac.compare_digest(given, f"Bearer {token}".encode()):
+        for tenant, bearer in bearers.items():
+            if hmac.compare_digest(given, bearer):
                 return tenant
         raise HttpError(401, "missing or wrong bearer token (Authorization: Bearer ...)",
                         code="invalid_api_key")
@@ -119,7 +121,7 @@ def app(proxy: ProxyServer) -> Starlette:
             data += chunk
             if len(data) > proxy.max_body:
                 raise HttpError(413, f"the body is over the limit of {proxy.max_body} bytes")
-        return parse_body(bytes(data))
+        return parse_body(data)
 
     def tenant(request: Request) -> str:
         return str(request.state.tenant)

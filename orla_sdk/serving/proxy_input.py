@@ -37,7 +37,7 @@ _NOT_HEADER_SAFE = re.compile("[^ -~]")
 
 
 # ---- the body -----------------------------------------------------------------------
-def parse_body(data: bytes) -> dict[str, Any]:
+def parse_body(data: bytes | bytearray) -> dict[str, Any]:
     """The JSON object of a request body: numbers finite, nesting at most ``MAX_DEPTH``."""
     try:
         parsed = json.loads(data or b"{}", parse_constant=_no_constant,
@@ -48,7 +48,7 @@ def parse_body(data: bytes) -> dict[str, Any]:
         raise HttpError(400, f"the body is not JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise HttpError(400, "the body must be a JSON object")
-    if nesting(parsed) > MAX_DEPTH:
+    if nests_deeper(parsed, MAX_DEPTH):
         raise HttpError(400, f"the body nests deeper than {MAX_DEPTH} levels")
     return parsed
 
@@ -64,17 +64,20 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def nesting(value: Any) -> int:
-    """How deeply ``value``'s lists and dicts nest (a scalar: 0), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children
-                         if isinstance(child, dict | list))
-    return deepest
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether parsed JSON's lists and dicts nest deeper than ``limit``: read a level at a
+    time, without recursion, stopping at the first level past it."""
+    level, depth = [value], 0
+    while level:
+        containers = [item for item in level if type(item) is dict or type(item) is list]
+        if not containers:
+            return False
+        depth += 1
+        if depth > limit:
+            return True
+        level = [child for item in containers
+                 for child in (item.values() if type(item) is dict else item)]
+    return False
 
 
 def check_chat(body: dict[str, Any]) -> None:

@@ -81,6 +81,10 @@ class Workflows:
                             code="workflow_not_found")
         return known
 
+    def holds(self, workflow: Workflow) -> bool:
+        """Whether ``workflow`` is open: not completed, nor replaced by a new one of its id."""
+        return self._open.get((workflow.tenant, workflow.id)) is workflow
+
     def remove(self, workflow: Workflow) -> None:
         if self._open.pop((workflow.tenant, workflow.id), None) is not None:
             self._per_tenant[workflow.tenant] -= 1

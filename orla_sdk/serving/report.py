@@ -91,8 +91,12 @@ class Report:
 
     def by(self, label: str, **match: Any) -> dict[str, dict[str, Any]]:
         """Totals per value of ``label`` (rows without it are left out)."""
+        return self.grouped(label, self.rows(**match))
+
+    def grouped(self, label: str, rows: Iterable[Row]) -> dict[str, dict[str, Any]]:
+        """The totals of ``rows`` per value of ``label`` (rows without it are left out)."""
         groups: dict[str, list[Row]] = {}
-        for row in self.rows(**match):
+        for row in rows:
             value = _label(row, label)
             if value is not None:
                 groups.setdefault(str(value), []).append(row)

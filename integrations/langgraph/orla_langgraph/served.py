@@ -293,20 +293,22 @@ class ServedGraph:
     def _run_id(self, thread_id: str) -> str:
         return f"{self.name}:{thread_id}"
 
+    def _thread_goes_on(self, invocation: Invocation) -> bool:
+        """Whether the thread can be invoked again (a checkpointer keeps its state): else
+        its cache is dropped when the invocation ends."""
+        return invocation.thread_id is not None and self.graph.checkpointer is not None
+
     def _unfinished(self, invocation: Invocation) -> Outcome:
-        """What a thread's cache becomes when its invocation fails or is left early: kept
-        where the thread can go on (a checkpointer keeps its state), else dropped."""
-        if invocation.thread_id is None or self.graph.checkpointer is None:
-            return "over"
-        return "idle"
+        """What a thread's cache becomes when its invocation fails or is left early."""
+        return "idle" if self._thread_goes_on(invocation) else "over"
 
     def _outcome(self, invocation: Invocation, config: dict[str, Any]) -> Outcome:
-        if invocation.thread_id is None or self.graph.checkpointer is None:
+        if not self._thread_goes_on(invocation):
             return "over"
         return "paused" if self.graph.get_state(config).interrupts else "idle"
 
     async def _aoutcome(self, invocation: Invocation, config: dict[str, Any]) -> Outcome:
-        if invocation.thread_id is None or self.graph.checkpointer is None:
+        if not self._thread_goes_on(invocation):
             return "over"
         return "paused" if (await self.graph.aget_state(config)).interrupts else "idle"
 
