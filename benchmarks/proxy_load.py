@@ -76,11 +76,11 @@ def _serve_engine(profile: str, conn: Connection) -> None:
 
 def _serve_proxy(engine_url: str, profile: str, conn: Connection) -> None:
     import orla_sdk as orla
-    from orla_sdk.serving.proxy import ProxyServer, tune_gc_for_serving
+    from orla_sdk.serving.proxy import ProxyServer
 
     backend = orla.backends.vllm("sim", engine_url, models=[profile], concurrency=CONCURRENCY)
     with ProxyServer([backend], {MODEL: f"sim/{profile}"}) as proxy:
-        tune_gc_for_serving()  # as orla serve does
+        orla.runtime.tune_gc_for_serving()  # as orla serve does
         conn.send(proxy.url)
         conn.recv()
 

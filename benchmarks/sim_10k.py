@@ -1,7 +1,7 @@
 """10,000 concurrent customer-support workflows on the simulator, in simulated time.
 
     python -m benchmarks.sim_10k [--workflows 10000] [--bodies sync|async] [--threads N]
-                                 [--tracemalloc] [--profile] [--gc-threshold N] [--out DIR]
+                                 [--tracemalloc] [--profile] [--gc serving|python] [--out DIR]
     python -m benchmarks.sim_10k --workflows 200      # smoke run, a few seconds
 
 The customer-support workflow of ``examples/customer_support.py`` is compiled with its two
@@ -25,15 +25,16 @@ between orla, the simulator, the workflow's own code and the rest (asyncio, the
 standard library), with orla's CPU per model call.
 
 The time Python's cyclic garbage collector takes is reported apart: 10,000 workflows in
-flight hold millions of objects, which every full collection walks. ``--gc-threshold N``
-runs the workflows with the collector's first threshold at ``N`` (Python's is 700), as a
-server with a large heap may set it, to show what that costs or saves.
+flight hold millions of objects, which every full collection walks. By default the
+collector is tuned as a server tunes it, with ``orla_sdk.runtime.tune_gc_for_serving()``
+(start-up frozen out of its scans, young collections every 10,000 allocations);
+``--gc python`` keeps Python's own settings, to show what that costs.
 
 Reported: wall time, simulated makespan, stage runs and model calls per wall second,
 per-stage simulated latency, pre-engine wait and engine TTFT (p50/p99), orla's recorded
 queue wait, peak memory (``ru_maxrss``; the tracemalloc peak with ``--tracemalloc``) and
 the engines' counters. Results go to
-``<out>/sim_10k[_n<N>][_async][_t<threads>][_gc<N>].json``, ``.md`` and ``.png``.
+``<out>/sim_10k[_n<N>][_async][_t<threads>][_gcpython].json``, ``.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -469,7 +470,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     lines.append(f"| process CPU time | {s['cpu_s']:.1f} s "
                  f"({s['cpu_s'] / max(s['model_calls'], 1) * 1e6:,.0f} µs per model call) |")
     collected = s["gc"]
-    lines.append(f"| garbage collector (thresholds {tuple(collected['threshold'])}) | "
+    lines.append(f"| garbage collector ({collected.get('settings', 'python')} settings, "
+                 f"thresholds {tuple(collected['threshold'])}) | "
                  f"{collected['seconds']:.1f} s in {collected['collections']:,} collections "
                  f"({collected['seconds'] / s['wall_s']:.0%} of the wall time), "
                  f"{collected['full_seconds']:.1f} s of it in {collected['full_collections']} "
@@ -590,15 +592,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="run again under cProfile: the CPU split and the top "
                              f"{PROFILE_TOP} functions")
-    parser.add_argument("--gc-threshold", type=int, default=0,
-                        help="the garbage collector's first threshold while the workflows "
-                             "run (gc.set_threshold(N, 10, 10), as a server with a large heap "
-                             "may set it; default 0: Python's own, 700)")
+    parser.add_argument("--gc", choices=["serving", "python"], default="serving",
+                        help="the garbage collector while the workflows run: tuned as a "
+                             "server tunes it, orla_sdk.runtime.tune_gc_for_serving() "
+                             "(default), or Python's own settings")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="folder for the results (default benchmarks/results/)")
     args = parser.parse_args(argv)
-    if args.workflows < 1 or args.threads < 0 or args.gc_threshold < 0:
-        parser.error("--workflows must be at least 1, --threads and --gc-threshold at least 0")
+    if args.workflows < 1 or args.threads < 0:
+        parser.error("--workflows must be at least 1, --threads at least 0")
     return args
 
 
@@ -608,7 +610,7 @@ def result_name(args: argparse.Namespace) -> str:
     return ("sim_10k" + (f"_n{args.workflows}" if args.workflows != DEFAULT_WORKFLOWS else "")
             + ("_async" if args.bodies == "async" else "")
             + (f"_t{args.threads}" if args.threads else "")
-            + (f"_gc{args.gc_threshold}" if args.gc_threshold else ""))
+            + ("_gcpython" if args.gc == "python" else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -623,15 +625,15 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     if args.tracemalloc:
         tracemalloc.start()
-    if args.gc_threshold:
-        gc.set_threshold(args.gc_threshold, 10, 10)
+    if args.gc == "serving":
+        orla.runtime.tune_gc_for_serving()
     cpu_started = time.process_time()
     with GcTime() as collector:
         run = asyncio.run(run_all(plan, args.workflows, args.threads or None))
     cpu_s = time.process_time() - cpu_started
     summary = summarize(run, args.workflows)
     summary["cpu_s"] = cpu_s
-    summary["gc"] = {**collector.summary(), "threshold": gc.get_threshold()}
+    summary["gc"] = {**collector.summary(), "settings": args.gc, "threshold": gc.get_threshold()}
     profiler = None
     if args.profile:  # a second run of the same workflows, profiled, for the CPU split
         profiler = cProfile.Profile()

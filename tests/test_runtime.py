@@ -4,6 +4,7 @@ loop. Assertions read the engine's own counters and the run's records, never wor
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -512,3 +513,15 @@ def test_an_emulated_answer_cut_by_max_tokens_reads_as_a_shorter_answer() -> Non
     result = asyncio.run(go())
     assert result.ok and result.output == "It shipped on Mon"
     assert len(backend.requests) == 1  # no retry
+
+
+def test_tuning_the_collector_for_serving_freezes_start_up_and_collects_young_less_often(
+        ) -> None:
+    threshold = gc.get_threshold()
+    try:
+        orla.runtime.tune_gc_for_serving()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (10_000, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -428,6 +428,46 @@ def test_engines_sharing_a_clock_stay_in_step() -> None:
     assert now == pytest.approx(first.duration_s + second.duration_s)
 
 
+def test_the_virtual_clock_moves_only_once_the_loop_has_nothing_else_to_run() -> None:
+    async def scenario() -> tuple[list[float], float]:
+        clock = VirtualClock()
+        seen = []
+
+        async def busy() -> None:  # work at the same instant, in many small steps
+            for _ in range(200):
+                seen.append(clock.now())
+                await asyncio.sleep(0)
+
+        await asyncio.gather(clock.sleep_until(5.0), busy())
+        return seen, clock.now()
+
+    seen, now = run(scenario)
+    assert set(seen) == {0.0} and now == 5.0
+
+
+def test_a_task_that_yields_forever_does_not_stop_the_virtual_clock() -> None:
+    async def scenario() -> float:
+        clock = VirtualClock()
+
+        async def spin() -> None:
+            while True:
+                await asyncio.sleep(0)
+
+        spinner = asyncio.create_task(spin())
+        await clock.sleep_until(2.0)
+        spinner.cancel()
+        return clock.now()
+
+    assert run(scenario) == 2.0
+
+
+def test_a_virtual_clock_goes_on_in_a_later_event_loop() -> None:
+    clock = VirtualClock()
+    run(lambda: clock.sleep_until(1.0))
+    run(lambda: clock.sleep_until(3.0))
+    assert clock.now() == 3.0
+
+
 def test_the_real_clock_reports_simulated_times() -> None:
     fast = SimProfile(name="fast", machine="none", prefill_base_s=0.001,
                       prefill_per_token_s=0.0001, decode_base_s=0.002, decode_per_seq_s=0.0,

@@ -51,8 +51,8 @@ from orla_sdk.errors import OrlaError, require_extra
 from orla_sdk.ir import BackendSpec, Plan, Target, cache_of, mapping_of, priority_of
 from orla_sdk.refs import load_ref
 from orla_sdk.render import plan_size, render_plan
-from orla_sdk.runtime import RunResult, run
-from orla_sdk.serving.proxy import ProxyServer, tune_gc_for_serving
+from orla_sdk.runtime import RunResult, run, tune_gc_for_serving
+from orla_sdk.serving.proxy import ProxyServer
 from orla_sdk.workflow import Workflow
 
 DEMO_WORKFLOW = "orla_sdk.examples.customer_support:support"

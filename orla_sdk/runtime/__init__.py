@@ -11,6 +11,7 @@ from orla_sdk.runtime.checkpoint import CheckpointStore, SQLiteCheckpoints
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
 from orla_sdk.runtime.events import RunEvent
 from orla_sdk.runtime.executor import aresume, arun, resume, run
+from orla_sdk.runtime.gc_tuning import tune_gc_for_serving
 from orla_sdk.runtime.generate import achat, agenerate, astream, chat, generate, stream
 from orla_sdk.runtime.openai_shim import async_openai_client, openai_client, wrap
 from orla_sdk.runtime.pool import BackendPool
@@ -32,5 +33,5 @@ __all__ = [
     "Waiting", "achat", "agenerate", "aresume", "arun", "astream", "async_openai_client",
     "call_model", "chat", "close_cut_json", "current_stage", "emulated_tools_schema",
     "failed_cache_action", "generate", "openai_client", "read_reply", "resume", "run",
-    "stage_target", "stream", "wrap",
+    "stage_target", "stream", "tune_gc_for_serving", "wrap",
 ]

@@ -5,7 +5,6 @@ either with a tool call or with its final answer."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 from collections.abc import Sequence
@@ -74,11 +73,12 @@ def _parse(text: str, output: Any) -> Any:
 
 
 def answer_schema(output: Any) -> dict[str, Any] | None:
-    """The JSON schema of an answer of type ``output``; None for text."""
+    """The JSON schema of an answer of type ``output``; None for text. It is shared by
+    every call for that type: read it, never change it."""
     if output is None or output is str:
         return None
     try:
-        return copy.deepcopy(_schema(output))
+        return _schema(output)
     except TypeError:  # an unhashable type annotation: no cache
         schema: dict[str, Any] = TypeAdapter(output).json_schema()
         return schema

@@ -40,7 +40,6 @@ without a hop between threads.
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
 import logging
 import socket
@@ -75,7 +74,6 @@ SWEEP_MAX_S = 60.0  # the idle sweep runs every tenth of workflow_idle_s, at lea
 REPORT_GROUPS = ("workflow", "stage", "agent")
 STOP_TIMEOUT_S = 10.0
 STAGES_KEPT = 1024  # the ad hoc stages of untagged calls, kept for reuse
-SERVING_GC_YOUNG = 10_000  # allocations between collections of the youngest generation
 
 log = logging.getLogger("orla_sdk.serving.proxy")
 
@@ -388,19 +386,6 @@ class ProxyServer:
                 if (self.workflows.holds(workflow)
                         and workflow.idle_for(self.workflow_idle_s, time.monotonic())):
                     await self._end(workflow)  # no report: nobody asked for one
-
-
-def tune_gc_for_serving() -> None:
-    """Garbage collection for a process that does nothing but serve (``orla serve``):
-    what start-up made (modules, the app) is frozen out of the collector's scans, and the
-    youngest generation is collected every ``SERVING_GC_YOUNG`` allocations rather than
-    Python's default (700; 2,000 from Python 3.13). Under load a request's objects outlive
-    several young collections until its answer goes out, reach the oldest generation and
-    set off full scans of everything the process holds: 40% of the proxy's CPU at 1,000
-    concurrent streams without this."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(SERVING_GC_YOUNG, *gc.get_threshold()[1:])
 
 
 def _import_uvicorn() -> Any:

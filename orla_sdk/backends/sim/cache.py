@@ -87,11 +87,14 @@ class PrefixCache:
         self._private = 0  # blocks of running requests that hold no full, keyed block
         self._by_slot: dict[int, set[bytes]] = {}  # slot -> keys of its blocks
 
-    def keys(self, tokens: list[str], slot: int | None) -> list[bytes]:
+    def keys(self, tokens: list[str], slot: int | None,
+             known: list[bytes] | None = None) -> list[bytes]:
+        """The keys of the full blocks of ``tokens``; ``known``, the keys of a prefix of
+        them already computed (for the same slot), is extended rather than hashed again."""
         size = self.block_tokens
-        parent = b"" if slot is None else f"slot {slot}".encode()
-        keys = []
-        for start in range(0, len(tokens) - size + 1, size):
+        keys = list(known or ())
+        parent = keys[-1] if keys else b"" if slot is None else f"slot {slot}".encode()
+        for start in range(len(keys) * size, len(tokens) - size + 1, size):
             # unambiguous: the separator is a token only on its own, never inside one
             data = parent + BLOCK_SEPARATOR.join(tokens[start:start + size]).encode()
             parent = hashlib.blake2b(data, digest_size=16).digest()
@@ -117,8 +120,12 @@ class PrefixCache:
                 owner: Hashable = None) -> bool:
         """Reference the prompt's blocks and reserve ``blocks`` in all; False if they do not
         fit even after evicting every unreferenced block."""
-        missing = sum(key not in self._blocks for key in keys)
-        pinned_idle = sum(key in self._idle for key in keys)
+        missing = pinned_idle = 0
+        for key in keys:
+            if key not in self._blocks:
+                missing += 1
+            elif key in self._idle:
+                pinned_idle += 1
         needed = missing + blocks - len(keys)
         if needed > self.free() + len(self._idle) - pinned_idle:
             return False

@@ -32,15 +32,16 @@ class RealClock:
 
 
 class VirtualClock:
-    """Simulated seconds. Sleepers wait in a timer heap; a driver task wakes the earliest
-    one once the event loop has nothing else to run, that is when every caller is waiting
-    on the engine (or on this clock). Share one between engines to keep them in step."""
+    """Simulated seconds. Sleepers wait in a timer heap; the earliest one is woken once the
+    event loop has nothing else to run, that is when every caller is waiting on the engine
+    (or on this clock). Share one between engines to keep them in step."""
 
     def __init__(self) -> None:
         self._now = 0.0
         self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
-        self._driver: asyncio.Task[None] | None = None
+        self._ticking: asyncio.AbstractEventLoop | None = None  # the loop _tick runs on
+        self._spins = 0
 
     def now(self) -> float:
         return self._now
@@ -49,29 +50,36 @@ class VirtualClock:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._timers, (max(when, self._now), next(self._order), future))
-        if self._driver is None or self._driver.done():
-            self._driver = loop.create_task(self._drive())
+        if self._ticking is not loop:
+            self._ticking, self._spins = loop, 0
+            loop.call_soon(self._tick, loop)
         await future
 
-    async def _drive(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake the earliest sleeper once nothing else of ``loop`` is ready to run, checking
+        again after each round of the loop (a callback, not a task: no frame to resume)."""
+        if not self._settled(loop):
+            loop.call_soon(self._tick, loop)
+            return
         while self._timers:
-            await settle()
             when, _, future = heapq.heappop(self._timers)
             if future.get_loop() is loop and not future.done():
                 self._now = max(self._now, when)
                 future.set_result(None)
+                self._spins = 0
+                loop.call_soon(self._tick, loop)
+                return
+        self._ticking = None
+
+    def _settled(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether no other callback of ``loop`` is ready: CPython's ready queue is empty,
+        or, on loops that hide it (uvloop), the clock has waited this many rounds."""
+        self._spins += 1
+        ready = getattr(loop, "_ready", None)
+        if ready is None:
+            return self._spins > SPINS_WITHOUT_READY_QUEUE
+        return not ready or self._spins > MAX_SPINS
 
 
 SPINS_WITHOUT_READY_QUEUE = 64  # loops that hide their ready queue (uvloop) get this many
 MAX_SPINS = 10_000              # a task that yields forever cannot stop the clock
-
-
-async def settle() -> None:
-    """Return once no other callback of this event loop is ready to run."""
-    ready = getattr(asyncio.get_running_loop(), "_ready", None)  # CPython's ready queue
-    for spin in range(MAX_SPINS):
-        await asyncio.sleep(0)
-        if (ready is None and spin >= SPINS_WITHOUT_READY_QUEUE) or (
-                ready is not None and not ready):
-            return

@@ -261,8 +261,8 @@ class SimEngine:
             self.cache.release(call.keys, call.keys, call.blocks, slot)
             return
         tokens = call.prompt + call.reply.tokens
-        self.cache.release(call.keys, self.cache.keys(tokens, slot), call.blocks, slot,
-                           call.owner)
+        sequence_keys = self.cache.keys(tokens, slot, known=call.keys)
+        self.cache.release(call.keys, sequence_keys, call.blocks, slot, call.owner)
         if slot is not None:
             self._hold(slot, tokens)
         call.finished_at = now
