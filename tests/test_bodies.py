@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult
+from orla_sdk.backends.sim.clock import VirtualClock
 from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime import bodies
+from orla_sdk.runtime.pool import in_thread
 
 
 class Gate:
@@ -253,3 +256,24 @@ def test_a_plan_edited_after_a_run_runs_as_edited() -> None:
     second_stage.args[0]["$ref"] = first_stage.id  # edited in place: now it waits for it
     assert run(first="a b c", second="d e f g") == ["3 words", "2 words"]
 
+
+
+def test_a_body_on_a_worker_thread_holds_the_virtual_clock_only_while_it_runs() -> None:
+    clock = VirtualClock()
+    seen: list[float] = []
+
+    def body() -> None:
+        seen.append(clock.now())
+        time.sleep(0.2)  # real time, which the loop cannot see
+        seen.append(clock.now())
+
+    async def tick() -> None:
+        while clock.now() < 100.0:
+            await clock.sleep_until(clock.now() + 0.01)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            await asyncio.gather(in_thread(executor, clock, body), tick())
+
+    asyncio.run(scenario())
+    assert seen[0] == seen[1] < 100.0 <= clock.now()

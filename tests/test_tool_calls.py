@@ -10,6 +10,7 @@ import time
 
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
+from orla_sdk.backends.sim.clock import VirtualClock
 from orla_sdk.ir import BackendSpec, Capabilities
 from orla_sdk.runtime.tool_calls import MAX_RESULT_CHARS, ToolRunner
 from orla_sdk.tools import tool_spec
@@ -153,3 +154,62 @@ def test_a_model_that_keeps_calling_withdrawn_tools_fails_the_stage_clearly() ->
     assert "stage 'sums': the model's answer is still not valid after 1 retries" in str(
         result.error)
     assert "no more tool calls are allowed" in str(result.error)
+
+
+CLOCK = VirtualClock()
+TOOL_SAW: list[float] = []
+
+
+def slow_lookup() -> str:
+    TOOL_SAW.append(CLOCK.now())
+    time.sleep(0.2)  # real time, which the loop cannot see
+    TOOL_SAW.append(CLOCK.now())
+    return "found"
+
+
+async def _tick(clock: VirtualClock, until: float) -> None:
+    while clock.now() < until:
+        await clock.sleep_until(clock.now() + 0.01)
+
+
+def test_a_tool_on_a_thread_takes_no_simulated_time() -> None:
+    async def scenario() -> str:
+        runner = ToolRunner({"slow_lookup": slow_lookup}, clock=CLOCK)
+        result, _ = await asyncio.gather(
+            runner.run(ToolCall(id="1", name="slow_lookup", arguments="{}")),
+            _tick(CLOCK, until=1_000.0))
+        return result
+
+    assert asyncio.run(scenario()) == "found"
+    started, ended = TOOL_SAW
+    assert started == ended < 1_000.0  # the clock stood still while the tool ran
+    assert CLOCK.now() >= 1_000.0  # and went on once it was over
+
+
+def summarize_with_the_model(topic: str) -> str:
+    return orla.generate(f"Say something about {topic}.", max_tokens=5)
+
+
+@orla.stage(model="m", tools=[summarize_with_the_model])
+def research(topic: str) -> str:
+    return orla.generate(f"Research {topic} with your tool.", max_tokens=200)
+
+
+@orla.workflow
+def researched(topic: str = "tides") -> str:
+    return research(topic)
+
+
+def test_a_tool_that_calls_the_model_from_its_thread_lets_the_virtual_clock_go_on() -> None:
+    plan = orla.compile(researched, backends=[orla.backends.simulator("sim", clock="virtual")],
+                        mapping={"m": "sim/qwen3-8b"})
+
+    async def scenario() -> orla.RunResult:
+        async with orla.BackendPool(plan.backends, tool_timeout=10) as pool:
+            return await orla.arun(plan, pool=pool)
+
+    started = time.monotonic()
+    result = asyncio.run(scenario())
+    assert result.ok and result.stages[0].tool_calls == 1
+    assert len(result.stages[0].calls) == 3  # the stage's two turns and the tool's own call
+    assert time.monotonic() - started < 8  # not a tool past its deadline

@@ -34,6 +34,7 @@ from greenlet import greenlet
 from orla_sdk.errors import OrlaError
 from orla_sdk.runtime.call import in_loop_thread
 from orla_sdk.runtime.context import StageContext
+from orla_sdk.runtime.off_loop import unheld
 from orla_sdk.runtime.pool import in_thread
 
 T = TypeVar("T")
@@ -74,7 +75,8 @@ class Body:
         if self.is_async:
             return cast(Awaitable[Any], self.fn(*args, **kwargs))
         if self.blocking or self.fn in _blocking:
-            return in_thread(ctx.run.pool.body_executor, self.fn, *args, **kwargs)
+            pool = ctx.run.pool
+            return in_thread(pool.body_executor, pool.clock, self.fn, *args, **kwargs)
         return _in_greenlet(ctx, self.fn, args, kwargs)
 
 
@@ -127,7 +129,7 @@ def wait_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T], *, fix: str) -
     if in_loop_thread(ctx):
         work.close()
         raise OrlaError(f"stage {ctx.spec.name!r} is async: {fix}")
-    return asyncio.run_coroutine_threadsafe(work, ctx.run.loop).result()
+    return asyncio.run_coroutine_threadsafe(unheld(work), ctx.run.loop).result()
 
 
 def future_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
@@ -136,7 +138,7 @@ def future_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T]) -> asyncio.F
     waits for the body, so the body waits for ``work`` there, its own loop paused."""
     current = greenlet.getcurrent()
     if not isinstance(current, _BodyGreenlet):
-        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, ctx.run.loop))
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(unheld(work), ctx.run.loop))
     future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
     try:
         future.set_result(current.wait(work))
@@ -175,7 +177,7 @@ def _iterate_in_thread(ctx: StageContext,
                        produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, R]]
                        ) -> Generator[T, None, R]:
     items: queue.Queue[Any] = queue.Queue()
-    future = asyncio.run_coroutine_threadsafe(_then(produce(items.put), items.put),
+    future = asyncio.run_coroutine_threadsafe(unheld(_then(produce(items.put), items.put)),
                                               ctx.run.loop)
     try:
         while (item := items.get()) is not _DONE:

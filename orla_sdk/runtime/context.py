@@ -62,7 +62,7 @@ class StageContext:
         pool = self.run.pool
         return ToolRunner(self.tools, {t.name: t for t in self.spec.tools}, pool.tool_limit,
                           pool.tool_timeout, self.run.durable, self.run.run_id, pool.agents,
-                          self.agent_key(), self.record, pool.now)
+                          self.agent_key(), self.record, pool.now, pool.clock)
 
     def logical_model(self) -> str:
         name = self.spec.model or self.run.plan.default_model

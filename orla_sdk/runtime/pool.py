@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import json
 import time
@@ -47,10 +46,12 @@ from orla_sdk.agents import (
 )
 from orla_sdk.backends.base import Backend, ChatRequest, ChatResult, token_limit
 from orla_sdk.backends.connect import Connection, Connector
+from orla_sdk.backends.sim.clock import VirtualClock
 from orla_sdk.errors import BackendDown, BackendError, Refused
 from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime.deadlines import Deadlines
 from orla_sdk.runtime.memory import MemoryManager
+from orla_sdk.runtime.off_loop import thread_context
 from orla_sdk.runtime.scheduler import BackendQueue
 from orla_sdk.runtime.tool_calls import TOOL_TIMEOUT_S
 
@@ -396,7 +397,13 @@ def _forget_warmup(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]
     return forget
 
 
-async def in_thread(executor: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``asyncio.to_thread`` on ``executor``: ``fn`` sees the caller's context variables."""
-    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(executor, call)
+async def in_thread(executor: Executor, clock: VirtualClock, fn: Callable[..., T], *args: Any,
+                    **kwargs: Any) -> T:
+    """``asyncio.to_thread`` on ``executor``: ``fn`` sees the caller's context variables,
+    and ``clock`` stands still while it runs (``orla_sdk.runtime.off_loop``)."""
+    context, hold = thread_context(clock)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(
+            executor, functools.partial(context.run, fn, *args, **kwargs))
+    finally:
+        hold.end()

@@ -28,8 +28,10 @@ from pydantic import ValidationError
 from orla_sdk.agents import AgentEvent, AgentEventKind, AgentKey, AgentLayer
 from orla_sdk.agents.policy import Admission, ToolUse
 from orla_sdk.backends.base import ToolCall
+from orla_sdk.backends.sim.clock import VirtualClock
 from orla_sdk.ir import ToolSpec
 from orla_sdk.runtime.checkpoint import Durable
+from orla_sdk.runtime.off_loop import thread_context
 from orla_sdk.runtime.records import StageRecord
 from orla_sdk.signatures import IDEMPOTENCY_KEY, arguments_model
 
@@ -48,6 +50,7 @@ class ToolRunner:
     flight (the pool's). With an agent ``layer``, each call is first offered to its
     policies (``admit`` may refuse it, ``tool_result`` may answer it from an equal earlier
     call), and its start and end are observed, timed by ``now``; ``record`` counts them.
+    A plain tool holds ``clock`` while it runs on its thread (``orla_sdk.runtime.off_loop``).
     """
 
     tools: dict[str, Callable[..., Any]]
@@ -60,6 +63,7 @@ class ToolRunner:
     agent: AgentKey = field(default_factory=lambda: AgentKey("", ""))
     record: StageRecord | None = None
     now: Callable[[], float] = time.monotonic
+    clock: VirtualClock | None = None  # the simulators' clock, held while a tool runs
     # calls of tools with effects that passed their deadline, by (tool, arguments): they
     # may still take effect, so they are not made again
     in_doubt: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -144,7 +148,7 @@ class ToolRunner:
         async with self.limit or contextlib.nullcontext():
             try:
                 work = (_caught(fn(**arguments)) if inspect.iscoroutinefunction(fn)
-                        else _in_own_thread(fn, arguments))
+                        else _in_own_thread(fn, arguments, self.clock))
                 value, error = await asyncio.wait_for(work, self.timeout)
             except TimeoutError:
                 return (f"error: {name} did not return within {self.timeout:g} s and was "
@@ -176,14 +180,18 @@ async def _caught(work: Awaitable[Any]) -> tuple[Any, BaseException | None]:
         return None, exc
 
 
-def _in_own_thread(fn: Callable[..., Any], arguments: dict[str, Any]
-                   ) -> asyncio.Future[tuple[Any, BaseException | None]]:
+def _in_own_thread(fn: Callable[..., Any], arguments: dict[str, Any],
+                   clock: VirtualClock | None) -> asyncio.Future[tuple[Any, BaseException | None]]:
     """``fn(**arguments)`` on a daemon thread of its own while it runs (with the caller's
     context variables): its value, or what it raised (``SystemExit`` too: it belongs to
-    the call, not the thread)."""
+    the call, not the thread). ``clock`` stands still until the call is over or given up."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[tuple[Any, BaseException | None]] = loop.create_future()
-    context = contextvars.copy_context()
+    if clock is None:
+        context = contextvars.copy_context()
+    else:
+        context, hold = thread_context(clock)
+        future.add_done_callback(lambda _: hold.end())
 
     def work() -> None:
         threading.current_thread().name = f"orla-tool-{fn.__name__}"

@@ -34,7 +34,8 @@ class RealClock:
 class VirtualClock:
     """Simulated seconds. Sleepers wait in a timer heap; the earliest one is woken once the
     event loop has nothing else to run, that is when every caller is waiting on the engine
-    (or on this clock). Share one between engines to keep them in step."""
+    (or on this clock), and no ``hold`` is on: work done away from the loop (a tool on a
+    thread) takes no simulated time. Share one between engines to keep them in step."""
 
     def __init__(self) -> None:
         self._now = 0.0
@@ -42,6 +43,7 @@ class VirtualClock:
         self._order = itertools.count()
         self._ticking: asyncio.AbstractEventLoop | None = None  # the loop _tick runs on
         self._spins = 0
+        self._holds = 0
 
     def now(self) -> float:
         return self._now
@@ -50,14 +52,31 @@ class VirtualClock:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._timers, (max(when, self._now), next(self._order), future))
+        self._start(loop)
+        await future
+
+    def hold(self) -> None:
+        """Keep simulated time still until ``release``: for work of this process that runs
+        away from the event loop, which the loop cannot see. Call both on the loop's
+        thread."""
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds -= 1
+        if not self._holds and self._timers:
+            self._start(asyncio.get_running_loop())
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._ticking is not loop:
             self._ticking, self._spins = loop, 0
             loop.call_soon(self._tick, loop)
-        await future
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wake the earliest sleeper once nothing else of ``loop`` is ready to run, checking
         again after each round of the loop (a callback, not a task: no frame to resume)."""
+        if self._holds:  # release starts the clock again
+            self._ticking = None
+            return
         if not self._settled(loop):
             loop.call_soon(self._tick, loop)
             return
