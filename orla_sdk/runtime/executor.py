@@ -303,7 +303,7 @@ class _Executor:
 
     def _priority(self, node: Node, fn: Any, args: list[Any],
                   kwargs: dict[str, Any]) -> tuple[int, int]:
-        note = priority_of(node) or PriorityNote(source="graph")
+        note = priority_of(node) or NEUTRAL
         value = note.value
         if note.source == "runtime" and note.rule is not None:
             rule = PriorityRule.model_validate(note.rule)
@@ -317,7 +317,11 @@ class _Executor:
                                                         hinted=hinted)
         if entry is not None:
             self.result.cache_log.append(entry)
-            self.state.emit("cache", node.id, **entry)
+            if self.state.emit.active:  # spares copying the entry into keywords
+                self.state.emit("cache", node.id, **entry)
+
+
+NEUTRAL = PriorityNote(source="graph")  # a stage without a priority note (notes are frozen)
 
 
 def _key(node: Node, items: tuple[int, ...]) -> str:
