@@ -4,6 +4,7 @@ threads once they block; what a body sees and may do either way."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -277,3 +278,54 @@ def test_a_body_on_a_worker_thread_holds_the_virtual_clock_only_while_it_runs() 
 
     asyncio.run(scenario())
     assert seen[0] == seen[1] < 100.0 <= clock.now()
+
+
+@orla.stage(model="m", blocking=True)
+def blocking_ask(text: str) -> str:
+    return orla.generate(text, max_tokens=4)
+
+
+@orla.workflow
+def one_blocking_ask(text: str = "a b") -> str:
+    return blocking_ask(text)
+
+
+def test_more_blocking_bodies_than_body_threads_all_finish_on_the_virtual_clock() -> None:
+    plan = orla.compile(one_blocking_ask,
+                        backends=[orla.backends.simulator("sim", clock="virtual")],
+                        mapping={"m": "sim/qwen3-8b"})
+
+    async def scenario() -> list[orla.RunResult]:
+        async with orla.BackendPool(plan.backends, body_threads=2) as pool:
+            return await asyncio.wait_for(asyncio.gather(
+                *(orla.arun(plan, pool=pool, text=f"ask {i}") for i in range(8))), 30)
+
+    assert all(result.ok for result in asyncio.run(scenario()))
+
+
+HEAP: list[Any] = []
+
+
+@orla.stage(model="m")
+def collects(text: str) -> str:
+    gc.collect()  # over a large heap: a long pause that is the collector's, not the body's
+    return orla.generate(text)
+
+
+@orla.workflow
+def collecting(text: str) -> str:
+    return collects(text)
+
+
+def test_a_garbage_collection_does_not_send_a_body_to_the_worker_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bodies, "COMPUTING_S", 0.005)
+    HEAP.extend([x] for x in range(300_000))  # a few times COMPUTING_S to walk
+    started = time.thread_time()
+    gc.collect()
+    assert time.thread_time() - started > 2 * bodies.COMPUTING_S
+    try:
+        result = run_on(collecting, Gate(), text="a b")
+    finally:
+        HEAP.clear()
+    assert result.ok and not result.warnings

@@ -8,8 +8,8 @@ costs two cross-thread hand-offs per call (about 50 µs on a small machine).
 
 A body that holds the loop (it sleeps, waits on I/O outside orla, or computes) would
 stall every other stage, so each stretch it runs between model calls is timed: a body
-that waited more than ``BLOCKING_WAIT_S`` in one (time it did not spend computing, so a
-garbage collection does not count) or computed more than ``COMPUTING_S`` runs in the
+that waited more than ``BLOCKING_WAIT_S`` in one (time it did not spend computing) or
+computed more than ``COMPUTING_S`` (the garbage collector's pauses aside) runs in the
 pool's worker threads from then on, in this process, and the run says so in its
 warnings. ``@orla.stage(blocking=True)``
 sends a body to the threads from its first call. While a body runs in its greenlet the
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import gc
 import queue
 import time
 import weakref
@@ -35,7 +36,6 @@ from orla_sdk.errors import OrlaError
 from orla_sdk.runtime.call import in_loop_thread
 from orla_sdk.runtime.context import StageContext
 from orla_sdk.runtime.off_loop import unheld
-from orla_sdk.runtime.pool import in_thread
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -43,6 +43,26 @@ BLOCKING_WAIT_S = 0.02  # waiting, not computing, between model calls: it blocks
 COMPUTING_S = 0.2  # computing that long between model calls holds the loop up too
 _DONE = object()
 _blocking: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+
+class _CollectorTime:
+    """Seconds Python's cyclic garbage collector has run in this process (it runs on the
+    loop's thread while a body's greenlet runs there, and its pauses are no body's work:
+    long ones come with a large heap, under load)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.seconds += time.thread_time() - self._started
+
+
+_collections = _CollectorTime()
+gc.callbacks.append(_collections)
 
 
 class _BodyGreenlet(greenlet):
@@ -75,8 +95,7 @@ class Body:
         if self.is_async:
             return cast(Awaitable[Any], self.fn(*args, **kwargs))
         if self.blocking or self.fn in _blocking:
-            pool = ctx.run.pool
-            return in_thread(pool.body_executor, pool.clock, self.fn, *args, **kwargs)
+            return ctx.run.pool.in_body_thread(self.fn, *args, **kwargs)
         return _in_greenlet(ctx, self.fn, args, kwargs)
 
 
@@ -89,6 +108,7 @@ async def _in_greenlet(ctx: StageContext, fn: Callable[..., Any], args: list[Any
     resume: Callable[[], Any] = body.switch
     while True:
         started, cpu_started = time.perf_counter(), time.thread_time()
+        collected = _collections.seconds
         asyncio.events._set_running_loop(own_loop)
         try:
             asked = resume()
@@ -97,6 +117,7 @@ async def _in_greenlet(ctx: StageContext, fn: Callable[..., Any], args: list[Any
             asyncio.events._set_running_loop(loop)
             computed = time.thread_time() - cpu_started
             waited = time.perf_counter() - started - computed
+            computed -= _collections.seconds - collected  # the collector's, not the body's
             if waited > BLOCKING_WAIT_S or computed > COMPUTING_S:
                 _mark_blocking(ctx, fn, waited, computed)
         if body.dead:

@@ -171,6 +171,7 @@ class BackendPool:
         self.body_executor = self._body_executor()
         self.tool_threads, self.tool_timeout = tool_threads, tool_timeout
         self.tool_limit = asyncio.Semaphore(tool_threads)  # made anew at each start
+        self.body_limit = asyncio.Semaphore(body_threads)  # so is this
         self.clock = self.connector.clock  # for the simulators declared with clock="virtual"
         self._virtual = any(s.kind == "sim" and s.options.get("clock") == "virtual"
                             for s in self.specs)
@@ -184,6 +185,7 @@ class BackendPool:
             self.body_executor = self._body_executor()
             self._closed = False
         self.tool_limit = asyncio.Semaphore(self.tool_threads)
+        self.body_limit = asyncio.Semaphore(self.body_threads)
         self.connector.share_cores(self.specs)
         for spec in self.specs:
             if spec.name not in self.backends:
@@ -285,6 +287,13 @@ class BackendPool:
             raise Refused(f"agent {agent.agent!r} (run {agent.run}{tenant}) may not call "
                           f"{backend!r}: {refusal}")
         return tokens
+
+    async def in_body_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` on one of the pool's body threads, with the caller's context variables.
+        Bodies wait for a thread here, not in the executor's queue: the virtual clock stands
+        still while a body runs on a thread, not while it waits for one."""
+        async with self.body_limit:
+            return await in_thread(self.body_executor, self.clock, fn, *args, **kwargs)
 
     def _observe(self, kind: AgentEventKind, key: AgentKey, backend: str, **data: Any) -> None:
         if self.agents.implementing("observe"):
