@@ -389,7 +389,12 @@ def resolve(template: Any, env: Env, plan: Plan) -> Any:
 
 
 def _value_of(node_id: str, env: Env) -> Any:
-    value = env.get(node_id, SKIPPED)
+    for scope in env.maps:  # as ChainMap.get, which looks in every scope twice
+        if node_id in scope:
+            value = scope[node_id]
+            break
+    else:
+        value = SKIPPED
     if value is SKIPPED:
         raise OrlaError(f"the output of {node_id!r} is needed but it did not run on this path")
     return value
