@@ -20,9 +20,10 @@ that blocks would move to the pool's body threads (``BackendPool(..., body_threa
 ``--bodies async`` runs an async twin of the workflow (the same prompts and options
 through ``orla.agenerate``).
 
-``--profile`` runs the workflows a second time under cProfile and splits the CPU time
-between orla, the simulator, the workflow's own code and the rest (asyncio, the
-standard library), with orla's CPU per model call.
+``--profile`` runs the workflows a second time under cProfile, with the garbage collector
+off, and splits the first run's CPU time between the collector (as timed there), orla,
+the simulator, the workflow's own code and the rest (asyncio, the standard library), with
+orla's CPU per model call.
 
 The time Python's cyclic garbage collector takes is reported apart: 10,000 workflows in
 flight hold millions of objects, which every full collection walks. By default the
@@ -391,6 +392,7 @@ CPU_PARTS = {"orla": "orla (its runtime, outside the simulator)",
              "simulator": "the simulated engines (orla_sdk/backends/sim)",
              "workflow": "the workflow's own code (its stage bodies and tools)",
              "rest": "asyncio, the standard library and the rest"}
+GC_PART = "Python's garbage collector (timed in the unprofiled run)"
 
 
 def cpu_part(filename: str) -> str:
@@ -403,10 +405,13 @@ def cpu_part(filename: str) -> str:
     return "rest"
 
 
-def cpu_split(stats: pstats.Stats, cpu_s: float, calls: int) -> dict[str, Any]:
-    """Each part's share of the profiled run's own time (a built-in function's time goes to
-    the part that called it), and its CPU per model call: that share of the unprofiled
-    run's CPU time, over its model calls."""
+def cpu_split(stats: pstats.Stats, cpu_s: float, gc_s: float, calls: int) -> dict[str, Any]:
+    """Each part's share of the unprofiled run's CPU time and its CPU per model call. The
+    garbage collector's time (``gc_s``, measured in that run) is a part of its own: it
+    walks every part's objects, and whichever function happened to allocate when it
+    started would be charged with it. The rest is split by the parts' shares of the
+    profiled run's own time, taken with the collector off (a built-in function's time goes
+    to the part that called it)."""
     seconds: Counter[str] = Counter()
     for (filename, _, _), (_, _, own, _, callers) in stats.stats.items():
         if filename == "~":
@@ -415,9 +420,10 @@ def cpu_split(stats: pstats.Stats, cpu_s: float, calls: int) -> dict[str, Any]:
         else:
             seconds[cpu_part(filename)] += own
     total = sum(seconds.values()) or 1.0
-    return {part: {"share": seconds[part] / total,
-                   "us_per_call": seconds[part] / total * cpu_s / max(calls, 1) * 1e6}
-            for part in CPU_PARTS}
+    part_s = {part: seconds[part] / total * (cpu_s - gc_s) for part in CPU_PARTS}
+    part_s["gc"] = gc_s
+    return {part: {"share": spent / max(cpu_s, 1e-9), "us_per_call": spent / max(calls, 1) * 1e6}
+            for part, spent in part_s.items()}
 
 
 def ms(value: float | None) -> str:
@@ -477,12 +483,12 @@ def report_lines(report: dict[str, Any]) -> list[str]:
                  f"{collected['full_seconds']:.1f} s of it in {collected['full_collections']} "
                  "full ones |")
     if "cpu_split" in s:
-        lines += ["", "Where the CPU goes (shares from a profiled second run of the same "
-                  "workflows; µs per model call = share x the unprofiled run's CPU time / "
-                  "its model calls):", "", "| part | share | µs per model call |",
-                  "|---|---:|---:|"]
-        lines += [f"| {CPU_PARTS[part]} | {v['share']:.0%} | {v['us_per_call']:,.1f} |"
-                  for part, v in s["cpu_split"].items()]
+        lines += ["", "Where the CPU goes (the unprofiled run's CPU time: the collector's as "
+                  "timed, the rest split by the shares of a profiled second run of the same "
+                  "workflows with the collector off):", "",
+                  "| part | share | µs per model call |", "|---|---:|---:|"]
+        lines += [f"| {CPU_PARTS.get(part, GC_PART)} | {v['share']:.0%} | "
+                  f"{v['us_per_call']:,.1f} |" for part, v in s["cpu_split"].items()]
     lines += ["", "Per stage (simulated ms unless marked wall; p50 / p99):", "",
               "| stage | runs | calls | latency | wait before engine | engine TTFT | "
               "orla queue wait (wall ms, as recorded) |",
@@ -637,11 +643,13 @@ def main(argv: list[str] | None = None) -> None:
     profiler = None
     if args.profile:  # a second run of the same workflows, profiled, for the CPU split
         profiler = cProfile.Profile()
+        gc.disable()  # its time is measured above; here it would land on random functions
         profiler.enable()
         asyncio.run(run_all(plan, args.workflows, args.threads or None))
         profiler.disable()
+        gc.enable()
         summary["cpu_split"] = cpu_split(pstats.Stats(profiler), cpu_s,
-                                         summary["model_calls"])
+                                         summary["gc"]["seconds"], summary["model_calls"])
     if args.tracemalloc:
         summary["memory"]["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
