@@ -19,6 +19,7 @@ from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime import bodies
 from orla_sdk.runtime.pool import in_thread
+from tests.test_tool_calls import tick_until
 
 
 class Gate:
@@ -258,7 +259,6 @@ def test_a_plan_edited_after_a_run_runs_as_edited() -> None:
     assert run(first="a b c", second="d e f g") == ["3 words", "2 words"]
 
 
-
 def test_a_body_on_a_worker_thread_holds_the_virtual_clock_only_while_it_runs() -> None:
     clock = VirtualClock()
     seen: list[float] = []
@@ -268,13 +268,9 @@ def test_a_body_on_a_worker_thread_holds_the_virtual_clock_only_while_it_runs() 
         time.sleep(0.2)  # real time, which the loop cannot see
         seen.append(clock.now())
 
-    async def tick() -> None:
-        while clock.now() < 100.0:
-            await clock.sleep_until(clock.now() + 0.01)
-
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
-            await asyncio.gather(in_thread(executor, clock, body), tick())
+            await asyncio.gather(in_thread(executor, clock, body), tick_until(clock, 100.0))
 
     asyncio.run(scenario())
     assert seen[0] == seen[1] < 100.0 <= clock.now()

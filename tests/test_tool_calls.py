@@ -167,7 +167,8 @@ def slow_lookup() -> str:
     return "found"
 
 
-async def _tick(clock: VirtualClock, until: float) -> None:
+async def tick_until(clock: VirtualClock, until: float) -> None:
+    """Keep ``clock`` busy: a sleep of 10 simulated ms after another, up to ``until``."""
     while clock.now() < until:
         await clock.sleep_until(clock.now() + 0.01)
 
@@ -177,7 +178,7 @@ def test_a_tool_on_a_thread_takes_no_simulated_time() -> None:
         runner = ToolRunner({"slow_lookup": slow_lookup}, clock=CLOCK)
         result, _ = await asyncio.gather(
             runner.run(ToolCall(id="1", name="slow_lookup", arguments="{}")),
-            _tick(CLOCK, until=1_000.0))
+            tick_until(CLOCK, until=1_000.0))
         return result
 
     assert asyncio.run(scenario()) == "found"
