@@ -466,6 +466,8 @@ def test_a_stream_that_fails_first_is_an_error_status() -> None:
 def test_bad_priority_is_400(proxy: ProxyServer) -> None:
     with pytest.raises(openai.BadRequestError):
         ask(proxy, extra_headers={"X-Orla-Priority": "urgent"})
+    with pytest.raises(openai.BadRequestError, match="not an integer"):
+        ask(proxy, extra_headers={"X-Orla-Priority": "+-5"})
     with pytest.raises(openai.BadRequestError, match="outside"):  # the header wins, but
         ask(proxy, extra_headers={"X-Orla-Priority": "88"}, extra_body={"priority": -4})
 

@@ -23,6 +23,7 @@ from orla_sdk.serving.proxy_errors import HttpError
 HINTS = ("workflow_id", "agent_id", "step_id", "parent_step_id")  # SGLang's agent hints
 DEFAULT_PRIORITY = 50
 MAX_PRIORITY = 100  # priorities run 0..MAX_PRIORITY, higher first
+PRIORITY_TEXT = re.compile(r"[+-]?[0-9]{1,7}")  # a header's text: one sign at most
 MAX_NAME_CHARS = 256  # a workflow id, a stage or an agent name
 MAX_DEPTH = 64  # how deeply a body's arrays and objects may nest
 MAX_CHOICES = 16  # ``n``: each choice is a model call of its own
@@ -177,7 +178,7 @@ def read_priority(header: str | None, field_value: Any) -> int:
 
 
 def _priority(value: Any) -> int:
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value) < 8:
+    if isinstance(value, str) and PRIORITY_TEXT.fullmatch(value.strip()):
         value = int(value)
     priority = as_integer(value)
     if priority is None:
