@@ -180,6 +180,21 @@ def test_a_faster_first_token_when_the_prefix_is_cached() -> None:
     assert warm.cached_tokens > 0 and warm.ttft_s < cold.ttft_s
 
 
+def test_cache_prompt_false_computes_the_whole_prompt_again() -> None:
+    async def four() -> list[ChatResult]:
+        engine = SimEngine("qwen3-8b")
+        return [await engine.chat(ask("One?")),
+                await engine.chat(ask("Two?", params={"cache_prompt": False})),
+                await engine.chat(ask("Three?")),  # as a served client's field reaches it:
+                await engine.chat(ask("Four?", params={"extra_body": {"cache_prompt": False}}))]
+
+    _, uncached, third, served = run(four)
+    assert uncached.cached_tokens == served.cached_tokens == 0
+    assert third.cached_tokens > 0  # what it computed was cached as any other's
+    assert uncached.ttft_s is not None and third.ttft_s is not None
+    assert uncached.ttft_s > third.ttft_s
+
+
 def words(word: str, prompt_tokens: int) -> ChatRequest:
     """A one-message request whose prompt is exactly ``prompt_tokens`` tokens long."""
     overhead = len(render_prompt([{"role": "user", "content": ""}]))
@@ -553,6 +568,20 @@ def test_a_plain_completion_carries_usage_and_timings(served: str) -> None:
     cached = reply.usage.prompt_tokens_details.cached_tokens
     assert cached > 200 and reply.model_extra["timings"]["cache_n"] == cached
     assert [m.id for m in models.data] == ["qwen3-8b"]
+
+
+def test_cache_prompt_false_over_http_computes_the_whole_prompt(served: str) -> None:
+    def cached(client: openai.OpenAI, text: str, **extra: Any) -> int:
+        reply = client.chat.completions.create(
+            model="qwen3-8b", messages=ask(text).messages, max_tokens=4,  # type: ignore[arg-type]
+            extra_body=extra or None)
+        assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+        return reply.usage.prompt_tokens_details.cached_tokens or 0
+
+    with openai.OpenAI(base_url=served + "/v1", api_key="none") as client:
+        counts = [cached(client, "One?"), cached(client, "Two?", cache_prompt=False),
+                  cached(client, "Three?", cache_prompt=True)]
+    assert counts[0] == counts[1] == 0 and counts[2] > 200
 
 
 def test_metrics_flush_and_slots_over_http(served: str) -> None:

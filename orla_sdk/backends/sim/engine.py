@@ -210,7 +210,7 @@ class SimEngine:
             return False
         if call.slot is not None:
             self.cache.keep_in_slot(call.slot, call.keys)
-        hits = self.cache.cached_prefix(call.keys)
+        hits = self.cache.cached_prefix(call.keys) if _reuses_prefix(call.request) else 0
         # at least one prompt token is computed, to produce the first token's logits
         hits = min(hits, (len(call.prompt) - 1) // self.cache.block_tokens)
         if not self.cache.acquire(call.keys, call.blocks, call.slot, call.owner):
@@ -377,6 +377,15 @@ class SimEngine:
 
     async def health(self) -> bool:
         return True
+
+
+def _reuses_prefix(request: ChatRequest) -> bool:
+    """False for llama.cpp's ``cache_prompt: false`` (a parameter, or in ``extra_body`` as a
+    served client sends it), which computes the whole prompt again."""
+    extra = request.params.get("extra_body")
+    flag = request.params.get("cache_prompt",
+                              extra.get("cache_prompt") if isinstance(extra, dict) else None)
+    return flag is not False
 
 
 def _is_warmup(request: ChatRequest) -> bool:
