@@ -315,8 +315,8 @@ def collecting(text: str) -> str:
 
 def test_a_garbage_collection_does_not_send_a_body_to_the_worker_threads(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bodies, "COMPUTING_S", 0.005)
-    HEAP.extend([x] for x in range(300_000))  # a few times COMPUTING_S to walk
+    monkeypatch.setattr(bodies, "COMPUTING_S", 0.002)
+    HEAP.extend([x] for x in range(400_000))  # several times COMPUTING_S to walk
     started = time.thread_time()
     gc.collect()
     assert time.thread_time() - started > 2 * bodies.COMPUTING_S

@@ -174,6 +174,8 @@ async def tick_until(clock: VirtualClock, until: float) -> None:
 
 
 def test_a_tool_on_a_thread_takes_no_simulated_time() -> None:
+    TOOL_SAW.clear()
+
     async def scenario() -> str:
         runner = ToolRunner({"slow_lookup": slow_lookup}, clock=CLOCK)
         result, _ = await asyncio.gather(
