@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal, TypeVar
 
@@ -24,7 +25,7 @@ from orla_sdk.backends.sim.clock import VirtualClock
 from orla_sdk.backends.sim.engine import SimEngine
 from orla_sdk.backends.sim.http import serve_http
 from orla_sdk.backends.sim.profiles import PROFILES, SimProfile, get_profile
-from orla_sdk.backends.sim.replies import fake_json, reply_seed, stable_seed
+from orla_sdk.backends.sim.replies import fake_json, filler_tokens, reply_seed, stable_seed
 from orla_sdk.backends.sim.tokens import message_text, render_prompt, rendered, tokenize
 from orla_sdk.errors import BackendError
 
@@ -681,3 +682,9 @@ def test_the_prompt_tokenized_a_message_at_a_time_is_the_whole_texts_tokens(
     request = ChatRequest(messages=messages, model="m", params={"seed": request_seed})
     assert reply_seed(seed, request, as_json) == stable_seed(seed, request_seed, "m", tokens,
                                                              None)
+
+
+@given(st.integers(0, 2**32), st.integers(0, 300))
+def test_filler_tokens_are_what_the_tokenizer_makes_of_their_text(seed: int, count: int) -> None:
+    tokens = filler_tokens(random.Random(seed), count)
+    assert len(tokens) == count and tokenize("".join(tokens)) == tokens

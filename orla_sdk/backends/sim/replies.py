@@ -37,14 +37,16 @@ def plan_reply(request: ChatRequest, prompt_json: str, seed: int, median: int) -
     call = _tool_call(request, rng)
     if call is not None:
         text = tool_call_text(call.name, call.arguments)
+        tokens = tokenize(text)
     elif request.json_schema is not None:
         text = json.dumps(fake_json(request.json_schema, rng))
+        tokens = tokenize(text)
     else:
         length = max(1, round(rng.lognormvariate(math.log(median), 0.6)))
         if cap is not None and request.params.get("ignore_eos"):  # vLLM's: exactly the cap
             length = cap
-        text = filler(rng, length if cap is None else min(length, cap + 1))
-    tokens = tokenize(text)
+        tokens = filler_tokens(rng, length if cap is None else min(length, cap + 1))
+        text = "".join(tokens)
     if cap is not None and len(tokens) > cap:
         tokens = tokens[:cap]
         return Reply("".join(tokens), [], tokens, "length")
@@ -61,10 +63,32 @@ def stable_seed(*parts: Any) -> int:
 def reply_seed(seed: int, request: ChatRequest, prompt_json: str) -> int:
     """``stable_seed(seed, the request's seed, its model, its prompt's tokens, its JSON
     schema)``, with the prompt's JSON given rather than encoded again."""
-    head = json.dumps([seed, request.params.get("seed"), request.model], sort_keys=True,
-                      default=str)
-    schema = json.dumps(request.json_schema, sort_keys=True, default=str)
+    head = _json_text([seed, request.params.get("seed"), request.model])
+    schema = _schema_text(request.json_schema)
     return _seed_of(f"{head[:-1]}, {prompt_json}, {schema}]")
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+# id of a schema -> (the schema, its JSON text): a structured stage sends the same schema
+# object with every call (schemas are read-only once made)
+_schema_texts: dict[int, tuple[Any, str]] = {}
+SCHEMAS_KEPT = 256
+
+
+def _schema_text(schema: dict[str, Any] | None) -> str:
+    if schema is None:
+        return "null"
+    kept = _schema_texts.get(id(schema))
+    if kept is not None and kept[0] is schema:
+        return kept[1]
+    if len(_schema_texts) >= SCHEMAS_KEPT:
+        _schema_texts.clear()
+    text = _json_text(schema)
+    _schema_texts[id(schema)] = (schema, text)
+    return text
 
 
 def _seed_of(text: str) -> int:
@@ -73,10 +97,16 @@ def _seed_of(text: str) -> int:
 
 def filler(rng: random.Random, tokens: int) -> str:
     """Plain text of exactly ``tokens`` tokens: short words, a full stop now and then."""
+    return "".join(filler_tokens(rng, tokens))
+
+
+def filler_tokens(rng: random.Random, tokens: int) -> list[str]:
+    """``filler``'s text as the tokenizer splits it, without running the tokenizer: every
+    word is one token (at most 6 letters), with the space before it, but the first."""
     words = rng.choices(FILLER, k=tokens)
     for i in range(7, tokens, 8):
         words[i] = "."
-    return " ".join(words).replace(" .", ".")
+    return [word if i == 0 or word == "." else " " + word for i, word in enumerate(words)]
 
 
 def _tool_call(request: ChatRequest, rng: random.Random) -> ToolCall | None:
