@@ -29,6 +29,10 @@ from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
 from orla_sdk.errors import BackendError
 
 PARAMS = ("max_tokens", "max_completion_tokens", "seed", "temperature", "top_p", "tool_choice")
+# the other fields of a request body that orla reads itself, or that orla sets (the slot,
+# the priority); the rest are the engine's own, kept in ``extra_body``
+OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "response_format",
+                        "tools", "id_slot", "priority", "n"})
 COUNTS = ("max_tokens", "max_completion_tokens")  # parameters that are non-negative integers
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 # the fields of a streamed chunk, a choice, a delta and a usage that orla reads itself;
@@ -84,7 +88,8 @@ def extras_of(value: object) -> Extras:
 # ---- a request body in --------------------------------------------------------------------
 def chat_request(body: dict[str, Any]) -> ChatRequest:
     """An OpenAI chat-completions body as a ``ChatRequest``; a field of the wrong shape is
-    a ``ValueError`` that names it."""
+    a ``ValueError`` that names it. Fields orla does not read (an engine's own, such as
+    llama.cpp's ``cache_prompt``) are kept as they came in ``params["extra_body"]``."""
     messages = checked_messages(body.get("messages"))
     schema, name = response_schema(body.get("response_format"))
     tools = body.get("tools")
@@ -92,8 +97,11 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
                                   and all(isinstance(t, dict) for t in tools)):
         raise ValueError("'tools' must be a list of tool objects")
     stream_options(body)
-    return ChatRequest(model=str(body.get("model", "")), messages=messages,
-                       params={k: checked_param(k, body[k]) for k in PARAMS if k in body},
+    params = {k: checked_param(k, body[k]) for k in PARAMS if k in body}
+    extra = {k: v for k, v in body.items() if k not in OWN_FIELDS and k not in PARAMS}
+    if extra:
+        params["extra_body"] = extra
+    return ChatRequest(model=str(body.get("model", "")), messages=messages, params=params,
                        json_schema=schema, schema_name=name, tools=tools or [],
                        slot=body.get("id_slot"), priority=body.get("priority"))
 

@@ -37,7 +37,6 @@ import httpx
 
 from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.wire import (
-    PARAMS,
     Chunks,
     chat_request,
     completion_json,
@@ -56,9 +55,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 BASE_URL = "http://orla.invalid/v1"  # never resolved: the transport answers every request
-# request fields the shim reads itself, or that orla sets (the slot, the priority)
-OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "response_format",
-                        "tools", "id_slot", "priority", "n"})
 Sink = Callable[[str | None], None]  # streamed text, then None when the call is over
 Call = Callable[[Sink], Coroutine[Any, Any, ChatResult]]  # a model call, given its sink
 
@@ -184,9 +180,8 @@ def engine_request(body: dict[str, Any], target: Target, *, priority: int | None
                          "several calls for several choices")
     request = chat_request(body)
     params = {**target.params, **request.params}
-    extra = {k: v for k, v in body.items() if k not in OWN_FIELDS and k not in PARAMS}
-    if extra:
-        params["extra_body"] = {**params.get("extra_body", {}), **extra}
+    if "extra_body" in target.params and "extra_body" in request.params:
+        params["extra_body"] = {**target.params["extra_body"], **request.params["extra_body"]}
     return replace(request, model=target.model, params=params, slot=None, priority=priority,
                    on_token=on_token, stream=bool(body.get("stream")))
 

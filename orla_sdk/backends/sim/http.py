@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -151,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- chat completions --
     def _chat(self, body: dict[str, Any]) -> None:
         try:
-            call = self._run(_submit(self.engine, _engine_request(body)))
+            call = self._run(_submit(self.engine, chat_request(body)))
         except (ValueError, TypeError, KeyError, BackendError) as exc:
             self._error(400, str(exc))
             return
@@ -231,14 +230,6 @@ async def _submit(engine: SimEngine, request: ChatRequest) -> SimCall:
 
 async def _wait(future: asyncio.Future[T]) -> T:
     return await asyncio.shield(future)
-
-
-def _engine_request(body: dict[str, Any]) -> ChatRequest:
-    """The body as the engine reads it: llama.cpp's ``cache_prompt`` too."""
-    request = chat_request(body)
-    if "cache_prompt" in body:
-        request = replace(request, params={**request.params, "cache_prompt": body["cache_prompt"]})
-    return request
 
 
 def _envelope(call: SimCall, body: dict[str, Any], kind: str) -> dict[str, Any]:
