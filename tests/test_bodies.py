@@ -19,7 +19,7 @@ from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
 from orla_sdk.runtime import bodies
 from orla_sdk.runtime.pool import in_thread
-from tests.test_tool_calls import tick_until
+from tests.test_tool_calls import tick_until, watched_sleep
 
 
 class Gate:
@@ -263,14 +263,10 @@ def test_a_body_on_a_worker_thread_holds_the_virtual_clock_only_while_it_runs() 
     clock = VirtualClock()
     seen: list[float] = []
 
-    def body() -> None:
-        seen.append(clock.now())
-        time.sleep(0.2)  # real time, which the loop cannot see
-        seen.append(clock.now())
-
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
-            await asyncio.gather(in_thread(executor, clock, body), tick_until(clock, 100.0))
+            await asyncio.gather(in_thread(executor, clock, watched_sleep(clock, seen)),
+                                 tick_until(clock, 100.0))
 
     asyncio.run(scenario())
     assert seen[0] == seen[1] < 100.0 <= clock.now()

@@ -7,6 +7,7 @@ import asyncio
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall
@@ -156,15 +157,15 @@ def test_a_model_that_keeps_calling_withdrawn_tools_fails_the_stage_clearly() ->
     assert "no more tool calls are allowed" in str(result.error)
 
 
-CLOCK = VirtualClock()
-TOOL_SAW: list[float] = []
-
-
-def slow_lookup() -> str:
-    TOOL_SAW.append(CLOCK.now())
-    time.sleep(0.2)  # real time, which the loop cannot see
-    TOOL_SAW.append(CLOCK.now())
-    return "found"
+def watched_sleep(clock: VirtualClock, seen: list[float]) -> Callable[[], str]:
+    """Work that sleeps 0.2 s of real time, which the loop cannot see, noting ``clock``'s
+    time before and after in ``seen``."""
+    def slow_lookup() -> str:
+        seen.append(clock.now())
+        time.sleep(0.2)
+        seen.append(clock.now())
+        return "found"
+    return slow_lookup
 
 
 async def tick_until(clock: VirtualClock, until: float) -> None:
@@ -174,19 +175,19 @@ async def tick_until(clock: VirtualClock, until: float) -> None:
 
 
 def test_a_tool_on_a_thread_takes_no_simulated_time() -> None:
-    TOOL_SAW.clear()
+    clock, seen = VirtualClock(), []
 
     async def scenario() -> str:
-        runner = ToolRunner({"slow_lookup": slow_lookup}, clock=CLOCK)
+        runner = ToolRunner({"slow_lookup": watched_sleep(clock, seen)}, clock=clock)
         result, _ = await asyncio.gather(
             runner.run(ToolCall(id="1", name="slow_lookup", arguments="{}")),
-            tick_until(CLOCK, until=1_000.0))
+            tick_until(clock, until=1_000.0))
         return result
 
     assert asyncio.run(scenario()) == "found"
-    started, ended = TOOL_SAW
+    started, ended = seen
     assert started == ended < 1_000.0  # the clock stood still while the tool ran
-    assert CLOCK.now() >= 1_000.0  # and went on once it was over
+    assert clock.now() >= 1_000.0  # and went on once it was over
 
 
 def summarize_with_the_model(topic: str) -> str:

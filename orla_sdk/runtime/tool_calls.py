@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import inspect
 import json
 import queue
@@ -63,7 +62,7 @@ class ToolRunner:
     agent: AgentKey = field(default_factory=lambda: AgentKey("", ""))
     record: StageRecord | None = None
     now: Callable[[], float] = time.monotonic
-    clock: VirtualClock | None = None  # the simulators' clock, held while a tool runs
+    clock: VirtualClock = field(default_factory=VirtualClock)  # held while a tool runs
     # calls of tools with effects that passed their deadline, by (tool, arguments): they
     # may still take effect, so they are not made again
     in_doubt: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -181,17 +180,14 @@ async def _caught(work: Awaitable[Any]) -> tuple[Any, BaseException | None]:
 
 
 def _in_own_thread(fn: Callable[..., Any], arguments: dict[str, Any],
-                   clock: VirtualClock | None) -> asyncio.Future[tuple[Any, BaseException | None]]:
+                   clock: VirtualClock) -> asyncio.Future[tuple[Any, BaseException | None]]:
     """``fn(**arguments)`` on a daemon thread of its own while it runs (with the caller's
     context variables): its value, or what it raised (``SystemExit`` too: it belongs to
     the call, not the thread). ``clock`` stands still until the call is over or given up."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[tuple[Any, BaseException | None]] = loop.create_future()
-    if clock is None:
-        context = contextvars.copy_context()
-    else:
-        context, hold = thread_context(clock)
-        future.add_done_callback(lambda _: hold.end())
+    context, hold = thread_context(clock)
+    future.add_done_callback(lambda _: hold.end())
 
     def work() -> None:
         threading.current_thread().name = f"orla-tool-{fn.__name__}"
