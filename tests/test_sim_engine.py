@@ -27,6 +27,7 @@ from orla_sdk.backends.sim.http import serve_http
 from orla_sdk.backends.sim.profiles import PROFILES, SimProfile, get_profile
 from orla_sdk.backends.sim.replies import fake_json, filler_tokens, reply_seed, stable_seed
 from orla_sdk.backends.sim.tokens import message_text, render_prompt, rendered, tokenize
+from orla_sdk.backends.wire import chat_request
 from orla_sdk.errors import BackendError
 
 T = TypeVar("T")
@@ -585,17 +586,30 @@ def test_cache_prompt_false_over_http_computes_the_whole_prompt(served: str) -> 
     assert counts[0] == counts[1] == 0 and counts[2] > 200
 
 
+def test_a_body_is_read_with_its_stream_flag_and_the_fields_orla_does_not_read() -> None:
+    request = chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                            "max_tokens": 3, "cache_prompt": False, "user": "u1"})
+    assert request.stream is False and request.params == {
+        "max_tokens": 3, "extra_body": {"cache_prompt": False, "user": "u1"}}
+    assert chat_request({"messages": [{"role": "user", "content": "hi"}],
+                         "stream": True}).stream is True
+
+
 def test_metrics_flush_and_slots_over_http(served: str) -> None:
     through_backend(served, ask("One?"), ask("Two?"))
 
-    async def controls() -> tuple[dict[str, float], list[dict[str, Any]], int]:
-        control = LlamaCppControl(served)
+    async def controls() -> tuple[dict[str, float], list[dict[str, Any]], int, list[bool]]:
+        control, nobody = LlamaCppControl(served), LlamaCppControl("http://127.0.0.1:9")
         try:
-            return await control.metrics(), await control.slots(), await control.erase(0)
+            up = [await control.health(), await control.health(), await nobody.health()]
+            return (await control.metrics(), await control.slots(), await control.erase(0),
+                    up)
         finally:
             await control.aclose()
+            await nobody.aclose()
 
-    metrics, slots, erased = asyncio.run(controls())
+    metrics, slots, erased, up = asyncio.run(controls())
+    assert up == [True, True, False]
     assert metrics["prompt_tokens_cached_total"] > 200 and metrics["requests_finished_total"] == 2
     assert len(slots) == PROFILES["qwen3-8b"].max_batch and erased == 0
     assert httpx.post(served + "/flush_cache").status_code == 200

@@ -354,7 +354,7 @@ class ProxiedPool:
             raise TimeoutError(f"no answer through the proxy: {exc!r}") from exc
         except httpx.ConnectError as exc:
             raise Unreachable(f"cannot connect through the proxy: {exc!r}") from exc
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # the connection, or what came over it
             raise ConnectionLost(f"the connection closed: {exc!r}") from exc
 
     async def aclose(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from orla_sdk.backends.control import control_request
 from orla_sdk.backends.engine import slot_folder
 from orla_sdk.backends.http1 import connection_pool
-from orla_sdk.errors import EngineError
+from orla_sdk.errors import BackendError, EngineError
 
 
 class LlamaCppControl:
@@ -39,12 +39,12 @@ class LlamaCppControl:
         await self._http.aclose()
 
     async def health(self) -> bool:
+        """Whether the server is up and its model loaded (it answers 503 while loading)."""
         try:
-            async with self._http.request("GET", "/health") as answer:
-                await answer.read()
-        except OSError:
+            await self._request("GET", "/health")
+        except BackendError:  # down, loading, or failing
             return False
-        return answer.status == 200
+        return True
 
     async def slots(self) -> list[dict[str, Any]]:
         """Each slot's state: id, whether it is busy, tokens of its cached prompt."""

@@ -103,7 +103,8 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
         params["extra_body"] = extra
     return ChatRequest(model=str(body.get("model", "")), messages=messages, params=params,
                        json_schema=schema, schema_name=name, tools=tools or [],
-                       slot=body.get("id_slot"), priority=body.get("priority"))
+                       slot=body.get("id_slot"), priority=body.get("priority"),
+                       stream=bool(body.get("stream")))
 
 
 def checked_messages(messages: Any) -> list[dict[str, Any]]:

@@ -183,7 +183,7 @@ def engine_request(body: dict[str, Any], target: Target, *, priority: int | None
     if "extra_body" in target.params and "extra_body" in request.params:
         params["extra_body"] = {**target.params["extra_body"], **request.params["extra_body"]}
     return replace(request, model=target.model, params=params, slot=None, priority=priority,
-                   on_token=on_token, stream=bool(body.get("stream")))
+                   on_token=on_token)
 
 
 async def _until_done(work: Coroutine[Any, Any, ChatResult], sink: Sink) -> ChatResult:

@@ -385,7 +385,16 @@ class ProxyServer:
                 # still open (not completed, nor opened anew, meanwhile) and still idle
                 if (self.workflows.holds(workflow)
                         and workflow.idle_for(self.workflow_idle_s, time.monotonic())):
-                    await self._end(workflow)  # no report: nobody asked for one
+                    await self._end_idle(workflow)
+
+    async def _end_idle(self, workflow: Workflow) -> None:
+        """End an idle workflow (no report: nobody asked for one); a failure is logged, and
+        the sweep goes on."""
+        try:
+            await self._end(workflow)
+        except Exception as exc:
+            log.warning("ending idle workflow %r failed: %s: %s", workflow.id,
+                        type(exc).__name__, exc)
 
 
 def _import_uvicorn() -> Any:
