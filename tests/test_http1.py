@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import uvloop
 
 from orla_sdk.backends import http1
 from orla_sdk.backends.engine import free_port
@@ -77,9 +78,11 @@ def fixed(*answers: bytes, close: bool = False) -> Reply:
 
 
 def run(reply: Reply, calls: Callable[[ConnectionPool], Awaitable[Any]],
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
         **options: Any) -> tuple[Any, Server]:
-    """``calls(pool)`` on a pool to a server answering with ``reply``; its result, and the
-    server (its connections and requests)."""
+    """``calls(pool)`` on a pool to a server answering with ``reply``, on a loop from
+    ``loop_factory`` (asyncio's by default); its result, and the server (its connections
+    and requests)."""
     server = Server(reply)
 
     async def main() -> Any:
@@ -89,7 +92,8 @@ def run(reply: Reply, calls: Callable[[ConnectionPool], Awaitable[Any]],
                 return await calls(pool)
             finally:
                 await pool.aclose()
-    return asyncio.run(main()), server
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main()), server
 
 
 async def post(pool: ConnectionPool, body: bytes = b'{"a": 1}', *, method: str = "POST",
@@ -110,6 +114,18 @@ def test_answers_of_either_framing_come_back_whole_on_one_kept_alive_connection(
     head, _, body = server.requests[0].partition(b"\r\n\r\n")
     assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") and body == b'{"a": 1}'
     assert b"Content-Type: application/json" in head and b"Content-Length: 8" in head
+
+
+def test_calls_work_on_uvloop_whose_transports_are_not_asyncio_subclasses() -> None:
+    """uvicorn runs its app, and so any orla call the app makes, on uvloop where it is
+    installed: a connection must take whatever transport the loop gives it."""
+    async def calls(pool: ConnectionPool) -> list[tuple[int, bytes]]:
+        return [await post(pool), await post(pool)]
+
+    replies, server = run(fixed(answer(b'{"ok": true}')), calls,
+                          loop_factory=uvloop.new_event_loop)
+    assert replies == [(200, b'{"ok": true}')] * 2
+    assert server.connections == 1
 
 
 def test_the_pools_headers_go_with_every_request_and_a_get_has_no_body() -> None:
