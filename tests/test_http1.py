@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvloop
 
 from orla_sdk.backends import http1
 from orla_sdk.backends.engine import free_port
@@ -78,7 +77,7 @@ def fixed(*answers: bytes, close: bool = False) -> Reply:
 
 
 def run(reply: Reply, calls: Callable[[ConnectionPool], Awaitable[Any]],
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        *, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
         **options: Any) -> tuple[Any, Server]:
     """``calls(pool)`` on a pool to a server answering with ``reply``, on a loop from
     ``loop_factory`` (asyncio's by default); its result, and the server (its connections
@@ -119,6 +118,8 @@ def test_answers_of_either_framing_come_back_whole_on_one_kept_alive_connection(
 def test_calls_work_on_uvloop_whose_transports_are_not_asyncio_subclasses() -> None:
     """uvicorn runs its app, and so any orla call the app makes, on uvloop where it is
     installed: a connection must take whatever transport the loop gives it."""
+    uvloop = pytest.importorskip("uvloop")  # in the dev extra, everywhere but Windows
+
     async def calls(pool: ConnectionPool) -> list[tuple[int, bytes]]:
         return [await post(pool), await post(pool)]
 

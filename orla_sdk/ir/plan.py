@@ -43,7 +43,6 @@ CacheControl = Literal["slots", "global_reset", "keep_alive", "prompt_key", "non
 PRIORITY_RANGE = (0, 100)
 # orla.run's own keywords: a plan's inputs cannot have these names
 RUN_KEYWORDS = frozenset({"pool", "run_id", "checkpoint", "on_event"})
-_UNSEEN: Any = object()  # Plan.resolve: no live object under the reference
 
 
 class _Model(BaseModel):
@@ -313,8 +312,10 @@ class Plan(_Model):
         # read from pydantic's store of private attributes: ``self._objects`` goes through
         # its attribute hook (a microsecond), on the path of every stage of every run
         objects: dict[str, Any] = self.__pydantic_private__["_objects"]  # type: ignore[index]
-        found = objects.get(ref, _UNSEEN)
-        return load_ref(ref) if found is _UNSEEN else found
+        try:
+            return objects[ref]
+        except KeyError:
+            return load_ref(ref)
 
     def clone(self) -> Plan:
         """A deep copy of the plan's data that shares its live objects (they are code,

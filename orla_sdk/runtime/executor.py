@@ -159,6 +159,7 @@ class _Executor:
         self.state = state
         self.result = result
         self.layout = layout_of(plan)
+        self.bodies: dict[str, Body] = {}
 
     async def run_scope(self, scope: str | None, env: Env, items: tuple[int, ...]) -> Env:
         """Run the nodes of one scope (the top level, or one item of a map: ``items`` are
@@ -250,7 +251,7 @@ class _Executor:
     async def _stage(self, node: Node, env: Env, items: tuple[int, ...]) -> Any:
         key = _key(node, items)
         spec = self.plan.stage_of(node)
-        body = _body(self.plan.resolve(spec.ref))
+        body = self._body_of(spec.ref)
         saved = (self.state.durable.stage(key, body.annotation) if self.state.durable
                  else None)
         if saved is not None:
@@ -287,6 +288,13 @@ class _Executor:
         self.state.emit("stage_end", node.id, record=record, output=value)
         return value
 
+    def _body_of(self, ref: str) -> Body:
+        """The stage behind ``ref`` and how its body runs, looked up once a run."""
+        found = self.bodies.get(ref)
+        if found is None:
+            found = self.bodies[ref] = Body.of(self.plan.resolve(ref))
+        return found
+
     def _restored(self, node: Node, value: Any, record: StageRecord) -> Any:
         """A stage an earlier attempt of this run completed: its value and record."""
         self.result.stages.append(record)
@@ -322,7 +330,6 @@ def _key(node: Node, items: tuple[int, ...]) -> str:
 
 
 _signature = functools.lru_cache(maxsize=1024)(inspect.signature)  # stages', asked every run
-_body = functools.lru_cache(maxsize=1024)(Body.of)  # how a stage's body runs, asked every run
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -15,11 +15,12 @@ def tune_gc_for_serving() -> None:
     3.13). Without it, a waiting call's objects outlive several young collections, reach
     the oldest generation and set off full scans of everything the process holds: a third
     of the wall time with 10,000 workflows in flight (``benchmarks/sim_10k.py``), 40% of
-    the proxy's CPU at 1,000 concurrent streams. A young collection walks what survives
-    since the last one: at 50,000 allocations it pauses the process a few milliseconds
-    more than at 10,000, but fewer objects are still alive to walk, and the collector's
-    time falls by a third to four fifths (``benchmarks/README.md``). Call it once, after
-    start-up."""
+    the proxy's CPU at 1,000 concurrent streams. The count is of container objects made
+    less those freed, so each young collection walks up to that many live objects: at
+    50,000 a young pause is longer than at 10,000, but there are a fifth as many, and
+    fewer objects reach the older generations whose collections walk more. The
+    collector's time falls by a third to four fifths, its longest pause about the same
+    (``benchmarks/README.md``). Call it once, after start-up."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -155,8 +155,9 @@ class SharedCache:
 
 
 class _Pin:
-    """One request's slot, held while it runs (``MemoryManager.pin``): a class, not an
-    ``asynccontextmanager``, whose generator costs microseconds on every model call."""
+    """One request's slot, held while it runs (``MemoryManager.pin``; each pin is entered
+    once): a class, not an ``asynccontextmanager``, whose generator costs microseconds on
+    every model call."""
 
     __slots__ = ("agent", "borrowed", "holder", "manager", "prompt", "run_id", "shared",
                  "slot", "table")
