@@ -76,8 +76,21 @@ def fixed(*answers: bytes, close: bool = False) -> Reply:
     return reply
 
 
+LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
+    """asyncio's loop, and uvloop's: uvicorn runs its app, and so any orla call the app
+    makes, on uvloop where it is installed, whose transports are not asyncio's classes."""
+    if request.param == "asyncio":
+        return None
+    uvloop_loop: LoopFactory = pytest.importorskip("uvloop").new_event_loop  # dev extra
+    return uvloop_loop
+
+
 def run(reply: Reply, calls: Callable[[ConnectionPool], Awaitable[Any]],
-        *, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        *, loop_factory: LoopFactory = None,
         **options: Any) -> tuple[Any, Server]:
     """``calls(pool)`` on a pool to a server answering with ``reply``, on a loop from
     ``loop_factory`` (asyncio's by default); its result, and the server (its connections
@@ -101,32 +114,19 @@ async def post(pool: ConnectionPool, body: bytes = b'{"a": 1}', *, method: str =
         return reply.status, await reply.read()
 
 
-def test_answers_of_either_framing_come_back_whole_on_one_kept_alive_connection() -> None:
+def test_answers_of_either_framing_come_back_whole_on_one_kept_alive_connection(
+        loop_factory: LoopFactory) -> None:
     async def calls(pool: ConnectionPool) -> list[tuple[int, bytes]]:
         return [await post(pool), await post(pool), await post(pool)]
 
     replies, server = run(fixed(answer(b'{"ok": true}', 201), chunked(b"data: 1\n", b"data: 2\n")),
-                          calls)
+                          calls, loop_factory=loop_factory)
     assert replies == [(201, b'{"ok": true}'), (200, b"data: 1\ndata: 2\n"),
                        (200, b"data: 1\ndata: 2\n")]
     assert server.connections == 1
     head, _, body = server.requests[0].partition(b"\r\n\r\n")
     assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") and body == b'{"a": 1}'
     assert b"Content-Type: application/json" in head and b"Content-Length: 8" in head
-
-
-def test_calls_work_on_uvloop_whose_transports_are_not_asyncio_subclasses() -> None:
-    """uvicorn runs its app, and so any orla call the app makes, on uvloop where it is
-    installed: a connection must take whatever transport the loop gives it."""
-    uvloop = pytest.importorskip("uvloop")  # in the dev extra, everywhere but Windows
-
-    async def calls(pool: ConnectionPool) -> list[tuple[int, bytes]]:
-        return [await post(pool), await post(pool)]
-
-    replies, server = run(fixed(answer(b'{"ok": true}')), calls,
-                          loop_factory=uvloop.new_event_loop)
-    assert replies == [(200, b'{"ok": true}')] * 2
-    assert server.connections == 1
 
 
 def test_the_pools_headers_go_with_every_request_and_a_get_has_no_body() -> None:
@@ -214,7 +214,8 @@ def test_a_cancelled_request_closes_its_connection() -> None:
     assert reply == (200, b"late") and server.connections == 2
 
 
-def test_an_answer_larger_than_the_read_buffer_arrives_intact() -> None:
+def test_an_answer_larger_than_the_read_buffer_arrives_intact(loop_factory: LoopFactory
+                                                             ) -> None:
     big = bytes(range(256)) * (3 * MAX_BUFFERED // 256)
 
     async def calls(pool: ConnectionPool) -> tuple[int, bytes]:
@@ -222,7 +223,7 @@ def test_an_answer_larger_than_the_read_buffer_arrives_intact() -> None:
             await asyncio.sleep(0.2)  # the server writes ahead; the client stops reading
             return reply.status, await reply.read()
 
-    reply, _ = run(fixed(answer(big)), calls)
+    reply, _ = run(fixed(answer(big)), calls, loop_factory=loop_factory)
     assert reply == (200, big)
 
 
@@ -250,7 +251,8 @@ def test_an_engine_behind_a_proxy_the_environment_names_is_called_through_httpx(
         asyncio.run(through_the_dead_proxy())
 
 
-def test_a_connection_paused_on_a_large_answer_left_early_is_not_reused() -> None:
+def test_a_connection_paused_on_a_large_answer_left_early_is_not_reused(
+        loop_factory: LoopFactory) -> None:
     big = b"x" * (MAX_BUFFERED + 1000)
 
     async def calls(pool: ConnectionPool) -> tuple[int, bytes]:
@@ -258,7 +260,7 @@ def test_a_connection_paused_on_a_large_answer_left_early_is_not_reused() -> Non
             await asyncio.sleep(0.1)  # all of it arrives; reading pauses past the buffer
         return await post(pool)
 
-    reply, server = run(fixed(answer(big), answer(b"next")), calls)
+    reply, server = run(fixed(answer(big), answer(b"next")), calls, loop_factory=loop_factory)
     assert reply == (200, b"next") and server.connections == 2
 
 
