@@ -552,7 +552,9 @@ def plot(run: dict[str, Any], title: str, path: Path) -> None:
 # ---------------------------------------------------------------------------------
 class GcTime:
     """Seconds the cyclic garbage collector runs, all collections and the full ones, from
-    ``gc.callbacks`` (installed while the workflows run)."""
+    ``gc.callbacks`` (installed while the workflows run). CPU seconds of the collecting
+    thread, not wall time: other threads (tools, bodies) may take the GIL while the
+    callbacks run, and their time is not the collector's."""
 
     def __init__(self) -> None:
         self.seconds = self.full_seconds = 0.0
@@ -561,9 +563,9 @@ class GcTime:
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = time.thread_time()
             return
-        spent = time.perf_counter() - self._started
+        spent = time.thread_time() - self._started
         self.seconds += spent
         self.collections += 1
         if info["generation"] == 2:

@@ -57,7 +57,7 @@ def plan_reply(request: ChatRequest, prompt_json: str, seed: int, median: int) -
 
 def stable_seed(*parts: Any) -> int:
     """A seed from JSON-able parts that is the same in every process (unlike ``hash``)."""
-    return _seed_of(json.dumps(parts, sort_keys=True, default=str))
+    return _seed_of(_json_text(parts))
 
 
 def reply_seed(seed: int, request: ChatRequest, prompt_json: str) -> int:
