@@ -515,13 +515,13 @@ def test_an_emulated_answer_cut_by_max_tokens_reads_as_a_shorter_answer() -> Non
     assert len(backend.requests) == 1  # no retry
 
 
-def test_tuning_the_collector_for_serving_freezes_start_up_and_collects_young_less_often(
+def test_tuning_the_collector_for_serving_freezes_start_up_and_collects_less_often(
         ) -> None:
     threshold = gc.get_threshold()
     try:
         orla.runtime.tune_gc_for_serving()
         assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == (50_000, *threshold[1:])
+        assert gc.get_threshold() == (50_000, 100, threshold[2])
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
