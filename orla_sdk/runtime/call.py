@@ -36,7 +36,8 @@ async def call_model(ctx: StageContext, live: LiveBackend, target: Target,
         queue_wait_s=served.queue_wait_s, ttft_s=result.ttft_s, duration_s=result.duration_s,
         slot=served.slot, started_at=started_at, attempts=served.attempts)
     ctx.record.calls.append(call)
-    ctx.run.emit("call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, call=call)
+    if ctx.run.emit.active:
+        ctx.run.emit("call", ctx.node.id, stage=ctx.spec.name, item=ctx.record.item, call=call)
     return result
 
 

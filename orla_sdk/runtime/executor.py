@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orla_sdk.errors import OrlaError, StageFailed
-from orla_sdk.ir import Node, Plan, PriorityNote, PriorityRule, priority_of
+from orla_sdk.ir import Node, Plan, PriorityNote, PriorityRule, StageSpec, priority_of
 from orla_sdk.runtime.bodies import Body
 from orla_sdk.runtime.checkpoint import CheckpointStore, Durable, inputs_of, open_store
 from orla_sdk.runtime.context import RunState, StageContext, current_stage
@@ -258,7 +258,9 @@ class _Executor:
             return self._restored(node, *saved)
         record = StageRecord(node.id, spec.name, item=items[-1] if items else None)
         self.result.stages.append(record)
-        self.state.emit("stage_start", node.id, stage=spec.name, item=record.item)
+        emit = self.state.emit
+        if emit.active:  # spares building the event's keywords for nobody
+            emit("stage_start", node.id, stage=spec.name, item=record.item)
         started = time.perf_counter()
         try:
             args = [resolve(a, env, self.plan) for a in node.args]
@@ -283,9 +285,10 @@ class _Executor:
         finally:
             record.duration_s = time.perf_counter() - started
             if record.status == "failed":
-                self.state.emit("stage_end", node.id, record=record)
-        await self._cache_action(node, record)
-        self.state.emit("stage_end", node.id, record=record, output=value)
+                emit("stage_end", node.id, record=record)
+        await self._cache_action(node, spec, record)
+        if emit.active:
+            emit("stage_end", node.id, record=record, output=value)
         return value
 
     def _body_of(self, ref: str) -> Body:
@@ -311,8 +314,8 @@ class _Executor:
             value = rule.evaluate(dict(bound), self.plan.resolve)
         return value, note.critical_path
 
-    async def _cache_action(self, node: Node, record: StageRecord) -> None:
-        hinted = self.plan.stage_of(node).cache is not None
+    async def _cache_action(self, node: Node, spec: StageSpec, record: StageRecord) -> None:
+        hinted = spec.cache is not None
         entry = await self.state.pool.memory.stage_done(self.state.run_id, node, record,
                                                         hinted=hinted)
         if entry is not None:

@@ -65,7 +65,7 @@ ENGINE_OUTAGES = 3  # separate outages one call waits through (an engine that fl
 CHARS_PER_TOKEN = 4  # to estimate a prompt's tokens before the engine counts them
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Served:
     """A call's result, with the seconds it waited in the queue and the slot it ran on."""
 
@@ -212,19 +212,23 @@ class BackendPool:
         agent = request.agent or AgentKey("", stage, run_id)
         length = _prompt_chars(request)
         admitted = self._admit(agent, backend, request, length)
-        self._observe("call_queued", agent, backend, admitted_tokens=admitted)
+        observed = self.observed  # the events below are built only for policies that read them
+        if observed:
+            self._observe("call_queued", agent, backend, admitted_tokens=admitted)
         try:
             served = await self._call(backend, request, run_id, stage, priority,
                                       critical_path, own_slot, length)
         except BaseException:
-            self._observe("call_failed", agent, backend, admitted_tokens=admitted)
+            if observed:
+                self._observe("call_failed", agent, backend, admitted_tokens=admitted)
             raise
-        result = served.result
-        self._observe("call_finished", agent, backend, prompt_tokens=result.prompt_tokens,
-                      cached_tokens=result.cached_tokens, ttft_s=result.ttft_s,
-                      completion_tokens=result.completion_tokens, slot=served.slot,
-                      seq=served.seq, admitted_tokens=admitted,
-                      tool_calls=len(result.tool_calls))
+        if observed:
+            result = served.result
+            self._observe("call_finished", agent, backend, prompt_tokens=result.prompt_tokens,
+                          cached_tokens=result.cached_tokens, ttft_s=result.ttft_s,
+                          completion_tokens=result.completion_tokens, slot=served.slot,
+                          seq=served.seq, admitted_tokens=admitted,
+                          tool_calls=len(result.tool_calls))
         if agent.known and self.memory.controls(backend) and self.agents.implementing("prefetch"):
             await self._prefetch(backend, agent, request)
         return served
@@ -246,7 +250,8 @@ class BackendPool:
                                             agent=request.agent) as turn,
                             self.memory.pin(run_id, backend, request.agent,
                                             prompt=prompt) as slot):
-                    if request.agent is not None:  # a retry is not a new turn of the agent
+                    if request.agent is not None and self.observed:
+                        # a retry is not a new turn of the agent
                         self._observe("call_started", request.agent, backend, slot=slot,
                                       seq=turn.seq, retry=retries.attempts > 1)
                     result = await self._chat(live, request.evolve(slot=slot,
@@ -295,8 +300,13 @@ class BackendPool:
         async with self.body_limit:
             return await in_thread(self.body_executor, self.clock, fn, *args, **kwargs)
 
+    @property
+    def observed(self) -> bool:
+        """Whether a policy of the agent layer observes events."""
+        return bool(self.agents.implementing("observe"))
+
     def _observe(self, kind: AgentEventKind, key: AgentKey, backend: str, **data: Any) -> None:
-        if self.agents.implementing("observe"):
+        if self.observed:
             data["at"] = self.now()
             self.agents.observe(AgentEvent(kind, key, backend, data))
 
