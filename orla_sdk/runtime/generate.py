@@ -36,6 +36,7 @@ from orla_sdk.runtime.structured import (
 )
 
 T = TypeVar("T")
+SYNC_CALL_FIX = "use `await orla.achat(...)` or `await orla.agenerate(...)` inside it."
 
 
 
@@ -57,7 +58,9 @@ def generate(prompt: str, *, output: Any = None, system: str | None = None,
     rounds, default 4), ``tool_choice="required"`` (the first reply must call a tool),
     and inference parameters such as ``max_tokens`` or ``temperature``.
     """
-    return chat(_messages(prompt, system), output=output, **options)
+    ctx = stage_context()
+    return wait_on_loop(ctx, converse(ctx, _messages(prompt, system), output, **options),
+                        fix=SYNC_CALL_FIX)
 
 
 @overload
@@ -71,9 +74,7 @@ def chat(messages: list[dict[str, Any]], *, output: type[T], **options: Any) -> 
 def chat(messages: list[dict[str, Any]], *, output: Any = None, **options: Any) -> Any:
     """``generate`` with a whole message list. For sync stage bodies."""
     ctx = stage_context()
-    return wait_on_loop(ctx, converse(ctx, messages, output, **options),
-                        fix="use `await orla.achat(...)` or `await orla.agenerate(...)` "
-                            "inside it.")
+    return wait_on_loop(ctx, converse(ctx, messages, output, **options), fix=SYNC_CALL_FIX)
 
 
 @overload
@@ -88,7 +89,7 @@ async def agenerate(prompt: str, *, output: type[T], system: str | None = None,
 
 async def agenerate(prompt: str, *, output: Any = None, system: str | None = None,
                     **options: Any) -> Any:
-    return await achat(_messages(prompt, system), output=output, **options)
+    return await converse(stage_context(), _messages(prompt, system), output, **options)
 
 
 @overload
