@@ -28,7 +28,7 @@ orla's CPU per model call.
 The time Python's cyclic garbage collector takes is reported apart: 10,000 workflows in
 flight hold millions of objects, which every full collection walks. By default the
 collector is tuned as a server tunes it, with ``orla_sdk.runtime.tune_gc_for_serving()``
-(start-up frozen out of its scans, young collections every 50,000 allocations, middle ones
+(start-up frozen out of its scans, young collections every 100,000 allocations, middle ones
 every 100 young ones); ``--gc python`` keeps Python's own settings, to show what that costs.
 
 Reported: wall time, simulated makespan, stage runs and model calls per wall second,

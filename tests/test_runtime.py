@@ -521,7 +521,7 @@ def test_tuning_the_collector_for_serving_freezes_start_up_and_collects_less_oft
     try:
         orla.runtime.tune_gc_for_serving()
         assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == (50_000, 100, threshold[2])
+        assert gc.get_threshold() == (100_000, 100, threshold[2])
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
