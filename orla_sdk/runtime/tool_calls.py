@@ -82,29 +82,37 @@ class ToolRunner:
         answered = self._answered_by_policies(call.name, canonical)
         if answered is not None:
             return answered
-        self._observe("tool_started", tool=call.name)
+        observed = self.layer is not None and bool(self.layer.implementing("observe"))
+        if observed:
+            self._observe("tool_started", tool=call.name)
         started = self.now()
         if self._spec(call.name).effect:
             result, status = await self._run_once(fn, call.name, arguments, canonical, key)
         else:
             result, status = await self._outcome(fn, call.name, arguments)
-        self._observe("tool_ended", tool=call.name, duration_s=self.now() - started,
-                      arguments=canonical, result=result, failed=status != "ok")
+        if observed:
+            self._observe("tool_ended", tool=call.name, duration_s=self.now() - started,
+                          arguments=canonical, result=result, failed=status != "ok")
         self._count("tool_calls")
         return result
 
     def _answered_by_policies(self, name: str, arguments: str) -> str | None:
-        """A refusal, or an equal earlier call's result, from the agent layer."""
-        if self.layer is None:
+        """A refusal, or an equal earlier call's result, from the agent layer (asked only
+        where one of its policies answers such questions: this runs for every tool call)."""
+        layer = self.layer
+        if layer is None:
             return None
-        refusal = self.layer.admit(Admission("tool", self.agent, tool=name))
-        if refusal is not None:
-            self._observe("refused", tool=name, rule=refusal)
-            self._count("refused")
-            return f"error: the call of {name} was refused: {refusal}"
+        if layer.implementing("admit"):
+            refusal = layer.admit(Admission("tool", self.agent, tool=name))
+            if refusal is not None:
+                self._observe("refused", tool=name, rule=refusal)
+                self._count("refused")
+                return f"error: the call of {name} was refused: {refusal}"
+        if not layer.implementing("tool_result"):
+            return None
         spec = self._spec(name)
-        reused = self.layer.tool_result(ToolUse(self.agent, name, arguments, spec.pure,
-                                                spec.ttl_s, spec.effect))
+        reused = layer.tool_result(ToolUse(self.agent, name, arguments, spec.pure,
+                                           spec.ttl_s, spec.effect))
         if reused is not None and not spec.effect:
             self._observe("tool_reused", tool=name, arguments=arguments)
             self._count("tools_reused")
