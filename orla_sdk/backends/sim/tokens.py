@@ -8,6 +8,7 @@ import functools
 import json
 import re
 from itertools import chain
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 # A special token, a word piece of up to 6 letters, up to 3 digits, or one other character;
@@ -49,7 +50,8 @@ def _chat_parts(messages: list[dict[str, Any]],
 @functools.lru_cache(maxsize=PARTS_KEPT)
 def _tokenized(text: str) -> tuple[tuple[str, ...], str]:
     tokens = tuple(TOKEN.findall(text))
-    return tokens, json.dumps(tokens)[1:-1]
+    # json.dumps(tokens) without its brackets, without the encoder's machinery per item
+    return tokens, ", ".join(map(encode_basestring_ascii, tokens))
 
 
 def message_text(message: dict[str, Any]) -> str:
