@@ -164,19 +164,21 @@ class BackendQueue:
         chosen.granted.set_result(None)  # the turn passes on; running stays the same
 
     def _next(self) -> Waiting | None:
-        """The head the stage policy picks among the sub-queues' heads."""
-        heads = []
+        """The head the stage policy picks among the sub-queues' heads (the first of equal
+        ones)."""
+        chosen: Waiting | None = None
+        best: tuple[int, Any] | None = None
         for stage, queue in list(self._queues.items()):
             while queue and _gone(queue[0][2]):
                 heapq.heappop(queue)
-            if queue:
-                heads.append(queue[0][2])
-            else:
+            if not queue:
                 del self._queues[stage]
-        if not heads:
-            return None
-        chosen = min(heads, key=lambda head: self._key(head, self.stage_policy))
-        heapq.heappop(self._queues[chosen.stage])
+                continue
+            key = self._key(queue[0][2], self.stage_policy)
+            if best is None or key < best:
+                chosen, best = queue[0][2], key
+        if chosen is not None:
+            heapq.heappop(self._queues[chosen.stage])
         return chosen
 
     @staticmethod
