@@ -9,7 +9,8 @@ Here each trial starts REV's workflows (from a temporary git worktree) and this
 checkout's at the same moment, in two processes on the machine's cores, and keeps both
 sides running until the slower side's first run ends: the faster side runs again
 meanwhile, and a run still going at the end is stopped and not counted. Both sides so
-meet the same load for the same minutes. A trial's ratio is the median of REV's wall
+meet nearly the same load over the same minutes (a rerun's start-up, a second or two,
+runs beside the other side's workflows). A trial's ratio is the median of REV's wall
 times over the median of this checkout's (and the same for process CPU time).
 
 Each side runs its own ``benchmarks/sim_10k.py`` workflow (``compile_plan("sync")`` and
@@ -37,14 +38,14 @@ from benchmarks.compile_speed import describe_machine
 HERE = Path(__file__).resolve().parent.parent
 POLL_S = 0.2
 
-# Run in a side's own checkout (its path first on sys.path): prints one JSON line.
+# Run in a side's own checkout (its path first on sys.path): writes one JSON object.
 SIDE = """
-import asyncio, json, sys, time
-root, workflows = sys.argv[1], int(sys.argv[2])
+import asyncio, json, os, sys, time
+root, workflows, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sys.path.insert(0, root)
 import orla_sdk
 from benchmarks import sim_10k
-assert orla_sdk.__file__.startswith(root), orla_sdk.__file__
+assert orla_sdk.__file__.startswith(root + os.sep), orla_sdk.__file__
 plan = sim_10k.compile_plan("sync")
 tune = getattr(orla_sdk.runtime, "tune_gc_for_serving", None)
 if tune is not None:
@@ -63,8 +64,9 @@ try:
     asyncio.run(sim_10k.run_all(plan, workflows, None))
 except Exception as exc:
     error = f"{type(exc).__name__}: {exc}"
-print(json.dumps({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-                  "ok": ok, "tuned": tune is not None, "error": error}))
+with open(out, "w") as result:
+    json.dump({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+               "ok": ok, "tuned": tune is not None, "error": error}, result)
 """
 
 
@@ -78,27 +80,32 @@ class Run:
 
 
 class Side:
-    """One checkout's runs in a trial, one process at a time."""
+    """One checkout's runs in a trial, one process at a time; each writes its result to
+    ``result`` and its output (progress, errors) to ``log``, files in ``folder``."""
 
-    def __init__(self, root: Path, workflows: int) -> None:
+    def __init__(self, root: Path, workflows: int, folder: Path) -> None:
         self.root, self.workflows = root, workflows
+        self.result, self.log = folder / "result.json", folder / "output.log"
         self.runs: list[Run] = []
-        self.process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", SIDE, str(self.root), str(self.workflows)],
-            cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.result.unlink(missing_ok=True)
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", SIDE, str(self.root), str(self.workflows),
+                 str(self.result)], cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
 
     def poll(self) -> bool:
         """Whether a run just finished (it is recorded)."""
         assert self.process is not None
         if self.process.poll() is None:
             return False
-        out, _ = self.process.communicate()
-        if self.process.returncode != 0 or not out.strip():
-            raise RuntimeError(f"the run in {self.root} exited with {self.process.returncode}")
-        self.runs.append(Run(**json.loads(out.strip().splitlines()[-1])))
+        if self.process.returncode != 0 or not self.result.exists():
+            tail = self.log.read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"the run in {self.root} exited with "
+                               f"{self.process.returncode}:\n" + "\n".join(tail))
+        self.runs.append(Run(**json.loads(self.result.read_text())))
         return True
 
     def stop(self) -> None:
@@ -107,9 +114,13 @@ class Side:
             self.process.wait()
 
 
-def trial(base: Path, here: Path, workflows: int) -> tuple[list[Run], list[Run]]:
+def trial(base: Path, here: Path, workflows: int, folder: Path
+          ) -> tuple[list[Run], list[Run]]:
     """Both sides at once until each has finished a run; the faster side reruns."""
-    sides = [Side(base, workflows), Side(here, workflows)]
+    sides = []
+    for name, root in (("base", base), ("here", here)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        sides.append(Side(root, workflows, folder / name))
     try:
         for side in sides:
             side.start()
@@ -124,10 +135,17 @@ def trial(base: Path, here: Path, workflows: int) -> tuple[list[Run], list[Run]]
     return sides[0].runs, sides[1].runs
 
 
-def worktree(rev: str, into: Path) -> Path:
-    subprocess.run(["git", "worktree", "add", "--detach", str(into), rev], cwd=HERE,
-                   check=True, capture_output=True, text=True)
-    return into
+def add_worktree(rev: str, into: Path) -> None:
+    added = subprocess.run(["git", "worktree", "add", "--detach", str(into), rev], cwd=HERE,
+                           capture_output=True, text=True)
+    if added.returncode != 0:
+        raise SystemExit(f"git could not check out {rev!r}: {added.stderr.strip()}")
+
+
+def remove_worktree(into: Path) -> None:
+    subprocess.run(["git", "worktree", "remove", "--force", str(into)], cwd=HERE,
+                   capture_output=True)
+    subprocess.run(["git", "worktree", "prune"], cwd=HERE, capture_output=True)
 
 
 def ratio(base: list[Run], here: list[Run], field: str) -> float:
@@ -168,16 +186,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workflows", type=int, default=10_000)
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.trials < 1 or args.workflows < 1:
+        parser.error("--trials and --workflows need at least 1")
     with tempfile.TemporaryDirectory(prefix="orla-sim10k-vs-") as tmp:
-        base = worktree(args.rev, Path(tmp) / "base")
+        base = Path(tmp) / "base"
         try:
+            add_worktree(args.rev, base)
             trials = []
             for number in range(1, args.trials + 1):
-                trials.append(trial(base, HERE, args.workflows))
+                trials.append(trial(base, HERE, args.workflows, Path(tmp) / f"trial{number}"))
                 print(f"  trial {number}/{args.trials} done", file=sys.stderr, flush=True)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=HERE,
-                           capture_output=True)
+            remove_worktree(base)
     print(report(args.rev, trials, args.workflows))
 
 

@@ -190,11 +190,15 @@ def test_a_failing_listener_is_dropped_not_the_run() -> None:
     plan = orla.compile(write, backends=[orla.backends.simulator("sim", "qwen3-4b")],
                         mapping={"light": "sim/qwen3-4b"})
 
+    heard: list[str] = []
+
     def broken(event: orla.runtime.RunEvent) -> None:
+        heard.append(event.kind)
         raise ValueError("view crashed")
 
     result = orla.run(plan, topic="docks", on_event=broken)
     assert result.ok and "ValueError: view crashed" in result.warnings[0]
+    assert heard == ["stage_start"]  # no event after it is built for the dropped listener
 
 
 def test_the_real_engine_streams_in_pieces(llama_engine: LocalEngine) -> None:

@@ -19,6 +19,22 @@ def worktrees() -> list[str]:
     return [line for line in out.splitlines() if line.startswith("worktree ")]
 
 
+def test_a_revision_git_cannot_check_out_is_a_clear_error_and_leaves_nothing() -> None:
+    before = worktrees()
+    with pytest.raises(SystemExit, match="git could not check out 'no-such-rev'"):
+        sim_10k_vs.main(["no-such-rev", "--workflows", "10", "--trials", "1"])
+    assert worktrees() == before
+
+
+def test_a_side_that_fails_is_reported_with_its_output(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    (broken / "benchmarks").mkdir(parents=True)
+    (broken / "orla_sdk").mkdir()
+    (broken / "orla_sdk" / "__init__.py").write_text("raise ImportError('a broken checkout')")
+    with pytest.raises(RuntimeError, match="a broken checkout"):
+        sim_10k_vs.trial(broken, ROOT, 10, tmp_path / "trial")
+
+
 def test_a_commit_and_this_checkout_run_side_by_side_and_are_reported(
         capsys: pytest.CaptureFixture[str]) -> None:
     before = worktrees()
@@ -29,7 +45,7 @@ def test_a_commit_and_this_checkout_run_side_by_side_and_are_reported(
     assert worktrees() == before
 
 
-def test_a_trial_ends_when_each_side_has_finished_a_run() -> None:
-    base, here = sim_10k_vs.trial(ROOT, ROOT, 20)
+def test_a_trial_ends_when_each_side_has_finished_a_run(tmp_path: Path) -> None:
+    base, here = sim_10k_vs.trial(ROOT, ROOT, 20, tmp_path)
     assert base and here
     assert all(run.ok == 20 and run.error is None and run.wall_s > 0 for run in base + here)

@@ -30,15 +30,15 @@ class Emitter:
 
     def __init__(self, run_id: str, listener: Listener | None) -> None:
         self.run_id = run_id
-        self.listener = listener
+        self._listener = listener
         self.active = listener is not None  # read before building an event's keywords
         self.error: str | None = None
 
     def __call__(self, kind: EventKind, node: str | None = None, /, **data: Any) -> None:
-        if self.listener is None:
+        if self._listener is None:
             return
         try:
-            self.listener(RunEvent(kind, self.run_id, node, data))
+            self._listener(RunEvent(kind, self.run_id, node, data))
         except Exception as exc:
-            self.listener, self.active = None, False
+            self._listener, self.active = None, False
             self.error = f"the event listener raised {type(exc).__name__}: {exc}; it was removed"

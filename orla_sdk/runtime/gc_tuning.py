@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 YOUNG_THRESHOLD = 100_000  # allocations between collections of the youngest generation
 MIDDLE_THRESHOLD = 100  # young collections between collections of the middle one
+# From here the collector is incremental, with no middle generation: its second threshold
+# paces the scans of the old one instead, and is left as Python sets it
+INCREMENTAL_COLLECTOR = (3, 14)
 
 
 def tune_gc_for_serving() -> None:
@@ -19,9 +23,9 @@ def tune_gc_for_serving() -> None:
     scans of everything the process holds (a third of the wall time with 10,000
     workflows in flight, ``benchmarks/sim_10k.py``; 40% of the proxy's CPU at 1,000
     concurrent streams). The middle generation is collected every ``MIDDLE_THRESHOLD``
-    young collections, not 10: it holds the objects of calls still in flight, which each
-    of its collections walked (half a second with 10,000 workflows in flight) and found
-    alive.
+    young collections, not 10 (before Python 3.14, whose incremental collector has none):
+    it holds the objects of calls still in flight, which each of its collections walked
+    (half a second with 10,000 workflows in flight) and found alive.
 
     The count behind the young threshold is of container objects made less those freed,
     old ones included, so under a steady load a young collection walks several times the
@@ -31,4 +35,7 @@ def tune_gc_for_serving() -> None:
     once, after start-up."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, gc.get_threshold()[2])
+    middle, oldest = gc.get_threshold()[1:]
+    if sys.version_info < INCREMENTAL_COLLECTOR:
+        middle = MIDDLE_THRESHOLD
+    gc.set_threshold(YOUNG_THRESHOLD, middle, oldest)

@@ -251,9 +251,9 @@ class BackendPool:
                             self.memory.pin(run_id, backend, request.agent,
                                             prompt=prompt) as slot):
                     if request.agent is not None and self.observed:
-                        # a retry is not a new turn of the agent
                         self._observe("call_started", request.agent, backend, slot=slot,
-                                      seq=turn.seq, retry=retries.attempts > 1)
+                                      seq=turn.seq,
+                                      retry=retries.attempts > 1)  # not a new turn of the agent
                     result = await self._chat(live, request.evolve(slot=slot,
                                                                    on_token=pieces))
                 return Served(result, turn.waited_s, slot, retries.attempts, turn.seq)
