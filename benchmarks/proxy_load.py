@@ -346,7 +346,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
              f"start; {report['timestamp']}; {report['seconds']} s per run after "
              f"{WARMUP_S:g} s of warm-up; {report['wall_s']} s in all.", "",
              "| profile | mode | clients | direct /s | proxy /s | proxy / direct | "
-             "relay / direct (the floor) | direct p50 ms | proxy p50 ms | added p50 ms | "
+             "relay / direct (a reference) | direct p50 ms | proxy p50 ms | added p50 ms | "
              "hung + incomplete (direct, proxy, relay) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for d, p, r in triples([Run(**r) for r in report["runs"]]):

@@ -136,6 +136,11 @@ class AgentLayer:
                 p for p in self.policies if getattr(type(p), primitive, base) is not base)
         return found
 
+    @property
+    def observing(self) -> bool:
+        """Whether a policy observes events: callers on hot paths build none otherwise."""
+        return bool(self.implementing("observe"))
+
     def observe(self, event: AgentEvent) -> None:
         for policy in self.implementing("observe"):
             self._guarded(policy, policy.observe, event)

@@ -364,6 +364,8 @@ class MemoryManager:
 
     def _observe(self, kind: AgentEventKind, table: SlotTable, holder: Holder,
                  **data: object) -> None:
+        if not self.agents.observing:
+            return
         key = table.keys.get(holder) or AgentKey("", holder[1], holder[0])
         self.agents.observe(AgentEvent(kind, key, table.name, dict(data)))
 

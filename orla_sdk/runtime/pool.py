@@ -212,7 +212,7 @@ class BackendPool:
         agent = request.agent or AgentKey("", stage, run_id)
         length = _prompt_chars(request)
         admitted = self._admit(agent, backend, request, length)
-        observed = self.observed  # the events below are built only for policies that read them
+        observed = self.agents.observing
         if observed:
             self._observe("call_queued", agent, backend, admitted_tokens=admitted)
         try:
@@ -250,7 +250,7 @@ class BackendPool:
                                             agent=request.agent) as turn,
                             self.memory.pin(run_id, backend, request.agent,
                                             prompt=prompt) as slot):
-                    if request.agent is not None and self.observed:
+                    if request.agent is not None and self.agents.observing:
                         self._observe("call_started", request.agent, backend, slot=slot,
                                       seq=turn.seq,
                                       retry=retries.attempts > 1)  # not a new turn of the agent
@@ -300,13 +300,8 @@ class BackendPool:
         async with self.body_limit:
             return await in_thread(self.body_executor, self.clock, fn, *args, **kwargs)
 
-    @property
-    def observed(self) -> bool:
-        """Whether a policy of the agent layer observes events."""
-        return bool(self.agents.implementing("observe"))
-
     def _observe(self, kind: AgentEventKind, key: AgentKey, backend: str, **data: Any) -> None:
-        if self.observed:
+        if self.agents.observing:
             data["at"] = self.now()
             self.agents.observe(AgentEvent(kind, key, backend, data))
 

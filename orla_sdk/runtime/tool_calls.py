@@ -82,7 +82,7 @@ class ToolRunner:
         answered = self._answered_by_policies(call.name, canonical)
         if answered is not None:
             return answered
-        observed = self.observed  # the events are built only for policies that read them
+        observed = self.layer is not None and self.layer.observing
         if observed:
             self._observe("tool_started", tool=call.name)
         started = self.now()
@@ -122,13 +122,8 @@ class ToolRunner:
     def _spec(self, name: str) -> ToolSpec:
         return self.specs.get(name) or ToolSpec(name=name, ref="")
 
-    @property
-    def observed(self) -> bool:
-        """Whether a policy of the agent layer observes events."""
-        return self.layer is not None and bool(self.layer.implementing("observe"))
-
     def _observe(self, kind: AgentEventKind, **data: Any) -> None:
-        if self.layer is not None and self.observed:
+        if self.layer is not None and self.layer.observing:
             self.layer.observe(AgentEvent(kind, self.agent, "", {**data, "at": self.now()}))
 
     def _count(self, what: Literal["tool_calls", "tools_reused", "refused"]) -> None:
