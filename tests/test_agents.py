@@ -349,6 +349,14 @@ def test_a_policy_whose_observe_raises_is_switched_off(caplog: pytest.LogCapture
     assert layer.victim(CANDIDATES).ref == "old"  # CacheSage knows none of them: recency
 
 
+def test_a_layer_whose_only_observer_is_switched_off_no_longer_observes() -> None:
+    layer = AgentLayer([BadObserver(), SmallIncrement()])
+    assert layer.observing
+    layer.observe(started("A"))
+    assert list(layer.disabled) == ["bad-observer"]
+    assert not layer.observing  # callers stop building events nobody reads
+
+
 def test_victim_needs_candidates_and_ties_go_to_the_oldest() -> None:
     with pytest.raises(ValueError):
         AgentLayer([LeastRecentlyUsed()]).victim([])

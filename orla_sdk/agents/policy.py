@@ -122,9 +122,14 @@ class AgentLayer:
     """Policies in order of precedence, with the failures of each kept apart."""
 
     def __init__(self, policies: Sequence[AgentPolicy] = ()) -> None:
-        self.policies = tuple(policies)
         self.disabled: dict[str, str] = {}  # policy name -> why it was switched off
+        self._use(tuple(policies))
+
+    def _use(self, policies: tuple[AgentPolicy, ...]) -> None:
+        self.policies = policies
         self._implementing: dict[str, tuple[AgentPolicy, ...]] = {}
+        # whether a policy observes events: callers on hot paths build none otherwise
+        self.observing = bool(self.implementing("observe"))
 
     def implementing(self, primitive: str) -> tuple[AgentPolicy, ...]:
         """The policies, in order, that implement ``primitive`` (``AgentPolicy``'s own
@@ -135,11 +140,6 @@ class AgentLayer:
             found = self._implementing[primitive] = tuple(
                 p for p in self.policies if getattr(type(p), primitive, base) is not base)
         return found
-
-    @property
-    def observing(self) -> bool:
-        """Whether a policy observes events: callers on hot paths build none otherwise."""
-        return bool(self.implementing("observe"))
 
     def observe(self, event: AgentEvent) -> None:
         for policy in self.implementing("observe"):
@@ -214,8 +214,7 @@ class AgentLayer:
 
     def _disable(self, policy: AgentPolicy, why: str) -> None:
         if policy in self.policies:
-            self.policies = tuple(p for p in self.policies if p is not policy)
-            self._implementing.clear()
+            self._use(tuple(p for p in self.policies if p is not policy))
             self.disabled[policy.name] = why
             log.warning("agent policy %r raised and is switched off (%s); the run goes on "
                         "without it", policy.name, why)

@@ -254,8 +254,7 @@ class BackendPool:
                         self._observe("call_started", request.agent, backend, slot=slot,
                                       seq=turn.seq,
                                       retry=retries.attempts > 1)  # not a new turn of the agent
-                    result = await self._chat(live, request.evolve(slot=slot,
-                                                                   on_token=pieces))
+                    result = await self._chat(live, _pinned(request, slot, pieces))
                 return Served(result, turn.waited_s, slot, retries.attempts, turn.seq)
             except BackendError as exc:
                 if pieces is not None and pieces.sent:  # asked again, it would go twice
@@ -396,6 +395,14 @@ class _Pieces:
             self.pool._observe("first_token", self.agent, self.backend)
         self.sent = True
         self.sink(text)
+
+
+def _pinned(request: ChatRequest, slot: int | None, pieces: _Pieces | None) -> ChatRequest:
+    """``request`` on ``slot``, its text streamed to ``pieces`` (the request itself where
+    that changes nothing, as for most calls: one copy fewer a call)."""
+    if slot == request.slot and pieces is None:  # no pieces: the request streams to nobody
+        return request
+    return request.evolve(slot=slot, on_token=pieces)
 
 
 def _prompt_chars(request: ChatRequest) -> int:
