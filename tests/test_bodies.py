@@ -4,13 +4,16 @@ threads once they block; what a body sees and may do either way."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from greenlet import greenlet
 
 import orla_sdk as orla
 from orla_sdk.backends.base import ChatRequest, ChatResult
@@ -321,3 +324,91 @@ def test_a_garbage_collection_does_not_send_a_body_to_the_worker_threads(
     finally:
         HEAP.clear()
     assert result.ok and not result.warnings
+
+
+# ---- the greenlets sync bodies run in ---------------------------------------------------
+LAST_VALUES: list[weakref.ref[Any]] = []
+BODY_GREENLETS: list[greenlet] = []
+LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("label", default="unset")
+
+
+class Draft:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+@orla.stage(model="m")
+def draft(text: str) -> Draft:
+    LABEL.set("set by draft")
+    BODY_GREENLETS.append(greenlet.getcurrent())
+    return Draft(orla.generate(text))
+
+
+@orla.stage(model="m")
+def polish(made: Draft) -> Draft:
+    BODY_GREENLETS.append(greenlet.getcurrent())
+    polished = Draft(f"{orla.generate(made.text)}; label {LABEL.get()}")
+    LAST_VALUES.append(weakref.ref(polished))
+    return polished
+
+
+@orla.workflow
+def draft_then_polish(text: str) -> Draft:
+    return polish(draft(text))
+
+
+def test_a_body_greenlet_serves_the_next_body_with_nothing_of_the_last() -> None:
+    BODY_GREENLETS.clear()
+    LAST_VALUES.clear()
+    result = run_on(draft_then_polish, Gate(), text="a b c")
+    assert result.ok, result.error
+    assert result.output.text == "2 words; label unset"  # draft's context stayed draft's
+    first, second = BODY_GREENLETS
+    assert first is second  # kept, not made anew
+    del result
+    gc.collect()
+    assert LAST_VALUES[0]() is None  # the kept greenlet holds no value of a finished body
+
+
+@orla.stage(model="m")
+def refuses(text: str) -> str:
+    BODY_GREENLETS.append(greenlet.getcurrent())
+    orla.generate(text)
+    raise KeyError(f"no such ticket {text!r}")
+
+
+@orla.workflow
+def refusal(text: str) -> str:
+    return refuses(text)
+
+
+def test_a_body_that_raises_fails_its_stage_and_its_greenlet_serves_the_next() -> None:
+    BODY_GREENLETS.clear()
+    failed = run_on(refusal, Gate(), text="t-1")
+    assert not failed.ok and "no such ticket 't-1'" in (failed.error or "")
+    assert failed.stage("refuses").error == "KeyError: \"no such ticket 't-1'\""
+    result = run_on(draft_then_polish, Gate(), text="x")
+    assert result.ok, result.error
+    assert all(body is BODY_GREENLETS[0] for body in BODY_GREENLETS)
+
+
+@orla.workflow
+def many_at_once(texts: list[str]) -> list[str]:
+    return [ask_twice(t) for t in texts]
+
+
+def test_bodies_in_flight_together_each_get_a_greenlet_and_few_are_kept() -> None:
+    count = bodies.SPARE_GREENLETS + 36
+    texts = [f"t{i}" for i in range(count)]
+    result = run_on(many_at_once, Gate(), texts=texts)  # all wait in the queue at once
+    assert result.ok, result.error
+    assert result.output == ["2 words / 4 words"] * count
+    assert len(bodies._spare.greenlets) == bodies.SPARE_GREENLETS
+
+
+def test_a_loop_on_another_thread_never_gets_this_threads_kept_greenlets() -> None:
+    assert run_on(two_sides, Gate(wanted=2), left="a", right="b").ok  # some kept here
+    assert bodies._spare.greenlets
+    with ThreadPoolExecutor(1) as thread:  # a greenlet cannot be switched to elsewhere
+        result = thread.submit(run_on, two_sides, Gate(wanted=2), left="a", right="b c")
+        assert result.result().output == ["2 words / 4 words", "3 words / 5 words"]
