@@ -177,11 +177,12 @@ async def _in_greenlet(ctx: StageContext, fn: Callable[..., Any], args: list[Any
         finally:
             own_loop = asyncio.events._get_running_loop()
             asyncio.events._set_running_loop(loop)
-            computed = time.thread_time() - cpu_started
-            waited = time.perf_counter() - started - computed
-            computed -= _collections.seconds - collected  # the collector's, not the body's
-            if waited > BLOCKING_WAIT_S or computed > COMPUTING_S:
-                _mark_blocking(ctx, fn, waited, computed)
+            elapsed = time.perf_counter() - started
+            if elapsed > min(BLOCKING_WAIT_S, COMPUTING_S):  # else it can be neither
+                cpu = time.thread_time() - cpu_started  # a system call: only when it counts
+                computed = cpu - (_collections.seconds - collected)  # not the collector's
+                if elapsed - cpu > BLOCKING_WAIT_S or computed > COMPUTING_S:
+                    _mark_blocking(ctx, fn, elapsed - cpu, computed)
         if isinstance(asked, _Finished):
             body.gr_context = None  # the body's context variables go with it
             _keep(body)
