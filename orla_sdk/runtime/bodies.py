@@ -92,18 +92,14 @@ class _BodyGreenlet(greenlet):
     to ``SPARE_GREENLETS`` a thread, for the next body."""
 
     def __init__(self) -> None:
-        super().__init__(self._serve)
+        super().__init__(_serve)
         self.job: Callable[[], Any] | None = None
 
     def wait(self, work: Awaitable[T]) -> T:
         assert self.parent is not None  # the loop's greenlet, which started this body
         return cast(T, self.parent.switch(work))
 
-    def _serve(self) -> None:
-        while True:  # switched back into with the next job
-            cast(greenlet, self.parent).switch(self._finish())
-
-    def _finish(self) -> _Finished:
+    def finish(self) -> _Finished:
         job, self.job = self.job, None
         assert job is not None
         try:
@@ -112,6 +108,18 @@ class _BodyGreenlet(greenlet):
             raise
         except BaseException as exc:  # the body's: the loop raises it where it awaits
             return _Finished(None, exc)
+
+
+def _serve() -> None:
+    """A body greenlet's life: run its job, hand the loop what came of it, wait for the
+    next. Nothing here refers to the greenlet while it waits (a method's ``self`` would):
+    a waiting greenlet that refers to itself is never collected."""
+    while True:
+        body = cast(_BodyGreenlet, greenlet.getcurrent())
+        finished, parent = body.finish(), cast(greenlet, body.parent)
+        del body
+        parent.switch(finished)
+        del finished, parent
 
 
 _spare = threading.local()  # .greenlets: the loop thread's kept body greenlets
