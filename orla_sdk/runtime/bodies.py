@@ -122,12 +122,19 @@ def _serve() -> None:
         del finished, parent
 
 
-_spare = threading.local()  # .greenlets: the loop thread's kept body greenlets
+class _Spare(threading.local):
+    """Each thread's kept body greenlets (a greenlet runs only on the thread it began on)."""
+
+    def __init__(self) -> None:
+        self.greenlets: list[_BodyGreenlet] = []
+
+
+_spare = _Spare()
 
 
 def _body_greenlet(job: Callable[[], Any]) -> _BodyGreenlet:
     """A greenlet for ``job``, a kept one where there is, its parent the caller's."""
-    kept: list[_BodyGreenlet] | None = getattr(_spare, "greenlets", None)
+    kept = _spare.greenlets
     body = kept.pop() if kept else _BodyGreenlet()
     body.parent = greenlet.getcurrent()
     body.job = job
@@ -136,11 +143,8 @@ def _body_greenlet(job: Callable[[], Any]) -> _BodyGreenlet:
 
 def _keep(body: _BodyGreenlet) -> None:
     """Keep ``body``, whose body is over, for a later one (unless enough are kept)."""
-    kept: list[_BodyGreenlet] | None = getattr(_spare, "greenlets", None)
-    if kept is None:
-        kept = _spare.greenlets = []
-    if len(kept) < SPARE_GREENLETS:
-        kept.append(body)
+    if len(_spare.greenlets) < SPARE_GREENLETS:
+        _spare.greenlets.append(body)
 
 
 @dataclass(frozen=True)
