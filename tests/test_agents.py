@@ -10,10 +10,13 @@ import itertools
 import logging
 import math
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import orla_sdk as orla
 from orla_sdk.agents import (
@@ -45,7 +48,7 @@ from orla_sdk.backends.sim.replay import (
     engine_replay,
     interleave,
 )
-from orla_sdk.errors import OrlaError
+from orla_sdk.errors import BackendError, OrlaError
 from orla_sdk.runtime.memory import MemoryManager
 
 W = "wf"  # the workload of the hand-built events
@@ -985,38 +988,168 @@ def test_prefetch_restores_the_predicted_agents_saved_slot_into_a_free_one() -> 
 
 
 def test_an_agents_next_run_starts_from_its_context_in_the_last_one() -> None:
-    async def scenario() -> tuple[FakeSavingSlots, list[Any], list[Any]]:
+    async def scenario() -> tuple[FakeSavingSlots, list[Any], list[Any], list[Any]]:
         control = FakeSavingSlots()
         memory = MemoryManager()
         memory.add_slots("b", control, 2)
         coder = AgentKey(W, "coder", "r1")
-        async with memory.pin("r1", "b", coder, **own_slot_options(coder)):
-            pass
-        async with memory.pin("r1", "b"):  # the run's own slot: no agent, no template
-            pass
+        async with memory.pin("r1", "b", coder, **own_slot_options(coder)) as slot:
+            assert slot == 0
+        async with memory.pin("r1", "b") as slot:  # the run's own slot: no agent, no template
+            assert slot == 1
         ended = await memory.end_run("r1")
+        assert sorted(memory.tables["b"].free) == [0, 1]
+        tester = AgentKey(W, "tester", "r2")
+        async with memory.pin("r2", "b", tester, **own_slot_options(tester)) as slot:
+            assert slot == 1  # the slot holding no template: the coder's stays
         again = AgentKey(W, "coder", "r2")
         async with memory.pin("r2", "b", again, **own_slot_options(again)) as slot:
-            assert slot is not None
-        async with memory.pin("r2", "b", AgentKey(W, "tester", "r2"),
-                              **own_slot_options(AgentKey(W, "tester", "r2"))):
-            pass  # an agent without a template starts cold
+            assert slot == 0  # the slot holding its template: nothing to restore
         log = memory.take_log("r2")
-        await memory.end_run("r2")  # the coder's template is not saved again
-        return control, ended, log
+        ended_again = await memory.end_run("r2")  # the coder's template is not saved again
+        return control, ended, log, ended_again
 
-    control, ended, log = asyncio.run(scenario())
+    control, ended, log, ended_again = asyncio.run(scenario())
     template = next(name for name in control.files if "coder" in name)
     # the coder's template saved when r1 ended, not again when r2 did; the tester's then
     assert "template" in template and len(control.saves) == 2
     assert control.saves[0] == template and "tester" in control.saves[1]
-    assert sorted(control.erased[:2]) == [0, 1]
-    assert sorted((e["decision"], e["action"].split(" (")[0]) for e in ended) == [
-        ("flush", "erase slot 0"), ("flush", "erase slot 1"),
-        ("keep", "save slot 0 as coder's template")]
-    assert [file for _, file in control.restored] == [template]
+    # r1's end: slot 0 is left holding the coder's template it was just saved as; the
+    # run's own slot is erased
+    assert control.erased == [1]
+    assert sorted((e["decision"], e["action"]) for e in ended) == [
+        ("flush", "erase slot 1 (0 tokens)"),
+        ("keep", "save slot 0 as coder's template (100 tokens) and leave it there")]
     assert [e["decision"] for e in log] == ["restore"]
     assert "starts from its last run's" in log[0]["reason"]
+    assert log[0]["action"].startswith("none: slot 0 holds coder's template already")
+    # r2's end: the coder's template restored over its context, the tester's left as saved
+    assert control.restored == [(0, template)]
+    assert sorted((e["decision"], e["action"].split(" (")[0]) for e in ended_again) == [
+        ("flush", "restore coder's template into slot 0"),
+        ("keep", "save slot 1 as tester's template")]
+
+
+def test_a_slot_left_with_a_template_is_taken_last_and_then_holds_it_no_more() -> None:
+    async def scenario() -> tuple[FakeSavingSlots, list[Any]]:
+        control = FakeSavingSlots()
+        memory = MemoryManager()
+        memory.add_slots("b", control, 1)
+        first = AgentKey(W, "coder", "r1")
+        async with memory.pin("r1", "b", first, **own_slot_options(first)):
+            pass
+        await memory.end_run("r1")  # slot 0 holds the coder's template
+        async with memory.pin("r2", "b"):  # the only free slot: its template is lost
+            pass
+        await memory.end_run("r2")
+        again = AgentKey(W, "coder", "r3")
+        async with memory.pin("r3", "b", again, **own_slot_options(again)):
+            pass
+        return control, memory.take_log("r3")
+
+    control, log = asyncio.run(scenario())
+    (template,) = control.files
+    assert control.erased == [0]  # r2's context, over the template
+    assert control.restored == [(0, template)]  # so r3's coder starts from the file again
+    assert [e["action"].split(" (")[0] for e in log] == [f"restore slot 0 from {template}"]
+
+
+def test_a_template_that_cannot_be_restored_at_the_end_of_a_run_leaves_the_slot_erased(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class FailingRestore(FakeSavingSlots):
+        async def restore(self, slot: int, filename: str) -> int:
+            raise BackendError("b", "the slot file is gone", retryable=False)
+
+    async def scenario() -> tuple[FakeSavingSlots, list[Any], list[int]]:
+        control = FailingRestore()
+        memory = MemoryManager()
+        memory.add_slots("b", control, 1)
+        for run in ("r1", "r2"):
+            key = AgentKey(W, "coder", run)
+            async with memory.pin(run, "b", key, **own_slot_options(key)):
+                pass
+            ended = await memory.end_run(run)
+        return control, ended, memory.tables["b"].free
+
+    control, ended, free = asyncio.run(scenario())
+    assert control.erased == [0] and free == [0]
+    (entry,) = ended
+    assert entry["decision"] == "flush"
+    assert entry["action"].startswith("restore slot 0 from ")
+    assert "failed (BackendError: " in entry["action"]
+    assert entry["action"].endswith("; erase slot 0 (0 tokens)")
+    assert "the slot file is gone" in caplog.text
+
+
+class ContentSlots:
+    """A slot engine that keeps what each slot and each saved file holds."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = [""] * slots
+        self.files: dict[str, str] = {}
+
+    async def erase(self, slot: int) -> int:
+        self.slots[slot] = ""
+        return 0
+
+    async def save(self, slot: int, filename: str) -> int:
+        self.files[filename] = self.slots[slot]
+        return 1
+
+    async def restore(self, slot: int, filename: str) -> int:
+        self.slots[slot] = self.files[filename]
+        return 1
+
+    async def forget(self, filename: str) -> bool:
+        return self.files.pop(filename, None) is not None
+
+
+Step = tuple[str, int, str]  # ("call" | "end", run, agent ("" for the run's own context))
+
+
+@settings(max_examples=200, deadline=None)
+@given(slots=st.integers(1, 3), steps=st.lists(
+    st.tuples(st.sampled_from(["call", "call", "end"]), st.integers(0, 3),
+              st.sampled_from(["coder", "tester", "critic", ""])), max_size=40))
+def test_a_slot_said_to_hold_a_template_holds_one_of_that_agents(
+        slots: int, steps: list[Step]) -> None:
+    """Runs of several agents on fewer slots, calls and ends in any order: wherever orla
+    skips a template's restore, the engine's slot holds that template as it is now, and no
+    slot is both free and held."""
+    engine = ContentSlots(slots)
+    memory = MemoryManager()
+    memory.add_slots("b", engine, slots)
+    table = memory.tables["b"]
+
+    def check() -> None:
+        assert not set(table.free) & set(table.held.values())
+        assert len(set(table.free)) == len(table.free) and set(table.primed) <= set(table.free)
+        for slot, (workload, agent) in table.primed.items():
+            assert engine.slots[slot] == engine.files[table.templates[(workload, agent)]]
+
+    async def scenario() -> None:
+        runs = [0, 0, 0, 0]  # each run index's current run, a new one after its end
+        for kind, index, agent in steps:
+            run = f"r{index}.{runs[index]}"
+            if kind == "end":
+                await memory.end_run(run)
+                runs[index] += 1
+            else:
+                key = AgentKey(W, agent, run) if agent else None
+                options = own_slot_options(key) if key else {}
+                async with memory.pin(run, "b", key, **options) as slot:
+                    for entry in memory.take_log(run):
+                        unrestored = re.match(r"none: slot (\d+) holds .*\((.*)\)$",
+                                              entry["action"])
+                        if unrestored:
+                            held, filename = int(unrestored[1]), unrestored[2]
+                            assert held == slot
+                            assert engine.slots[slot] == engine.files[filename]
+                    if slot is not None:  # the call: the slot holds its prompt from now on
+                        engine.slots[slot] = f"{run}:{agent}"
+            check()
+
+    asyncio.run(scenario())
 
 
 def test_pool_end_run_ends_the_run_for_every_workload() -> None:

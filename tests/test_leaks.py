@@ -87,7 +87,8 @@ class SharedCache:
 # ---- A: cache actions never fail what finished ------------------------------------------------
 def test_the_end_of_a_run_tries_every_backend_and_slot_whatever_fails(
         caplog: pytest.LogCaptureFixture) -> None:
-    broken, working = Slots("erase"), Slots()
+    # the coder's slot would be saved as its template and left holding it: saving fails too
+    broken, working = Slots("erase", "save"), Slots()
     broken_cache, working_cache = SharedCache(fail=True), SharedCache(fail=False)
 
     async def scenario() -> tuple[list[Any], MemoryManager]:
@@ -111,6 +112,7 @@ def test_the_end_of_a_run_tries_every_backend_and_slot_whatever_fails(
     actions = {(e["backend"], str(e["action"]).split(" (")[0]) for e in entries}
     assert ("broken", "erase slot 0 failed") in actions
     assert ("broken", "erase slot 1 failed") in actions
+    assert ("broken", "no template for coder") in actions
     assert ("working", "erase slot 0") in actions  # after the broken backend failed twice
     assert ("broken-shared", "reset the engine's prefix cache failed") in actions
     assert ("working-shared", "reset the engine's prefix cache") in actions

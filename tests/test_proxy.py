@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import statistics
@@ -932,8 +933,23 @@ def test_a_workflow_keeps_its_prefix_on_one_slot(llama_proxy: ProxyServer) -> No
     assert report["by_stage"]["closer"]["ttft_s_median"] > 0
 
     done = httpx.post(llama_proxy.url + "/v1/orla/workflows/wf-cache/complete").json()
-    assert any(e["action"].startswith("erase slot") for e in done["cache_log"])
+    # one context, the closer's last: saved as its template and left in the slot
+    (ended,) = done["cache_log"]
+    assert re.fullmatch(r"save slot 0 as closer's template \(\d+ tokens\) and leave it there",
+                        ended["action"])
     assert json.dumps(done["report"]) == json.dumps(report)
+
+    # the closer of the next workflow takes that slot: llama.cpp finds the prefix there
+    again = llm.chat.completions.create(
+        model="heavy", max_tokens=4, temperature=0,
+        messages=[{"role": "system", "content": PREFIX},
+                  {"role": "user", "content": "Name another weekday."}],
+        extra_body={"workflow_id": "wf-cache-2", "agent_id": "closer"})
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert (again.usage.prompt_tokens_details.cached_tokens or 0) > usage[0].prompt_tokens // 2
+    done = httpx.post(llama_proxy.url + "/v1/orla/workflows/wf-cache-2/complete").json()
+    started = next(e for e in done["cache_log"] if e["decision"] == "restore")
+    assert started["action"].startswith("none: slot 0 holds closer's template already")
 
 
 def test_tenant_tokens_are_name_and_secret_and_keep_base64_padding() -> None:

@@ -19,7 +19,9 @@ its slot. Between calls, the saved context of the agent the layer predicts
 next is restored into an idle slot (prefetch). When a run ends, each declared agent's
 context is kept in one saved file per agent (a template, saved anew every 16th run), and
 that agent's first context in a later run starts from it, so what their prompts share (a
-system prompt) is cached.
+system prompt) is cached. The ending context's slot is left holding the template (saved
+from it, or restored over it), and a new context of that agent takes such a slot first:
+its first call then waits for no restore.
 A run that waits for a person (a LangGraph interrupt) is suspended: its slots are saved
 and freed at once, and restored when it calls again.
 
@@ -115,6 +117,8 @@ class SlotTable:
     # (workload, agent) -> the saved file of that agent's context in a run that ended
     templates: dict[tuple[str, str], str] = field(default_factory=dict)
     ended: Counter[tuple[str, str]] = field(default_factory=Counter)  # runs, by agent
+    # free slot -> the agent whose template it holds (left there when a run ended)
+    primed: dict[int, tuple[str, str]] = field(default_factory=dict)
     events: int = 0
     save_failures: int = 0  # saves that failed in a row; SAVE_ATTEMPTS of them turn saving off
 
@@ -132,6 +136,16 @@ class SlotTable:
         chosen = layer.victim(candidates).ref
         assert isinstance(chosen, tuple)
         return chosen
+
+    def take_free(self, agent: tuple[str, str] | None = None) -> tuple[int, bool]:
+        """A free slot, and whether it holds ``agent``'s template: one that does, else one
+        holding no template, else the one free longest."""
+        slot = next((s for s in self.free if self.primed.get(s) == agent), None) if agent else None
+        if slot is None:
+            slot = next((s for s in self.free if s not in self.primed), self.free[0])
+        self.free.remove(slot)
+        held = self.primed.pop(slot, None)  # whatever it held, it is in use from now on
+        return slot, agent is not None and held == agent
 
     def of_run(self, run_id: str) -> list[Holder]:
         return [h for h in {*self.held, *self.saved, *self.prompts} if h[0] == run_id]
@@ -239,34 +253,45 @@ class MemoryManager:
         if agent is not None:
             table.keys[holder] = AgentKey(agent.workload, agent.agent, agent.run)
         held = table.held.get(holder)
-        if held is not None:
-            return held if not table.busy[held] else await self._spare_slot(table, holder)
-        slot = await self._spare_slot(table, holder)
-        if slot is None:
+        if held is not None and not table.busy[held]:
+            return held
+        spare = await self._spare_slot(table, holder)
+        if spare is None:
             return None
+        slot, has_template = spare
+        if held is not None:  # its own slot is busy: this one is borrowed for one call
+            return slot
         table.held[holder] = slot
         if holder in table.saved:
             await self._restore(table, holder, slot, table.saved.pop(holder),
                                 "the holder came back to its saved slot", lent=True)
         elif holder[1]:
-            await self._start_from_template(table, holder, slot)
+            await self._start_from_template(table, holder, slot, has_template)
         return slot
 
-    async def _start_from_template(self, table: SlotTable, holder: Holder, slot: int) -> None:
+    async def _start_from_template(self, table: SlotTable, holder: Holder, slot: int,
+                                   has_template: bool) -> None:
         """A new context of a declared agent starts from that agent's context in a run that
-        ended, where one was kept: what they share (its system prompt, mostly) is cached."""
+        ended, where one was kept: what they share (its system prompt, mostly) is cached.
+        A slot that holds the template already (``has_template``) needs no restore."""
         key = table.keys.get(holder)
         filename = table.templates.get((key.workload, key.agent)) if key else None
-        if key is not None and filename is not None:
-            await self._restore(table, holder, slot, filename,
-                                f"a new context of {key.agent} starts from its last run's",
-                                lent=False)
+        if key is None or filename is None:
+            return
+        why = f"a new context of {key.agent} starts from its last run's"
+        if has_template:
+            self._log(holder[0], "restore", why, f"none: slot {slot} holds {key.agent}'s "
+                      f"template already ({filename})", table.name)
+        else:
+            await self._restore(table, holder, slot, filename, why, lent=False)
 
-    async def _spare_slot(self, table: SlotTable, for_holder: Holder) -> int | None:
-        """A free slot, or one the agent layer takes from an idle holder; None if every
-        slot is busy."""
+    async def _spare_slot(self, table: SlotTable,
+                          for_holder: Holder) -> tuple[int, bool] | None:
+        """A free slot, or one the agent layer takes from an idle holder, and whether it
+        holds the template of ``for_holder``'s agent; None if every slot is busy."""
         if table.free:
-            return table.free.pop(0)
+            key = table.keys.get(for_holder)
+            return table.take_free((key.workload, key.agent) if key else None)
         victim = table.idle_holder(self.agents)
         if victim is None:
             return None
@@ -274,7 +299,7 @@ class MemoryManager:
         action = await self._vacate(table, victim, slot)
         self._log(victim[0], "lend", f"{_name(for_holder)} needed a slot and none was free",
                   action, table.name)
-        return slot
+        return slot, False
 
     async def _vacate(self, table: SlotTable, holder: Holder, slot: int) -> str:
         """Free the slot of idle ``holder`` for another. Its context is saved where the
@@ -356,7 +381,7 @@ class MemoryManager:
             holder = next((h for h, k in table.keys.items()
                            if h[0] == key.run and k.agent == agent), None)
             if holder in table.saved and holder not in table.held and table.free:
-                slot = table.free.pop(0)
+                slot, _ = table.take_free()
                 table.held[holder] = slot
                 table.last_used[holder] = table.events
                 await self._restore(table, holder, slot, table.saved.pop(holder),
@@ -524,7 +549,7 @@ class MemoryManager:
 
     async def _end_context(self, table: SlotTable, holder: Holder) -> list[CacheLogEntry]:
         """Drop one context of an ending run: its saved slot (deleted, unless it becomes its
-        agent's template) and its slot (erased)."""
+        agent's template) and its slot (left holding its agent's template, else erased)."""
         table.last_used.pop(holder, None)
         key = table.keys.pop(holder, None)
         table.prompts.pop(holder, None)
@@ -539,9 +564,29 @@ class MemoryManager:
         elif kept:
             entries.append(_entry(table.name, "keep", "end of workflow", kept))
         if holder in table.held:
+            left = await self._leave_template(table, holder, key) if holder[1] and key else ""
             entries.append(_entry(table.name, "flush", "end of workflow",
-                                  await self._release(table, holder)))
+                                  left or await self._release(table, holder)))
         return entries
+
+    async def _leave_template(self, table: SlotTable, holder: Holder, key: AgentKey) -> str:
+        """Drop an ending context by restoring its agent's template over it: the slot is
+        free, and the agent's next context that takes it has nothing to restore. Returns
+        what was done ("": nothing, where there is no template or no restore)."""
+        agent = (key.workload, key.agent)
+        filename = table.templates.get(agent)
+        if filename is None or not hasattr(table.control, "restore"):
+            return ""
+        slot = table.held.pop(holder)
+        try:
+            restored = await table.control.restore(slot, filename)
+        except Exception as exc:
+            failed = _failed(table.name, f"restore slot {slot} from {filename}", exc)
+            return f"{failed}; {await self._erase(table, holder, slot)}"
+        self._observe("slot_restored", table, holder, slot=slot, tokens=restored)
+        _leave_primed(table, slot, agent)
+        return (f"restore {key.agent}'s template into slot {slot} ({restored} tokens) and "
+                "leave it there")
 
     async def _keep_template(self, table: SlotTable, holder: Holder, key: AgentKey) -> str:
         """Keep an ending context of a declared agent as where that agent's next contexts
@@ -561,19 +606,30 @@ class MemoryManager:
         saved, failure = await self._save(table, slot, filename)
         if saved is None:  # the next contexts of this agent start cold, as without one
             return f"no template for {key.agent} ({failure})"
-        return (f"save slot {slot} as {key.agent}'s template ({saved} tokens)"
-                + await self._set_template(table, agent, filename))
+        kept = (f"save slot {slot} as {key.agent}'s template ({saved} tokens) and leave it "
+                "there" + await self._set_template(table, agent, filename))
+        if table.held.get(holder) == slot:  # the slot holds just the template now
+            del table.held[holder]
+            _leave_primed(table, slot, agent)
+        return kept
 
     async def _set_template(self, table: SlotTable, agent: tuple[str, str],
                             filename: str) -> str:
-        """Make ``filename`` the agent's template; the file it replaces is deleted."""
+        """Make ``filename`` the agent's template; the file it replaces is deleted, and
+        slots left holding that agent's earlier template no longer count as holding it."""
         old, table.templates[agent] = table.templates.get(agent), filename
+        for slot in [slot for slot, primed in table.primed.items() if primed == agent]:
+            del table.primed[slot]
         return await self._forget(table, old) if old not in (None, filename) else ""
 
     async def _release(self, table: SlotTable, holder: Holder) -> str:
         slot = table.held.pop(holder, None)
         if slot is None:
             return "none: no slot held"
+        return await self._erase(table, holder, slot)
+
+    async def _erase(self, table: SlotTable, holder: Holder, slot: int) -> str:
+        """Erase and free ``slot``, which ``holder`` held."""
         try:
             erased = await table.control.erase(slot)
         except Exception as exc:
@@ -596,6 +652,12 @@ def _slot_file(holder: Holder) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{run_id}-{agent}" if agent else run_id)[:64]
     digest = hashlib.sha1(f"{run_id}\x00{agent}".encode() if agent else run_id.encode())
     return f"orla-{safe}-{digest.hexdigest()[:8]}-slot.bin"
+
+
+def _leave_primed(table: SlotTable, slot: int, agent: tuple[str, str]) -> None:
+    """Free ``slot``, which holds ``agent``'s template."""
+    table.free.append(slot)
+    table.primed[slot] = agent
 
 
 def _failed(backend: str, what: str, exc: Exception) -> str:

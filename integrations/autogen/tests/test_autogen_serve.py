@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 from typing import Any
 
 import pytest
@@ -133,17 +134,22 @@ def test_each_run_is_an_orla_run_with_its_spans() -> None:
     served_run(served, twice)
     runs = {r.labels["run"] for r in served.report.rows()}
     assert len(runs) == 2
-    # each run ended "over": the slots of its agents on the light engine erased when the
-    # team stopped (the selector's and each light agent's own), each agent's context kept
-    # as its template, from which the second run's contexts of that agent start
+    # each run ended "over". The first run's end saved each light agent's context (the
+    # selector's and each light agent's own) as its template and left it in the slot; the
+    # second run's contexts of those agents took those slots, with nothing to restore; its
+    # end restored each agent's template over its context (saved only every 16th run)
     assert {e["run"] for e in served.cache_log} == runs
     actions: dict[str, list[str]] = {}
     for entry in served.cache_log:
         actions.setdefault(entry["decision"], []).append(entry["action"])
     assert set(actions) == {"flush", "keep", "restore"}
-    assert all(action.startswith("erase slot") for action in actions["flush"])
-    assert all("template" in action for action in actions["keep"])
-    assert all(action.startswith("restore slot") for action in actions["restore"])
+    assert len(actions["keep"]) == len(actions["restore"]) == len(actions["flush"]) > 0
+    assert all(re.fullmatch(r"save slot \d+ as \w+'s template \(\d+ tokens\) and leave it there",
+                            action) for action in actions["keep"])
+    assert all(re.match(r"none: slot \d+ holds \w+'s template already", action)
+               for action in actions["restore"])
+    assert all(re.fullmatch(r"restore \w+'s template into slot \d+ \(\d+ tokens\) and leave "
+                            r"it there", action) for action in actions["flush"])
     assert tracer.names.count("orla.unit manager:selector") == 2
     assert tracer.names.count("chat smollm2-135m") == served.report.to_json()["total"]["calls"]
 

@@ -160,8 +160,15 @@ def test_a_thread_keeps_its_slot_between_turns_and_finds_its_context_cached(
     first, second = (row.record.calls[0] for row in served.report.rows(node="classify"))
     assert first.slot == second.slot is not None
     assert first.cached_tokens == 0 and second.cached_tokens > 0
-    # the thread's slot is erased; the node's context is kept as its template
-    assert sorted(e["decision"] for e in served.end_thread("t1")) == ["flush", "keep"]
+    # the node's context is saved as its template, and the slot is left holding it
+    (ended,) = served.end_thread("t1")
+    assert ended["decision"] == "keep" and ended["action"].endswith(" and leave it there")
+    # so a new thread's first call takes that slot and finds its prefix there, unrestored
+    served.invoke({"ticket": "A long ticket about a double charge. " * 8}, thread("t2"))
+    third = served.report.rows(node="classify")[-1].record.calls[0]
+    assert third.slot == first.slot and third.cached_tokens > 0
+    (restore,) = [e["action"] for e in served.cache_log if e["decision"] == "restore"]
+    assert restore.startswith(f"none: slot {first.slot} holds classify's template already")
 
 
 def test_a_node_hinted_to_flush_drops_the_threads_context_once_its_step_is_over() -> None:
@@ -515,7 +522,8 @@ def test_a_thread_idle_past_the_limit_loses_its_run_and_comes_back_cold() -> Non
                 break
             time.sleep(0.02)
         assert set(app.session._runs) == {f"{app.name}:busy"}
-        assert [e["thread_id"] for e in app.cache_log if e["decision"] == "flush"] == ["quiet"]
+        assert [e["thread_id"] for e in app.cache_log
+                if e["reason"] == "end of workflow"] == ["quiet"]
         assert app.get_state(thread("quiet")).values["ticket"] == "first"  # the saver's
         app.invoke({"ticket": "back"}, thread("quiet"))  # a new run, prefilled again
         assert f"{app.name}:quiet" in app.session._runs
