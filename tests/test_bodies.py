@@ -4,6 +4,7 @@ threads once they block; what a body sees and may do either way."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import gc
 import threading
@@ -20,7 +21,9 @@ from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.sim.clock import VirtualClock
 from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
+from orla_sdk.loop_thread import LoopThread
 from orla_sdk.runtime import bodies
+from orla_sdk.runtime.off_loop import wait_for_loop
 from orla_sdk.runtime.pool import in_thread
 from tests.test_tool_calls import tick_until, watched_sleep
 
@@ -422,3 +425,57 @@ def test_a_loop_on_another_thread_never_gets_this_threads_kept_greenlets() -> No
         result = thread.submit(run_on, two_sides, Gate(wanted=2), left="a", right="b c")
         assert result.result().output == ["2 words / 4 words", "3 words / 5 words"]
     assert body_greenlets() == before  # what the ended thread kept was freed with it
+
+
+# ---- a thread waiting for the loop ---------------------------------------------------------
+def test_a_thread_waiting_for_the_loop_gets_its_value_error_and_context() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+    loop_thread = LoopThread("wait-test")
+    loop = loop_thread.start()
+    try:
+        async def seen() -> tuple[str, bool]:
+            await asyncio.sleep(0)
+            return var.get(), asyncio.get_running_loop() is loop
+
+        async def fails() -> None:
+            await asyncio.sleep(0)
+            raise BackendError("b", "refused", retryable=False)
+
+        var.set("caller's")
+        assert wait_for_loop(loop, seen()) == ("caller's", True)
+        with pytest.raises(BackendError, match="refused"):
+            wait_for_loop(loop, fails())
+        with ThreadPoolExecutor(4) as threads:  # many threads waiting at once
+            results = list(threads.map(lambda i: wait_for_loop(loop, echo(i)), range(64)))
+        assert results == list(range(64))
+    finally:
+        loop_thread.stop()
+
+
+async def echo(value: int) -> int:
+    await asyncio.sleep(0.001)
+    return value
+
+
+def test_a_thread_waiting_for_a_loop_that_stops_is_told_it_was_cancelled() -> None:
+    loop_thread = LoopThread("wait-test")
+    loop = loop_thread.start()
+    started = threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    def stop_once_started() -> None:
+        started.wait(5)
+        loop_thread.stop()
+
+    stopper = threading.Thread(target=stop_once_started)
+    stopper.start()
+    with pytest.raises(concurrent.futures.CancelledError):
+        wait_for_loop(loop, forever())
+    stopper.join()
+    work = forever()
+    with pytest.raises(RuntimeError, match="closed"):
+        wait_for_loop(loop, work)
+    assert work.cr_frame is None  # closed, not left to warn that it was never awaited

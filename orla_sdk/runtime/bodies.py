@@ -37,7 +37,7 @@ from greenlet import GreenletExit, greenlet
 from orla_sdk.errors import OrlaError
 from orla_sdk.runtime.call import in_loop_thread
 from orla_sdk.runtime.context import StageContext
-from orla_sdk.runtime.off_loop import unheld
+from orla_sdk.runtime.off_loop import unheld, wait_for_loop
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -227,7 +227,7 @@ def wait_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T], *, fix: str) -
     if in_loop_thread(ctx):
         work.close()
         raise OrlaError(f"stage {ctx.spec.name!r} is async: {fix}")
-    return asyncio.run_coroutine_threadsafe(unheld(work), ctx.run.loop).result()
+    return wait_for_loop(ctx.run.loop, work)
 
 
 def future_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:

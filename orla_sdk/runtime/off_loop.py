@@ -8,9 +8,12 @@ the answer it waits for."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextvars
-from collections.abc import Awaitable
-from typing import TypeVar
+import threading
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 from orla_sdk.backends.sim.clock import VirtualClock
 
@@ -52,6 +55,40 @@ def thread_context(clock: VirtualClock) -> tuple[contextvars.Context, Hold]:
     context.run(_hold.set, hold)
     hold.resume()
     return context, hold
+
+
+def wait_for_loop(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result, run on ``loop`` for this thread (not the loop's), which waits.
+    ``run_coroutine_threadsafe(work, loop).result()`` does the same with a future chained
+    to the task, set a turn of the loop after the task ends; a served app pays for that
+    on every model call. Here the task hands its outcome over itself. Cancelled (the loop
+    stopping), it raises ``concurrent.futures.CancelledError``, as that future would."""
+    done = threading.Lock()
+    done.acquire()
+    outcome: list[Any] = []  # the value, or the exception and the value None
+
+    async def run() -> None:
+        try:
+            outcome.append(await unheld(work))
+        except BaseException as exc:
+            outcome[:] = [None, exc]
+        finally:
+            done.release()
+
+    tasks: list[asyncio.Task[None]] = []  # held here: the loop keeps weak references only
+    try:
+        loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(run())))
+    except RuntimeError:  # the loop is closed
+        work.close()
+        raise
+    done.acquire()
+    if len(outcome) == 1:
+        value: T = outcome[0]
+        return value
+    error = outcome[1]
+    if isinstance(error, asyncio.CancelledError):
+        raise concurrent.futures.CancelledError() from error
+    raise error
 
 
 async def unheld(work: Awaitable[T]) -> T:
