@@ -38,7 +38,9 @@ every round):
   tokens found cached, from the engines' counters for both ways.
 - **overhead**: both servers on the zero-cost ``instant`` profile; one thread-less
   invocation at a time (two model calls), ``--repeat`` per measure after a warm-up,
-  interleaved invocation by invocation, ``gc.collect()`` before each. A third measure,
+  interleaved invocation by invocation, ``gc.collect()`` before each. A served
+  invocation's run ends after it returns (``end_soon``: its cache actions); that is waited
+  for, untimed, so that it lands on no other invocation's clock. A third measure,
   the bare app with streaming clients, shows what streaming from the same server costs.
 
 With ``--profile``, ``PROFILE_RUNS`` served invocations of the overhead app
@@ -381,6 +383,8 @@ class OverheadBench:
         start = time.perf_counter()
         state = self.apps[measure].invoke(OVERHEAD_INPUT)
         elapsed = time.perf_counter() - start
+        if measure == SERVED:  # its run ends after it returns: not on the next one's clock
+            self.apps[SERVED].session.wait_ended()
         if self.outputs.setdefault(measure, replies(state)) != replies(state):
             raise AssertionError(f"{measure}: invocations gave different replies")
         return elapsed

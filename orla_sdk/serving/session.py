@@ -128,12 +128,16 @@ class ServingSession:
         finally:
             self._thread.stop()
 
-    def _settle_all(self) -> None:
+    def wait_ended(self) -> None:
+        """Wait until the runs ended with ``end_soon`` so far are settled."""
         with self._lock:
             ending = list(self._ending)
         for future in ending:
             if not future.cancelled():
                 future.exception()  # waits; a failure was logged already
+
+    def _settle_all(self) -> None:
+        self.wait_ended()
         for run_id in list(self._runs):
             try:
                 self.call(self.settle(run_id, "over"))
