@@ -606,12 +606,13 @@ class MemoryManager:
         saved, failure = await self._save(table, slot, filename)
         if saved is None:  # the next contexts of this agent start cold, as without one
             return f"no template for {key.agent} ({failure})"
-        kept = (f"save slot {slot} as {key.agent}'s template ({saved} tokens) and leave it "
-                "there" + await self._set_template(table, agent, filename))
-        if table.held.get(holder) == slot:  # the slot holds just the template now
+        forgotten = await self._set_template(table, agent, filename)
+        left = table.held.get(holder) == slot  # then the slot holds just the template
+        if left:
             del table.held[holder]
             _leave_primed(table, slot, agent)
-        return kept
+        return (f"save slot {slot} as {key.agent}'s template ({saved} tokens)"
+                + (" and leave it there" if left else "") + forgotten)
 
     async def _set_template(self, table: SlotTable, agent: tuple[str, str],
                             filename: str) -> str:
