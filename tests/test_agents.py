@@ -49,7 +49,7 @@ from orla_sdk.backends.sim.replay import (
     interleave,
 )
 from orla_sdk.errors import BackendError, OrlaError
-from orla_sdk.runtime.memory import MemoryManager
+from orla_sdk.runtime.memory import TEMPLATE_EVERY, MemoryManager, SlotTable
 
 W = "wf"  # the workload of the hand-built events
 
@@ -1081,6 +1081,73 @@ def test_a_template_that_cannot_be_restored_at_the_end_of_a_run_leaves_the_slot_
     assert "the slot file is gone" in caplog.text
 
 
+def test_a_free_slot_is_taken_by_what_it_holds_first() -> None:
+    table = SlotTable("b", FakeSavingSlots(), free=[2, 1, 0])
+    table.primed = {1: (W, "coder"), 0: (W, "tester")}
+    assert table.take_free((W, "tester")) == (0, True)  # its template, though free last
+    assert table.take_free((W, "critic")) == (2, False)  # no template: one holding none
+    assert table.take_free() == (1, False)  # only a template's left: taken, and forgotten
+    assert table.free == [] and table.primed == {}
+
+
+def test_a_template_saved_anew_while_another_is_restored_is_what_counts() -> None:
+    class SlowRestore(ContentSlots):
+        async def restore(self, slot: int, filename: str) -> int:
+            content = self.files[filename]
+            await gate.wait()  # the engine has read the file; its answer comes later
+            self.slots[slot] = content
+            return 1
+
+    async def call(memory: MemoryManager, engine: ContentSlots, run: str) -> None:
+        key = AgentKey(W, "coder", run)
+        async with memory.pin(run, "b", key, **own_slot_options(key)) as slot:
+            assert slot is not None
+            engine.slots[slot] = f"{run}'s context"
+
+    async def scenario() -> tuple[SlotTable, ContentSlots]:
+        engine, memory = SlowRestore(2), MemoryManager()
+        memory.add_slots("b", engine, 2)
+        await call(memory, engine, "r0")
+        await memory.end_run("r0")  # the coder's template: r0's context
+        await call(memory, engine, "ra")
+        await call(memory, engine, "rb")
+        memory.tables["b"].ended[(W, "coder")] = TEMPLATE_EVERY - 1  # rb's end saves anew
+        gate.clear()
+        ending = asyncio.create_task(memory.end_run("ra"))  # restores r0's over ra's
+        await asyncio.sleep(0)
+        await memory.end_run("rb")
+        gate.set()
+        await ending
+        return memory.tables["b"], engine
+
+    gate = asyncio.Event()
+    gate.set()
+    table, engine = asyncio.run(scenario())
+    (template,) = engine.files
+    assert engine.files[template] == "rb's context"
+    # only rb's slot counts as holding it; ra's got the template read before rb's save
+    assert [(engine.slots[slot], agent) for slot, agent in table.primed.items()] == [
+        ("rb's context", (W, "coder"))]
+
+
+def test_a_call_the_engine_placed_itself_forgets_which_slots_hold_templates() -> None:
+    async def scenario() -> SlotTable:
+        memory = MemoryManager()
+        memory.add_slots("b", FakeSavingSlots(), 1)
+        key = AgentKey(W, "coder", "r1")
+        first = memory.pin("r1", "b", key, **own_slot_options(key))
+        assert await first.__aenter__() == 0
+        unpinned = memory.pin("r2", "b")
+        assert await unpinned.__aenter__() is None  # every slot busy: the engine chooses
+        await first.__aexit__(None, None, None)
+        await memory.end_run("r1")  # slot 0 left holding the coder's template
+        assert memory.tables["b"].primed == {0: (W, "coder")}
+        await unpinned.__aexit__(None, None, None)  # it may have run in slot 0
+        return memory.tables["b"]
+
+    assert asyncio.run(scenario()).primed == {}
+
+
 class ContentSlots:
     """A slot engine that keeps what each slot and each saved file holds."""
 
@@ -1089,33 +1156,39 @@ class ContentSlots:
         self.files: dict[str, str] = {}
 
     async def erase(self, slot: int) -> int:
+        await asyncio.sleep(0)  # answered a moment later, as over HTTP
         self.slots[slot] = ""
         return 0
 
     async def save(self, slot: int, filename: str) -> int:
-        self.files[filename] = self.slots[slot]
+        content = self.slots[slot]
+        await asyncio.sleep(0)
+        self.files[filename] = content
         return 1
 
     async def restore(self, slot: int, filename: str) -> int:
-        self.slots[slot] = self.files[filename]
+        content = self.files[filename]
+        await asyncio.sleep(0)
+        self.slots[slot] = content
         return 1
 
     async def forget(self, filename: str) -> bool:
         return self.files.pop(filename, None) is not None
 
 
-Step = tuple[str, int, str]  # ("call" | "end", run, agent ("" for the run's own context))
+Step = tuple[str, int, str]  # ("call" | "end" | "ends", run, agent ("" for the run's own)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(slots=st.integers(1, 3), steps=st.lists(
-    st.tuples(st.sampled_from(["call", "call", "end"]), st.integers(0, 3),
+    st.tuples(st.sampled_from(["call", "call", "end", "ends"]), st.integers(0, 3),
               st.sampled_from(["coder", "tester", "critic", ""])), max_size=40))
 def test_a_slot_said_to_hold_a_template_holds_one_of_that_agents(
         slots: int, steps: list[Step]) -> None:
-    """Runs of several agents on fewer slots, calls and ends in any order: wherever orla
-    skips a template's restore, the engine's slot holds that template as it is now, and no
-    slot is both free and held."""
+    """Runs of several agents on fewer slots, calls and ends in any order, some ends at
+    once ("ends": that run and the next), the engine answering each cache action a moment
+    later: wherever orla skips a template's restore, the engine's slot holds that template
+    as it is now, and no slot is both free and held."""
     engine = ContentSlots(slots)
     memory = MemoryManager()
     memory.add_slots("b", engine, slots)
@@ -1134,6 +1207,12 @@ def test_a_slot_said_to_hold_a_template_holds_one_of_that_agents(
             if kind == "end":
                 await memory.end_run(run)
                 runs[index] += 1
+            elif kind == "ends":
+                other = (index + 1) % len(runs)
+                await asyncio.gather(memory.end_run(run),
+                                     memory.end_run(f"r{other}.{runs[other]}"))
+                runs[index] += 1
+                runs[other] += 1
             else:
                 key = AgentKey(W, agent, run) if agent else None
                 options = own_slot_options(key) if key else {}

@@ -479,3 +479,34 @@ def test_a_thread_waiting_for_a_loop_that_stops_is_told_it_was_cancelled() -> No
     with pytest.raises(RuntimeError, match="closed"):
         wait_for_loop(loop, work)
     assert work.cr_frame is None  # closed, not left to warn that it was never awaited
+
+
+def test_a_thread_waiting_for_work_cancelled_before_it_began_is_told_so() -> None:
+    loop_thread = LoopThread("wait-test")
+    loop = loop_thread.start()
+    busy = threading.Event()
+    loop.call_soon_threadsafe(busy.wait)  # the loop waits: what follows queues up behind it
+    cancel_all = asyncio.run_coroutine_threadsafe(cancel_other_tasks(), loop)
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            wait_for_loop(loop, echo(1))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)  # so a hang fails, not blocks, the tests
+    waiter.start()
+    time.sleep(0.2)  # its task is queued behind the cancelling one, not begun
+    busy.set()
+    waiter.join(5)
+    cancel_all.result(5)
+    loop_thread.stop()
+    assert not waiter.is_alive()
+    assert [type(exc) for exc in outcome] == [concurrent.futures.CancelledError]
+
+
+async def cancel_other_tasks() -> None:
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.cancel()

@@ -112,7 +112,7 @@ def test_the_end_of_a_run_tries_every_backend_and_slot_whatever_fails(
     actions = {(e["backend"], str(e["action"]).split(" (")[0]) for e in entries}
     assert ("broken", "erase slot 0 failed") in actions
     assert ("broken", "erase slot 1 failed") in actions
-    assert ("broken", "no template for coder") in actions
+    assert ("broken", "no new template for coder") in actions
     assert ("working", "erase slot 0") in actions  # after the broken backend failed twice
     assert ("broken-shared", "reset the engine's prefix cache failed") in actions
     assert ("working-shared", "reset the engine's prefix cache") in actions

@@ -119,6 +119,7 @@ class SlotTable:
     ended: Counter[tuple[str, str]] = field(default_factory=Counter)  # runs, by agent
     # free slot -> the agent whose template it holds (left there when a run ended)
     primed: dict[int, tuple[str, str]] = field(default_factory=dict)
+    changes: Counter[tuple[str, str]] = field(default_factory=Counter)  # of templates, by agent
     events: int = 0
     save_failures: int = 0  # saves that failed in a row; SAVE_ATTEMPTS of them turn saving off
 
@@ -208,6 +209,8 @@ class _Pin:
             table.last_used[self.holder] = table.events
             if self.borrowed:  # holding no one's context
                 table.free.append(slot)
+        elif table is not None:  # the engine ran it in a slot of its choosing: whichever
+            table.primed.clear()  # held a template may not any more
         if shared is not None:
             shared.in_flight[self.run_id] -= 1
             if not shared.in_flight[self.run_id]:
@@ -563,7 +566,7 @@ class MemoryManager:
             entries.append(_entry(table.name, "flush", "end of workflow", kept))
         elif kept:
             entries.append(_entry(table.name, "keep", "end of workflow", kept))
-        if holder in table.held:
+        if holder in table.held:  # not where the slot was just saved as the template and left
             left = await self._leave_template(table, holder, key) if holder[1] and key else ""
             entries.append(_entry(table.name, "flush", "end of workflow",
                                   left or await self._release(table, holder)))
@@ -575,15 +578,21 @@ class MemoryManager:
         what was done ("": nothing, where there is no template or no restore)."""
         agent = (key.workload, key.agent)
         filename = table.templates.get(agent)
-        if filename is None or not hasattr(table.control, "restore"):
+        slot = table.held[holder]
+        if filename is None or table.busy[slot] or not hasattr(table.control, "restore"):
             return ""
-        slot = table.held.pop(holder)
+        del table.held[holder]
+        changes = table.changes[agent]
         try:
             restored = await table.control.restore(slot, filename)
         except Exception as exc:
             failed = _failed(table.name, f"restore slot {slot} from {filename}", exc)
             return f"{failed}; {await self._erase(table, holder, slot)}"
         self._observe("slot_restored", table, holder, slot=slot, tokens=restored)
+        if table.changes[agent] != changes:  # saved anew meanwhile: which one is there?
+            table.free.append(slot)
+            return (f"restore {key.agent}'s template into slot {slot} ({restored} tokens), "
+                    "free; the template changed meanwhile")
         _leave_primed(table, slot, agent)
         return (f"restore {key.agent}'s template into slot {slot} ({restored} tokens) and "
                 "leave it there")
@@ -603,11 +612,14 @@ class MemoryManager:
         if slot is None or not due or not table.can_save or not hasattr(table.control, "save"):
             return ""
         filename = _slot_file((f"template-{key.workload}", key.agent))
+        changes = table.changes[agent]
         saved, failure = await self._save(table, slot, filename)
-        if saved is None:  # the next contexts of this agent start cold, as without one
-            return f"no template for {key.agent} ({failure})"
+        if saved is None:  # the agent's next contexts start from its last template, if any
+            return f"no new template for {key.agent} ({failure})"
         forgotten = await self._set_template(table, agent, filename)
-        left = table.held.get(holder) == slot  # then the slot holds just the template
+        # the slot holds just the template, unless in use, or the file was saved anew since
+        left = (table.held.get(holder) == slot and not table.busy[slot]
+                and table.changes[agent] == changes + 1)
         if left:
             del table.held[holder]
             _leave_primed(table, slot, agent)
@@ -619,6 +631,7 @@ class MemoryManager:
         """Make ``filename`` the agent's template; the file it replaces is deleted, and
         slots left holding that agent's earlier template no longer count as holding it."""
         old, table.templates[agent] = table.templates.get(agent), filename
+        table.changes[agent] += 1
         for slot in [slot for slot, primed in table.primed.items() if primed == agent]:
             del table.primed[slot]
         return await self._forget(table, old) if old not in (None, filename) else ""

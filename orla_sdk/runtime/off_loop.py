@@ -62,10 +62,11 @@ def wait_for_loop(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T])
     ``run_coroutine_threadsafe(work, loop).result()`` does the same with a future chained
     to the task, set a turn of the loop after the task ends; a served app pays for that
     on every model call. Here the task hands its outcome over itself. Cancelled (the loop
-    stopping), it raises ``concurrent.futures.CancelledError``, as that future would."""
+    stopping), it raises ``concurrent.futures.CancelledError``, as that future would; any
+    other exception of ``work``, ``KeyboardInterrupt`` included, is raised here."""
     done = threading.Lock()
     done.acquire()
-    outcome: list[Any] = []  # the value, or the exception and the value None
+    outcome: list[Any] = []  # [value], or [None, exception]
 
     async def run() -> None:
         try:
@@ -75,9 +76,20 @@ def wait_for_loop(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T])
         finally:
             done.release()
 
-    tasks: list[asyncio.Task[None]] = []  # held here: the loop keeps weak references only
+    def never_ran(task: asyncio.Task[None]) -> None:
+        if not outcome:  # cancelled before its first step: ``run`` never started
+            work.close()
+            outcome[:] = [None, asyncio.CancelledError()]
+            done.release()
+
+    def start() -> None:
+        task = loop.create_task(run())
+        task.add_done_callback(never_ran)
+        tasks.append(task)  # held here: the loop keeps weak references to tasks only
+
+    tasks: list[asyncio.Task[None]] = []
     try:
-        loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(run())))
+        loop.call_soon_threadsafe(start)
     except RuntimeError:  # the loop is closed
         work.close()
         raise

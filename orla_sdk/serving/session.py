@@ -19,12 +19,13 @@ safely there: its engines and its loop stop (the runs' caches go with the engine
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -70,7 +71,7 @@ class ServingSession:
         self._nodes = {node.id: node for node in plan.nodes}
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
-        self._ending: set[Future[list[CacheLogEntry]]] = set()
+        self._ending: set[Future[None]] = set()
         self._thread = LoopThread(f"orla-serve-{plan.name}")
         self._finalizer = weakref.finalize(self, _abandoned, self._thread, self.pool)
 
@@ -99,21 +100,27 @@ class ServingSession:
 
     def end_soon(self, run_id: str,
                  logged: Callable[[list[CacheLogEntry]], None]) -> None:
-        """Settle a finished run ``"over"`` without waiting for the engine's erase: the
-        caller's latency does not include it; ``logged`` gets the cache actions."""
-        def done(future: Future[list[CacheLogEntry]]) -> None:
+        """Settle a finished run ``"over"`` without waiting for its cache actions (erasing
+        or restoring slots): the caller's latency does not include them; ``logged`` gets
+        them."""
+        async def end() -> None:
+            try:
+                entries = await self.settle(run_id, "over")
+            except Exception as exc:
+                entries = [failed_cache_action(exc)]
+            logged(entries)
+
+        def done(future: Future[None]) -> None:
             with self._lock:
                 self._ending.discard(future)
-            error = future.exception()
-            logged(future.result() if error is None else [failed_cache_action(error)])
 
-        future = self._thread.submit(self.settle(run_id, "over"))
+        future = self._thread.submit(end())
         with self._lock:
             self._ending.add(future)
         future.add_done_callback(done)
 
     def close(self) -> None:
-        """End every run (their slots are erased), stop the engines, then the loop. Best
+        """End every run (what their slots hold is dropped), stop the engines, then the loop. Best
         effort: whatever fails (an engine that died cannot erase a slot) is logged, the
         engines and the loop stop whatever happens, and nothing is raised, so closing
         never hides the error an app is already raising."""
@@ -129,11 +136,11 @@ class ServingSession:
             self._thread.stop()
 
     def wait_ended(self) -> None:
-        """Wait until the runs ended with ``end_soon`` so far are settled."""
+        """Wait until the runs ended with ``end_soon`` so far are settled and logged."""
         with self._lock:
             ending = list(self._ending)
         for future in ending:
-            if not future.cancelled():
+            with contextlib.suppress(CancelledError):  # the loop stopped: nothing to wait for
                 future.exception()  # waits; a failure was logged already
 
     def _settle_all(self) -> None:
