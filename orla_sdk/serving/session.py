@@ -108,7 +108,11 @@ class ServingSession:
                 entries = await self.settle(run_id, "over")
             except Exception as exc:
                 entries = [failed_cache_action(exc)]
-            logged(entries)
+            try:
+                logged(entries)
+            except Exception as exc:  # nobody awaits this: say so rather than lose it
+                log.warning("run %s ended, but recording its cache actions failed: %s: %s",
+                            run_id, type(exc).__name__, exc)
 
         def done(future: Future[None]) -> None:
             with self._lock:
@@ -120,10 +124,10 @@ class ServingSession:
         future.add_done_callback(done)
 
     def close(self) -> None:
-        """End every run (what their slots hold is dropped), stop the engines, then the loop. Best
-        effort: whatever fails (an engine that died cannot erase a slot) is logged, the
-        engines and the loop stop whatever happens, and nothing is raised, so closing
-        never hides the error an app is already raising."""
+        """End every run (what their slots hold is dropped), stop the engines, then the
+        loop. Best effort: whatever fails (an engine that died cannot erase a slot) is
+        logged, the engines and the loop stop whatever happens, and nothing is raised, so
+        closing never hides the error an app is already raising."""
         self._finalizer.detach()
         if not self._thread.running:
             return

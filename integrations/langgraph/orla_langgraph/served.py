@@ -237,7 +237,7 @@ class ServedGraph:
         return entries
 
     def close(self) -> None:
-        """Stop the session: its runs' slots are erased and its engines stopped."""
+        """Stop the session: its runs end (what their slots hold is dropped), its engines stop."""
         self.session.close()
 
     def __enter__(self) -> ServedGraph:
@@ -333,7 +333,7 @@ class ServedGraph:
 
     def _ended_soon(self, invocation: Invocation, outcome: Outcome) -> bool:
         """Close the invocation's units and export its spans; a run that is over is
-        settled in the background (its slot erase is not the caller's wait)."""
+        settled in the background (its cache actions are not the caller's wait)."""
         invocation.ended = True
         self.session.finish_units(invocation.run_id)
         self.idle.end(invocation.run_id, kept=outcome != "over")

@@ -730,3 +730,19 @@ def erase_slots(engine: LocalEngine) -> None:
 
     for slot in range(2):
         httpx.post(f"{engine.url}/slots/{slot}", params={"action": "erase"}, timeout=10)
+
+
+def test_an_invocation_without_a_thread_is_in_the_cache_log_once_its_end_is_waited_for(
+        ) -> None:
+    with orla.serve(support_graph(), backends=BACKENDS, mapping=MAPPING) as app:
+        for _ in range(3):  # ended in the background: the caller does not wait for it
+            app.invoke({"ticket": "A long ticket about a double charge. " * 8})
+        app.session.wait_ended()
+        assert not app.session._ending
+        # each run's end is logged: the first leaves classify's slot holding its template,
+        # which the next runs start from, with nothing to restore, and leave there again
+        assert [(e["decision"], e["action"].split(" (")[0], e["thread_id"])
+                for e in app.cache_log] == [
+            ("keep", "save slot 0 as classify's template", None),
+            *[("restore", "none: slot 0 holds classify's template already", None),
+              ("flush", "restore classify's template into slot 0", None)] * 2]
