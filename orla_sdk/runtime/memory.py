@@ -348,19 +348,25 @@ class MemoryManager:
                        why: str, *, lent: bool) -> None:
         """Restore ``filename`` into ``slot`` for ``holder``; a ``lent`` slot's file is
         deleted afterwards (nothing restores it again), an agent's template stays."""
-        control = table.control
-        assert hasattr(control, "restore")
-        try:
-            restored = await control.restore(slot, filename)
-        except Exception as exc:
-            action = (_failed(table.name, f"restore slot {slot} from {filename}", exc)
-                      + "; the context is recomputed")
-        else:
-            action = f"restore slot {slot} from {filename} ({restored} tokens)"
-            self._observe("slot_restored", table, holder, slot=slot, tokens=restored)
+        restored, action = await self._restore_slot(table, holder, slot, filename)
+        if restored is None:
+            action += "; the context is recomputed"
         if lent:
             action += await self._forget(table, filename)
         self._log(holder[0], "restore", why, action, table.name)
+
+    async def _restore_slot(self, table: SlotTable, holder: Holder, slot: int,
+                            filename: str) -> tuple[int | None, str]:
+        """Restore ``filename`` into ``slot``: (tokens restored, what was done), or (None,
+        what failed, logged as a warning)."""
+        control = table.control
+        assert hasattr(control, "restore")
+        try:
+            restored: int = await control.restore(slot, filename)
+        except Exception as exc:
+            return None, _failed(table.name, f"restore slot {slot} from {filename}", exc)
+        self._observe("slot_restored", table, holder, slot=slot, tokens=restored)
+        return restored, f"restore slot {slot} from {filename} ({restored} tokens)"
 
     async def _forget(self, table: SlotTable, filename: str) -> str:
         """Delete the saved slot ``filename`` where the engine can; returns what to add to
@@ -583,12 +589,9 @@ class MemoryManager:
             return ""
         del table.held[holder]
         changes = table.changes[agent]
-        try:
-            restored = await table.control.restore(slot, filename)
-        except Exception as exc:
-            failed = _failed(table.name, f"restore slot {slot} from {filename}", exc)
-            return f"{failed}; {await self._erase(table, holder, slot)}"
-        self._observe("slot_restored", table, holder, slot=slot, tokens=restored)
+        restored, action = await self._restore_slot(table, holder, slot, filename)
+        if restored is None:
+            return f"{action}; {await self._erase(table, holder, slot)}"
         if table.changes[agent] != changes:  # saved anew meanwhile: which one is there?
             table.free.append(slot)
             return (f"restore {key.agent}'s template into slot {slot} ({restored} tokens), "
