@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Coroutine
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -54,7 +54,7 @@ class LoopThread:
 
     def call(self, work: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``work`` on the loop and wait for it (never from the loop's own thread)."""
-        return self.submit(work).result(timeout)
+        return wait_for(self.loop, work, timeout)
 
     async def acall(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` on the loop and await it from another loop."""
@@ -82,6 +82,55 @@ class LoopThread:
             thread.join(timeout)
         if not loop.is_running():
             loop.close()
+
+
+def wait_for(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T],
+             timeout: float | None = None) -> T:
+    """``work``'s result, run on ``loop`` for this thread (not the loop's), which waits.
+    ``run_coroutine_threadsafe(work, loop).result()`` does the same with a future chained
+    to the task, set a turn of the loop after the task ends; a served app pays for that
+    on every model call. Here the task hands its outcome over itself. Cancelled (the loop
+    stopping), it raises ``concurrent.futures.CancelledError``, as that future would; any
+    other exception of ``work``, ``KeyboardInterrupt`` included, is raised here. Past
+    ``timeout`` it raises ``TimeoutError`` and ``work`` goes on."""
+    done = threading.Lock()
+    done.acquire()
+    outcome: list[Any] = []  # [value], or [None, exception]
+
+    async def run() -> None:
+        try:
+            outcome.append(await work)
+        except BaseException as exc:
+            outcome[:] = [None, exc]
+        finally:
+            done.release()
+
+    def never_ran(task: asyncio.Task[None]) -> None:
+        if not outcome:  # cancelled before its first step: ``run`` never started
+            work.close()
+            outcome[:] = [None, asyncio.CancelledError()]
+            done.release()
+
+    def start() -> None:
+        task = loop.create_task(run())
+        task.add_done_callback(never_ran)
+        tasks.append(task)  # held here: the loop keeps weak references to tasks only
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        loop.call_soon_threadsafe(start)
+    except RuntimeError:  # the loop is closed
+        work.close()
+        raise
+    if not done.acquire(timeout=-1 if timeout is None else timeout):
+        raise TimeoutError(f"the event loop's work took more than {timeout:g} s")
+    if len(outcome) == 1:
+        value: T = outcome[0]
+        return value
+    error = outcome[1]
+    if isinstance(error, asyncio.CancelledError):
+        raise CancelledError() from error
+    raise error
 
 
 async def _cancel_tasks() -> None:

@@ -21,9 +21,8 @@ from orla_sdk.backends.base import ChatRequest, ChatResult
 from orla_sdk.backends.sim.clock import VirtualClock
 from orla_sdk.errors import BackendError
 from orla_sdk.ir import BackendSpec
-from orla_sdk.loop_thread import LoopThread
+from orla_sdk.loop_thread import LoopThread, wait_for
 from orla_sdk.runtime import bodies
-from orla_sdk.runtime.off_loop import wait_for_loop
 from orla_sdk.runtime.pool import in_thread
 from tests.test_tool_calls import tick_until, watched_sleep
 
@@ -442,11 +441,11 @@ def test_a_thread_waiting_for_the_loop_gets_its_value_error_and_context() -> Non
             raise BackendError("b", "refused", retryable=False)
 
         var.set("caller's")
-        assert wait_for_loop(loop, seen()) == ("caller's", True)
+        assert wait_for(loop, seen()) == ("caller's", True)
         with pytest.raises(BackendError, match="refused"):
-            wait_for_loop(loop, fails())
+            wait_for(loop, fails())
         with ThreadPoolExecutor(4) as threads:  # many threads waiting at once
-            results = list(threads.map(lambda i: wait_for_loop(loop, echo(i)), range(64)))
+            results = list(threads.map(lambda i: wait_for(loop, echo(i)), range(64)))
         assert results == list(range(64))
     finally:
         loop_thread.stop()
@@ -473,11 +472,11 @@ def test_a_thread_waiting_for_a_loop_that_stops_is_told_it_was_cancelled() -> No
     stopper = threading.Thread(target=stop_once_started)
     stopper.start()
     with pytest.raises(concurrent.futures.CancelledError):
-        wait_for_loop(loop, forever())
+        wait_for(loop, forever())
     stopper.join()
     work = forever()
     with pytest.raises(RuntimeError, match="closed"):
-        wait_for_loop(loop, work)
+        wait_for(loop, work)
     assert work.cr_frame is None  # closed, not left to warn that it was never awaited
 
 
@@ -491,7 +490,7 @@ def test_a_thread_waiting_for_work_cancelled_before_it_began_is_told_so() -> Non
 
     def wait() -> None:
         try:
-            wait_for_loop(loop, echo(1))
+            wait_for(loop, echo(1))
         except BaseException as exc:
             outcome.append(exc)
 

@@ -35,9 +35,10 @@ from typing import Any, TypeVar, cast
 from greenlet import GreenletExit, greenlet
 
 from orla_sdk.errors import OrlaError
+from orla_sdk.loop_thread import wait_for
 from orla_sdk.runtime.call import in_loop_thread
 from orla_sdk.runtime.context import StageContext
-from orla_sdk.runtime.off_loop import unheld, wait_for_loop
+from orla_sdk.runtime.off_loop import unheld
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -227,7 +228,7 @@ def wait_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T], *, fix: str) -
     if in_loop_thread(ctx):
         work.close()
         raise OrlaError(f"stage {ctx.spec.name!r} is async: {fix}")
-    return wait_for_loop(ctx.run.loop, work)
+    return wait_for(ctx.run.loop, unheld(work))
 
 
 def future_on_loop(ctx: StageContext, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:

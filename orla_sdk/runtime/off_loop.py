@@ -8,12 +8,9 @@ the answer it waits for."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextvars
-import threading
-from collections.abc import Awaitable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from orla_sdk.backends.sim.clock import VirtualClock
 
@@ -55,52 +52,6 @@ def thread_context(clock: VirtualClock) -> tuple[contextvars.Context, Hold]:
     context.run(_hold.set, hold)
     hold.resume()
     return context, hold
-
-
-def wait_for_loop(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:
-    """``work``'s result, run on ``loop`` for this thread (not the loop's), which waits.
-    ``run_coroutine_threadsafe(work, loop).result()`` does the same with a future chained
-    to the task, set a turn of the loop after the task ends; a served app pays for that
-    on every model call. Here the task hands its outcome over itself. Cancelled (the loop
-    stopping), it raises ``concurrent.futures.CancelledError``, as that future would; any
-    other exception of ``work``, ``KeyboardInterrupt`` included, is raised here."""
-    done = threading.Lock()
-    done.acquire()
-    outcome: list[Any] = []  # [value], or [None, exception]
-
-    async def run() -> None:
-        try:
-            outcome.append(await unheld(work))
-        except BaseException as exc:
-            outcome[:] = [None, exc]
-        finally:
-            done.release()
-
-    def never_ran(task: asyncio.Task[None]) -> None:
-        if not outcome:  # cancelled before its first step: ``run`` never started
-            work.close()
-            outcome[:] = [None, asyncio.CancelledError()]
-            done.release()
-
-    def start() -> None:
-        task = loop.create_task(run())
-        task.add_done_callback(never_ran)
-        tasks.append(task)  # held here: the loop keeps weak references to tasks only
-
-    tasks: list[asyncio.Task[None]] = []
-    try:
-        loop.call_soon_threadsafe(start)
-    except RuntimeError:  # the loop is closed
-        work.close()
-        raise
-    done.acquire()
-    if len(outcome) == 1:
-        value: T = outcome[0]
-        return value
-    error = outcome[1]
-    if isinstance(error, asyncio.CancelledError):
-        raise concurrent.futures.CancelledError() from error
-    raise error
 
 
 async def unheld(work: Awaitable[T]) -> T:
