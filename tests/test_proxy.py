@@ -299,15 +299,16 @@ def test_tools_pass_through(proxy: ProxyServer, backend: Scripted) -> None:
 
 # ---- tags and workflows ------------------------------------------------------------------
 def test_an_idle_workflow_is_completed_by_the_proxy(backend: Scripted) -> None:
-    with scripted_proxy(backend, workflow_idle_s=0.5) as server:
+    # margins wide enough for a loaded machine, where each request may take 0.1 s or more
+    with scripted_proxy(backend, workflow_idle_s=1.0) as server:
         ask(server, extra_headers={"X-Orla-Workflow": "wf-idle"})
         ask(server, extra_headers={"X-Orla-Workflow": "wf-busy"})
         assert server.workflows.ids() == {"wf-idle", "wf-busy"}
-        time.sleep(0.3)
+        time.sleep(0.4)
         ask(server, extra_headers={"X-Orla-Workflow": "wf-busy"})  # nothing idle long enough
         assert server.workflows.ids() == {"wf-idle", "wf-busy"}
-        time.sleep(0.3)
-        ask(server, extra_headers={"X-Orla-Workflow": "wf-busy"})  # wf-idle: 0.6 s idle
+        time.sleep(0.8)
+        ask(server, extra_headers={"X-Orla-Workflow": "wf-busy"})  # wf-idle: 1.2 s idle
         assert server.workflows.ids() == {"wf-busy"}
         assert httpx.get(server.url + "/v1/orla/workflows/wf-idle").status_code == 404
 
