@@ -5,6 +5,8 @@ restarted in the middle of a run."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,18 @@ def event(decision: str = "preserve", *, prompt: int = 1000, cached: int = 900,
 
 
 # ---- policies -------------------------------------------------------------------------------
+def test_a_cache_event_is_built_with_every_field_and_stays_frozen() -> None:
+    """Its hand-written __init__ names each field once, in order, and sets every one."""
+    fields = [f.name for f in dataclasses.fields(CacheEvent)]
+    assert list(inspect.signature(CacheEvent).parameters) == fields
+    built = event(prompt=1000, cached=900)
+    assert [getattr(built, name) for name in fields] == [
+        "r", "s", "s", "b", "preserve", "plan", False, 1000, 900, True, None]
+    assert built.new_tokens == 100 and built == event(prompt=1000, cached=900)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.slot = 3  # type: ignore[misc]
+
+
 def test_small_increment_keeps_growing_contexts_and_drops_unused_ones() -> None:
     policy = SmallIncrement(max_new_tokens=200)
     assert policy.decide(event()) is None  # a preserve span that is reused stays

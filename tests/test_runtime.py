@@ -481,6 +481,42 @@ def test_a_pool_can_be_opened_again() -> None:
     assert [r.ok for r in asyncio.run(twice())] == [True, True]
 
 
+@orla.stage(model="light")
+def shout(text: str) -> str:
+    return text.upper()
+
+
+@orla.stage(model="light")
+def pair(first: str, second: str) -> str:
+    return f"{first}+{second}"
+
+
+@orla.workflow
+def shout_both(x: str, y: str) -> str:
+    loud_x = shout(x)
+    shout(y)
+    return pair(loud_x, y)
+
+
+def test_a_plan_edited_in_place_between_runs_runs_as_edited() -> None:
+    """What a run keeps of a plan's graph (its layout) is made again after an edit: the
+    edited node waits for its new dependency instead of reading it before it exists."""
+    plan = orla.compile(shout_both, backends=[orla.backends.simulator("sim", clock="virtual")],
+                        mapping={"light": "sim/qwen3-8b"})
+    by_label = {node.label: node for node in plan.nodes}
+    assert by_label["pair"].args[1] == {"$ref": by_label["y"].id}
+    shout_y = next(node for node in plan.nodes
+                   if node.kind == "stage" and node.args == [{"$ref": by_label["y"].id}])
+
+    async def run() -> orla.RunResult:
+        async with orla.BackendPool(plan.backends) as pool:
+            return await orla.arun(plan, pool=pool, x="a", y="b")
+
+    assert asyncio.run(run()).output == "A+b"
+    by_label["pair"].args[1] = {"$ref": shout_y.id}  # in place: the list object stays the same
+    assert asyncio.run(run()).output == "A+B"
+
+
 @pytest.mark.parametrize(("cut", "closed"), [
     ('{"answer": "It shipped on Mon', {"answer": "It shipped on Mon"}),
     ('{"answer": "say \\"hi', {"answer": 'say "hi'}),

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from orla_sdk.agents.policy import AgentLayer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class CacheEvent:
     """A stage has finished on ``backend``: what its cache decision may look at."""
 
@@ -40,6 +40,16 @@ class CacheEvent:
     cached_tokens: int    # of those, found in the engine's cache
     kept_before: bool     # the run already kept a context on this backend
     slot: int | None = None  # the slot the stage's last call ran on, where slots exist
+
+    def __init__(self, run_id: str, node: str, stage: str, backend: str, decision: str,
+                 reason: str, hinted: bool, prompt_tokens: int, cached_tokens: int,
+                 kept_before: bool, slot: int | None = None) -> None:
+        # written once, straight into the instance: a frozen dataclass's own __init__
+        # sets each field through object.__setattr__, a microsecond on every stage
+        vars(self).update(run_id=run_id, node=node, stage=stage, backend=backend,
+                          decision=decision, reason=reason, hinted=hinted,
+                          prompt_tokens=prompt_tokens, cached_tokens=cached_tokens,
+                          kept_before=kept_before, slot=slot)
 
     @property
     def new_tokens(self) -> int:

@@ -19,8 +19,8 @@ client shim and the proxy all speak it through this module.
 from __future__ import annotations
 
 import json
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,7 +210,7 @@ def finish_reason(result: ChatResult) -> str:
 def envelope(body: dict[str, Any], kind: str) -> dict[str, Any]:
     """The fields every answer object of ``kind`` starts with (``chat.completion`` or
     ``chat.completion.chunk``), for an answer to ``body``."""
-    return {"id": f"chatcmpl-orla-{uuid.uuid4().hex[:16]}", "object": kind,
+    return {"id": f"chatcmpl-orla-{secrets.token_hex(8)}", "object": kind,
             "created": int(time.time()), "model": str(body.get("model") or "orla")}
 
 

@@ -70,12 +70,18 @@ class StageContext:
             raise OrlaError(f"stage {self.spec.name!r} has no model; compile the plan first.")
         return name
 
+    def mapped(self) -> Target | MapperSpec | None:
+        """What the plan maps the stage's model to: once its mapper has picked a name
+        (``routed_to``), what that name is mapped to."""
+        return self.run.plan.mapping.get(self.routed_to or self.logical_model())
+
     def static_target(self) -> Target | None:
-        mapped = self.run.plan.mapping.get(self.routed_to or self.logical_model())
+        mapped = self.mapped()
         return mapped if isinstance(mapped, Target) else None
 
     def mapper(self) -> MapperSpec | None:
-        mapped = self.run.plan.mapping.get(self.logical_model())
+        """The stage's mapper, while it is still to be asked."""
+        mapped = self.mapped()
         return mapped if isinstance(mapped, MapperSpec) and self.routed_to is None else None
 
 

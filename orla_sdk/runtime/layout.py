@@ -19,10 +19,13 @@ from orla_sdk.ir import Node, Plan, dependencies
 
 class Layout:
     """The scopes of a plan (top level: ``None``; a map's body: the map's id), each with
-    its nodes in topological order; ``waits_for`` and ``dependents`` within a scope."""
+    its nodes in topological order; ``waits_for`` and ``dependents`` within a scope; and
+    how each scope starts (``starts``)."""
 
     def __init__(self, plan: Plan) -> None:
-        self.shape = [_shape(node) for node in plan.nodes]
+        self.nodes = list(plan.nodes)  # held, so that their ids in ``shape`` stay theirs
+        self.shape = [_shape(node) for node in self.nodes]
+        self.inputs = [node for node in self.nodes if node.kind == "input"]
         deps = {node.id: dependencies(node) for node in plan.nodes}
         self.scopes: dict[str | None, list[Node]] = {}
         self.scope_of: dict[str, str | None] = {}
@@ -36,11 +39,24 @@ class Layout:
             for node in nodes:
                 for dep in self.waits_for[node.id]:
                     self.dependents.setdefault(dep, []).append(node)
+        self.starts = {scope: self._start(nodes) for scope, nodes in self.scopes.items()}
 
     def fits(self, plan: Plan) -> bool:
-        """Whether ``plan``'s graph is still the one this layout was computed from."""
-        return len(plan.nodes) == len(self.shape) and all(
-            _same(node, shape) for node, shape in zip(plan.nodes, self.shape, strict=True))
+        """Whether ``plan``'s graph is still the one this layout was computed from (one
+        comparison of lists: it runs before every run)."""
+        return [(id(node), node.id, node.kind, node.scope, node.args, node.kwargs, node.guards)
+                for node in plan.nodes] == self.shape  # each as ``_shape``, without copies
+
+    def _start(self, nodes: list[Node]) -> tuple[dict[str, int], list[Node]]:
+        """A scope as it starts, its inputs there: how many nodes each node still waits
+        for, and the nodes ready to run (shared by every run, which copies the counts and
+        never changes the list)."""
+        waiting = {node.id: len(self.waits_for[node.id]) for node in nodes}
+        for node in nodes:
+            if node.kind == "input":
+                for later in self.dependents.get(node.id, ()):
+                    waiting[later.id] -= 1
+        return waiting, [node for node in nodes if node.kind != "input" and not waiting[node.id]]
 
     def _waits_for(self, node: Node, deps: dict[str, dict[str, None]]) -> set[str]:
         """The nodes of ``node``'s scope that it waits for. A dependency inside a loop body
@@ -79,13 +95,7 @@ def layout_of(plan: Plan) -> Layout:
 
 
 def _shape(node: Node) -> tuple[Any, ...]:
-    """The node itself and copies of what its dependencies and scope are read from."""
-    return (node, node.id, node.kind, node.scope, copy.deepcopy(node.args),
+    """Which node it is (the layout holds it: its ``id`` is not reused) and copies of what
+    its dependencies and scope are read from."""
+    return (id(node), node.id, node.kind, node.scope, copy.deepcopy(node.args),
             copy.deepcopy(node.kwargs), copy.deepcopy(node.guards))
-
-
-def _same(node: Node, shape: tuple[Any, ...]) -> bool:
-    kept, node_id, kind, scope, args, kwargs, guards = shape
-    return (node is kept and node.id == node_id and node.kind == kind
-            and node.scope == scope and node.args == args and node.kwargs == kwargs
-            and node.guards == guards)

@@ -97,6 +97,7 @@ TEMPLATE_EVERY = 16  # an agent's template is saved anew at the end of every 16t
 SAVE_ATTEMPTS = 3  # saves that fail in a row before a backend's slot saving is turned off
 
 log = logging.getLogger("orla_sdk.memory")
+UNCONTROLLED_FLUSH = "soft flush: this engine has no per-workflow cache control"
 _NO_SLOT: AbstractAsyncContextManager[int | None] = nullcontext(None)  # reusable: it holds nothing
 
 
@@ -424,12 +425,15 @@ class MemoryManager:
         """Decide a finished stage's cache and carry it out; returns the choice and what
         was done."""
         choice = decide(event, self.agents)
+        controlled = self.controls(event.backend)  # else nothing to await
         if choice.decision == "preserve":
             self.kept.setdefault(event.run_id, set()).add(event.backend)
-            return choice, await self._keep(event)
+            return choice, (await self._keep(event)) if controlled else "keep"
         if choice.decision == "deferred":
             return choice, "none: decided at the end of the run"
         self._unkeep(event.run_id, event.backend)
+        if not controlled:
+            return choice, UNCONTROLLED_FLUSH
         return choice, await self._flush(event.run_id, event.backend, event.slot)
 
     async def stage_done(self, run_id: str, node: Node, record: StageRecord, *,
@@ -437,16 +441,16 @@ class MemoryManager:
         """Carry out the plan's cache decision for a finished stage (``node``, its calls in
         ``record``); returns the cache-log entry, or None where there was nothing to decide
         (no decision in the plan, or no call made)."""
-        cache = cache_of(node)
-        backend = record.backend
-        if cache is None or backend is None:
+        cache, calls = cache_of(node), record.calls
+        if cache is None or not calls:
             return None
-        first = record.calls[0]
+        first, last = calls[0], calls[-1]
+        backend = last.backend
         event = CacheEvent(
             run_id=run_id, node=node.id, stage=record.stage, backend=backend,
             decision=cache.decision, reason=cache.reason, hinted=hinted,
             prompt_tokens=first.prompt_tokens, cached_tokens=first.cached_tokens,
-            kept_before=self.keeps(run_id, backend), slot=record.calls[-1].slot)
+            kept_before=self.keeps(run_id, backend), slot=last.slot)
         choice, record.cache_action = await self.after_stage(event)
         return {"node": node.id, "item": record.item, "backend": backend,
                 "decision": choice.decision, "reason": choice.reason,
@@ -480,7 +484,7 @@ class MemoryManager:
             except Exception as exc:
                 return _failed(backend, "reset the engine's prefix cache", exc)
             return "reset the engine's prefix cache"
-        return "soft flush: this engine has no per-workflow cache control"
+        return UNCONTROLLED_FLUSH
 
     async def _relieve_pressure(self, backend: str, shared: SharedCache) -> str | None:
         """Under memory pressure, drop the kept contexts if every run keeping one is idle."""

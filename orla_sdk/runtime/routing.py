@@ -8,7 +8,7 @@ from typing import Any
 
 from orla_sdk.backends.base import ChatRequest
 from orla_sdk.errors import OrlaError
-from orla_sdk.ir import Target
+from orla_sdk.ir import MapperSpec, Target
 from orla_sdk.mapping import StageMapper
 from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import StageContext
@@ -16,17 +16,22 @@ from orla_sdk.runtime.context import StageContext
 
 async def stage_target(ctx: StageContext, messages: list[dict[str, Any]]) -> Target:
     """The stage's target; a routed stage asks its mapper once, on its first call."""
-    spec = ctx.mapper()
-    if spec is not None:
-        mapper: StageMapper = ctx.run.plan.resolve(spec.ref).model_validate(spec.config)
+    mapped = ctx.mapped()
+    if isinstance(mapped, MapperSpec) and ctx.routed_to is None:
+        mapper: StageMapper = ctx.run.plan.resolve(mapped.ref).model_validate(mapped.config)
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
         ctx.routed_to = await mapper.choose(prompt, lambda name, text: _ask(ctx, name, text))
         ctx.record.routed_to = ctx.routed_to
-    target = ctx.static_target()
-    if target is None:
+        mapped = ctx.mapped()
+    return mapped_target(ctx, mapped)
+
+
+def mapped_target(ctx: StageContext, mapped: Target | MapperSpec | None) -> Target:
+    """The stage's target, where ``mapped`` (``ctx.mapped()``) is one: no mapper to ask."""
+    if not isinstance(mapped, Target):
         raise OrlaError(f"stage {ctx.spec.name!r}: {ctx.routed_to or ctx.logical_model()!r} "
                         "is not mapped to a backend and model.")
-    return _reroute(ctx, target)
+    return _reroute(ctx, mapped)
 
 
 def _reroute(ctx: StageContext, target: Target) -> Target:
