@@ -80,7 +80,8 @@ class StageContext:
         return mapped if isinstance(mapped, Target) else None
 
     def mapper(self) -> MapperSpec | None:
-        """The stage's mapper, while it is still to be asked."""
+        """The stage's mapper, while it is still to be asked (``routing.ready_target``
+        answers None then)."""
         mapped = self.mapped()
         return mapped if isinstance(mapped, MapperSpec) and self.routed_to is None else None
 

@@ -24,11 +24,11 @@ from pydantic import ValidationError
 
 from orla_sdk.backends.base import ChatRequest, ChatResult, ToolCall, params_token_limit
 from orla_sdk.errors import OutputError
-from orla_sdk.ir import MapperSpec, Target
+from orla_sdk.ir import Target
 from orla_sdk.runtime.bodies import iterate_on_loop, wait_on_loop
 from orla_sdk.runtime.call import call_model
 from orla_sdk.runtime.context import StageContext, stage_context
-from orla_sdk.runtime.routing import mapped_target, stage_target
+from orla_sdk.runtime.routing import ready_target, stage_target
 from orla_sdk.runtime.structured import (
     answer_schema,
     emulated_tools_schema,
@@ -141,10 +141,9 @@ async def converse(ctx: StageContext, messages: list[dict[str, Any]], output: An
     """The tool loop and the validation loop around the stage's model calls. ``on_token``
     gets the reply's text as it streams (not a reasoning model's thinking)."""
     on_token = _text_only(on_token) if on_token is not None else None
-    mapped = ctx.mapped()  # a mapper to ask first only on a routed stage's first call
-    target = (await stage_target(ctx, messages)
-              if isinstance(mapped, MapperSpec) and ctx.routed_to is None
-              else mapped_target(ctx, mapped))
+    target = ready_target(ctx)
+    if target is None:  # a routed stage's first call: its mapper picks the target
+        target = await stage_target(ctx, messages)
     live = ctx.run.pool[target.backend]
     native = live.spec.capabilities.tool_calling
     history = list(messages)

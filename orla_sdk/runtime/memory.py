@@ -97,7 +97,6 @@ TEMPLATE_EVERY = 16  # an agent's template is saved anew at the end of every 16t
 SAVE_ATTEMPTS = 3  # saves that fail in a row before a backend's slot saving is turned off
 
 log = logging.getLogger("orla_sdk.memory")
-UNCONTROLLED_FLUSH = "soft flush: this engine has no per-workflow cache control"
 _NO_SLOT: AbstractAsyncContextManager[int | None] = nullcontext(None)  # reusable: it holds nothing
 
 
@@ -425,15 +424,12 @@ class MemoryManager:
         """Decide a finished stage's cache and carry it out; returns the choice and what
         was done."""
         choice = decide(event, self.agents)
-        controlled = self.controls(event.backend)  # else nothing to await
         if choice.decision == "preserve":
             self.kept.setdefault(event.run_id, set()).add(event.backend)
-            return choice, (await self._keep(event)) if controlled else "keep"
+            return choice, await self._keep(event)
         if choice.decision == "deferred":
             return choice, "none: decided at the end of the run"
         self._unkeep(event.run_id, event.backend)
-        if not controlled:
-            return choice, UNCONTROLLED_FLUSH
         return choice, await self._flush(event.run_id, event.backend, event.slot)
 
     async def stage_done(self, run_id: str, node: Node, record: StageRecord, *,
@@ -484,7 +480,7 @@ class MemoryManager:
             except Exception as exc:
                 return _failed(backend, "reset the engine's prefix cache", exc)
             return "reset the engine's prefix cache"
-        return UNCONTROLLED_FLUSH
+        return "soft flush: this engine has no per-workflow cache control"
 
     async def _relieve_pressure(self, backend: str, shared: SharedCache) -> str | None:
         """Under memory pressure, drop the kept contexts if every run keeping one is idle."""

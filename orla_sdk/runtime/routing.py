@@ -16,18 +16,23 @@ from orla_sdk.runtime.context import StageContext
 
 async def stage_target(ctx: StageContext, messages: list[dict[str, Any]]) -> Target:
     """The stage's target; a routed stage asks its mapper once, on its first call."""
-    mapped = ctx.mapped()
-    if isinstance(mapped, MapperSpec) and ctx.routed_to is None:
-        mapper: StageMapper = ctx.run.plan.resolve(mapped.ref).model_validate(mapped.config)
+    spec = ctx.mapper()
+    if spec is not None:
+        mapper: StageMapper = ctx.run.plan.resolve(spec.ref).model_validate(spec.config)
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
         ctx.routed_to = await mapper.choose(prompt, lambda name, text: _ask(ctx, name, text))
         ctx.record.routed_to = ctx.routed_to
-        mapped = ctx.mapped()
-    return mapped_target(ctx, mapped)
+    target = ready_target(ctx)
+    assert target is not None, "the mapper was asked: routed_to is set"
+    return target
 
 
-def mapped_target(ctx: StageContext, mapped: Target | MapperSpec | None) -> Target:
-    """The stage's target, where ``mapped`` (``ctx.mapped()``) is one: no mapper to ask."""
+def ready_target(ctx: StageContext) -> Target | None:
+    """The stage's target where no mapper is left to ask (one lookup: it runs on every
+    call); None where the stage's mapper must be asked first (``stage_target``)."""
+    mapped = ctx.mapped()
+    if isinstance(mapped, MapperSpec) and ctx.routed_to is None:
+        return None
     if not isinstance(mapped, Target):
         raise OrlaError(f"stage {ctx.spec.name!r}: {ctx.routed_to or ctx.logical_model()!r} "
                         "is not mapped to a backend and model.")
